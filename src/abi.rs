@@ -1,0 +1,223 @@
+//! The guest ABI (GUEST_ABI.md, version 1): its constants and its imports.
+//!
+//! The numbers come from `wamr/include/wamr_coro.h` through bindgen (see
+//! `build.rs`): C guests and this host read one definition.
+//!
+//! The imports (`env.send`, `env.close`, `env.wait_msg`, `env.log`,
+//! `env.now_ms`) are ordinary [`HostFunc`]s. Each finds what it acts on in
+//! the calling env's host data: an [`AbiSlot`] holding the server's
+//! [`AbiHost`] for that env (direct mode: one connection; queue mode: the
+//! queue). An env without one (a bare `ExecEnv` used as a library) gets
+//! `UNKNOWN_CONN` from `send`/`close` and `NOT_IN_THIS_MODE` from `wait_msg`.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::wamr::host::{Caller, HostFunc};
+use crate::wamr::memory::GuestMemory;
+use crate::wamr::module::{FuncType, Module, ValType};
+use crate::wamr::runtime::Runtime;
+use crate::wamr::Val;
+
+#[allow(non_camel_case_types, dead_code, clippy::all)]
+mod consts {
+    include!(concat!(env!("OUT_DIR"), "/abi_consts.rs"));
+}
+
+/// ABI version.
+pub const ABI_VERSION: i32 = consts::WCORO_ABI_VERSION as i32;
+/// Event kind: payload bytes.
+pub const EVENT_DATA: i32 = consts::WCORO_EVENT_DATA as i32;
+/// Event kind: new connection.
+pub const EVENT_OPEN: i32 = consts::WCORO_EVENT_OPEN as i32;
+/// Event kind: connection gone.
+pub const EVENT_CLOSE: i32 = consts::WCORO_EVENT_CLOSE as i32;
+/// Error: connection never existed or already closed.
+pub const ERR_UNKNOWN_CONN: i32 = consts::WCORO_ERR_UNKNOWN_CONN;
+/// Error: range not inside linear memory.
+pub const ERR_BAD_POINTER: i32 = consts::WCORO_ERR_BAD_POINTER;
+/// Error: per-connection output limit.
+pub const ERR_WOULD_EXCEED_LIMIT: i32 = consts::WCORO_ERR_WOULD_EXCEED_LIMIT;
+/// Error / `wait_msg` stop value: the server is stopping.
+pub const ERR_SHUTDOWN: i32 = consts::WCORO_ERR_SHUTDOWN;
+/// Error: `wait_msg` called in direct mode.
+pub const ERR_NOT_IN_THIS_MODE: i32 = consts::WCORO_ERR_NOT_IN_THIS_MODE;
+/// Size of the `{conn, kind}` record `wait_msg` writes.
+pub const EVENT_SIZE: i32 = consts::WCORO_EVENT_SIZE as i32;
+/// Default maximum bytes per `on_recv` / `DATA` event.
+pub const DEFAULT_CHUNK_SIZE: usize = consts::WCORO_DEFAULT_CHUNK_SIZE as usize;
+
+const _: () = assert!(std::mem::size_of::<consts::wcoro_event>() == 8);
+
+/// What the ABI's imports act on, supplied per env by the server.
+pub trait AbiHost: Send {
+    /// `send(conn, ptr, len)`: the range is already read from guest memory
+    /// (`Err(())` when it was out of bounds, after the conn check order is
+    /// applied by the implementation).
+    fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32;
+    /// `close(conn)`.
+    fn close(&mut self, conn: i32) -> i32;
+    /// `wait_msg(buf, cap, info)`. The default answers `NOT_IN_THIS_MODE`.
+    fn wait_msg(&mut self, _mem: &mut GuestMemory<'_>, _buf: i32, _cap: i32, _info: i32) -> i32 {
+        ERR_NOT_IN_THIS_MODE
+    }
+    /// When `now_ms` counts from.
+    fn epoch(&self) -> Instant;
+    /// Called when `log` got a bad pointer.
+    fn bad_log_pointer(&mut self) {}
+}
+
+/// The host data type the ABI imports look for (see
+/// [`ExecEnv::set_host_data`](crate::wamr::ExecEnv::set_host_data)).
+pub struct AbiSlot(pub Box<dyn AbiHost>);
+
+/// Bad pointers passed to `log` by envs without an [`AbiHost`], and in total.
+pub static BAD_LOG_POINTERS: AtomicU64 = AtomicU64::new(0);
+
+fn process_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn host<'c>(data: Option<&'c mut (dyn std::any::Any + Send)>) -> Option<&'c mut dyn AbiHost> {
+    Some(data?.downcast_mut::<AbiSlot>()?.0.as_mut())
+}
+
+fn i32_arg(args: &[Val], i: usize) -> i32 {
+    args[i].i32().unwrap_or(0)
+}
+
+/// Registers `env.send`, `env.close`, `env.wait_msg`, `env.log`, `env.now_ms`.
+/// Called once by `Runtime::init`.
+pub(crate) fn register_imports() -> Result<()> {
+    use ValType::{I32, I64};
+    let rt = Runtime::get()?;
+    rt.register(HostFunc::new("env", "send", &[I32, I32, I32], &[I32], |caller: &mut Caller<'_>, args| {
+        let (conn, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
+        let (mem, data) = caller.split();
+        let Some(h) = host(data) else { return Ok(Some(Val::I32(ERR_UNKNOWN_CONN))) };
+        let bytes = mem.slice(ptr, len).ok_or(());
+        Ok(Some(Val::I32(h.send(conn, bytes))))
+    }))?;
+    rt.register(HostFunc::new("env", "close", &[I32], &[I32], |caller: &mut Caller<'_>, args| {
+        let (_, data) = caller.split();
+        let Some(h) = host(data) else { return Ok(Some(Val::I32(ERR_UNKNOWN_CONN))) };
+        Ok(Some(Val::I32(h.close(i32_arg(args, 0)))))
+    }))?;
+    rt.register(HostFunc::new("env", "wait_msg", &[I32, I32, I32], &[I32], |caller: &mut Caller<'_>, args| {
+        let (mut mem, data) = caller.split();
+        let Some(h) = host(data) else { return Ok(Some(Val::I32(ERR_NOT_IN_THIS_MODE))) };
+        Ok(Some(Val::I32(h.wait_msg(&mut mem, i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2)))))
+    }))?;
+    rt.register(HostFunc::new("env", "log", &[I32, I32, I32], &[], |caller: &mut Caller<'_>, args| {
+        let (level, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
+        let (mem, data) = caller.split();
+        match mem.slice(ptr, len) {
+            Some(bytes) => {
+                let text = String::from_utf8_lossy(bytes);
+                match level {
+                    0 => tracing::error!(target: "guest", "{text}"),
+                    1 => tracing::warn!(target: "guest", "{text}"),
+                    2 => tracing::info!(target: "guest", "{text}"),
+                    _ => tracing::debug!(target: "guest", "{text}"),
+                }
+            }
+            None => {
+                BAD_LOG_POINTERS.fetch_add(1, Ordering::Relaxed);
+                if let Some(h) = host(data) {
+                    h.bad_log_pointer();
+                }
+            }
+        }
+        Ok(None)
+    }))?;
+    rt.register(HostFunc::new("env", "now_ms", &[], &[I64], |caller: &mut Caller<'_>, _| {
+        let (_, data) = caller.split();
+        let epoch = host(data).map(|h| h.epoch()).unwrap_or_else(process_epoch);
+        Ok(Some(Val::I64(epoch.elapsed().as_millis() as i64)))
+    }))?;
+    Ok(())
+}
+
+/// Signatures of the guest's exports, per the contract.
+pub mod sig {
+    use super::*;
+    /// `on_recv(conn, ptr, len) -> i32`
+    pub fn on_recv() -> FuncType {
+        FuncType::new(&[ValType::I32, ValType::I32, ValType::I32], &[ValType::I32])
+    }
+    /// `on_open(conn) -> i32`
+    pub fn on_open() -> FuncType {
+        FuncType::new(&[ValType::I32], &[ValType::I32])
+    }
+    /// `on_close(conn)`
+    pub fn on_close() -> FuncType {
+        FuncType::new(&[ValType::I32], &[])
+    }
+    /// `run() -> i32`
+    pub fn run() -> FuncType {
+        FuncType::new(&[], &[ValType::I32])
+    }
+    /// `alloc(size) -> i32`
+    pub fn alloc() -> FuncType {
+        FuncType::new(&[ValType::I32], &[ValType::I32])
+    }
+}
+
+/// Which exports a module has, checked against the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestExports {
+    /// `on_recv` present.
+    pub on_recv: bool,
+    /// `on_open` present.
+    pub on_open: bool,
+    /// `on_close` present.
+    pub on_close: bool,
+    /// `run` present.
+    pub run: bool,
+    /// `alloc` present.
+    pub alloc: bool,
+}
+
+/// Dispatch mode, as far as the contract's requirements go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeReq {
+    /// Direct mode: `on_recv` required.
+    Direct,
+    /// Queue mode: `run`, or `on_recv` for the host's own loop.
+    Queue,
+}
+
+/// Checks `module` against the contract for `mode`; errors name what is
+/// missing or mistyped.
+pub fn check_guest(module: &Module, mode: ModeReq) -> Result<GuestExports> {
+    use crate::Error;
+    match module.export("memory") {
+        Some(crate::wamr::module::Export { kind: crate::wamr::module::ExportKind::Memory { .. }, .. }) => {}
+        _ => {
+            return Err(Error::MissingExport {
+                name: "memory".into(),
+                why: "the guest ABI requires an exported linear memory".into(),
+            })
+        }
+    }
+    let g = GuestExports {
+        on_recv: module.check_optional_func("on_recv", &sig::on_recv())?,
+        on_open: module.check_optional_func("on_open", &sig::on_open())?,
+        on_close: module.check_optional_func("on_close", &sig::on_close())?,
+        run: module.check_optional_func("run", &sig::run())?,
+        alloc: module.check_optional_func("alloc", &sig::alloc())?,
+    };
+    match mode {
+        ModeReq::Direct if !g.on_recv => Err(Error::MissingExport {
+            name: "on_recv".into(),
+            why: "required in direct mode".into(),
+        }),
+        ModeReq::Queue if !g.on_recv && !g.run => Err(Error::MissingExport {
+            name: "on_recv".into(),
+            why: "queue mode needs `run` or `on_recv`".into(),
+        }),
+        _ => Ok(g),
+    }
+}

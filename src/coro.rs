@@ -1,0 +1,100 @@
+//! Coroutines that may call guests.
+//!
+//! WAMR protects against native stack overflow by comparing the stack pointer
+//! with a boundary. By default that boundary comes from the OS thread's
+//! pthread stack, which is wrong inside a `may` coroutine (its stack is a
+//! separate mmap region): WAMR_NOTES.md measured ~80 % spurious "native stack
+//! overflow" failures, and no protection at all for the rest.
+//!
+//! `may` does not expose a coroutine's stack bounds, so [`spawn`] records them
+//! as the coroutine starts: the top is the first page boundary above a local
+//! of the entry frame (the generator puts only a small boxed closure above
+//! it, see the `stack_bounds_match_proc_maps` test), and the bottom is the top
+//! minus the stack size `may` allocated. Exec envs read these bounds before a
+//! call (see `wamr::stack`). A call from a coroutine that was not started
+//! here fails with [`Error::UnknownStack`](crate::Error::UnknownStack) rather
+//! than run unprotected.
+//!
+//! [`configure`] owns `may`'s process-global settings (worker count, default
+//! stack size); call it before the first coroutine.
+use std::cell::Cell;
+
+use crate::error::{Error, Result};
+
+/// Bounds of a coroutine stack: `low` is the lowest usable byte, `high` one
+/// past the highest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackBounds {
+    /// Lowest usable address.
+    pub low: usize,
+    /// One past the highest address.
+    pub high: usize,
+}
+
+may::coroutine_local!(static STACK: Cell<Option<StackBounds>> = Cell::new(None));
+
+/// Default coroutine stack: 256 KiB. WAMR plus a host import used about
+/// 3 KiB; host imports that format logs or write sockets use more, and
+/// [`wamr::stack::GUARD`](crate::wamr::stack::GUARD) is reserved below.
+pub const DEFAULT_STACK_BYTES: usize = 256 * 1024;
+
+/// Sets `may`'s worker count and default coroutine stack size. Process-wide;
+/// takes effect for coroutines spawned afterwards (`may` reads the worker
+/// count when its scheduler starts, at the first spawn).
+pub fn configure(workers: usize, stack_bytes: usize) -> Result<()> {
+    if workers == 0 {
+        return Err(Error::Config("workers must be at least 1".into()));
+    }
+    let min = crate::wamr::stack::GUARD + 32 * 1024;
+    if stack_bytes < min {
+        return Err(Error::Config(format!("coroutine stack must be at least {min} bytes")));
+    }
+    may::config()
+        .set_workers(workers)
+        .set_stack_size(stack_bytes / std::mem::size_of::<usize>());
+    Ok(())
+}
+
+/// Spawns a `may` coroutine that can call guests: it records its own stack
+/// bounds first. Panics inside `f` unwind the coroutine (dropping every env
+/// guard it holds) and surface through the join handle.
+pub fn spawn<F, T>(f: F) -> may::coroutine::JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    // Boxed so that the closure `may` stores at the top of the coroutine
+    // stack stays a few words, whatever `f` captures.
+    let f: Box<dyn FnOnce() -> T + Send> = Box::new(f);
+    // SAFETY: may::coroutine::spawn is unsafe because thread-local storage
+    // is not coroutine-local: a coroutine may migrate between workers at any
+    // yield. This crate keeps no TLS references across yields; the stack
+    // bounds live in a coroutine-local.
+    unsafe { may::coroutine::spawn(move || run_entry(f)) }
+}
+
+#[inline(never)]
+fn run_entry<T>(f: Box<dyn FnOnce() -> T + Send>) -> T {
+    record_bounds();
+    f()
+}
+
+#[inline(never)]
+fn record_bounds() {
+    let marker = 0u8;
+    let sp = std::hint::black_box(&marker) as *const u8 as usize;
+    let words = may::coroutine::current().stack_size();
+    let bytes = words * std::mem::size_of::<usize>();
+    let page = 4096;
+    let high = (sp + page - 1) & !(page - 1);
+    let low = high.saturating_sub(bytes);
+    STACK.with(|s| s.set(Some(StackBounds { low, high })));
+}
+
+/// Bounds of the current coroutine's stack, if it was started by [`spawn`].
+pub fn current_bounds() -> Option<StackBounds> {
+    if !may::coroutine::is_coroutine() {
+        return None;
+    }
+    STACK.with(|s| s.get())
+}

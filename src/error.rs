@@ -1,0 +1,179 @@
+//! The crate's error type: every failure, with the context to act on it.
+//!
+//! Errors from WAMR are mapped here and only here (rusqlite style): WAMR's own
+//! error text is kept verbatim in the message.
+use std::path::PathBuf;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when embedding guests or serving connections.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// WAMR could not be initialised.
+    #[error("WAMR runtime initialisation failed: {0}")]
+    RuntimeInit(String),
+
+    /// The process-wide runtime exists already with other settings. WAMR reads
+    /// them when the first cluster is created; changing them later corrupts
+    /// memory, so it is refused.
+    #[error("the WAMR runtime is already initialised with {existing}; cannot change to {requested}")]
+    RuntimeConfigConflict {
+        /// Settings in force.
+        existing: String,
+        /// Settings asked for.
+        requested: String,
+    },
+
+    /// A module could not be read from disk.
+    #[error("cannot read module {path}: {source}")]
+    ReadModule {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// WebAssembly text that does not parse.
+    #[error("invalid WebAssembly text: {0}")]
+    Wat(String),
+
+    /// WAMR rejected the binary; the text is WAMR's.
+    #[error("WAMR could not load the module: {0}")]
+    Load(String),
+
+    /// The module imports a function no host provides.
+    #[error("module imports {module}.{name}, which no host function provides (register it before loading)")]
+    UnlinkedImport {
+        /// Import module name.
+        module: String,
+        /// Import field name.
+        name: String,
+    },
+
+    /// The module lacks an export the caller requires.
+    #[error("module has no export `{name}` ({why})")]
+    MissingExport {
+        /// Export name.
+        name: String,
+        /// What needs it.
+        why: String,
+    },
+
+    /// An export exists with the wrong type.
+    #[error("export `{name}` has signature {found}, expected {expected}")]
+    WrongSignature {
+        /// Export name.
+        name: String,
+        /// What the contract requires.
+        expected: String,
+        /// What the module has.
+        found: String,
+    },
+
+    /// `wasm_runtime_spawn_exec_env` needs aux-stack information.
+    #[error("module cannot spawn exec envs: {0}")]
+    SpawnUnsupported(String),
+
+    /// WAMR could not instantiate; the text is WAMR's.
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+
+    /// An exec env could not be created or spawned.
+    #[error("cannot create exec env: {0}")]
+    ExecEnv(String),
+
+    /// A configured cap was reached.
+    #[error("too many exec envs: {what} limit of {limit} reached")]
+    TooManyEnvs {
+        /// Which cap.
+        what: &'static str,
+        /// Its value.
+        limit: usize,
+    },
+
+    /// The guest trapped; the text is WAMR's exception.
+    #[error("guest trapped in `{func}`: {message}")]
+    Trap {
+        /// The export called.
+        func: String,
+        /// WAMR's exception text.
+        message: String,
+    },
+
+    /// The call ran past its time budget and was terminated.
+    #[error("guest call `{func}` exceeded its budget of {budget_ms} ms and was terminated")]
+    BudgetExceeded {
+        /// The export called.
+        func: String,
+        /// The budget.
+        budget_ms: u64,
+    },
+
+    /// The env was poisoned by an earlier trap (or its shard's) and cannot be used.
+    #[error("exec env is unusable after an earlier trap: {0}")]
+    Poisoned(String),
+
+    /// Arguments that do not match the function's parameters.
+    #[error("bad arguments for `{func}`: {why}")]
+    BadArguments {
+        /// The export called.
+        func: String,
+        /// What is wrong.
+        why: String,
+    },
+
+    /// A host function could not be registered.
+    #[error("cannot register host function {module}.{name}: {why}")]
+    HostFunc {
+        /// Import module name.
+        module: String,
+        /// Field name.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+
+    /// A call from a `may` coroutine not started by [`crate::coro::spawn`]: its
+    /// stack bounds are unknown, and WAMR would run without overflow protection.
+    #[error("exec envs can only be called from threads or from coroutines started with wamr_coro::coro::spawn")]
+    UnknownStack,
+
+    /// A guest's receive buffer could not be allocated.
+    #[error("cannot allocate {size} bytes in guest memory: {why}")]
+    GuestAlloc {
+        /// Bytes requested.
+        size: u32,
+        /// What failed.
+        why: String,
+    },
+
+    /// Bad configuration value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// Socket errors.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True for failures that leave the guest instance in an unknown state
+    /// (trap, budget overrun, poisoned env): the env must be discarded.
+    pub fn is_guest_fault(&self) -> bool {
+        matches!(
+            self,
+            Error::Trap { .. } | Error::BudgetExceeded { .. } | Error::Poisoned(_)
+        )
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}

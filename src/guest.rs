@@ -1,0 +1,336 @@
+//! A guest that follows the ABI, and the envs it runs in.
+//!
+//! [`Guest`] is a validated module plus how to make envs for it
+//! ([`EnvSource`]); [`GuestEnv`] is one private env with the guest's exports
+//! looked up, its receive buffer allocated in guest memory, and its
+//! registry entry. Dropping a `GuestEnv` destroys the env and unregisters it.
+//!
+//! ## Where envs come from, and why the default is what it is
+//!
+//! | source | per env | a trap affects | notes |
+//! |---|---|---|---|
+//! | [`EnvSource::Instance`] (default) | instantiate + create_exec_env | that env only | own cluster per env |
+//! | [`EnvSource::Spawn`] | `wasm_runtime_spawn_exec_env` from a shard parent | every env of its shard (≤ `envs_per_parent`) | needs `__heap_base`/`__data_end`; required for shared memory |
+//!
+//! WAMR spreads a spawned env's trap, and `wasm_runtime_terminate`, to its
+//! whole cluster, and clearing it on one sibling clears it on all (even real
+//! traps, which then read as successes). The contract says a trap closes one
+//! connection, so the default source is independent instances: they are also
+//! the cheaper of the two (WAMR_NOTES.md: 6.4–7.6 µs create+destroy vs
+//! 10–12 µs spawn+destroy; `cargo bench --bench core` measures both here).
+//! Spawned envs are spread across shard parents so that the per-cluster cap,
+//! the O(n) destroy scan and the blast radius of a trap stay bounded by
+//! `envs_per_parent`; a faulted shard is retired (see `wamr::instance`).
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::abi::{self, AbiHost, AbiSlot, GuestExports, ModeReq};
+use crate::error::{Error, Result};
+use crate::registry::{Registry, RegistryEntry};
+use crate::wamr::{ExecEnv, Func, InstanceConfig, Module, ParentEnv};
+
+/// Where a guest's envs come from. See the module docs for the trade-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnvSource {
+    /// An independent instance per env: traps stay in one env.
+    #[default]
+    Instance,
+    /// Spawned from shard parents (`wasm_runtime_spawn_exec_env`).
+    Spawn,
+}
+
+/// Settings for a guest's envs.
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    /// Where envs come from.
+    pub source: EnvSource,
+    /// WAMR operand stack per env, bytes.
+    pub wasm_stack: u32,
+    /// Receive buffer (max bytes per `on_recv` / `DATA`), bytes. Default 64 KiB.
+    pub chunk_size: u32,
+    /// Maximum envs alive at once (0 = unlimited).
+    pub max_envs: usize,
+    /// Per-call time budget (`None` = unlimited).
+    pub call_budget: Option<Duration>,
+    /// What the module must provide.
+    pub mode: ModeReq,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        GuestConfig {
+            source: EnvSource::Instance,
+            wasm_stack: 16 * 1024,
+            chunk_size: abi::DEFAULT_CHUNK_SIZE as u32,
+            max_envs: 0,
+            call_budget: None,
+            mode: ModeReq::Direct,
+        }
+    }
+}
+
+/// A validated guest module and the means to make envs for it.
+pub struct Guest {
+    module: Module,
+    exports: GuestExports,
+    config: GuestConfig,
+    inst_cfg: InstanceConfig,
+    registry: Arc<Registry>,
+    shards: Mutex<Shards>,
+}
+
+#[derive(Default)]
+struct Shards {
+    parents: Vec<Arc<ParentEnv>>,
+    next: usize,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest").field("exports", &self.exports).field("config", &self.config).finish()
+    }
+}
+
+impl Guest {
+    /// Checks `module` against the contract for `config.mode` (and, for
+    /// [`EnvSource::Spawn`], what spawning needs) and prepares to make envs.
+    pub fn new(module: Module, config: GuestConfig, registry: Arc<Registry>) -> Result<Arc<Guest>> {
+        let exports = abi::check_guest(&module, config.mode)?;
+        if config.source == EnvSource::Spawn {
+            module.check_spawnable()?;
+            if !exports.alloc {
+                // wasm_cluster_spawn_exec_env instantiates with default
+                // arguments: a spawned instance has no WAMR app heap.
+                return Err(Error::MissingExport {
+                    name: "alloc".into(),
+                    why: "spawned envs have no WAMR app heap, so the receive buffer must come \
+                          from the guest's own `alloc`"
+                        .into(),
+                });
+            }
+        }
+        if config.chunk_size == 0 || config.chunk_size > 16 << 20 {
+            return Err(Error::Config("chunk_size must be 1 B ..= 16 MiB".into()));
+        }
+        // Without an `alloc` export the receive buffer comes from WAMR's app
+        // heap: size it for one chunk plus the allocator's overhead.
+        let heap_size = if exports.alloc { 0 } else { config.chunk_size + 8 * 1024 };
+        let inst_cfg = InstanceConfig { stack_size: config.wasm_stack, heap_size };
+        Ok(Arc::new(Guest {
+            module,
+            exports,
+            config,
+            inst_cfg,
+            registry,
+            shards: Mutex::new(Shards::default()),
+        }))
+    }
+
+    /// The module.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// Which optional exports exist.
+    pub fn exports(&self) -> GuestExports {
+        self.exports
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GuestConfig {
+        &self.config
+    }
+
+    /// The registry its envs live in.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Makes a fresh env (not from a pool).
+    pub fn create_env(self: &Arc<Self>) -> Result<GuestEnv> {
+        if self.config.max_envs > 0 && self.registry.live() as usize >= self.config.max_envs {
+            return Err(Error::TooManyEnvs { what: "max_envs", limit: self.config.max_envs });
+        }
+        let made = match self.config.source {
+            EnvSource::Instance => ExecEnv::new(&self.module, self.inst_cfg),
+            EnvSource::Spawn => self.spawn_from_shard(),
+        }
+        .and_then(|env| GuestEnv::init(self, env));
+        if made.is_err() {
+            self.registry.note_failure();
+        }
+        made
+    }
+
+    fn spawn_from_shard(&self) -> Result<ExecEnv> {
+        let mut s = self.shards.lock();
+        // Retired parents leave the list; they die with their last child.
+        s.parents.retain(|p| p.poisoned().is_none());
+        let n = s.parents.len();
+        for i in 0..n {
+            let idx = (s.next + i) % n;
+            let p = &s.parents[idx];
+            if p.children() < p.capacity() {
+                match p.spawn() {
+                    Ok(env) => {
+                        s.next = idx;
+                        return Ok(env);
+                    }
+                    Err(Error::TooManyEnvs { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let parent = ParentEnv::new(&self.module, self.inst_cfg)?;
+        let env = parent.spawn()?;
+        s.parents.push(parent);
+        s.next = s.parents.len() - 1;
+        Ok(env)
+    }
+
+    /// Shard parents alive (spawn source).
+    pub fn shard_count(&self) -> usize {
+        self.shards.lock().parents.len()
+    }
+}
+
+/// One private env of a [`Guest`], ready to call.
+pub struct GuestEnv {
+    // Field order matters: the env is destroyed before it is unregistered.
+    env: ExecEnv,
+    funcs: Funcs,
+    recv_ptr: i32,
+    recv_cap: u32,
+    /// Bytes of the receive buffer written since the last wipe.
+    recv_dirty: u32,
+    guest: Arc<Guest>,
+    _entry: RegistryEntry,
+}
+
+struct Funcs {
+    on_recv: Option<Func>,
+    on_open: Option<Func>,
+    on_close: Option<Func>,
+    run: Option<Func>,
+}
+
+impl std::fmt::Debug for GuestEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestEnv").field("env", &self.env).field("recv_cap", &self.recv_cap).finish()
+    }
+}
+
+impl GuestEnv {
+    fn init(guest: &Arc<Guest>, mut env: ExecEnv) -> Result<GuestEnv> {
+        let entry = guest.registry.register(Arc::clone(env.interrupt_handle()));
+        env.set_budget(guest.config.call_budget);
+        let m = &guest.module;
+        let look = |name: &str, present: bool| -> Result<Option<Func>> {
+            if present { env.func(m, name).map(Some) } else { Ok(None) }
+        };
+        let e = guest.exports;
+        let funcs = Funcs {
+            on_recv: look("on_recv", e.on_recv)?,
+            on_open: look("on_open", e.on_open)?,
+            on_close: look("on_close", e.on_close)?,
+            run: look("run", e.run)?,
+        };
+        let cap = guest.config.chunk_size;
+        let ptr = if e.alloc {
+            let alloc = env.func(m, "alloc")?;
+            let p = env.call_i32(&alloc, &[cap as i32])?.unwrap_or(0);
+            if p == 0 || env.memory().check(p, cap as i32).is_none() {
+                return Err(Error::GuestAlloc {
+                    size: cap,
+                    why: format!("the guest's alloc returned {p}, not a range inside its memory"),
+                });
+            }
+            p
+        } else {
+            env.heap_alloc(cap)? as i32
+        };
+        Ok(GuestEnv { env, funcs, recv_ptr: ptr, recv_cap: cap, recv_dirty: 0, guest: Arc::clone(guest), _entry: entry })
+    }
+
+    /// The guest this env runs.
+    pub fn guest(&self) -> &Arc<Guest> {
+        &self.guest
+    }
+
+    /// The underlying exec env.
+    pub fn exec_env(&mut self) -> &mut ExecEnv {
+        &mut self.env
+    }
+
+    /// Why the env must be discarded, if it must.
+    pub fn poisoned(&self) -> Option<String> {
+        self.env.poisoned()
+    }
+
+    /// Installs what the ABI imports act on for this env.
+    pub fn set_host(&mut self, host: Option<Box<dyn AbiHost>>) {
+        self.env.set_host_data(host.map(|h| Box::new(AbiSlot(h)) as Box<dyn std::any::Any + Send>));
+    }
+
+    /// Receive buffer: guest pointer and capacity (the chunk size).
+    pub fn recv_buffer(&self) -> (i32, u32) {
+        (self.recv_ptr, self.recv_cap)
+    }
+
+    /// `on_open(conn)`; `Ok(0)` if the guest does not export it.
+    pub fn on_open(&mut self, conn: i32) -> Result<i32> {
+        match &self.funcs.on_open {
+            Some(f) => Ok(self.env.call_i32(f, &[conn])?.unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    /// Copies `bytes` (at most the chunk size) into the receive buffer and
+    /// calls `on_recv(conn, ptr, len)`.
+    pub fn on_recv(&mut self, conn: i32, bytes: &[u8]) -> Result<i32> {
+        let f = self.funcs.on_recv.as_ref().ok_or_else(|| Error::MissingExport {
+            name: "on_recv".into(),
+            why: "called in direct mode".into(),
+        })?;
+        let n = bytes.len().min(self.recv_cap as usize);
+        if !self.env.memory().write(self.recv_ptr, &bytes[..n]) {
+            // The guest shrank nothing (memory cannot shrink), so this means
+            // the buffer check at init was bypassed: treat as a fault.
+            return Err(Error::Poisoned("receive buffer outside guest memory".into()));
+        }
+        self.recv_dirty = self.recv_dirty.max(n as u32);
+        Ok(self.env.call_i32(f, &[conn, self.recv_ptr, n as i32])?.unwrap_or(0))
+    }
+
+    /// `on_close(conn)`, if exported.
+    pub fn on_close(&mut self, conn: i32) -> Result<()> {
+        if let Some(f) = &self.funcs.on_close {
+            self.env.call_i32(f, &[conn])?;
+        }
+        Ok(())
+    }
+
+    /// `run()`; `None` if the guest does not export it.
+    pub fn run(&mut self) -> Option<Result<i32>> {
+        let f = self.funcs.run.as_ref()?;
+        Some(self.env.call_i32(f, &[]).map(|r| r.unwrap_or(0)))
+    }
+
+    /// Zeroes the part of the receive buffer that held a connection's bytes,
+    /// so that the next connection served by this env cannot see them.
+    pub fn wipe_recv_buffer(&mut self) {
+        if self.recv_dirty > 0 {
+            if let Some(s) = self.env.memory().slice_mut(self.recv_ptr, self.recv_dirty as i32) {
+                s.fill(0);
+            }
+            self.recv_dirty = 0;
+        }
+    }
+
+    /// Records that the env is being discarded for a guest fault.
+    pub(crate) fn note_fault(&self) {
+        self.guest.registry.note_fault();
+    }
+}

@@ -1,0 +1,37 @@
+//! # wamr-coro
+//!
+//! WebAssembly guests, executed by WAMR through FFI, serving TCP connections
+//! whose network I/O runs natively on stackful `may` coroutines. Guests never
+//! touch sockets: they receive bytes and answer through host imports (the
+//! guest ABI, `GUEST_ABI.md`, constants in `wamr/include/wamr_coro.h`).
+//!
+//! The data path, file by file:
+//!
+//! `server/listener.rs` (accept) → `server/connection.rs` (one coroutine per
+//! connection, started by `coro.rs`) → `pool.rs` / `registry.rs` (its private
+//! exec env) → `wamr/instance.rs` (the call into the guest) → `abi.rs` (the
+//! guest's `send`/`close` imports) → `server/output.rs` (back to the socket).
+//! Queue mode replaces the per-connection call with `server/queue.rs`.
+//!
+//! Layers: `wamr/` is the only code that calls WAMR (raw FFI wrapped in RAII
+//! handles); everything else is safe Rust on top of it.
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod coro;
+mod error;
+pub mod guest;
+pub mod pool;
+pub mod registry;
+pub mod wamr;
+pub mod watchdog;
+
+pub use error::{Error, Result};
+pub use guest::{EnvSource, Guest, GuestConfig, GuestEnv};
+pub use pool::{EnvPool, Lease, PoolStats};
+pub use registry::{Registry, RegistryStats};
+pub use wamr::host::{Caller, HostFunc, HostResult};
+pub use wamr::instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
+pub use wamr::memory::GuestMemory;
+pub use wamr::module::{Export, ExportKind, FuncType, Import, Module, ValType};
+pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog};

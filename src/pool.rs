@@ -1,0 +1,146 @@
+//! A bounded pool of ready envs, so that a connection does not pay for a
+//! fresh instance.
+//!
+//! [`EnvPool::acquire`] pops an idle env (lock-free, `crossbeam` ArrayQueue)
+//! or creates one; the returned [`Lease`] puts it back when dropped — unless
+//! the guest faulted (trap, budget overrun, poisoned shard), in which case the
+//! env is destroyed, or the pool is full or closed. Before an env goes back,
+//! its receive buffer is wiped and its host data removed, so the next
+//! connection starts clean (guest globals and heap are the guest's own
+//! business: a stateless guest is unaffected, a stateful one must reset in
+//! `on_open`).
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::error::Result;
+use crate::guest::{Guest, GuestEnv};
+
+/// Pool counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Acquires served by an idle env.
+    pub hits: u64,
+    /// Acquires that had to create an env.
+    pub misses: u64,
+    /// Envs idle in the pool now.
+    pub idle: u64,
+    /// Envs destroyed on release because they faulted.
+    pub discarded: u64,
+}
+
+/// Idle envs of one guest.
+#[derive(Debug)]
+pub struct EnvPool {
+    guest: Arc<Guest>,
+    idle: ArrayQueue<GuestEnv>,
+    closed: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    discarded: AtomicU64,
+}
+
+impl EnvPool {
+    /// A pool keeping at most `capacity` idle envs (at least 1).
+    pub fn new(guest: Arc<Guest>, capacity: usize) -> Arc<EnvPool> {
+        Arc::new(EnvPool {
+            guest,
+            idle: ArrayQueue::new(capacity.max(1)),
+            closed: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+        })
+    }
+
+    /// The guest.
+    pub fn guest(&self) -> &Arc<Guest> {
+        &self.guest
+    }
+
+    /// An env for the caller's exclusive use until the lease is dropped.
+    pub fn acquire(self: &Arc<Self>) -> Result<Lease> {
+        while let Some(env) = self.idle.pop() {
+            if env.poisoned().is_some() {
+                // Its shard faulted while it sat idle.
+                env.note_fault();
+                self.discarded.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let env = self.guest.create_env()?;
+        Ok(Lease { env: Some(env), pool: Arc::clone(self) })
+    }
+
+    fn release(&self, mut env: GuestEnv) {
+        if env.poisoned().is_some() {
+            env.note_fault();
+            self.discarded.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        env.set_host(None);
+        env.wipe_recv_buffer();
+        // A full pool drops (destroys) the env.
+        let _ = self.idle.push(env);
+    }
+
+    /// Destroys every idle env and stops keeping released ones (shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        while self.idle.pop().is_some() {}
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            idle: self.idle.len() as u64,
+            discarded: self.discarded.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Exclusive use of a pooled env; returns it to the pool on drop (also when
+/// the holder unwinds from a panic or is cancelled).
+#[derive(Debug)]
+pub struct Lease {
+    env: Option<GuestEnv>,
+    pool: Arc<EnvPool>,
+}
+
+impl Lease {
+    /// Destroys the env instead of returning it (e.g. its guest state is
+    /// suspect for a reason the host knows).
+    pub fn discard(mut self) {
+        self.env.take();
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = GuestEnv;
+    fn deref(&self) -> &GuestEnv {
+        self.env.as_ref().expect("lease holds an env until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut GuestEnv {
+        self.env.as_mut().expect("lease holds an env until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(env) = self.env.take() {
+            self.pool.release(env);
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Host functions: imports that guests call, written in Rust or in C.
+//!
+//! All of them — the guest ABI's own `env.send` & co., a user's Rust
+//! closures, and C natives from `wamr/src/` — go through one path:
+//! [`register`] builds a WAMR raw native (`wasm_runtime_register_natives_raw`)
+//! whose function pointer is [`trampoline`] and whose attachment is the
+//! leaked [`HostFunc`]. The trampoline decodes the arguments by the declared
+//! types, calls the closure with a [`Caller`], and writes the result back; a
+//! closure's error or panic becomes a trap of the calling guest, never an
+//! unwind through C.
+//!
+//! WAMR keeps the `NativeSymbol` arrays and names forever and resolves
+//! imports at module load, so registration is process-wide, permanent, and
+//! must precede loading the modules that use it.
+use std::any::Any;
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use parking_lot::Mutex;
+
+use super::instance::{HostData, Val};
+use super::memory::GuestMemory;
+use super::module::{FuncType, ValType};
+use super::sys;
+use crate::error::{Error, Result};
+
+/// What a host function returns: a value (or none), or a trap message.
+pub type HostResult = std::result::Result<Option<Val>, String>;
+
+type Callback = dyn Fn(&mut Caller<'_>, &[Val]) -> HostResult + Send + Sync + 'static;
+
+/// A host function that guests import as `module.name`.
+pub struct HostFunc {
+    module: String,
+    name: String,
+    ty: FuncType,
+    callback: Box<Callback>,
+}
+
+impl std::fmt::Debug for HostFunc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostFunc({}.{} {})", self.module, self.name, self.ty)
+    }
+}
+
+impl HostFunc {
+    /// A host function with parameters `params` and results `results` (at
+    /// most one). `f` runs on the caller's coroutine and may yield it.
+    pub fn new<F>(module: &str, name: &str, params: &[ValType], results: &[ValType], f: F) -> HostFunc
+    where
+        F: Fn(&mut Caller<'_>, &[Val]) -> HostResult + Send + Sync + 'static,
+    {
+        HostFunc {
+            module: module.into(),
+            name: name.into(),
+            ty: FuncType::new(params, results),
+            callback: Box::new(f),
+        }
+    }
+
+    fn signature(&self) -> Result<String> {
+        let bad = |why: &str| Error::HostFunc {
+            module: self.module.clone(),
+            name: self.name.clone(),
+            why: why.into(),
+        };
+        if self.ty.results.len() > 1 {
+            return Err(bad("at most one result"));
+        }
+        if self.ty.params.len() > 16 {
+            return Err(bad("at most 16 parameters"));
+        }
+        let letters = |v: &[ValType]| -> Result<String> {
+            v.iter().map(|t| t.letter().ok_or_else(|| bad("only i32, i64, f32, f64"))).collect()
+        };
+        Ok(format!("({}){}", letters(&self.ty.params)?, letters(&self.ty.results)?))
+    }
+}
+
+/// The guest that called a host function.
+pub struct Caller<'a> {
+    env: sys::wasm_exec_env_t,
+    inst: sys::wasm_module_inst_t,
+    trap: Option<String>,
+    _life: std::marker::PhantomData<&'a mut ()>,
+}
+
+impl<'a> Caller<'a> {
+    /// The caller's linear memory. Valid until the host function returns.
+    pub fn memory(&mut self) -> GuestMemory<'_> {
+        // SAFETY: the instance is alive and suspended in this host call for
+        // the borrow's duration; it cannot grow its memory meanwhile.
+        unsafe { GuestMemory::of_instance(self.inst) }
+    }
+
+    /// The value set with `ExecEnv::set_host_data`, if it is a `T`.
+    pub fn data_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        // SAFETY: ExecEnv::wrap set the user data to its HostData box, which
+        // outlives every call on the env; during this host call the env is
+        // exclusively borrowed by ExecEnv::call, so nobody else touches it.
+        let data = unsafe { (sys::wasm_runtime_get_user_data(self.env) as *mut HostData).as_mut() }?;
+        data.value.as_mut()?.downcast_mut::<T>()
+    }
+
+    /// The raw host data, for dispatch on several types.
+    pub fn data_any(&mut self) -> Option<&mut (dyn Any + Send)> {
+        // SAFETY: as in data_mut.
+        let data = unsafe { (sys::wasm_runtime_get_user_data(self.env) as *mut HostData).as_mut() }?;
+        data.value.as_deref_mut()
+    }
+
+    /// Memory and host data at once (they are distinct objects).
+    pub fn split(&mut self) -> (GuestMemory<'_>, Option<&mut (dyn Any + Send)>) {
+        // SAFETY: as in memory() and data_mut(); the memory view and the
+        // HostData box do not overlap.
+        unsafe {
+            let mem = GuestMemory::of_instance(self.inst);
+            let data = (sys::wasm_runtime_get_user_data(self.env) as *mut HostData).as_mut();
+            (mem, data.and_then(|d| d.value.as_deref_mut()))
+        }
+    }
+}
+
+struct Registered {
+    func: HostFunc,
+    cmodule: CString,
+}
+
+static NAMES: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+
+/// Registers `func` for every module loaded afterwards.
+pub(crate) fn register(func: HostFunc) -> Result<()> {
+    let sig = func.signature()?;
+    let key = (func.module.clone(), func.name.clone());
+    let mut names = NAMES.lock();
+    let names = names.get_or_insert_with(HashSet::new);
+    if names.contains(&key) {
+        return Err(Error::HostFunc {
+            module: key.0,
+            name: key.1,
+            why: "already registered (registrations are permanent)".into(),
+        });
+    }
+    let cname = super::runtime::cstring(&func.name)?;
+    let csig = super::runtime::cstring(&sig)?;
+    let cmodule = super::runtime::cstring(&func.module)?;
+    let reg: &'static Registered = Box::leak(Box::new(Registered { func, cmodule }));
+    let symbol: &'static mut [sys::NativeSymbol] = Box::leak(Box::new([sys::NativeSymbol {
+        symbol: cname.into_raw(),
+        func_ptr: trampoline as *mut libc::c_void,
+        signature: csig.into_raw(),
+        attachment: reg as *const Registered as *mut libc::c_void,
+    }]));
+    // SAFETY: the symbol array, its strings and the module name are leaked,
+    // so they live forever as WAMR requires; `trampoline` has the raw-native
+    // signature `void (wasm_exec_env_t, uint64 *)`. NAMES' lock serialises
+    // registrations.
+    let ok = unsafe {
+        sys::wasm_runtime_register_natives_raw(reg.cmodule.as_ptr(), symbol.as_mut_ptr(), 1)
+    };
+    if !ok {
+        return Err(Error::HostFunc {
+            module: key.0,
+            name: key.1,
+            why: "WAMR refused the registration".into(),
+        });
+    }
+    names.insert(key);
+    Ok(())
+}
+
+/// The one raw native behind every host function.
+unsafe extern "C" fn trampoline(env: sys::wasm_exec_env_t, args: *mut u64) {
+    // SAFETY: WAMR passes the attachment we registered: a leaked Registered.
+    let reg = unsafe { &*(sys::wasm_runtime_get_function_attachment(env) as *const Registered) };
+    let ty = &reg.func.ty;
+    // SAFETY: `env` is the calling env, alive during the call.
+    let inst = unsafe { sys::wasm_runtime_get_module_inst(env) };
+    let mut vals = [Val::I32(0); 16];
+    for (i, t) in ty.params.iter().enumerate() {
+        // SAFETY: WAMR's raw convention: one u64 slot per declared parameter
+        // (at most 16, checked at registration).
+        vals[i] = Val::from_slot(*t, unsafe { *args.add(i) });
+    }
+    let mut caller = Caller { env, inst, trap: None, _life: std::marker::PhantomData };
+    let outcome = catch_unwind(AssertUnwindSafe(|| (reg.func.callback)(&mut caller, &vals[..ty.params.len()])));
+    let trap = match outcome {
+        Ok(Ok(ret)) => {
+            if let (Some(v), Some(t)) = (ret, ty.results.first()) {
+                if v.ty() == *t {
+                    // SAFETY: the result goes to args[0] (raw convention).
+                    unsafe { *args = v.to_slot() };
+                    None
+                } else {
+                    Some(format!("host function {}.{} returned {:?}, declared {:?}", reg.func.module, reg.func.name, v.ty(), t))
+                }
+            } else if ty.results.is_empty() {
+                None
+            } else {
+                Some(format!("host function {}.{} returned no value", reg.func.module, reg.func.name))
+            }
+        }
+        Ok(Err(msg)) => Some(msg),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Some(format!("host function {}.{} panicked: {what}", reg.func.module, reg.func.name))
+        }
+    };
+    if let Some(msg) = trap.or(caller.trap.take()) {
+        let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: `inst` is the caller's live instance; WAMR copies the text.
+        unsafe { sys::wasm_runtime_set_exception(inst, c.as_ptr()) };
+    }
+}
+
+// ---- The C face of the same mechanism (wamr/include/wamr_coro_host.h) ----
+
+/// `wcoro_caller` in C is a `Caller`.
+type CNative = unsafe extern "C" fn(
+    caller: *mut Caller<'_>,
+    args: *const u64,
+    result: *mut u64,
+    attachment: *mut libc::c_void,
+) -> libc::c_int;
+
+struct SendPtr(*mut libc::c_void);
+// SAFETY: the attachment is an opaque pointer owned by the C side, which
+// promises (wamr_coro_host.h) that its natives are thread-safe.
+unsafe impl Send for SendPtr {}
+// SAFETY: see Send.
+unsafe impl Sync for SendPtr {}
+
+fn parse_signature(sig: &str) -> Option<(Vec<ValType>, Vec<ValType>)> {
+    let rest = sig.strip_prefix('(')?;
+    let (p, r) = rest.split_once(')')?;
+    let conv = |s: &str| -> Option<Vec<ValType>> {
+        s.chars()
+            .map(|c| match c {
+                'i' => Some(ValType::I32),
+                'I' => Some(ValType::I64),
+                'f' => Some(ValType::F32),
+                'F' => Some(ValType::F64),
+                _ => None,
+            })
+            .collect()
+    };
+    Some((conv(p)?, conv(r)?))
+}
+
+/// C: register a native. See wamr_coro_host.h.
+///
+/// # Safety
+/// Strings are NUL-terminated; `f` is a valid function for the process's life.
+#[no_mangle]
+pub unsafe extern "C" fn wcoro_register_native(
+    module: *const libc::c_char,
+    name: *const libc::c_char,
+    signature: *const libc::c_char,
+    f: Option<CNative>,
+    attachment: *mut libc::c_void,
+) -> libc::c_int {
+    let s = |p: *const libc::c_char| {
+        // SAFETY: the caller passes NUL-terminated strings (header contract).
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    };
+    let (Some(module), Some(name), Some(sig), Some(f)) = (s(module), s(name), s(signature), f) else {
+        tracing::error!("wcoro_register_native: NULL argument");
+        return -1;
+    };
+    let Some((params, results)) = parse_signature(&sig) else {
+        tracing::error!("wcoro_register_native {module}.{name}: bad signature {sig:?}");
+        return -1;
+    };
+    let att = SendPtr(attachment);
+    let rtypes = results.clone();
+    let hf = HostFunc::new(&module, &name, &params, &results, move |caller, args| {
+        let slots: Vec<u64> = args.iter().map(|a| a.to_slot()).collect();
+        let mut out = 0u64;
+        let att = &att;
+        // SAFETY: `f` follows wcoro_native_fn; `slots` holds one slot per
+        // declared parameter; `caller` lives for the call.
+        let rc = unsafe { f(caller as *mut Caller<'_>, slots.as_ptr(), &mut out, att.0) };
+        if rc != 0 {
+            return Err(caller.trap.take().unwrap_or_else(|| "C native failed".into()));
+        }
+        Ok(rtypes.first().map(|t| Val::from_slot(*t, out)))
+    });
+    if let Err(e) = super::runtime::Runtime::get().and_then(|rt| rt.register(hf)) {
+        tracing::error!("wcoro_register_native: {e}");
+        return -1;
+    }
+    0
+}
+
+/// C: checked view of guest memory. See wamr_coro_host.h.
+///
+/// # Safety
+/// `caller` is the pointer passed to the running native.
+#[no_mangle]
+pub unsafe extern "C" fn wcoro_caller_mem(caller: *mut Caller<'_>, ptr: u32, len: u32) -> *mut u8 {
+    // SAFETY: the C native passes back the caller it was given, live for the call.
+    let Some(caller) = (unsafe { caller.as_mut() }) else { return std::ptr::null_mut() };
+    let Ok(len) = i32::try_from(len) else { return std::ptr::null_mut() };
+    let mut mem = caller.memory();
+    match mem.slice_mut(ptr as i32, len) {
+        Some(s) if s.is_empty() => std::ptr::NonNull::dangling().as_ptr(),
+        Some(s) => s.as_mut_ptr(),
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// C: set the trap message. See wamr_coro_host.h.
+///
+/// # Safety
+/// `caller` as above; `message` NUL-terminated or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn wcoro_caller_trap(caller: *mut Caller<'_>, message: *const libc::c_char) {
+    // SAFETY: see wcoro_caller_mem.
+    let Some(caller) = (unsafe { caller.as_mut() }) else { return };
+    caller.trap = Some(if message.is_null() {
+        "C native failed".into()
+    } else {
+        // SAFETY: NUL-terminated per the header.
+        unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned()
+    });
+}
+
+extern "C" {
+    fn wcoro_register_c_natives() -> libc::c_int;
+}
+
+/// Registers the runtime's built-in natives: the C natives of
+/// `wamr/src/natives.c` (module `wcoro_c`). The guest ABI's own imports are
+/// registered by `crate::abi` on top of this same mechanism.
+pub(crate) fn register_builtin_natives(_rt: &super::runtime::Runtime) -> Result<()> {
+    // SAFETY: plain C function; it calls back into wcoro_register_native.
+    let rc = unsafe { wcoro_register_c_natives() };
+    if rc != 0 {
+        return Err(Error::RuntimeInit("registering the C natives failed".into()));
+    }
+    crate::abi::register_imports()
+}

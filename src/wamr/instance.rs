@@ -1,0 +1,643 @@
+//! Instances and exec envs: where guest code runs.
+//!
+//! An [`ExecEnv`] is one WAMR exec env plus the instance it runs, owned by
+//! one caller at a time. There are two ways to get one, behind one type:
+//!
+//! * [`ExecEnv::new`] — an independent instance (`wasm_runtime_instantiate`
+//!   + `wasm_runtime_create_exec_env`). Its own cluster: a trap or terminate
+//!   touches nothing else.
+//! * [`ParentEnv::spawn`] — `wasm_runtime_spawn_exec_env` from a parent. For
+//!   modules without shared memory WAMR instantiates a fresh instance (own
+//!   memory and globals), but the env joins the parent's cluster, and WAMR
+//!   spreads a trap or terminate to every env of that cluster. That is why a
+//!   fault in a spawned env *poisons its parent*: every sibling's next call
+//!   fails with [`Error::Poisoned`], no exception is ever cleared (clearing
+//!   raced with other traps and reported trapped calls as successes —
+//!   WAMR_NOTES.md), and the parent retires once its last child is gone.
+//!
+//! Every call sets WAMR's native stack boundary for the calling coroutine or
+//! thread (see `stack.rs`) when the stack changed since the last call.
+use std::cell::Cell;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::memory::GuestMemory;
+use super::module::{FuncType, Module, ValType};
+use super::sys;
+use super::{error_text, ERROR_BUF_LEN};
+use crate::error::{Error, Result};
+
+/// A WebAssembly value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Val {
+    /// i32
+    I32(i32),
+    /// i64
+    I64(i64),
+    /// f32
+    F32(f32),
+    /// f64
+    F64(f64),
+}
+
+impl Val {
+    /// The value's type.
+    pub fn ty(&self) -> ValType {
+        match self {
+            Val::I32(_) => ValType::I32,
+            Val::I64(_) => ValType::I64,
+            Val::F32(_) => ValType::F32,
+            Val::F64(_) => ValType::F64,
+        }
+    }
+
+    /// The value as i32, if it is one.
+    pub fn i32(&self) -> Option<i32> {
+        match *self {
+            Val::I32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The value as i64, if it is one.
+    pub fn i64(&self) -> Option<i64> {
+        match *self {
+            Val::I64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Encodes into a 64-bit slot (WAMR's raw-native layout).
+    pub(crate) fn to_slot(self) -> u64 {
+        match self {
+            Val::I32(v) => v as u32 as u64,
+            Val::I64(v) => v as u64,
+            Val::F32(v) => v.to_bits() as u64,
+            Val::F64(v) => v.to_bits(),
+        }
+    }
+
+    /// Decodes from a 64-bit slot.
+    pub(crate) fn from_slot(ty: ValType, slot: u64) -> Val {
+        match ty {
+            ValType::I64 => Val::I64(slot as i64),
+            ValType::F32 => Val::F32(f32::from_bits(slot as u32)),
+            ValType::F64 => Val::F64(f64::from_bits(slot)),
+            _ => Val::I32(slot as u32 as i32),
+        }
+    }
+}
+
+/// Per-instance settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceConfig {
+    /// Size of WAMR's wasm operand stack per exec env, bytes. Default 16 KiB.
+    pub stack_size: u32,
+    /// Size of WAMR's app heap (used by `wasm_runtime_module_malloc`), bytes.
+    /// WAMR skips it for modules that export their own `malloc`/`free`.
+    /// Default 0.
+    pub heap_size: u32,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig { stack_size: 16 * 1024, heap_size: 0 }
+    }
+}
+
+/// An exported function of one particular instance.
+#[derive(Debug, Clone)]
+pub struct Func {
+    raw: sys::wasm_function_inst_t,
+    inst: sys::wasm_module_inst_t,
+    name: Arc<str>,
+    ty: FuncType,
+}
+
+// SAFETY: a function instance is immutable data of its module instance; the
+// pointer is only dereferenced by WAMR during a call on an env of that same
+// instance, which ExecEnv::call checks (`inst` must match).
+unsafe impl Send for Func {}
+// SAFETY: see Send.
+unsafe impl Sync for Func {}
+
+impl Func {
+    /// The export's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The signature.
+    pub fn ty(&self) -> &FuncType {
+        &self.ty
+    }
+}
+
+/// Lets another thread stop a running call (`wasm_runtime_terminate`) without
+/// racing the env's destruction or a later call.
+#[derive(Debug)]
+pub struct InterruptHandle {
+    state: Mutex<InterruptState>,
+    hit: AtomicBool,
+}
+
+#[derive(Debug)]
+struct InterruptState {
+    /// The instance while the env is alive; 0 once it is destroyed.
+    inst: usize,
+    /// Whether a call is in flight.
+    in_call: bool,
+    /// Deadline of the call in flight, if it has a budget.
+    deadline: Option<Instant>,
+}
+
+impl InterruptHandle {
+    /// Terminates the call in flight if its deadline has passed. Returns
+    /// whether it did. Safe to call from any thread at any time.
+    pub fn expire_if_due(&self, now: Instant) -> bool {
+        let mut st = self.state.lock();
+        match st.deadline {
+            Some(d) if d <= now && st.in_call => Self::terminate_locked(&mut st, &self.hit),
+            _ => false,
+        }
+    }
+
+    /// Terminates the call in flight, whatever its budget (used at shutdown
+    /// for guests that do not return). Returns whether a call was stopped.
+    pub fn terminate_in_flight(&self) -> bool {
+        let mut st = self.state.lock();
+        st.in_call && Self::terminate_locked(&mut st, &self.hit)
+    }
+
+    fn terminate_locked(st: &mut InterruptState, hit: &AtomicBool) -> bool {
+        if st.inst == 0 {
+            return false;
+        }
+        hit.store(true, Ordering::Release);
+        st.deadline = None;
+        st.in_call = false;
+        // SAFETY: `inst` is non-zero only while the env is alive:
+        // ExecEnv::drop zeroes it under this lock before destroying the
+        // instance. wasm_runtime_terminate only sets flags on it (and, for a
+        // spawned env, on its cluster siblings, which the parent keeps alive).
+        unsafe { sys::wasm_runtime_terminate(st.inst as sys::wasm_module_inst_t) };
+        true
+    }
+
+    /// Whether a call is in flight.
+    pub fn in_call(&self) -> bool {
+        self.state.lock().in_call
+    }
+}
+
+enum Owner {
+    /// Independent: we own the instance and destroy it.
+    Instance { _module: Module },
+    /// Spawned from this parent; WAMR destroys the instance with the env.
+    Spawned { parent: Arc<ParentEnv> },
+}
+
+/// A private exec env and its instance. `Send` (it moves with its
+/// coroutine), not `Sync`: one caller at a time.
+pub struct ExecEnv {
+    raw: sys::wasm_exec_env_t,
+    inst: sys::wasm_module_inst_t,
+    owner: Owner,
+    /// Stack range for which the native boundary is set.
+    bound: Cell<(usize, usize)>,
+    /// User data reachable by host functions (see host::Caller::data_mut).
+    data: Box<HostData>,
+    interrupt: Arc<InterruptHandle>,
+    budget: Option<Duration>,
+    poisoned: Option<String>,
+}
+
+/// The slot WAMR's exec env user data points to.
+pub(crate) struct HostData {
+    pub(crate) value: Option<Box<dyn std::any::Any + Send>>,
+}
+
+// SAFETY: WAMR exec envs are not tied to the thread that created them (with
+// hardware bound checks off there is no thread-local signal state); calls set
+// the native stack boundary for whatever stack they run on. ExecEnv is !Sync,
+// so only one thread uses it at a time.
+unsafe impl Send for ExecEnv {}
+
+impl std::fmt::Debug for ExecEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecEnv")
+            .field("spawned", &self.is_spawned())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl ExecEnv {
+    /// Instantiates `module` independently and creates its exec env.
+    pub fn new(module: &Module, cfg: InstanceConfig) -> Result<ExecEnv> {
+        let mut err = [0u8; ERROR_BUF_LEN];
+        // SAFETY: the module is loaded and kept alive by `Owner::Instance`;
+        // `err` is writable for the size given.
+        let inst = unsafe {
+            sys::wasm_runtime_instantiate(
+                module.inner.raw,
+                cfg.stack_size,
+                cfg.heap_size,
+                err.as_mut_ptr() as *mut libc::c_char,
+                ERROR_BUF_LEN as u32,
+            )
+        };
+        if inst.is_null() {
+            return Err(Error::Instantiate(error_text(&err)));
+        }
+        // SAFETY: `inst` was just created and is owned by us.
+        let raw = unsafe { sys::wasm_runtime_create_exec_env(inst, cfg.stack_size) };
+        if raw.is_null() {
+            // SAFETY: `inst` is ours and has no env.
+            unsafe { sys::wasm_runtime_deinstantiate(inst) };
+            return Err(Error::ExecEnv(format!(
+                "wasm_runtime_create_exec_env failed (the module's aux stack divided into \
+                 envs_per_parent+1 = {} slots may be below WAMR's 256-byte minimum)",
+                super::runtime::Runtime::get()?.config().envs_per_parent + 1
+            )));
+        }
+        Ok(ExecEnv::wrap(raw, inst, Owner::Instance { _module: module.clone() }))
+    }
+
+    fn wrap(raw: sys::wasm_exec_env_t, inst: sys::wasm_module_inst_t, owner: Owner) -> ExecEnv {
+        let data = Box::new(HostData { value: None });
+        // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
+        // user data points into a Box that lives exactly as long as it.
+        unsafe {
+            sys::wasm_runtime_set_user_data(raw, &*data as *const HostData as *mut libc::c_void)
+        };
+        ExecEnv {
+            raw,
+            inst,
+            owner,
+            bound: Cell::new((0, 0)),
+            data,
+            interrupt: Arc::new(InterruptHandle {
+                state: Mutex::new(InterruptState { inst: inst as usize, in_call: false, deadline: None }),
+                hit: AtomicBool::new(false),
+            }),
+            budget: None,
+            poisoned: None,
+        }
+    }
+
+    /// Whether this env was spawned from a parent.
+    pub fn is_spawned(&self) -> bool {
+        matches!(self.owner, Owner::Spawned { .. })
+    }
+
+    /// The parent this env was spawned from, if any.
+    pub fn parent(&self) -> Option<&Arc<ParentEnv>> {
+        match &self.owner {
+            Owner::Spawned { parent } => Some(parent),
+            Owner::Instance { .. } => None,
+        }
+    }
+
+    /// Why the env cannot be used any more, if it cannot.
+    pub fn poisoned(&self) -> Option<String> {
+        if let Some(p) = &self.poisoned {
+            return Some(p.clone());
+        }
+        self.parent().and_then(|p| p.poisoned())
+    }
+
+    /// Per-call time budget: a call still running after it is terminated by
+    /// the watchdog that scans [`interrupt_handle`](Self::interrupt_handle)s
+    /// (see `crate::watchdog`). `None` = unlimited.
+    pub fn set_budget(&mut self, budget: Option<Duration>) {
+        self.budget = budget;
+    }
+
+    /// The handle a watchdog uses to stop this env's calls.
+    pub fn interrupt_handle(&self) -> &Arc<InterruptHandle> {
+        &self.interrupt
+    }
+
+    /// Sets the value host functions see through `Caller::data_mut`.
+    pub fn set_host_data(&mut self, value: Option<Box<dyn std::any::Any + Send>>) {
+        self.data.value = value;
+    }
+
+    /// The host data, if set and of type `T`.
+    pub fn host_data_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.data.value.as_mut()?.downcast_mut::<T>()
+    }
+
+    /// Looks up exported function `name` in this env's instance.
+    pub fn func(&self, module: &Module, name: &str) -> Result<Func> {
+        let ty = module
+            .func_type(name)
+            .ok_or_else(|| Error::MissingExport { name: name.into(), why: "lookup".into() })?
+            .clone();
+        let cname = super::runtime::cstring(name)?;
+        // SAFETY: `inst` is alive (owned by self); WAMR only reads the name.
+        let raw = unsafe { sys::wasm_runtime_lookup_function(self.inst, cname.as_ptr()) };
+        if raw.is_null() {
+            return Err(Error::MissingExport { name: name.into(), why: "lookup".into() });
+        }
+        Ok(Func { raw, inst: self.inst, name: name.into(), ty })
+    }
+
+    /// Calls `func` with `args`, checking their types.
+    pub fn call(&mut self, func: &Func, args: &[Val]) -> Result<Vec<Val>> {
+        if args.len() != func.ty.params.len()
+            || args.iter().zip(&func.ty.params).any(|(a, t)| a.ty() != *t)
+        {
+            return Err(Error::BadArguments {
+                func: func.name.to_string(),
+                why: format!(
+                    "expected {}, got {:?}",
+                    func.ty,
+                    args.iter().map(|a| a.ty()).collect::<Vec<_>>()
+                ),
+            });
+        }
+        if func.ty.results.iter().chain(&func.ty.params).any(|t| *t == ValType::Other) {
+            return Err(Error::BadArguments {
+                func: func.name.to_string(),
+                why: "reference and vector types are not supported".into(),
+            });
+        }
+        let ncells = func
+            .ty
+            .params
+            .iter()
+            .map(|t| t.cells())
+            .sum::<usize>()
+            .max(func.ty.results.iter().map(|t| t.cells()).sum());
+        let mut cells = vec![0u32; ncells.max(1)];
+        let mut i = 0;
+        for a in args {
+            let slot = a.to_slot();
+            cells[i] = slot as u32;
+            if a.ty().cells() == 2 {
+                cells[i + 1] = (slot >> 32) as u32;
+            }
+            i += a.ty().cells();
+        }
+        let argc = func.ty.params.iter().map(|t| t.cells()).sum::<usize>() as u32;
+        self.call_cells(func, argc, &mut cells)?;
+        let mut out = Vec::with_capacity(func.ty.results.len());
+        let mut i = 0;
+        for t in &func.ty.results {
+            let slot = if t.cells() == 2 {
+                cells[i] as u64 | ((cells[i + 1] as u64) << 32)
+            } else {
+                cells[i] as u64
+            };
+            out.push(Val::from_slot(*t, slot));
+            i += t.cells();
+        }
+        Ok(out)
+    }
+
+    /// Fast path for functions whose parameters are all i32 and whose result
+    /// is at most one i32 (the whole guest ABI). No allocation.
+    pub fn call_i32(&mut self, func: &Func, args: &[i32]) -> Result<Option<i32>> {
+        const MAX: usize = 8;
+        let ok_sig = func.ty.params.len() == args.len()
+            && args.len() <= MAX
+            && func.ty.params.iter().all(|t| *t == ValType::I32)
+            && func.ty.results.len() <= 1
+            && func.ty.results.iter().all(|t| *t == ValType::I32);
+        if !ok_sig {
+            return Err(Error::BadArguments {
+                func: func.name.to_string(),
+                why: format!("call_i32 needs (i32 x {}) -> i32?, function is {}", args.len(), func.ty),
+            });
+        }
+        let mut cells = [0u32; MAX];
+        for (c, a) in cells.iter_mut().zip(args) {
+            *c = *a as u32;
+        }
+        self.call_cells(func, args.len() as u32, &mut cells)?;
+        Ok(if func.ty.results.is_empty() { None } else { Some(cells[0] as i32) })
+    }
+
+    fn call_cells(&mut self, func: &Func, argc: u32, cells: &mut [u32]) -> Result<()> {
+        if func.inst != self.inst {
+            return Err(Error::BadArguments {
+                func: func.name.to_string(),
+                why: "function belongs to another instance".into(),
+            });
+        }
+        if let Some(why) = self.poisoned() {
+            return Err(Error::Poisoned(why));
+        }
+        self.bind_stack()?;
+        {
+            let mut st = self.interrupt.state.lock();
+            st.in_call = true;
+            st.deadline = self.budget.map(|b| Instant::now() + b);
+        }
+        // SAFETY: `raw` and `func` belong to this live instance (checked
+        // above); `cells` holds at least max(argc, result cells) u32s as
+        // computed by the callers from the function's type; the native stack
+        // boundary matches the current stack (bind_stack). Host functions
+        // called from inside may yield the coroutine; the env is not shared.
+        let ok = unsafe { sys::wasm_runtime_call_wasm(self.raw, func.raw, argc, cells.as_mut_ptr()) };
+        {
+            let mut st = self.interrupt.state.lock();
+            st.in_call = false;
+            st.deadline = None;
+        }
+        let hit = self.interrupt.hit.load(Ordering::Acquire);
+        if ok && !hit {
+            return Ok(());
+        }
+        let message = self.exception().unwrap_or_else(|| "unknown failure".into());
+        let err = if hit && self.budget.is_some() {
+            Error::BudgetExceeded {
+                func: func.name.to_string(),
+                budget_ms: self.budget.map(|b| b.as_millis() as u64).unwrap_or(0),
+            }
+        } else if hit {
+            Error::Trap { func: func.name.to_string(), message: "terminated by the host (shutdown)".into() }
+        } else {
+            Error::Trap { func: func.name.to_string(), message: message.clone() }
+        };
+        self.poison(err.to_string());
+        Err(err)
+    }
+
+    fn poison(&mut self, why: String) {
+        if let Owner::Spawned { parent } = &self.owner {
+            parent.poison(&why);
+        }
+        self.poisoned = Some(why);
+    }
+
+    /// Makes WAMR's native stack boundary match the current stack.
+    fn bind_stack(&self) -> Result<()> {
+        let sp = super::stack::sp();
+        let (lo, hi) = self.bound.get();
+        if sp >= lo && sp < hi {
+            return Ok(());
+        }
+        let cur = super::stack::current()?;
+        // SAFETY: `raw` is live; the boundary is either NULL (WAMR uses the
+        // pthread stack, correct on an OS thread) or GUARD bytes above the
+        // low end of the coroutine stack we are running on.
+        unsafe {
+            sys::wasm_runtime_set_native_stack_boundary(self.raw, cur.boundary as *mut u8)
+        };
+        self.bound.set((cur.low, cur.high));
+        Ok(())
+    }
+
+    /// WAMR's current exception text for this instance.
+    pub fn exception(&self) -> Option<String> {
+        // SAFETY: `inst` is alive; WAMR returns NULL or a NUL-terminated
+        // string inside the instance, copied out before anything else runs.
+        let p = unsafe { sys::wasm_runtime_get_exception(self.inst) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: non-null, NUL-terminated (see above).
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// The instance's default linear memory (a view valid until the next call
+    /// into the guest, which may grow and move it).
+    pub fn memory(&mut self) -> GuestMemory<'_> {
+        // SAFETY: `inst` is alive and exclusively borrowed for the view's life.
+        unsafe { GuestMemory::of_instance(self.inst) }
+    }
+
+    /// Allocates `size` bytes in WAMR's app heap (or through the module's
+    /// own `malloc` export, which WAMR prefers when present).
+    pub fn heap_alloc(&mut self, size: u32) -> Result<u32> {
+        self.bind_stack()?;
+        let mut native: *mut libc::c_void = std::ptr::null_mut();
+        // SAFETY: `inst` is alive; WAMR returns 0 on failure. It may call the
+        // guest's malloc export on its own env (stack boundary bound above).
+        let off = unsafe { sys::wasm_runtime_module_malloc(self.inst, size as u64, &mut native) };
+        if off == 0 {
+            let why = self.exception().unwrap_or_else(|| "app heap exhausted or absent".into());
+            return Err(Error::GuestAlloc { size, why });
+        }
+        u32::try_from(off).map_err(|_| Error::GuestAlloc { size, why: "offset above 4 GiB".into() })
+    }
+}
+
+impl Drop for ExecEnv {
+    fn drop(&mut self) {
+        // Stop the watchdog from touching the instance from now on.
+        self.interrupt.state.lock().inst = 0;
+        match &self.owner {
+            // SAFETY: we own both; the env is destroyed before its instance.
+            Owner::Instance { .. } => unsafe {
+                sys::wasm_runtime_destroy_exec_env(self.raw);
+                sys::wasm_runtime_deinstantiate(self.inst);
+            },
+            Owner::Spawned { parent } => {
+                let _g = parent.lock.lock();
+                // SAFETY: spawned by wasm_runtime_spawn_exec_env from
+                // `parent`, which is alive (we hold an Arc). WAMR destroys the
+                // spawned instance with it. Serialised with spawns.
+                unsafe { sys::wasm_runtime_destroy_spawned_exec_env(self.raw) };
+                parent.children.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// A parent instance that envs are spawned from (one WAMR cluster).
+pub struct ParentEnv {
+    env: Mutex<ExecEnv>,
+    lock: Mutex<()>,
+    children: std::sync::atomic::AtomicUsize,
+    capacity: usize,
+    poison: Mutex<Option<String>>,
+    poisoned: AtomicBool,
+}
+
+impl std::fmt::Debug for ParentEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParentEnv")
+            .field("children", &self.children())
+            .field("capacity", &self.capacity)
+            .field("poisoned", &self.poisoned())
+            .finish()
+    }
+}
+
+impl ParentEnv {
+    /// Creates a parent for `module`. Fails with a clear message if the
+    /// module lacks what spawning needs.
+    pub fn new(module: &Module, cfg: InstanceConfig) -> Result<Arc<ParentEnv>> {
+        module.check_spawnable()?;
+        let env = ExecEnv::new(module, cfg)?;
+        let capacity = super::runtime::Runtime::get()?.config().envs_per_parent as usize;
+        Ok(Arc::new(ParentEnv {
+            env: Mutex::new(env),
+            lock: Mutex::new(()),
+            children: 0.into(),
+            capacity,
+            poison: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
+        }))
+    }
+
+    /// Spawns a private env (`wasm_runtime_spawn_exec_env`).
+    pub fn spawn(self: &Arc<Self>) -> Result<ExecEnv> {
+        if let Some(why) = self.poisoned() {
+            return Err(Error::Poisoned(why));
+        }
+        let _g = self.lock.lock();
+        if self.children.load(Ordering::Acquire) >= self.capacity {
+            return Err(Error::TooManyEnvs { what: "envs_per_parent", limit: self.capacity });
+        }
+        let parent = self.env.lock();
+        // SAFETY: the parent env is alive (owned by self) and spawns are
+        // serialised by `lock`. The parent env is never called, so no call
+        // is in flight on it.
+        let raw = unsafe { sys::wasm_runtime_spawn_exec_env(parent.raw) };
+        if raw.is_null() {
+            return Err(Error::ExecEnv(
+                "wasm_runtime_spawn_exec_env returned NULL (aux stack slots exhausted, or the \
+                 cluster has a pending exception)"
+                    .into(),
+            ));
+        }
+        // SAFETY: `raw` is a live spawned env.
+        let inst = unsafe { sys::wasm_runtime_get_module_inst(raw) };
+        self.children.fetch_add(1, Ordering::AcqRel);
+        Ok(ExecEnv::wrap(raw, inst, Owner::Spawned { parent: Arc::clone(self) }))
+    }
+
+    /// Envs currently spawned from this parent.
+    pub fn children(&self) -> usize {
+        self.children.load(Ordering::Acquire)
+    }
+
+    /// How many children fit (WAMR's `max_thread_num`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Why the cluster is unusable, if it is.
+    pub fn poisoned(&self) -> Option<String> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        self.poison.lock().clone()
+    }
+
+    fn poison(&self, why: &str) {
+        let mut p = self.poison.lock();
+        if p.is_none() {
+            *p = Some(format!("a sibling in the same cluster failed: {why}"));
+        }
+        self.poisoned.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,35 @@
+//! The FFI layer: the only part of the crate that calls WAMR.
+//!
+//! Everything above this module (registry, pool, server) uses the safe RAII
+//! handles defined here and never touches a raw WAMR pointer:
+//!
+//! | file | concept |
+//! |---|---|
+//! | `runtime.rs` | the process-wide WAMR runtime: init once, settings, log routing |
+//! | `log.rs` | where WAMR's own printing goes (`tracing`, or nowhere) |
+//! | `module.rs` | a loaded module, its imports and exports, contract checks |
+//! | `instance.rs` | instances and exec envs: independent or spawned, calls, traps |
+//! | `host.rs` | host functions (imports) written in Rust or C |
+//! | `memory.rs` | bounds-checked views of a guest's linear memory |
+//! | `stack.rs` | the native stack boundary of the calling coroutine or thread |
+
+pub(crate) use wamrx_sys as sys;
+pub use instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
+pub use module::Module;
+
+pub mod host;
+pub mod instance;
+pub(crate) mod log;
+pub mod memory;
+pub mod module;
+pub mod runtime;
+pub mod stack;
+
+/// WAMR writes error text into a caller-supplied buffer; this is its size.
+pub(crate) const ERROR_BUF_LEN: usize = 256;
+
+/// Turns a NUL-terminated error buffer into a `String`.
+pub(crate) fn error_text(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).trim().to_string()
+}

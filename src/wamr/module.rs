@@ -1,0 +1,381 @@
+//! A loaded WebAssembly module.
+//!
+//! [`Module`] owns WAMR's `wasm_module_t` and the bytes it was loaded from
+//! (WAMR keeps pointers into that buffer and may patch it in place, so the
+//! buffer is a private copy that lives as long as the module). Loading checks
+//! what WAMR does not: every imported function must be provided by a
+//! registered host function, so a typo fails at load with the import's name
+//! instead of at the first call.
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::sys;
+use super::{error_text, ERROR_BUF_LEN};
+use crate::error::{Error, Result};
+
+/// A WebAssembly value type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValType {
+    /// 32-bit integer.
+    I32,
+    /// 64-bit integer.
+    I64,
+    /// 32-bit float.
+    F32,
+    /// 64-bit float.
+    F64,
+    /// Anything else (references, v128): not callable through this API.
+    Other,
+}
+
+impl ValType {
+    pub(crate) fn from_kind(kind: sys::wasm_valkind_t) -> ValType {
+        match kind as u32 {
+            x if x == sys::WASM_I32 => ValType::I32,
+            x if x == sys::WASM_I64 => ValType::I64,
+            x if x == sys::WASM_F32 => ValType::F32,
+            x if x == sys::WASM_F64 => ValType::F64,
+            _ => ValType::Other,
+        }
+    }
+
+    /// WAMR's signature letter.
+    pub(crate) fn letter(self) -> Option<char> {
+        match self {
+            ValType::I32 => Some('i'),
+            ValType::I64 => Some('I'),
+            ValType::F32 => Some('f'),
+            ValType::F64 => Some('F'),
+            ValType::Other => None,
+        }
+    }
+
+    /// Number of 32-bit cells the value takes in WAMR's argv.
+    pub(crate) fn cells(self) -> usize {
+        match self {
+            ValType::I64 | ValType::F64 => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A function signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuncType {
+    /// Parameter types.
+    pub params: Vec<ValType>,
+    /// Result types.
+    pub results: Vec<ValType>,
+}
+
+impl FuncType {
+    /// Builds a signature.
+    pub fn new(params: &[ValType], results: &[ValType]) -> FuncType {
+        FuncType { params: params.to_vec(), results: results.to_vec() }
+    }
+}
+
+impl fmt::Display for FuncType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |v: &[ValType]| {
+            v.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>().join(", ")
+        };
+        write!(f, "({}) -> ({})", list(&self.params), list(&self.results))
+    }
+}
+
+/// What an export is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportKind {
+    /// A function with its signature.
+    Func(FuncType),
+    /// A global: its type and mutability.
+    Global {
+        /// Value type.
+        ty: ValType,
+        /// Whether it is mutable.
+        mutable: bool,
+    },
+    /// A linear memory.
+    Memory {
+        /// Whether it is shared between threads.
+        shared: bool,
+    },
+    /// A table.
+    Table,
+}
+
+/// One export of a module.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// Its name.
+    pub name: String,
+    /// Its kind and type.
+    pub kind: ExportKind,
+}
+
+/// One imported function.
+#[derive(Debug, Clone)]
+pub struct Import {
+    /// Import module name (`env` for the guest ABI).
+    pub module: String,
+    /// Field name.
+    pub name: String,
+    /// Whether a host function is linked to it (always true after a
+    /// successful load; imports of other kinds are reported linked).
+    pub linked: bool,
+}
+
+pub(crate) struct ModuleInner {
+    pub(crate) raw: sys::wasm_module_t,
+    // WAMR refers into this buffer for the module's lifetime. Never read
+    // from Rust after load; dropped after wasm_runtime_unload.
+    _bytes: Box<[u8]>,
+    exports: Vec<Export>,
+    imports: Vec<Import>,
+}
+
+// SAFETY: a loaded wasm_module_t is immutable after wasm_runtime_load returns;
+// WAMR instantiates from it on any thread (it is what spawn does from worker
+// threads). Unload happens once, in Drop, when no instance refers to it (each
+// instance holds an Arc<ModuleInner>).
+unsafe impl Send for ModuleInner {}
+// SAFETY: see Send: shared access only reads the loaded module.
+unsafe impl Sync for ModuleInner {}
+
+impl Drop for ModuleInner {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from wasm_runtime_load and every instance made
+        // from it holds an Arc to us, so none is alive now.
+        unsafe { sys::wasm_runtime_unload(self.raw) };
+    }
+}
+
+/// A validated, loaded module. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Module {
+    pub(crate) inner: Arc<ModuleInner>,
+}
+
+impl fmt::Debug for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Module")
+            .field("exports", &self.inner.exports.len())
+            .field("imports", &self.inner.imports.len())
+            .finish()
+    }
+}
+
+impl Module {
+    /// Loads a module from `.wasm` bytes or `.wat` text (detected by content).
+    pub fn new(bytes: impl AsRef<[u8]>) -> Result<Module> {
+        let bytes = bytes.as_ref();
+        if bytes.starts_with(b"\0asm") {
+            Module::from_binary(bytes)
+        } else {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| Error::Load("neither a wasm binary (no \\0asm magic) nor UTF-8 text".into()))?;
+            Module::from_wat(text)
+        }
+    }
+
+    /// Loads a module from WebAssembly text.
+    pub fn from_wat(text: &str) -> Result<Module> {
+        let bin = wat::parse_str(text).map_err(|e| Error::Wat(e.to_string()))?;
+        Module::from_binary(&bin)
+    }
+
+    /// Loads a module from a `.wasm` or `.wat` file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Module> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path)
+            .map_err(|source| Error::ReadModule { path: path.to_owned(), source })?;
+        Module::new(bytes)
+    }
+
+    /// Loads a module from a wasm binary.
+    pub fn from_binary(bytes: &[u8]) -> Result<Module> {
+        super::runtime::Runtime::get()?;
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| Error::Load("module larger than 4 GiB".into()))?;
+        let mut copy: Box<[u8]> = bytes.into();
+        let mut err = [0u8; ERROR_BUF_LEN];
+        // SAFETY: `copy` is a private buffer of `len` bytes that outlives the
+        // module (stored in ModuleInner, dropped after unload); `err` is a
+        // writable buffer of the size we pass. The runtime is initialised.
+        let raw = unsafe {
+            sys::wasm_runtime_load(
+                copy.as_mut_ptr(),
+                len,
+                err.as_mut_ptr() as *mut libc::c_char,
+                ERROR_BUF_LEN as u32,
+            )
+        };
+        if raw.is_null() {
+            return Err(Error::Load(error_text(&err)));
+        }
+        let mut inner = ModuleInner { raw, _bytes: copy, exports: Vec::new(), imports: Vec::new() };
+        inner.exports = read_exports(raw);
+        inner.imports = read_imports(raw);
+        if let Some(missing) = inner.imports.iter().find(|i| !i.linked) {
+            return Err(Error::UnlinkedImport {
+                module: missing.module.clone(),
+                name: missing.name.clone(),
+            });
+        }
+        Ok(Module { inner: Arc::new(inner) })
+    }
+
+    /// All exports.
+    pub fn exports(&self) -> &[Export] {
+        &self.inner.exports
+    }
+
+    /// All imported functions.
+    pub fn imports(&self) -> &[Import] {
+        &self.inner.imports
+    }
+
+    /// The export called `name`.
+    pub fn export(&self, name: &str) -> Option<&Export> {
+        self.inner.exports.iter().find(|e| e.name == name)
+    }
+
+    /// The signature of exported function `name`, if it is one.
+    pub fn func_type(&self, name: &str) -> Option<&FuncType> {
+        match &self.export(name)?.kind {
+            ExportKind::Func(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Checks that `name` is an exported function with signature `ty`.
+    pub fn require_func(&self, name: &str, ty: &FuncType, why: &str) -> Result<()> {
+        match self.export(name) {
+            None => Err(Error::MissingExport { name: name.into(), why: why.into() }),
+            Some(Export { kind: ExportKind::Func(found), .. }) if found == ty => Ok(()),
+            Some(Export { kind: ExportKind::Func(found), .. }) => Err(Error::WrongSignature {
+                name: name.into(),
+                expected: ty.to_string(),
+                found: found.to_string(),
+            }),
+            Some(other) => Err(Error::WrongSignature {
+                name: name.into(),
+                expected: format!("function {ty}"),
+                found: format!("{:?}", other.kind),
+            }),
+        }
+    }
+
+    /// Checks that an optional export, if present, has signature `ty`.
+    pub fn check_optional_func(&self, name: &str, ty: &FuncType) -> Result<bool> {
+        match self.export(name) {
+            None => Ok(false),
+            Some(_) => self.require_func(name, ty, "optional").map(|_| true),
+        }
+    }
+
+    /// Whether the exported memory is shared (threads proposal).
+    pub fn has_shared_memory(&self) -> bool {
+        self.inner
+            .exports
+            .iter()
+            .any(|e| matches!(e.kind, ExportKind::Memory { shared: true }))
+    }
+
+    /// Checks what `wasm_runtime_spawn_exec_env` needs: exported, immutable
+    /// i32 globals `__heap_base` and `__data_end` (WAMR derives the aux
+    /// stack from them; without them spawn fails with an unhelpful message).
+    pub fn check_spawnable(&self) -> Result<()> {
+        let mut missing = Vec::new();
+        for name in ["__heap_base", "__data_end"] {
+            match self.export(name).map(|e| &e.kind) {
+                Some(ExportKind::Global { ty: ValType::I32, mutable: false }) => {}
+                Some(other) => {
+                    return Err(Error::SpawnUnsupported(format!(
+                        "`{name}` must be an immutable i32 global, found {other:?}"
+                    )))
+                }
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::SpawnUnsupported(format!(
+                "missing exports {} (clang and rustc emit them; WAT guests must declare them)",
+                missing.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn cstr(p: *const libc::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: WAMR returns NUL-terminated names owned by the module.
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn func_type(ft: sys::wasm_func_type_t) -> FuncType {
+    // SAFETY: `ft` is a live function type of a loaded module, as returned by
+    // wasm_runtime_get_export_type; indices are below the counts WAMR reports.
+    unsafe {
+        let np = sys::wasm_func_type_get_param_count(ft);
+        let nr = sys::wasm_func_type_get_result_count(ft);
+        FuncType {
+            params: (0..np)
+                .map(|i| ValType::from_kind(sys::wasm_func_type_get_param_valkind(ft, i)))
+                .collect(),
+            results: (0..nr)
+                .map(|i| ValType::from_kind(sys::wasm_func_type_get_result_valkind(ft, i)))
+                .collect(),
+        }
+    }
+}
+
+fn read_exports(raw: sys::wasm_module_t) -> Vec<Export> {
+    // SAFETY: `raw` is a loaded module; WAMR fills `e` for indices below the
+    // export count.
+    unsafe {
+        let n = sys::wasm_runtime_get_export_count(raw).max(0);
+        (0..n)
+            .map(|i| {
+                let mut e = sys::wasm_export_t::default();
+                sys::wasm_runtime_get_export_type(raw, i, &mut e);
+                let kind = match e.kind {
+                    sys::WASM_IMPORT_EXPORT_KIND_FUNC => ExportKind::Func(func_type(e.u.func_type)),
+                    sys::WASM_IMPORT_EXPORT_KIND_GLOBAL => ExportKind::Global {
+                        ty: ValType::from_kind(sys::wasm_global_type_get_valkind(e.u.global_type)),
+                        mutable: sys::wasm_global_type_get_mutable(e.u.global_type),
+                    },
+                    sys::WASM_IMPORT_EXPORT_KIND_MEMORY => ExportKind::Memory {
+                        shared: sys::wasm_memory_type_get_shared(e.u.memory_type),
+                    },
+                    _ => ExportKind::Table,
+                };
+                Export { name: cstr(e.name), kind }
+            })
+            .collect()
+    }
+}
+
+fn read_imports(raw: sys::wasm_module_t) -> Vec<Import> {
+    // SAFETY: as in read_exports, for imports.
+    unsafe {
+        let n = sys::wasm_runtime_get_import_count(raw).max(0);
+        (0..n)
+            .map(|i| {
+                let mut imp = sys::wasm_import_t::default();
+                sys::wasm_runtime_get_import_type(raw, i, &mut imp);
+                let is_func = imp.kind == sys::WASM_IMPORT_EXPORT_KIND_FUNC;
+                Import {
+                    module: cstr(imp.module_name),
+                    name: cstr(imp.name),
+                    linked: !is_func || imp.linked,
+                }
+            })
+            .collect()
+    }
+}

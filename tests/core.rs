@@ -1,0 +1,331 @@
+//! The embedding layer: modules, envs, traps, registry, pool, coroutines.
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wamr_coro::abi::ModeReq;
+use wamr_coro::*;
+
+/// A guest with a host import that yields the coroutine, plus trap and spin.
+const CORE_WAT: &str = r#"
+(module
+  (import "test" "yield" (func $yield (param i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $sp (mut i32) (i32.const 65536))
+  (global (export "__data_end") i32 (i32.const 1024))
+  (global (export "__heap_base") i32 (i32.const 65536))
+  (global $count (mut i32) (i32.const 0))
+  (func (export "noop"))
+  (func (export "alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "on_recv") (param i32 i32 i32) (result i32)
+    (global.set $count (i32.add (global.get $count) (i32.const 1)))
+    (i32.add (call $yield (local.get 0)) (global.get $count)))
+  (func (export "count") (result i32) (global.get $count))
+  (func (export "trap") (unreachable))
+  (func (export "spin") (loop $l (br $l)))
+  (func (export "add64") (param i64 i64) (result i64) (i64.add (local.get 0) (local.get 1)))
+)"#;
+
+static YIELDS: AtomicUsize = AtomicUsize::new(0);
+
+fn setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        Runtime::init(RuntimeConfig::default()).unwrap();
+        wamr_coro::coro::configure(2, 256 * 1024).unwrap();
+        Runtime::get()
+            .unwrap()
+            .register(HostFunc::new("test", "yield", &[ValType::I32], &[ValType::I32], |_c, args| {
+                // Yield inside the import: the coroutine may resume on the
+                // other worker before the guest continues.
+                may::coroutine::yield_now();
+                YIELDS.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Val::I32(args[0].i32().unwrap() * 10)))
+            }))
+            .unwrap();
+    });
+}
+
+fn core_module() -> Module {
+    setup();
+    Module::from_wat(CORE_WAT).unwrap()
+}
+
+fn guest(source: EnvSource) -> Arc<Guest> {
+    let cfg = GuestConfig { source, chunk_size: 1024, ..Default::default() };
+    Guest::new(core_module(), cfg, Registry::new()).unwrap()
+}
+
+#[test]
+fn receive_buffer_from_app_heap_without_alloc() {
+    setup();
+    let m = Module::from_wat(
+        r#"(module (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "on_recv") (param i32 i32 i32) (result i32)
+               (i32.load8_u (local.get 1))))"#,
+    )
+    .unwrap();
+    let g = Guest::new(m, GuestConfig { chunk_size: 4096, ..Default::default() }, Registry::new()).unwrap();
+    let mut env = g.create_env().unwrap();
+    let (ptr, cap) = env.recv_buffer();
+    assert!(ptr > 0 && cap == 4096);
+    assert_eq!(env.on_recv(1, b"\x2a").unwrap(), 42);
+}
+
+#[test]
+fn typed_calls_and_i64() {
+    let m = core_module();
+    let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+    let f = env.func(&m, "add64").unwrap();
+    let r = env.call(&f, &[Val::I64(1 << 40), Val::I64(5)]).unwrap();
+    assert_eq!(r, vec![Val::I64((1 << 40) + 5)]);
+    let err = env.call(&f, &[Val::I32(1)]).unwrap_err();
+    assert!(matches!(err, Error::BadArguments { .. }), "{err}");
+}
+
+fn ten_thousand(source: EnvSource) {
+    let g = guest(source);
+    let n = 10_000;
+    let errors = Arc::new(AtomicUsize::new(0));
+    let migrated = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let g = Arc::clone(&g);
+            let errors = Arc::clone(&errors);
+            let migrated = Arc::clone(&migrated);
+            coro::spawn(move || {
+                let run = || -> Result<()> {
+                    let mut env = g.create_env()?;
+                    let before = std::thread::current().id();
+                    let r1 = env.on_recv(i, b"x")?;
+                    let after = std::thread::current().id();
+                    if before != after {
+                        migrated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let r2 = env.on_recv(i, b"y")?;
+                    // Private instance: its own counter went 1, 2.
+                    assert_eq!((r1, r2), (i * 10 + 1, i * 10 + 2));
+                    Ok(())
+                };
+                if let Err(e) = run() {
+                    eprintln!("coroutine {i}: {e}");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+    let s = g.registry().stats();
+    assert_eq!(s.live, 0, "{s:?}");
+    assert_eq!(s.created, n as u64);
+    assert_eq!(s.destroyed, n as u64);
+    eprintln!("{source:?}: peak {} envs, {} coroutines resumed on another worker", s.peak, migrated.load(Ordering::Relaxed));
+}
+
+#[test]
+fn ten_thousand_coroutines_independent_envs() {
+    ten_thousand(EnvSource::Instance);
+}
+
+#[test]
+fn ten_thousand_coroutines_spawned_envs() {
+    ten_thousand(EnvSource::Spawn);
+}
+
+#[test]
+fn panic_while_holding_env_destroys_it() {
+    let g = guest(EnvSource::Instance);
+    let g2 = Arc::clone(&g);
+    let h = coro::spawn(move || {
+        let mut env = g2.create_env().unwrap();
+        env.on_recv(1, b"a").unwrap();
+        assert_eq!(g2.registry().live(), 1);
+        panic!("boom while holding an env");
+    });
+    assert!(h.join().is_err());
+    assert_eq!(g.registry().live(), 0);
+    assert_eq!(g.registry().stats().destroyed, 1);
+}
+
+#[test]
+fn trap_in_independent_env_leaves_others_working() {
+    let g = guest(EnvSource::Instance);
+    let m = g.module().clone();
+    let mut a = g.create_env().unwrap();
+    let mut b = g.create_env().unwrap();
+    let trap = a.exec_env().func(&m, "trap").unwrap();
+    let err = a.exec_env().call(&trap, &[]).unwrap_err();
+    assert!(matches!(&err, Error::Trap { message, .. } if message.contains("unreachable")), "{err}");
+    assert!(a.poisoned().is_some());
+    // Other envs: untouched, including new ones.
+    assert_eq!(b.on_recv(1, b"x").unwrap(), 11);
+    let mut c = g.create_env().unwrap();
+    assert_eq!(c.on_recv(2, b"x").unwrap(), 21);
+    // The trapped env refuses further calls.
+    assert!(matches!(a.on_recv(3, b"x"), Err(Error::Poisoned(_))));
+}
+
+#[test]
+fn trap_in_spawned_env_poisons_exactly_its_shard() {
+    let g = guest(EnvSource::Spawn);
+    let m = g.module().clone();
+    let per = Runtime::get().unwrap().config().envs_per_parent as usize;
+    // Fill one shard and start a second.
+    let mut envs: Vec<_> = (0..per + 1).map(|_| g.create_env().unwrap()).collect();
+    assert_eq!(g.shard_count(), 2);
+    let trap = envs[0].exec_env().func(&m, "trap").unwrap();
+    assert!(envs[0].exec_env().call(&trap, &[]).is_err());
+    // Documented blast radius: every sibling in the shard is poisoned ...
+    for e in envs.iter_mut().take(per).skip(1) {
+        assert!(matches!(e.on_recv(1, b"x"), Err(Error::Poisoned(_))));
+    }
+    // ... and the env in the other shard is not.
+    assert_eq!(envs[per].on_recv(5, b"x").unwrap(), 51);
+    // New envs come from healthy shards.
+    let mut fresh = g.create_env().unwrap();
+    assert_eq!(fresh.on_recv(6, b"x").unwrap(), 61);
+    drop(envs);
+    drop(fresh);
+    assert_eq!(g.registry().live(), 0);
+}
+
+#[test]
+fn budget_stops_spinning_guest_only() {
+    let cfg = GuestConfig { call_budget: Some(Duration::from_millis(50)), chunk_size: 1024, ..Default::default() };
+    let g = Guest::new(core_module(), cfg, Registry::new()).unwrap();
+    let _wd = wamr_coro::watchdog::Watchdog::start(g.registry()).unwrap();
+    let m = g.module().clone();
+    let mut spinner = g.create_env().unwrap();
+    let mut healthy = g.create_env().unwrap();
+    let spin = spinner.exec_env().func(&m, "spin").unwrap();
+    let t0 = std::time::Instant::now();
+    let err = spinner.exec_env().call(&spin, &[]).unwrap_err();
+    let took = t0.elapsed();
+    assert!(matches!(err, Error::BudgetExceeded { budget_ms: 50, .. }), "{err}");
+    assert!(took >= Duration::from_millis(50) && took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(healthy.on_recv(4, b"x").unwrap(), 41);
+}
+
+#[test]
+fn clear_errors() {
+    setup();
+    // Malformed binary: WAMR's own text.
+    let e = Module::new(b"\0asm\x01\0\0\0\x05garbage").unwrap_err();
+    assert!(matches!(e, Error::Load(_)), "{e}");
+    // Malformed text.
+    let e = Module::from_wat("(module (func").unwrap_err();
+    assert!(matches!(e, Error::Wat(_)), "{e}");
+    // Unknown import is named.
+    let e = Module::from_wat(r#"(module (import "env" "nope" (func)))"#).unwrap_err();
+    assert!(e.to_string().contains("env.nope"), "{e}");
+    // Missing what spawn needs: the exports are named.
+    let m = Module::from_wat(
+        r#"(module (memory (export "memory") 1)
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let e = Guest::new(m.clone(), GuestConfig { source: EnvSource::Spawn, ..Default::default() }, Registry::new())
+        .unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("__heap_base") && s.contains("__data_end"), "{s}");
+    // Missing export.
+    let m2 = Module::from_wat(r#"(module (memory (export "memory") 1))"#).unwrap();
+    let e = Guest::new(m2, GuestConfig::default(), Registry::new()).unwrap_err();
+    assert!(e.to_string().contains("on_recv"), "{e}");
+    // Wrong signature.
+    let m3 = Module::from_wat(
+        r#"(module (memory (export "memory") 1) (func (export "on_recv") (param i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let e = Guest::new(m3, GuestConfig::default(), Registry::new()).unwrap_err();
+    assert!(matches!(&e, Error::WrongSignature { name, .. } if name == "on_recv"), "{e}");
+    // Too many envs.
+    let g = Guest::new(core_module(), GuestConfig { max_envs: 2, chunk_size: 1024, ..Default::default() }, Registry::new()).unwrap();
+    let _a = g.create_env().unwrap();
+    let _b = g.create_env().unwrap();
+    assert!(matches!(g.create_env(), Err(Error::TooManyEnvs { limit: 2, .. })));
+    // Runtime settings cannot change.
+    let e = Runtime::init(RuntimeConfig { envs_per_parent: 99, ..Default::default() }).unwrap_err();
+    assert!(matches!(e, Error::RuntimeConfigConflict { .. }), "{e}");
+}
+
+#[test]
+fn pool_reuses_and_discards_faulted() {
+    let g = guest(EnvSource::Instance);
+    let pool = EnvPool::new(Arc::clone(&g), 4);
+    {
+        let mut l = pool.acquire().unwrap();
+        l.on_recv(1, b"x").unwrap();
+    }
+    {
+        let mut l = pool.acquire().unwrap();
+        // Same env: the guest's counter continued.
+        assert_eq!(l.on_recv(1, b"x").unwrap(), 12);
+        let m = g.module().clone();
+        let trap = l.exec_env().func(&m, "trap").unwrap();
+        assert!(l.exec_env().call(&trap, &[]).is_err());
+    }
+    let s = pool.stats();
+    assert_eq!((s.hits, s.misses, s.discarded, s.idle), (1, 1, 1, 0));
+    // The faulted env was destroyed, never reused.
+    let mut l = pool.acquire().unwrap();
+    assert_eq!(l.on_recv(1, b"x").unwrap(), 11);
+    drop(l);
+    pool.close();
+    assert_eq!(g.registry().live(), 0);
+}
+
+#[test]
+fn stack_bounds_match_proc_maps() {
+    setup();
+    let h = coro::spawn(|| {
+        let b = coro::current_bounds().expect("bounds recorded");
+        let sp = {
+            let x = 0u8;
+            std::hint::black_box(&x) as *const u8 as usize
+        };
+        assert!(b.low < sp && sp < b.high);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let region = maps
+            .lines()
+            .filter_map(|l| {
+                let r = l.split_whitespace().next()?;
+                let (a, z) = r.split_once('-')?;
+                Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(z, 16).ok()?))
+            })
+            .find(|(a, z)| *a <= sp && sp < *z)
+            .expect("sp inside a mapping");
+        // Our top is the mapping's top, and our bottom is not below it.
+        assert_eq!(b.high, region.1, "top {:#x} vs mapping {:#x}-{:#x}", b.high, region.0, region.1);
+        assert!(b.low >= region.0, "low {:#x} below mapping start {:#x}", b.low, region.0);
+    });
+    h.join().unwrap();
+}
+
+#[test]
+fn unknown_coroutine_stack_is_refused() {
+    let m = core_module();
+    // SAFETY: the coroutine touches no thread-locals across yields.
+    let h = unsafe {
+        may::coroutine::spawn(move || {
+            let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+            let f = env.func(&m, "noop").unwrap();
+            env.call(&f, &[]).map(|_| ())
+        })
+    };
+    assert!(matches!(h.join().unwrap(), Err(Error::UnknownStack)));
+}
+
+#[test]
+fn guest_contract_checks_modes() {
+    setup();
+    let m = Module::from_wat(&common::guest_text("echo.wat")).unwrap();
+    assert!(wamr_coro::abi::check_guest(&m, ModeReq::Direct).is_ok());
+    assert!(wamr_coro::abi::check_guest(&m, ModeReq::Queue).is_ok());
+}
