@@ -6,9 +6,11 @@
   (memory (export "memory") 4)
   ;; What wasm_runtime_spawn_exec_env needs (clang/rustc emit these): a
   ;; mutable stack pointer, and __data_end <= __heap_base. Aux stack: 1K..64K.
+  ;; __heap_base is the end of all static data (the receive buffer): WAMR
+  ;; shrinks the memory of a module that never runs memory.grow to it.
   (global $__stack_pointer (mut i32) (i32.const 65536))
   (global (export "__data_end") i32 (i32.const 1024))
-  (global (export "__heap_base") i32 (i32.const 65536))
+  (global (export "__heap_base") i32 (i32.const 196608))
   ;; The receive buffer: one fixed 64 KiB region at 128 KiB.
   (func (export "alloc") (param $size i32) (result i32)
     (if (result i32) (i32.le_u (local.get $size) (i32.const 65536))

@@ -244,7 +244,12 @@ impl GuestEnv {
             if p == 0 || env.memory().check(p, cap as i32).is_none() {
                 return Err(Error::GuestAlloc {
                     size: cap,
-                    why: format!("the guest's alloc returned {p}, not a range inside its memory"),
+                    why: format!(
+                        "the guest's alloc returned {p}, not a range of {cap} bytes inside its \
+                         memory ({} bytes; WAMR shrinks the memory of modules that never run \
+                         memory.grow to __heap_base, so static buffers must lie below it)",
+                        env.memory().len()
+                    ),
                 });
             }
             p

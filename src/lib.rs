@@ -19,10 +19,12 @@
 
 pub mod abi;
 pub mod coro;
+pub mod default_guest;
 mod error;
 pub mod guest;
 pub mod pool;
 pub mod registry;
+pub mod server;
 pub mod wamr;
 pub mod watchdog;
 

@@ -1,1 +1,156 @@
-fn main() {}
+//! `wamr-coro`: serve a WebAssembly guest over TCP, or stress the runtime.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server};
+use wamr_coro::{EnvSource, Module, Runtime, RuntimeConfig, WamrLog};
+
+#[derive(Parser)]
+#[command(name = "wamr-coro", version, about = "WebAssembly guests serving TCP on may coroutines (WAMR)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MODULE (.wasm or .wat); without it, the embedded HTTP guest.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Direct,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Connection,
+    Message,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SourceArg {
+    Instance,
+    Spawn,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Guest module (.wasm or .wat). Default: the embedded HTTP responder.
+    module: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Dispatch mode.
+    #[arg(long, value_enum, default_value = "direct")]
+    mode: ModeArg,
+    /// Env per connection, or leased per message (stateless guests only).
+    #[arg(long, value_enum, default_value = "connection")]
+    policy: PolicyArg,
+    /// Where envs come from: independent instances, or spawned (clustered).
+    #[arg(long, value_enum, default_value = "instance")]
+    source: SourceArg,
+    /// may worker threads (default: number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Coroutine stack size in KiB.
+    #[arg(long, default_value_t = 256)]
+    stack_kib: usize,
+    /// Open connections at most.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Bytes a connection may have queued by `send`.
+    #[arg(long, default_value_t = 1 << 20)]
+    output_limit: usize,
+    /// Bytes per on_recv at most.
+    #[arg(long, default_value_t = 65536)]
+    chunk_size: usize,
+    /// Close connections idle this long (ms).
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Terminate guest calls running longer (ms); 0 = unlimited.
+    #[arg(long, default_value_t = 1000)]
+    call_budget_ms: u64,
+    /// Idle envs kept for reuse.
+    #[arg(long, default_value_t = 1024)]
+    pool: usize,
+    /// Envs per spawn parent (WAMR max_thread_num).
+    #[arg(long, default_value_t = 16)]
+    envs_per_parent: u32,
+    /// Drop WAMR's own messages instead of logging them.
+    #[arg(long)]
+    quiet_wamr: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,may=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
+    Runtime::init(RuntimeConfig {
+        envs_per_parent: a.envs_per_parent,
+        log: if a.quiet_wamr { WamrLog::Silent } else { WamrLog::Tracing },
+        ..RuntimeConfig::default()
+    })?;
+    let module = match &a.module {
+        Some(path) => Module::from_file(path)?,
+        None => wamr_coro::default_guest::module()?,
+    };
+    let mut b = Server::builder(module)
+        .listen(a.listen.clone())
+        .mode(match a.mode {
+            ModeArg::Direct => Mode::Direct,
+        })
+        .policy(match a.policy {
+            PolicyArg::Connection => EnvPolicy::Connection,
+            PolicyArg::Message => EnvPolicy::Message,
+        })
+        .env_source(match a.source {
+            SourceArg::Instance => EnvSource::Instance,
+            SourceArg::Spawn => EnvSource::Spawn,
+        })
+        .stack_bytes(a.stack_kib * 1024)
+        .pool_capacity(a.pool)
+        .limits(Limits {
+            max_connections: a.max_connections,
+            output_limit: a.output_limit,
+            chunk_size: a.chunk_size,
+            idle_timeout: Duration::from_millis(a.idle_timeout_ms),
+            call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
+            ..Limits::default()
+        });
+    if let Some(w) = a.workers {
+        b = b.workers(w);
+    }
+    let server = Arc::new(b.start()?);
+    println!("listening on {}", server.local_addr());
+    let sig = wamr_coro::server::signals::stop_on_signal(&server)
+        .map_err(|e| wamr_coro::Error::Config(format!("installing signal handlers: {e}")))?;
+    if let Some(sig) = sig {
+        tracing::info!(signal = sig, "stopping");
+    }
+    let stats = server.stop();
+    println!("{stats}");
+    Ok(())
+}

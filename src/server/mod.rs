@@ -1,0 +1,413 @@
+//! The TCP server: a builder, a running handle, and its statistics.
+//!
+//! ```no_run
+//! use wamr_coro::server::{Server, Mode};
+//! let module = wamr_coro::Module::from_file("guests/echo.wat")?;
+//! let server = Server::builder(module).listen("127.0.0.1:0").mode(Mode::Direct).start()?;
+//! println!("listening on {}", server.local_addr());
+//! let stats = server.stop(); // graceful: on_close for every open connection
+//! # Ok::<(), wamr_coro::Error>(())
+//! ```
+//!
+//! Files: `listener.rs` accepts, `connection.rs` runs one connection's
+//! coroutine (direct mode), `conn_host.rs` is the guest's way back to the
+//! socket, `signals.rs` maps SIGINT/SIGTERM to a graceful stop.
+mod conn_host;
+mod connection;
+mod listener;
+pub mod signals;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::abi::ModeReq;
+use crate::error::{Error, Result};
+use crate::guest::{EnvSource, Guest, GuestConfig};
+use crate::pool::{EnvPool, PoolStats};
+use crate::registry::{Registry, RegistryStats};
+use crate::wamr::Module;
+use crate::watchdog::Watchdog;
+
+/// How connections reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Each connection's coroutine calls the guest on its own env.
+    #[default]
+    Direct,
+}
+
+/// When a connection holds an env (direct mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnvPolicy {
+    /// One env for the connection's whole life (default): guest state
+    /// (globals, memory) persists between its callbacks.
+    #[default]
+    Connection,
+    /// An env leased from the pool for each callback and returned after it:
+    /// idle connections cost no env, but guest state does NOT survive between
+    /// callbacks (the next callback may run on another env). For stateless
+    /// guests.
+    Message,
+}
+
+/// Limits, each with its default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections at most; further ones are accepted and closed at
+    /// once, and counted as refused. Default 10,000.
+    pub max_connections: usize,
+    /// Bytes a connection may have queued by `send` and not yet written;
+    /// `send` past it returns `WOULD_EXCEED_LIMIT`. Default 1 MiB.
+    pub output_limit: usize,
+    /// Bytes per `on_recv` / `DATA` event at most. Default 64 KiB.
+    pub chunk_size: usize,
+    /// A connection with no input for this long is closed. Default 60 s.
+    pub idle_timeout: Duration,
+    /// A guest call running longer is terminated; only its connection is
+    /// closed. Default 1 s. `None` = unlimited.
+    pub call_budget: Option<Duration>,
+    /// At stop, how long in-flight callbacks get to finish before they are
+    /// terminated. Default 2 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            output_limit: 1 << 20,
+            chunk_size: crate::abi::DEFAULT_CHUNK_SIZE,
+            idle_timeout: Duration::from_secs(60),
+            call_budget: Some(Duration::from_secs(1)),
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Server statistics (a snapshot).
+#[derive(Debug, Clone, Default)]
+pub struct ServerStats {
+    /// Connections accepted and served.
+    pub accepted: u64,
+    /// Connections refused (max_connections, or `on_open` < 0).
+    pub refused: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Bytes received from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+    /// Connections closed because their guest trapped.
+    pub traps: u64,
+    /// Connections closed because their guest overran the call budget.
+    pub budget_overruns: u64,
+    /// `send` calls refused for the output limit.
+    pub output_limit_hits: u64,
+    /// Bad pointers passed to `send` or `log`.
+    pub bad_pointers: u64,
+    /// Connections closed for idleness.
+    pub idle_closes: u64,
+    /// The exec env registry.
+    pub envs: RegistryStats,
+    /// The env pool.
+    pub pool: PoolStats,
+}
+
+impl std::fmt::Display for ServerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "connections: {} accepted, {} refused, {} open, {} closed; bytes: {} in, {} out; \
+             faults: {} traps, {} budget overruns, {} output-limit hits, {} bad pointers, {} idle closes; \
+             envs: {} live, {} created, {} destroyed, peak {}, {} failures, {} faulted; \
+             pool: {} hits, {} misses, {} idle",
+            self.accepted, self.refused, self.open, self.closed, self.bytes_in, self.bytes_out,
+            self.traps, self.budget_overruns, self.output_limit_hits, self.bad_pointers, self.idle_closes,
+            self.envs.live, self.envs.created, self.envs.destroyed, self.envs.peak, self.envs.failures,
+            self.envs.faulted, self.pool.hits, self.pool.misses, self.pool.idle
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub closed: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub traps: AtomicU64,
+    pub budget_overruns: AtomicU64,
+    pub output_limit_hits: AtomicU64,
+    pub bad_pointers: AtomicU64,
+    pub idle_closes: AtomicU64,
+}
+
+/// Builds a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    module: Module,
+    listen: String,
+    mode: Mode,
+    policy: EnvPolicy,
+    source: EnvSource,
+    workers: usize,
+    stack_bytes: usize,
+    pool_capacity: usize,
+    limits: Limits,
+}
+
+/// Entry point: see [`Server::builder`].
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder serving `module`.
+    pub fn builder(module: Module) -> ServerBuilder {
+        ServerBuilder {
+            module,
+            listen: "127.0.0.1:7878".into(),
+            mode: Mode::Direct,
+            policy: EnvPolicy::Connection,
+            source: EnvSource::Instance,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            stack_bytes: crate::coro::DEFAULT_STACK_BYTES,
+            pool_capacity: 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Listen address (`host:port`; port 0 picks one). Default 127.0.0.1:7878.
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = addr.into();
+        self
+    }
+    /// Dispatch mode. Default direct.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+    /// Env policy in direct mode. Default per connection.
+    pub fn policy(mut self, policy: EnvPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// Where envs come from. Default independent instances.
+    pub fn env_source(mut self, source: EnvSource) -> Self {
+        self.source = source;
+        self
+    }
+    /// `may` worker threads (process-wide; set before the first server).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    /// Coroutine stack size in bytes (process-wide). Default 256 KiB.
+    pub fn stack_bytes(mut self, n: usize) -> Self {
+        self.stack_bytes = n;
+        self
+    }
+    /// Idle envs kept for reuse. Default 1024.
+    pub fn pool_capacity(mut self, n: usize) -> Self {
+        self.pool_capacity = n;
+        self
+    }
+    /// All limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Validates the guest, binds, and starts accepting.
+    pub fn start(self) -> Result<ServerHandle> {
+        if self.limits.chunk_size == 0 || self.limits.output_limit == 0 || self.limits.max_connections == 0 {
+            return Err(Error::Config("chunk_size, output_limit and max_connections must be > 0".into()));
+        }
+        let addr: SocketAddr = self
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| Error::io(format!("resolving {}", self.listen), e))?
+            .next()
+            .ok_or_else(|| Error::Config(format!("no address for {}", self.listen)))?;
+        crate::coro::configure(self.workers, self.stack_bytes)?;
+        let registry = Registry::new();
+        let guest = Guest::new(
+            self.module.clone(),
+            GuestConfig {
+                source: self.source,
+                chunk_size: u32::try_from(self.limits.chunk_size)
+                    .map_err(|_| Error::Config("chunk_size too large".into()))?,
+                call_budget: self.limits.call_budget,
+                mode: match self.mode {
+                    Mode::Direct => ModeReq::Direct,
+                },
+                ..GuestConfig::default()
+            },
+            Arc::clone(&registry),
+        )?;
+        let pool = EnvPool::new(Arc::clone(&guest), self.pool_capacity);
+        let watchdog = match self.limits.call_budget {
+            Some(_) => Some(Watchdog::start(&registry).map_err(|e| Error::io("starting watchdog", e))?),
+            None => None,
+        };
+        let listener = may::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("binding {addr}"), e))?;
+        let local_addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?;
+        let shared = Arc::new(Shared {
+            pool,
+            registry,
+            policy: self.policy,
+            limits: self.limits,
+            epoch: Instant::now(),
+            stopping: AtomicBool::new(false),
+            next_conn: AtomicI32::new(1),
+            conns: Mutex::new(std::collections::HashMap::new()),
+            counters: Counters::default(),
+        });
+        let acceptor = listener::start(Arc::clone(&shared), listener);
+        tracing::info!(%local_addr, mode = ?self.mode, policy = ?self.policy, source = ?self.source, "listening");
+        Ok(ServerHandle {
+            shared,
+            local_addr,
+            acceptor: Mutex::new(Some(acceptor)),
+            _watchdog: watchdog,
+        })
+    }
+}
+
+/// State shared by the acceptor and every connection coroutine.
+pub(crate) struct Shared {
+    pub pool: Arc<EnvPool>,
+    pub registry: Arc<Registry>,
+    pub policy: EnvPolicy,
+    pub limits: Limits,
+    pub epoch: Instant,
+    pub stopping: AtomicBool,
+    pub next_conn: AtomicI32,
+    /// Open connections: a clone of each socket (to shut it down at stop)
+    /// and its coroutine.
+    pub conns: Mutex<std::collections::HashMap<i32, connection::ConnEntry>>,
+    pub counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn next_conn_id(&self) -> i32 {
+        loop {
+            let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+            if id > 0 {
+                return id;
+            }
+            // i32 wrapped: start again at 1 (the contract allows reuse then).
+            let _ = self.next_conn.compare_exchange(id.wrapping_add(1), 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn stats(&self) -> ServerStats {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServerStats {
+            accepted: l(&c.accepted),
+            refused: l(&c.refused),
+            open: self.conns.lock().len() as u64,
+            closed: l(&c.closed),
+            bytes_in: l(&c.bytes_in),
+            bytes_out: l(&c.bytes_out),
+            traps: l(&c.traps),
+            budget_overruns: l(&c.budget_overruns),
+            output_limit_hits: l(&c.output_limit_hits),
+            bad_pointers: l(&c.bad_pointers),
+            idle_closes: l(&c.idle_closes),
+            envs: self.registry.stats(),
+            pool: self.pool.stats(),
+        }
+    }
+}
+
+/// A running server. [`stop`](Self::stop) it for a graceful shutdown;
+/// dropping it stops it too.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    acceptor: Mutex<Option<may::coroutine::JoinHandle<()>>>,
+    _watchdog: Option<Watchdog>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").field("local_addr", &self.local_addr).finish()
+    }
+}
+
+impl ServerHandle {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats()
+    }
+
+    /// Whether `stop` has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// Graceful shutdown: stop accepting; let in-flight callbacks finish
+    /// (up to `shutdown_grace`, then terminate them); call `on_close` for
+    /// every open connection; destroy every env. Returns the final stats
+    /// (`envs.live` is 0 unless a coroutine could not be stopped, which is
+    /// logged).
+    pub fn stop(&self) -> ServerStats {
+        let Some(acceptor) = self.acceptor.lock().take() else {
+            return self.stats();
+        };
+        let sh = &self.shared;
+        sh.stopping.store(true, Ordering::Release);
+        // Wake the acceptor: it checks `stopping` after every accept.
+        let _ = std::net::TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        let _ = acceptor.join();
+        // Wake every connection blocked in read: it sees EOF, calls
+        // on_close, and ends.
+        let handles: Vec<_> = {
+            let conns = sh.conns.lock();
+            for c in conns.values() {
+                c.shutdown();
+            }
+            conns.keys().copied().collect()
+        };
+        let deadline = Instant::now() + sh.limits.shutdown_grace;
+        while !sh.conns.lock().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !sh.conns.lock().is_empty() {
+            let n = sh.registry.interrupt_all();
+            tracing::warn!(terminated = n, "shutdown grace over: terminated guest calls still running");
+            let hard = Instant::now() + Duration::from_secs(5);
+            while !sh.conns.lock().is_empty() && Instant::now() < hard {
+                sh.registry.interrupt_all();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        sh.pool.close();
+        if !sh.registry.wait_until_empty(Duration::from_secs(5)) {
+            tracing::error!(live = sh.registry.live(), "envs still alive after shutdown");
+        }
+        tracing::info!(connections = handles.len(), "stopped");
+        self.stats()
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
