@@ -6,6 +6,7 @@
 ;;   'O'  send to another connection; reply with send's result as 4 bytes LE
 ;;   'C'  close itself, then try to send; the socket closes
 ;;   'L'  log with a bad pointer, then echo
+;;   'X'  send 2048 bytes at once; reply with send's result as 4 bytes LE
 ;;   anything else: echo
 (module
   (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
@@ -39,6 +40,9 @@
         (drop (call $close (local.get $conn)))
         (drop (call $send (local.get $conn) (local.get $ptr) (local.get $len)))
         (return (i32.const 0))))
+    (if (i32.eq (local.get $c) (i32.const 88))
+      (then (return (call $reply_i32 (local.get $conn)
+        (call $send (local.get $conn) (i32.const 0) (i32.const 2048))))))
     (if (i32.eq (local.get $c) (i32.const 76))
       (then (call $log (i32.const 2) (i32.const 0x7ffffff0) (i32.const 64))))
     (drop (call $send (local.get $conn) (local.get $ptr) (local.get $len)))

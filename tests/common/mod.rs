@@ -1,6 +1,15 @@
-//! Shared test helpers: guests and their paths.
+//! Shared test helpers: guests, servers on 127.0.0.1:0, clients with bounded
+//! waits.
 #![allow(dead_code)]
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::Duration;
+
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server, ServerHandle};
+use wamr_coro::{HostFunc, Module, Runtime, RuntimeConfig, ValType};
 
 pub fn guest_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guests").join(name)
@@ -9,3 +18,92 @@ pub fn guest_path(name: &str) -> PathBuf {
 pub fn guest_text(name: &str) -> String {
     std::fs::read_to_string(guest_path(name)).expect("guest source")
 }
+
+/// `on_close` calls seen through the `test_hooks.closed` import.
+pub static CLOSED: AtomicUsize = AtomicUsize::new(0);
+/// `on_open` calls seen through the `test_hooks.opened` import.
+pub static OPENED: AtomicUsize = AtomicUsize::new(0);
+
+/// Initialises the runtime once per test binary and registers test hooks.
+pub fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let rt = Runtime::init(RuntimeConfig::default()).unwrap();
+        wamr_coro::coro::configure(2, 256 * 1024).unwrap();
+        rt.register(HostFunc::new("test_hooks", "closed", &[ValType::I32], &[], |_, _| {
+            CLOSED.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        }))
+        .unwrap();
+        rt.register(HostFunc::new("test_hooks", "opened", &[ValType::I32], &[], |_, _| {
+            OPENED.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        }))
+        .unwrap();
+    });
+}
+
+pub fn module(name: &str) -> Module {
+    setup();
+    Module::from_file(guest_path(name)).unwrap()
+}
+
+/// Test limits: short budget and grace so faults resolve quickly.
+pub fn test_limits() -> Limits {
+    Limits {
+        call_budget: Some(Duration::from_millis(200)),
+        shutdown_grace: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    }
+}
+
+pub fn start(module: Module, mode: Mode, policy: EnvPolicy, limits: Limits) -> ServerHandle {
+    Server::builder(module)
+        .listen("127.0.0.1:0")
+        .mode(mode)
+        .policy(policy)
+        .workers(2)
+        .limits(limits)
+        .start()
+        .unwrap()
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads exactly `n` bytes (bounded by the socket's read timeout).
+pub fn read_n(s: &mut TcpStream, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// True if the peer closed: read returns 0 (or reset) within the timeout.
+pub fn closed_by_peer(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Sends `msg` and expects it back byte-exact.
+pub fn echo_round(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let got = read_n(s, msg.len()).unwrap();
+    assert!(got == msg, "echo mismatch for {} bytes", msg.len());
+}
+
+pub const HTTP_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\nHello from wamr-coro\n";
