@@ -1,1 +1,112 @@
-fn main() {}
+//! Core costs: calls, env creation, the pool.
+//!
+//! `cargo bench --bench core`. Figures from this project's 2-core machine
+//! are in the README ("Measured").
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use wamr_coro::*;
+
+const WAT: &str = r#"
+(module
+  (memory (export "memory") 2)
+  (global $sp (mut i32) (i32.const 65536))
+  (global (export "__data_end") i32 (i32.const 1024))
+  (global (export "__heap_base") i32 (i32.const 131072))
+  (func (export "noop"))
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
+
+fn setup() -> Module {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        Runtime::init(RuntimeConfig { log: WamrLog::Silent, ..RuntimeConfig::default() }).unwrap();
+        coro::configure(2, 256 * 1024).unwrap();
+    });
+    Module::from_wat(WAT).unwrap()
+}
+
+/// Runs `iters` iterations of `f` inside one coroutine and times them.
+fn in_coroutine(iters: u64, f: impl FnMut() + Send + 'static) -> Duration {
+    let mut f = f;
+    coro::spawn(move || {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        t.elapsed()
+    })
+    .join()
+    .unwrap()
+}
+
+fn calls(c: &mut Criterion) {
+    let m = setup();
+    let mut g = c.benchmark_group("call");
+    let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+    let noop = env.func(&m, "noop").unwrap();
+    g.bench_function("noop_main_thread", |b| b.iter(|| env.call_i32(&noop, &[]).unwrap()));
+    let m2 = m.clone();
+    g.bench_function("noop_in_coroutine", |b| {
+        b.iter_custom(|iters| {
+            let m = m2.clone();
+            let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+            let noop = env.func(&m, "noop").unwrap();
+            in_coroutine(iters, move || {
+                env.call_i32(&noop, &[]).unwrap();
+            })
+        })
+    });
+    let f = env.func(&m, "on_recv").unwrap();
+    g.bench_function("on_recv_generic_call_api", |b| {
+        b.iter(|| env.call(&f, &[Val::I32(1), Val::I32(65536), Val::I32(64)]).unwrap())
+    });
+    g.finish();
+}
+
+fn creation(c: &mut Criterion) {
+    let m = setup();
+    let mut g = c.benchmark_group("env");
+    g.bench_function("instantiate_create_destroy", |b| {
+        b.iter(|| drop(ExecEnv::new(&m, InstanceConfig::default()).unwrap()))
+    });
+    let parent = ParentEnv::new(&m, InstanceConfig::default()).unwrap();
+    g.bench_function("spawn_destroy", |b| b.iter(|| drop(parent.spawn().unwrap())));
+    g.finish();
+}
+
+fn pool(c: &mut Criterion) {
+    let m = setup();
+    let guest = Guest::new(m, GuestConfig { chunk_size: 1024, ..Default::default() }, Registry::new()).unwrap();
+    let pool = EnvPool::new(Arc::clone(&guest), 64);
+    drop(pool.acquire().unwrap());
+    let mut g = c.benchmark_group("pool");
+    g.bench_function("acquire_release_main_thread", |b| b.iter(|| drop(pool.acquire().unwrap())));
+    let p2 = Arc::clone(&pool);
+    g.bench_function("acquire_release_in_coroutine", |b| {
+        b.iter_custom(|iters| {
+            let p = Arc::clone(&p2);
+            in_coroutine(iters, move || drop(p.acquire().unwrap()))
+        })
+    });
+    let p3 = Arc::clone(&pool);
+    g.bench_function("acquire_on_recv64_release_in_coroutine", |b| {
+        b.iter_custom(|iters| {
+            let p = Arc::clone(&p3);
+            let data = [1u8; 64];
+            in_coroutine(iters, move || {
+                let mut l = p.acquire().unwrap();
+                l.on_recv(1, &data).unwrap();
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = calls, creation, pool
+}
+criterion_main!(benches);

@@ -25,6 +25,7 @@ pub mod guest;
 pub mod pool;
 pub mod registry;
 pub mod server;
+pub mod stress;
 pub mod wamr;
 pub mod watchdog;
 

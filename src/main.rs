@@ -19,6 +19,32 @@ struct Cli {
 enum Command {
     /// Serve MODULE (.wasm or .wat); without it, the embedded HTTP guest.
     Serve(ServeArgs),
+    /// Hold N private envs at once, one per coroutine, and report costs.
+    Stress(StressArgs),
+}
+
+#[derive(clap::Args)]
+struct StressArgs {
+    /// Guest module (needs on_recv). Default: the embedded HTTP responder.
+    module: Option<PathBuf>,
+    /// Coroutines (= envs alive at the peak).
+    #[arg(long, default_value_t = 10_000)]
+    coroutines: usize,
+    /// on_recv calls per coroutine (yielding between them).
+    #[arg(long, default_value_t = 2)]
+    calls: usize,
+    /// Where envs come from.
+    #[arg(long, value_enum, default_value = "instance")]
+    source: SourceArg,
+    /// may worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Receive buffer per env, bytes.
+    #[arg(long, default_value_t = 65536)]
+    chunk_size: u32,
+    /// Envs per spawn parent (WAMR max_thread_num).
+    #[arg(long, default_value_t = 16)]
+    envs_per_parent: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,6 +123,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Stress(args) => stress(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +132,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn source(s: SourceArg) -> EnvSource {
+    match s {
+        SourceArg::Instance => EnvSource::Instance,
+        SourceArg::Spawn => EnvSource::Spawn,
+    }
+}
+
+fn stress(a: StressArgs) -> Result<(), wamr_coro::Error> {
+    Runtime::init(RuntimeConfig { envs_per_parent: a.envs_per_parent, ..RuntimeConfig::default() })?;
+    wamr_coro::coro::configure(a.workers, wamr_coro::coro::DEFAULT_STACK_BYTES)?;
+    let module = match &a.module {
+        Some(path) => Module::from_file(path)?,
+        None => wamr_coro::default_guest::module()?,
+    };
+    let report = wamr_coro::stress::run(
+        module,
+        &wamr_coro::stress::StressConfig {
+            coroutines: a.coroutines,
+            calls: a.calls,
+            source: source(a.source),
+            chunk_size: a.chunk_size,
+        },
+    )?;
+    println!("{report}");
+    if report.errors > 0 || report.live_after > 0 {
+        return Err(wamr_coro::Error::Config(format!(
+            "stress run had {} errors, {} envs left alive",
+            report.errors, report.live_after
+        )));
+    }
+    Ok(())
 }
 
 fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
@@ -126,10 +186,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             PolicyArg::Connection => EnvPolicy::Connection,
             PolicyArg::Message => EnvPolicy::Message,
         })
-        .env_source(match a.source {
-            SourceArg::Instance => EnvSource::Instance,
-            SourceArg::Spawn => EnvSource::Spawn,
-        })
+        .env_source(source(a.source))
         .stack_bytes(a.stack_kib * 1024)
         .pool_capacity(a.pool)
         .limits(Limits {
