@@ -24,6 +24,7 @@ mod error;
 pub mod guest;
 pub mod pool;
 pub mod registry;
+pub mod ring;
 pub mod server;
 pub mod stress;
 pub mod wamr;

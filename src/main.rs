@@ -50,6 +50,13 @@ struct StressArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
     Direct,
+    Queue,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RunnerArg {
+    Thread,
+    Coroutine,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +81,12 @@ struct ServeArgs {
     /// Dispatch mode.
     #[arg(long, value_enum, default_value = "direct")]
     mode: ModeArg,
+    /// Queue mode: run the guest on a dedicated thread or in a coroutine.
+    #[arg(long, value_enum, default_value = "thread")]
+    runner: RunnerArg,
+    /// Queue mode: events the ring holds at most.
+    #[arg(long, default_value_t = 1024)]
+    queue_capacity: usize,
     /// Env per connection, or leased per message (stateless guests only).
     #[arg(long, value_enum, default_value = "connection")]
     policy: PolicyArg,
@@ -181,6 +194,11 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
         .listen(a.listen.clone())
         .mode(match a.mode {
             ModeArg::Direct => Mode::Direct,
+            ModeArg::Queue => Mode::Queue,
+        })
+        .queue_runner(match a.runner {
+            RunnerArg::Thread => wamr_coro::server::QueueRunner::Thread,
+            RunnerArg::Coroutine => wamr_coro::server::QueueRunner::Coroutine,
         })
         .policy(match a.policy {
             PolicyArg::Connection => EnvPolicy::Connection,
@@ -195,6 +213,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             chunk_size: a.chunk_size,
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),
             call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
+            queue_capacity: a.queue_capacity,
             ..Limits::default()
         });
     if let Some(w) = a.workers {

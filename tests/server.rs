@@ -11,13 +11,18 @@ use common::*;
 use rand::{Rng, SeedableRng};
 use wamr_coro::server::{EnvPolicy, Limits, Mode};
 
-/// The combinations the suite runs under.
+/// The combinations the suite runs under. In queue mode the policy does not
+/// apply (one env serves every connection).
 fn variants() -> Vec<(Mode, EnvPolicy)> {
-    vec![(Mode::Direct, EnvPolicy::Connection), (Mode::Direct, EnvPolicy::Message)]
+    vec![
+        (Mode::Direct, EnvPolicy::Connection),
+        (Mode::Direct, EnvPolicy::Message),
+        (Mode::Queue, EnvPolicy::Connection),
+    ]
 }
 
-fn echo_many(mode: Mode, policy: EnvPolicy) {
-    let server = start(module("echo.wat"), mode, policy, test_limits());
+fn echo_many(guest: &str, mode: Mode, policy: EnvPolicy) {
+    let server = start(module(guest), mode, policy, test_limits());
     let addr = server.local_addr();
     let conns = 500;
     let rounds = 50;
@@ -43,7 +48,7 @@ fn echo_many(mode: Mode, policy: EnvPolicy) {
             failed += 1;
         }
     }
-    assert_eq!(failed, 0, "{failed} connections failed ({mode:?}, {policy:?})");
+    assert_eq!(failed, 0, "{failed} connections failed ({guest}, {mode:?}, {policy:?})");
     let stats = server.stop();
     assert_eq!(stats.accepted, conns as u64);
     assert_eq!(stats.bytes_in, stats.bytes_out);
@@ -54,8 +59,10 @@ fn echo_many(mode: Mode, policy: EnvPolicy) {
 #[test]
 fn echo_500_connections_byte_exact() {
     for (mode, policy) in variants() {
-        echo_many(mode, policy);
+        echo_many("echo.wat", mode, policy);
     }
+    // The guest's own wait_msg loop, in queue mode.
+    echo_many("echo_run.wat", Mode::Queue, EnvPolicy::Connection);
 }
 
 fn http_keepalive_pipelined(mode: Mode, policy: EnvPolicy) {
@@ -101,18 +108,33 @@ fn http_keepalive_pipelining_and_split_requests() {
 fn faults_beside_healthy(mode: Mode, policy: EnvPolicy) {
     let server = Arc::new(start(module("faulty.wat"), mode, policy, test_limits()));
     let addr = server.local_addr();
-    // Healthy connections echo continuously while faults happen.
+    // Healthy connections echo continuously while faults happen. In direct
+    // mode a fault touches only its own connection. In queue mode the
+    // contract closes every connection the crashed instance served: a
+    // healthy client may see its connection closed (never a wrong byte),
+    // and reconnects to a fresh instance.
+    let queue = mode == Mode::Queue;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let healthy: Vec<_> = (0..8)
         .map(|i| {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
                 let mut s = connect(addr);
-                let mut n = 0u64;
+                let (mut n, mut reconnects) = (0u64, 0u64);
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let msg = format!("healthy {i} message {n}");
-                    echo_round(&mut s, msg.as_bytes());
+                    let sent = s.write_all(msg.as_bytes());
+                    match sent.and_then(|_| read_n(&mut s, msg.len())) {
+                        Ok(got) => assert_eq!(got, msg.as_bytes(), "corrupted echo"),
+                        Err(e) if queue => {
+                            assert!(reconnects < 10, "too many reconnects: {e}");
+                            reconnects += 1;
+                            s = connect(addr);
+                            continue;
+                        }
+                        Err(e) => panic!("healthy connection {i} broke: {e}"),
+                    }
                     n += 1;
                 }
                 n
@@ -121,10 +143,12 @@ fn faults_beside_healthy(mode: Mode, policy: EnvPolicy) {
         .collect();
     std::thread::sleep(Duration::from_millis(50));
 
-    // A trap closes only its connection.
+    // A trap closes its connection (direct: only that one).
     let mut t = connect(addr);
     t.write_all(b"T").unwrap();
     assert!(closed_by_peer(&mut t, Duration::from_secs(5)), "trap did not close its connection");
+    // After a queue-mode restart, new connections are served.
+    echo_round(&mut connect(addr), b"after the trap");
 
     // A spinning guest is stopped by the budget (200 ms) and closed.
     let mut sp = connect(addr);
@@ -157,6 +181,7 @@ fn faults_beside_healthy(mode: Mode, policy: EnvPolicy) {
     assert_eq!(stats.traps, 1, "{stats}");
     assert_eq!(stats.budget_overruns, 1, "{stats}");
     assert!(stats.bad_pointers >= 2, "{stats}");
+    assert_eq!(stats.queue_restarts, if queue { 2 } else { 0 }, "{stats}");
     assert_eq!(stats.envs.live, 0);
 }
 
@@ -245,4 +270,153 @@ fn sends_past_the_output_limit_are_refused() {
         assert_eq!(stats.output_limit_hits, 1, "{stats}");
         assert_eq!(stats.bytes_out, 1004);
     }
+}
+
+// ---- queue mode only --------------------------------------------------------
+
+#[test]
+fn queue_slow_reader_stays_bounded_and_others_are_served() {
+    let limits = Limits { output_limit: 256 * 1024, ..test_limits() };
+    let server = start(module("echo_run.wat"), Mode::Queue, EnvPolicy::Connection, limits);
+    let addr = server.local_addr();
+    // A client that writes 64 MiB and never reads: the writer blocks, the
+    // guest's sends fail with WOULD_EXCEED_LIMIT past 256 KiB pending.
+    let slow = std::thread::spawn(move || {
+        let mut s = connect(addr);
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let chunk = vec![0xabu8; 64 * 1024];
+        let mut written = 0usize;
+        while written < 64 << 20 {
+            match s.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
+        }
+        (s, written)
+    });
+    // Meanwhile other connections are served byte-exact.
+    let rss0 = wamr_coro::stress::rss_bytes();
+    for i in 0..50 {
+        let mut c = connect(addr);
+        echo_round(&mut c, format!("other {i}").as_bytes());
+    }
+    let (_slow_conn, written) = slow.join().unwrap();
+    let grew = wamr_coro::stress::rss_bytes().saturating_sub(rss0);
+    let stats = server.stats();
+    assert!(stats.output_limit_hits >= 1, "{stats}");
+    assert!(stats.queue_depth <= 1024);
+    // The client wrote far more than the server may hold; the server held
+    // at most the ring (1024 x 64 KiB) plus the output limit.
+    assert!(written >= 8 << 20, "client could write only {written} bytes");
+    assert!(grew < 80 << 20, "RSS grew by {grew} bytes");
+    let stats = server.stop();
+    assert_eq!(stats.envs.live, 0);
+}
+
+#[test]
+fn queue_full_ring_pushes_back_without_dropping() {
+    // A tiny ring and a slow guest: readers must wait, nothing is dropped.
+    const SLOW_ECHO: &str = r#"
+    (module
+      (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 3)
+      (global (export "__heap_base") i32 (i32.const 131072))
+      (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+      (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+        (local $i i32)
+        (loop $spin (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $spin (i32.lt_u (local.get $i) (i32.const 20000))))
+        (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
+    setup();
+    let m = wamr_coro::Module::from_wat(SLOW_ECHO).unwrap();
+    let limits = Limits { queue_capacity: 4, chunk_size: 1024, ..test_limits() };
+    let server = Arc::new(start(m, Mode::Queue, EnvPolicy::Connection, limits));
+    let addr = server.local_addr();
+    let sampler = {
+        let server = Arc::clone(&server);
+        std::thread::spawn(move || {
+            let mut max = 0;
+            for _ in 0..200 {
+                max = max.max(server.stats().queue_depth);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            max
+        })
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let data: Vec<u8> = (0..256 * 1024).map(|j| (i * 7 + j) as u8).collect();
+                let mut r = s.try_clone().unwrap();
+                let expect = data.clone();
+                let reader = std::thread::spawn(move || read_n(&mut r, expect.len()).map(|got| got == expect));
+                s.write_all(&data).unwrap();
+                reader.join().unwrap()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert!(c.join().unwrap().unwrap(), "echo mismatch under backpressure");
+    }
+    assert!(sampler.join().unwrap() <= 4);
+    let stats = server.stop();
+    assert_eq!(stats.bytes_in, stats.bytes_out);
+    assert_eq!(stats.envs.live, 0);
+}
+
+#[test]
+fn queue_wait_msg_splits_long_data_and_checks_pointers() {
+    // cap = 7: a 20-byte message arrives as 7 + 7 + 6, in order. A bad
+    // info pointer on the first call is refused with BAD_POINTER.
+    const SMALL_CAP: &str = r#"
+    (module
+      (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+      (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (global $first (mut i32) (i32.const 1))
+      (func (export "run") (result i32)
+        (local $n i32)
+        (if (i32.ne (call $wait (i32.const 2048) (i32.const 7) (i32.const -8)) (i32.const -2))
+          (then (return (i32.const 99))))
+        (loop $next
+          (local.set $n (call $wait (i32.const 2048) (i32.const 7) (i32.const 1024)))
+          (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
+          (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+            (then
+              ;; reply "<n>|" + payload, so the split is visible
+              (i32.store8 (i32.const 2040) (i32.add (i32.const 48) (local.get $n)))
+              (i32.store8 (i32.const 2041) (i32.const 124))
+              (drop (call $send (i32.load (i32.const 1024)) (i32.const 2040) (i32.const 2)))
+              (drop (call $send (i32.load (i32.const 1024)) (i32.const 2048) (local.get $n)))))
+          (br $next))
+        (i32.const 0)))"#;
+    setup();
+    let m = wamr_coro::Module::from_wat(SMALL_CAP).unwrap();
+    let server = start(m, Mode::Queue, EnvPolicy::Connection, test_limits());
+    let mut s = connect(server.local_addr());
+    s.write_all(b"abcdefghijklmnopqrst").unwrap();
+    assert_eq!(read_n(&mut s, 26).unwrap(), b"7|abcdefg7|hijklmn6|opqrst");
+    let stats = server.stop();
+    assert_eq!(stats.queue_restarts, 0, "{stats}");
+    assert!(stats.bad_pointers >= 1);
+}
+
+#[test]
+fn queue_run_returning_early_is_a_failure_and_restarts() {
+    // run returns at once: each instance counts as failed; the host keeps
+    // replacing it (with backoff) and never serves through a dead guest.
+    const QUITTER: &str = r#"
+    (module (memory (export "memory") 1)
+      (func (export "run") (result i32) (i32.const 0)))"#;
+    setup();
+    let m = wamr_coro::Module::from_wat(QUITTER).unwrap();
+    let server = start(m, Mode::Queue, EnvPolicy::Connection, test_limits());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().queue_restarts < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(server.stats().queue_restarts >= 2);
+    let stats = server.stop();
+    assert_eq!(stats.envs.live, 0);
 }

@@ -30,6 +30,10 @@ pub(crate) struct ConnEntry {
 }
 
 impl ConnEntry {
+    pub(super) fn new(stream: may::net::TcpStream) -> ConnEntry {
+        ConnEntry { stream }
+    }
+
     /// Ends the connection's reads: the coroutine sees EOF and closes.
     pub(crate) fn shutdown(&self) {
         let _ = self.stream.shutdown(Shutdown::Read);
@@ -46,19 +50,27 @@ pub(super) fn start(shared: &Arc<Shared>, stream: may::net::TcpStream) {
             return;
         }
     };
-    shared.conns.lock().insert(id, ConnEntry { stream: clone });
+    shared.conns.lock().insert(id, ConnEntry::new(clone));
     shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
     let sh = Arc::clone(shared);
     crate::coro::spawn(move || {
         // Removes the connection from the table however the coroutine ends.
-        let _registered = Registered { shared: Arc::clone(&sh), id };
+        let _registered = Registered::new(Arc::clone(&sh), id);
         Conn::new(sh, id, stream).run();
     });
 }
 
-struct Registered {
+/// Removes a connection from the server's table when dropped (however its
+/// coroutine ends), and counts it closed.
+pub(super) struct Registered {
     shared: Arc<Shared>,
     id: i32,
+}
+
+impl Registered {
+    pub(super) fn new(shared: Arc<Shared>, id: i32) -> Registered {
+        Registered { shared, id }
+    }
 }
 
 impl Drop for Registered {

@@ -26,7 +26,10 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
                 drop(stream);
                 continue;
             }
-            connection::start(&shared, stream);
+            match &shared.queue {
+                Some(qs) => super::queue::start_conn(&shared, qs, stream),
+                None => connection::start(&shared, stream),
+            }
         }
     })
 }

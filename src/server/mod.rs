@@ -11,11 +11,15 @@
 //!
 //! Files: `listener.rs` accepts, `connection.rs` runs one connection's
 //! coroutine (direct mode), `conn_host.rs` is the guest's way back to the
-//! socket, `signals.rs` maps SIGINT/SIGTERM to a graceful stop.
+//! socket, `queue.rs` is queue mode (one guest looping in `wait_msg`),
+//! `signals.rs` maps SIGINT/SIGTERM to a graceful stop.
 mod conn_host;
 mod connection;
 mod listener;
+mod queue;
 pub mod signals;
+
+pub use queue::QueueRunner;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -38,6 +42,9 @@ pub enum Mode {
     /// Each connection's coroutine calls the guest on its own env.
     #[default]
     Direct,
+    /// Connection coroutines queue events; one guest instance takes them
+    /// with `wait_msg` (or the host's loop calls its handlers).
+    Queue,
 }
 
 /// When a connection holds an env (direct mode).
@@ -73,6 +80,9 @@ pub struct Limits {
     /// At stop, how long in-flight callbacks get to finish before they are
     /// terminated. Default 2 s.
     pub shutdown_grace: Duration,
+    /// Queue mode: events the ring holds at most (memory is bounded by
+    /// `queue_capacity * chunk_size` for payloads). Default 1024.
+    pub queue_capacity: usize,
 }
 
 impl Default for Limits {
@@ -84,6 +94,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             call_budget: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(2),
+            queue_capacity: 1024,
         }
     }
 }
@@ -117,6 +128,10 @@ pub struct ServerStats {
     pub envs: RegistryStats,
     /// The env pool.
     pub pool: PoolStats,
+    /// Queue mode: events waiting in the ring now.
+    pub queue_depth: u64,
+    /// Queue mode: guest instances replaced after a failure.
+    pub queue_restarts: u64,
 }
 
 impl std::fmt::Display for ServerStats {
@@ -126,11 +141,12 @@ impl std::fmt::Display for ServerStats {
             "connections: {} accepted, {} refused, {} open, {} closed; bytes: {} in, {} out; \
              faults: {} traps, {} budget overruns, {} output-limit hits, {} bad pointers, {} idle closes; \
              envs: {} live, {} created, {} destroyed, peak {}, {} failures, {} faulted; \
-             pool: {} hits, {} misses, {} idle",
+             pool: {} hits, {} misses, {} idle; queue: depth {}, {} restarts",
             self.accepted, self.refused, self.open, self.closed, self.bytes_in, self.bytes_out,
             self.traps, self.budget_overruns, self.output_limit_hits, self.bad_pointers, self.idle_closes,
             self.envs.live, self.envs.created, self.envs.destroyed, self.envs.peak, self.envs.failures,
-            self.envs.faulted, self.pool.hits, self.pool.misses, self.pool.idle
+            self.envs.faulted, self.pool.hits, self.pool.misses, self.pool.idle,
+            self.queue_depth, self.queue_restarts
         )
     }
 }
@@ -161,6 +177,7 @@ pub struct ServerBuilder {
     stack_bytes: usize,
     pool_capacity: usize,
     limits: Limits,
+    runner: QueueRunner,
 }
 
 /// Entry point: see [`Server::builder`].
@@ -180,6 +197,7 @@ impl Server {
             stack_bytes: crate::coro::DEFAULT_STACK_BYTES,
             pool_capacity: 1024,
             limits: Limits::default(),
+            runner: QueueRunner::Thread,
         }
     }
 }
@@ -225,6 +243,11 @@ impl ServerBuilder {
         self.limits = limits;
         self
     }
+    /// Queue mode: where the guest runs. Default a dedicated thread.
+    pub fn queue_runner(mut self, runner: QueueRunner) -> Self {
+        self.runner = runner;
+        self
+    }
 
     /// Validates the guest, binds, and starts accepting.
     pub fn start(self) -> Result<ServerHandle> {
@@ -248,6 +271,7 @@ impl ServerBuilder {
                 call_budget: self.limits.call_budget,
                 mode: match self.mode {
                     Mode::Direct => ModeReq::Direct,
+                    Mode::Queue => ModeReq::Queue,
                 },
                 ..GuestConfig::default()
             },
@@ -260,7 +284,9 @@ impl ServerBuilder {
         };
         let listener = may::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("binding {addr}"), e))?;
         let local_addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?;
+        let queue = (self.mode == Mode::Queue).then(|| queue::QueueShared::new(self.limits.queue_capacity));
         let shared = Arc::new(Shared {
+            queue: queue.clone(),
             pool,
             registry,
             policy: self.policy,
@@ -271,19 +297,57 @@ impl ServerBuilder {
             conns: Mutex::new(std::collections::HashMap::new()),
             counters: Counters::default(),
         });
+        let runner = match &queue {
+            None => None,
+            Some(qs) => {
+                let (sh, qs) = (Arc::clone(&shared), Arc::clone(qs));
+                Some(match self.runner {
+                    QueueRunner::Thread => RunnerHandle::Thread(
+                        std::thread::Builder::new()
+                            .name("wamr-coro-queue".into())
+                            .spawn(move || queue::run(sh, qs))
+                            .map_err(|e| Error::io("starting the queue runner", e))?,
+                    ),
+                    QueueRunner::Coroutine => RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs))),
+                })
+            }
+        };
         let acceptor = listener::start(Arc::clone(&shared), listener);
         tracing::info!(%local_addr, mode = ?self.mode, policy = ?self.policy, source = ?self.source, "listening");
         Ok(ServerHandle {
             shared,
             local_addr,
             acceptor: Mutex::new(Some(acceptor)),
+            runner: Mutex::new(runner),
             _watchdog: watchdog,
         })
     }
 }
 
+enum RunnerHandle {
+    Thread(std::thread::JoinHandle<()>),
+    Coroutine(may::coroutine::JoinHandle<()>),
+}
+
+impl RunnerHandle {
+    fn is_done(&self) -> bool {
+        match self {
+            RunnerHandle::Thread(h) => h.is_finished(),
+            RunnerHandle::Coroutine(h) => h.is_done(),
+        }
+    }
+    fn join(self) {
+        let _ = match self {
+            RunnerHandle::Thread(h) => h.join().map_err(|_| ()),
+            RunnerHandle::Coroutine(h) => h.join().map_err(|_| ()),
+        };
+    }
+}
+
 /// State shared by the acceptor and every connection coroutine.
 pub(crate) struct Shared {
+    /// Queue mode's ring and connection table.
+    pub queue: Option<Arc<queue::QueueShared>>,
     pub pool: Arc<EnvPool>,
     pub registry: Arc<Registry>,
     pub policy: EnvPolicy,
@@ -326,6 +390,8 @@ impl Shared {
             idle_closes: l(&c.idle_closes),
             envs: self.registry.stats(),
             pool: self.pool.stats(),
+            queue_depth: self.queue.as_ref().map(|q| q.ring.len() as u64).unwrap_or(0),
+            queue_restarts: self.queue.as_ref().map(|q| q.restarts.load(Ordering::Relaxed)).unwrap_or(0),
         }
     }
 }
@@ -336,6 +402,7 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     acceptor: Mutex<Option<may::coroutine::JoinHandle<()>>>,
+    runner: Mutex<Option<RunnerHandle>>,
     _watchdog: Option<Watchdog>,
 }
 
@@ -387,6 +454,24 @@ impl ServerHandle {
         let deadline = Instant::now() + sh.limits.shutdown_grace;
         while !sh.conns.lock().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(qs) = &sh.queue {
+            // Every CLOSE handed to the guest (on_close), then SHUTDOWN.
+            while qs.open_conns() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            qs.shutdown.store(true, Ordering::Release);
+            qs.ring.wake();
+            if let Some(runner) = self.runner.lock().take() {
+                while !runner.is_done() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if !runner.is_done() {
+                    let n = sh.registry.interrupt_all();
+                    tracing::warn!(terminated = n, "queue guest did not return from run in time: terminated");
+                }
+                runner.join();
+            }
         }
         if !sh.conns.lock().is_empty() {
             let n = sh.registry.interrupt_all();

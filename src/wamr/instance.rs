@@ -142,7 +142,12 @@ impl Func {
 pub struct InterruptHandle {
     state: Mutex<InterruptState>,
     hit: AtomicBool,
+    /// Why the last terminate happened: BUDGET or SHUTDOWN.
+    reason: std::sync::atomic::AtomicU8,
 }
+
+const BUDGET: u8 = 1;
+const SHUTDOWN: u8 = 2;
 
 #[derive(Debug)]
 struct InterruptState {
@@ -152,6 +157,8 @@ struct InterruptState {
     in_call: bool,
     /// Deadline of the call in flight, if it has a budget.
     deadline: Option<Instant>,
+    /// The budget that deadline came from, for the error message.
+    budget: Duration,
 }
 
 impl InterruptHandle {
@@ -160,7 +167,7 @@ impl InterruptHandle {
     pub fn expire_if_due(&self, now: Instant) -> bool {
         let mut st = self.state.lock();
         match st.deadline {
-            Some(d) if d <= now && st.in_call => Self::terminate_locked(&mut st, &self.hit),
+            Some(d) if d <= now && st.in_call => self.terminate_locked(&mut st, BUDGET),
             _ => false,
         }
     }
@@ -169,14 +176,24 @@ impl InterruptHandle {
     /// for guests that do not return). Returns whether a call was stopped.
     pub fn terminate_in_flight(&self) -> bool {
         let mut st = self.state.lock();
-        st.in_call && Self::terminate_locked(&mut st, &self.hit)
+        st.in_call && self.terminate_locked(&mut st, SHUTDOWN)
     }
 
-    fn terminate_locked(st: &mut InterruptState, hit: &AtomicBool) -> bool {
+    /// Arms (or, with `None`, disarms) a deadline for the call in flight, from
+    /// inside it: queue mode's `wait_msg` gives the guest `budget` to handle
+    /// each event. The env must have been created without a per-call budget.
+    pub fn set_deadline(&self, budget: Option<Duration>) {
+        let mut st = self.state.lock();
+        st.deadline = budget.map(|b| Instant::now() + b);
+        st.budget = budget.unwrap_or_default();
+    }
+
+    fn terminate_locked(&self, st: &mut InterruptState, reason: u8) -> bool {
         if st.inst == 0 {
             return false;
         }
-        hit.store(true, Ordering::Release);
+        self.reason.store(reason, Ordering::Release);
+        self.hit.store(true, Ordering::Release);
         st.deadline = None;
         st.in_call = false;
         // SAFETY: `inst` is non-zero only while the env is alive:
@@ -281,8 +298,14 @@ impl ExecEnv {
             bound: Cell::new((0, 0)),
             data,
             interrupt: Arc::new(InterruptHandle {
-                state: Mutex::new(InterruptState { inst: inst as usize, in_call: false, deadline: None }),
+                state: Mutex::new(InterruptState {
+                    inst: inst as usize,
+                    in_call: false,
+                    deadline: None,
+                    budget: Duration::ZERO,
+                }),
                 hit: AtomicBool::new(false),
+                reason: std::sync::atomic::AtomicU8::new(0),
             }),
             budget: None,
             poisoned: None,
@@ -438,6 +461,7 @@ impl ExecEnv {
             let mut st = self.interrupt.state.lock();
             st.in_call = true;
             st.deadline = self.budget.map(|b| Instant::now() + b);
+            st.budget = self.budget.unwrap_or_default();
         }
         // SAFETY: `raw` and `func` belong to this live instance (checked
         // above); `cells` holds at least max(argc, result cells) u32s as
@@ -455,11 +479,8 @@ impl ExecEnv {
             return Ok(());
         }
         let message = self.exception().unwrap_or_else(|| "unknown failure".into());
-        let err = if hit && self.budget.is_some() {
-            Error::BudgetExceeded {
-                func: func.name.to_string(),
-                budget_ms: self.budget.map(|b| b.as_millis() as u64).unwrap_or(0),
-            }
+        let err = if hit && self.interrupt.reason.load(Ordering::Acquire) == BUDGET {
+            Error::BudgetExceeded { func: func.name.to_string(), budget_ms: self.budget_ms() }
         } else if hit {
             Error::Trap { func: func.name.to_string(), message: "terminated by the host (shutdown)".into() }
         } else {
@@ -467,6 +488,12 @@ impl ExecEnv {
         };
         self.poison(err.to_string());
         Err(err)
+    }
+
+    fn budget_ms(&self) -> u64 {
+        let st = self.interrupt.state.lock();
+        let b = if st.budget.is_zero() { self.budget.unwrap_or_default() } else { st.budget };
+        b.as_millis() as u64
     }
 
     fn poison(&mut self, why: String) {
