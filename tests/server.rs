@@ -21,8 +21,17 @@ fn variants() -> Vec<(Mode, EnvPolicy)> {
     ]
 }
 
+/// Echo guests in every language: WAT, C (built from source), Rust.
+fn echo_guests() -> Vec<&'static str> {
+    let mut g = vec!["echo.wat", "c:echo"];
+    if rust_guest_enabled() {
+        g.push("rust:rust_echo");
+    }
+    g
+}
+
 fn echo_many(guest: &str, mode: Mode, policy: EnvPolicy) {
-    let server = start(module(guest), mode, policy, test_limits());
+    let server = start(any_guest(guest), mode, policy, test_limits());
     let addr = server.local_addr();
     let conns = 500;
     let rounds = 50;
@@ -58,15 +67,22 @@ fn echo_many(guest: &str, mode: Mode, policy: EnvPolicy) {
 
 #[test]
 fn echo_500_connections_byte_exact() {
-    for (mode, policy) in variants() {
-        echo_many("echo.wat", mode, policy);
+    for guest in echo_guests() {
+        for (mode, policy) in variants() {
+            echo_many(guest, mode, policy);
+        }
     }
-    // The guest's own wait_msg loop, in queue mode.
+    // A WAT guest with its own wait_msg loop, in queue mode (the C and Rust
+    // echo guests export `run` too, so queue mode above used their loops).
     echo_many("echo_run.wat", Mode::Queue, EnvPolicy::Connection);
 }
 
-fn http_keepalive_pipelined(mode: Mode, policy: EnvPolicy) {
-    let server = start(wamr_coro::default_guest::module().unwrap(), mode, policy, test_limits());
+fn http_keepalive_pipelined(guest: &str, mode: Mode, policy: EnvPolicy) {
+    let m = match guest {
+        "default" => wamr_coro::default_guest::module().unwrap(),
+        other => any_guest(other),
+    };
+    let server = start(m, mode, policy, test_limits());
     let mut s = connect(server.local_addr());
     let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     // Keep-alive: three sequential requests on one connection.
@@ -101,7 +117,9 @@ fn http_keepalive_pipelining_and_split_requests() {
         if policy == EnvPolicy::Message {
             continue;
         }
-        http_keepalive_pipelined(mode, policy);
+        for guest in ["default", "c:http"] {
+            http_keepalive_pipelined(guest, mode, policy);
+        }
     }
 }
 

@@ -107,3 +107,44 @@ pub fn echo_round(s: &mut TcpStream, msg: &[u8]) {
 
 pub const HTTP_RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\nHello from wamr-coro\n";
+
+/// Directory with the guests compiled by `guests/build.sh` (built once per
+/// test binary, from source).
+pub fn built_guests_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guests");
+            let status = std::process::Command::new("bash")
+                .arg(guest_path("build.sh"))
+                .arg(&out)
+                .status()
+                .expect("running guests/build.sh");
+            assert!(status.success(), "guests/build.sh failed: install clang, lld and the wasm32-unknown-unknown target");
+            out
+        })
+        .clone()
+}
+
+/// A compiled guest (`c/echo.c` → `built_guest("echo")`).
+pub fn built_guest(name: &str) -> Module {
+    setup();
+    Module::from_file(built_guests_dir().join(format!("{name}.wasm"))).unwrap()
+}
+
+/// Whether the Rust guest is part of this run (.ci/run sets SKIP_RUST_GUEST=1
+/// only when the wasm32 target could not be installed, and says so).
+pub fn rust_guest_enabled() -> bool {
+    std::env::var("SKIP_RUST_GUEST").as_deref() != Ok("1")
+}
+
+/// Guests by name: "x.wat" from guests/, "c:x" and "rust:x" compiled.
+pub fn any_guest(name: &str) -> Module {
+    if let Some(n) = name.strip_prefix("c:") {
+        built_guest(n)
+    } else if let Some(n) = name.strip_prefix("rust:") {
+        built_guest(n)
+    } else {
+        module(name)
+    }
+}

@@ -1,0 +1,139 @@
+//! C interop: guests compiled from C by guests/build.sh, natives written in
+//! C (wamr/src/natives.c), and contract violations reported clearly.
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use wamr_coro::abi::ModeReq;
+use wamr_coro::server::{EnvPolicy, Mode};
+use wamr_coro::{EnvSource, Error, Guest, GuestConfig, Registry};
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 2166136261;
+    for b in bytes {
+        h ^= *b as u32;
+        h = h.wrapping_mul(16777619);
+    }
+    h & 0x7fff_ffff
+}
+
+fn read_line(s: &mut std::net::TcpStream) -> String {
+    let mut line = Vec::new();
+    loop {
+        let b = read_n(s, 1).unwrap()[0];
+        if b == b'\n' {
+            return String::from_utf8(line).unwrap();
+        }
+        line.push(b);
+    }
+}
+
+#[test]
+fn c_guest_calls_c_natives_round_trip() {
+    // guest (C) → wcoro_c.checksum / counter_add (C natives, registered
+    // through the same HostFunc path as Rust imports) → result → reply.
+    for (mode, policy) in [(Mode::Direct, EnvPolicy::Connection), (Mode::Queue, EnvPolicy::Connection)] {
+        let server = start(built_guest("natives_demo"), mode, policy, test_limits());
+        let mut s = connect(server.local_addr());
+        let mut total = None::<i64>;
+        for msg in [&b"hello"[..], b"wamr-coro C natives", &[0xffu8; 300][..]] {
+            s.write_all(msg).unwrap();
+            let line = read_line(&mut s);
+            let (sum, count) = line.split_once(' ').unwrap();
+            assert_eq!(sum.parse::<u32>().unwrap(), fnv1a(msg), "checksum of {} bytes", msg.len());
+            let count: i64 = count.parse().unwrap();
+            // The counter is the host's: it carries across messages (and
+            // across the two servers of this loop).
+            if let Some(prev) = total {
+                assert_eq!(count, prev + msg.len() as i64);
+            }
+            total = Some(count);
+        }
+        let stats = server.stop();
+        assert_eq!(stats.envs.live, 0);
+    }
+}
+
+#[test]
+fn c_natives_check_guest_pointers() {
+    // A WAT guest passes a bad range to the C checksum: -2, no crash.
+    setup();
+    let m = wamr_coro::Module::from_wat(
+        r#"(module
+             (import "wcoro_c" "checksum" (func $ck (param i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "bad") (result i32) (call $ck (i32.const 65000) (i32.const 1000)))
+             (func (export "neg") (result i32) (call $ck (i32.const 0) (i32.const -1)))
+             (func (export "ok") (result i32) (call $ck (i32.const 0) (i32.const 0))))"#,
+    )
+    .unwrap();
+    let mut env = wamr_coro::ExecEnv::new(&m, Default::default()).unwrap();
+    for (f, want) in [("bad", -2), ("neg", -2), ("ok", fnv1a(b"") as i32)] {
+        let func = env.func(&m, f).unwrap();
+        assert_eq!(env.call_i32(&func, &[]).unwrap(), Some(want), "{f}");
+    }
+}
+
+#[test]
+fn c_guests_that_break_the_contract_get_clear_errors() {
+    let reg = Registry::new;
+    // Missing on_recv.
+    let e = Guest::new(built_guest("bad_no_on_recv"), GuestConfig::default(), reg()).unwrap_err();
+    assert!(matches!(&e, Error::MissingExport { name, .. } if name == "on_recv"), "{e}");
+    let e = Guest::new(
+        built_guest("bad_no_on_recv"),
+        GuestConfig { mode: ModeReq::Queue, ..Default::default() },
+        reg(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("run") && e.to_string().contains("on_recv"), "{e}");
+    // Wrong signature: both sides are named.
+    let e = Guest::new(built_guest("bad_signature"), GuestConfig::default(), reg()).unwrap_err();
+    match &e {
+        Error::WrongSignature { name, expected, found } => {
+            assert_eq!(name, "on_recv");
+            assert_eq!(expected, "(i32, i32, i32) -> (i32)");
+            assert_eq!(found, "(i32, i32) -> (i32)");
+        }
+        other => panic!("{other}"),
+    }
+    // Missing __heap_base/__data_end: fine for independent instances, a
+    // named error for spawned envs.
+    assert!(Guest::new(built_guest("bad_no_heap_base"), GuestConfig::default(), reg()).is_ok());
+    let e = Guest::new(
+        built_guest("bad_no_heap_base"),
+        GuestConfig { source: EnvSource::Spawn, ..Default::default() },
+        reg(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("__heap_base") && e.to_string().contains("__data_end"), "{e}");
+    // And through the binary, as a user would meet it.
+    let path = built_guests_dir().join("bad_signature.wasm");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+        .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("export `on_recv` has signature (i32, i32) -> (i32), expected (i32, i32, i32) -> (i32)"), "{err}");
+}
+
+#[test]
+fn compiled_guests_satisfy_spawn_without_hand_edits() {
+    for name in ["echo", "http", "natives_demo"] {
+        built_guest(name).check_spawnable().unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    if rust_guest_enabled() {
+        built_guest("rust_echo").check_spawnable().unwrap();
+    }
+    // And they run on spawned envs.
+    let server = wamr_coro::server::Server::builder(built_guest("echo"))
+        .listen("127.0.0.1:0")
+        .env_source(EnvSource::Spawn)
+        .limits(test_limits())
+        .start()
+        .unwrap();
+    echo_round(&mut connect(server.local_addr()), b"spawned C guest");
+    assert_eq!(server.stop().envs.live, 0);
+}
