@@ -15,6 +15,7 @@ const WAT: &str = r#"
   (global (export "__data_end") i32 (i32.const 1024))
   (global (export "__heap_base") i32 (i32.const 131072))
   (func (export "noop"))
+  (func (export "spin") (loop $l (br $l)))
   (func (export "alloc") (param i32) (result i32) (i32.const 65536))
   (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
 
@@ -104,9 +105,38 @@ fn pool(c: &mut Criterion) {
     g.finish();
 }
 
+/// How long past its budget a spinning guest keeps running: the call with a
+/// 50 ms budget, minus 50 ms.
+fn budget(c: &mut Criterion) {
+    let m = setup();
+    let guest = Guest::new(
+        m.clone(),
+        GuestConfig { chunk_size: 1024, call_budget: Some(Duration::from_millis(50)), ..Default::default() },
+        Registry::new(),
+    )
+    .unwrap();
+    let _wd = wamr_coro::watchdog::Watchdog::start(guest.registry()).unwrap();
+    let mut g = c.benchmark_group("budget");
+    g.sample_size(10);
+    g.bench_function("spin_overrun_past_50ms_budget", |b| {
+        b.iter_custom(|iters| {
+            let mut over = Duration::ZERO;
+            for _ in 0..iters {
+                let mut env = guest.create_env().unwrap();
+                let spin = env.exec_env().func(&m, "spin").unwrap();
+                let t = Instant::now();
+                assert!(env.exec_env().call(&spin, &[]).is_err());
+                over += t.elapsed().saturating_sub(Duration::from_millis(50));
+            }
+            over
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = calls, creation, pool
+    targets = calls, creation, pool, budget
 }
 criterion_main!(benches);
