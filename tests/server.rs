@@ -252,6 +252,7 @@ const CLOSE_COUNTING_WAT: &str = r#"
 #[test]
 fn shutdown_calls_on_close_for_every_open_connection() {
     setup();
+    let _hooks = HOOKS.lock();
     for (mode, policy) in variants() {
         let opened0 = OPENED.load(Ordering::SeqCst);
         let closed0 = CLOSED.load(Ordering::SeqCst);
@@ -437,4 +438,27 @@ fn queue_run_returning_early_is_a_failure_and_restarts() {
     assert!(server.stats().queue_restarts >= 2);
     let stats = server.stop();
     assert_eq!(stats.envs.live, 0);
+}
+
+#[test]
+fn idle_connections_are_closed_with_on_close() {
+    setup();
+    let _hooks = HOOKS.lock();
+    for (mode, policy) in variants() {
+        let closed0 = CLOSED.load(Ordering::SeqCst);
+        let m = wamr_coro::Module::from_wat(CLOSE_COUNTING_WAT).unwrap();
+        let limits = Limits { idle_timeout: Duration::from_millis(300), ..test_limits() };
+        let server = start(m, mode, policy, limits);
+        let mut s = connect(server.local_addr());
+        echo_round(&mut s, b"then silence");
+        assert!(closed_by_peer(&mut s, Duration::from_secs(10)), "idle connection not closed");
+        // on_close runs once the server has seen the close; wait for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while CLOSED.load(Ordering::SeqCst) == closed0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stats = server.stop();
+        assert_eq!(stats.idle_closes, 1, "{mode:?} {policy:?}: {stats}");
+        assert_eq!(CLOSED.load(Ordering::SeqCst) - closed0, 1, "{mode:?} {policy:?}");
+    }
 }

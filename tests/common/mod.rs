@@ -19,6 +19,9 @@ pub fn guest_text(name: &str) -> String {
     std::fs::read_to_string(guest_path(name)).expect("guest source")
 }
 
+/// Tests that count hook calls hold this, since the counters are global.
+pub static HOOKS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 /// `on_close` calls seen through the `test_hooks.closed` import.
 pub static CLOSED: AtomicUsize = AtomicUsize::new(0);
 /// `on_open` calls seen through the `test_hooks.opened` import.
