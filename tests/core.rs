@@ -329,3 +329,48 @@ fn guest_contract_checks_modes() {
     assert!(wamr_coro::abi::check_guest(&m, ModeReq::Direct).is_ok());
     assert!(wamr_coro::abi::check_guest(&m, ModeReq::Queue).is_ok());
 }
+
+/// A guest whose memory is shared: `alloc` hands out distinct buffers with an
+/// atomic bump, and `on_recv` increments a counter that lives in memory.
+const SHARED_WAT: &str = r#"
+(module
+  (memory (export "memory") 4 4 shared)
+  (global $sp (mut i32) (i32.const 65536))
+  (global (export "__data_end") i32 (i32.const 1024))
+  (global (export "__heap_base") i32 (i32.const 262144))
+  (func (export "alloc") (param $size i32) (result i32)
+    ;; bump allocator at address 16, starting at 64 KiB
+    (i32.add (i32.const 65536)
+      (i32.atomic.rmw.add (i32.const 16) (i32.const 1024))))
+  (func (export "on_recv") (param i32 i32 i32) (result i32)
+    (i32.add (i32.atomic.rmw.add (i32.const 8) (i32.const 1)) (i32.const 1)))
+  (func (export "trap") (unreachable)))"#;
+
+#[test]
+fn shared_memory_guests_share_across_spawned_envs_only() {
+    setup();
+    let m = Module::from_wat(SHARED_WAT).unwrap();
+    assert!(m.has_shared_memory());
+    // Spawned envs of one parent share the parent's memory: one counter.
+    let cfg = |source| GuestConfig { source, chunk_size: 1024, ..Default::default() };
+    let g = Guest::new(m.clone(), cfg(EnvSource::Spawn), Registry::new()).unwrap();
+    let mut a = g.create_env().unwrap();
+    let mut b = g.create_env().unwrap();
+    assert_ne!(a.recv_buffer().0, b.recv_buffer().0, "alloc must hand out distinct buffers");
+    assert_eq!(a.on_recv(1, b"x").unwrap(), 1);
+    assert_eq!(b.on_recv(2, b"x").unwrap(), 2);
+    assert_eq!(a.on_recv(1, b"x").unwrap(), 3);
+    // The honest failure semantics of shared state: a trap fails the cluster.
+    let trap = a.exec_env().func(&m, "trap").unwrap();
+    assert!(a.exec_env().call(&trap, &[]).is_err());
+    assert!(matches!(b.on_recv(2, b"x"), Err(Error::Poisoned(_))));
+    drop((a, b));
+    assert_eq!(g.registry().live(), 0);
+
+    // Independent instances each get their own (shared-capable) memory.
+    let g = Guest::new(m, cfg(EnvSource::Instance), Registry::new()).unwrap();
+    let mut c = g.create_env().unwrap();
+    let mut d = g.create_env().unwrap();
+    assert_eq!(c.on_recv(1, b"x").unwrap(), 1);
+    assert_eq!(d.on_recv(2, b"x").unwrap(), 1);
+}
