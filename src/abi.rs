@@ -80,7 +80,7 @@ fn process_epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn host<'c>(data: Option<&'c mut (dyn std::any::Any + Send)>) -> Option<&'c mut dyn AbiHost> {
+fn host(data: Option<&mut (dyn std::any::Any + Send)>) -> Option<&mut dyn AbiHost> {
     Some(data?.downcast_mut::<AbiSlot>()?.0.as_mut())
 }
 

@@ -12,7 +12,7 @@
 //! it, see the `stack_bounds_match_proc_maps` test), and the bottom is the top
 //! minus the stack size `may` allocated. Exec envs read these bounds before a
 //! call (see `wamr::stack`). A call from a coroutine that was not started
-//! here fails with [`Error::UnknownStack`](crate::Error::UnknownStack) rather
+//! here fails with [`Error::UnknownStack`] rather
 //! than run unprotected.
 //!
 //! [`configure`] owns `may`'s process-global settings (worker count, default

@@ -144,17 +144,14 @@ pub(super) fn start_conn(sh: &Arc<Shared>, qs: &Arc<QueueShared>, stream: may::n
     });
 }
 
-fn push(sh: &Shared, qs: &QueueShared, mut ev: Event) -> bool {
+/// Queues `ev`, waiting while the ring is full (this is the backpressure:
+/// the reader stops reading), unless the runner has shut down for good.
+fn push(qs: &QueueShared, mut ev: Event) -> bool {
     loop {
         match qs.ring.push(ev, Duration::from_millis(100)) {
             Ok(()) => return true,
-            // Full: keep waiting (this is the backpressure), unless the
-            // runner is gone for good.
             Err(back) if !qs.shutdown.load(Ordering::Acquire) => ev = back,
-            Err(_) => {
-                let _ = sh;
-                return false;
-            }
+            Err(_) => return false,
         }
     }
 }
@@ -162,7 +159,7 @@ fn push(sh: &Shared, qs: &QueueShared, mut ev: Event) -> bool {
 fn reader(sh: Arc<Shared>, qs: Arc<QueueShared>, id: i32, mut stream: may::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(sh.limits.idle_timeout));
-    if !push(&sh, &qs, Event::Open(id)) {
+    if !push(&qs, Event::Open(id)) {
         return;
     }
     let mut buf = vec![0u8; sh.limits.chunk_size];
@@ -171,7 +168,7 @@ fn reader(sh: Arc<Shared>, qs: Arc<QueueShared>, id: i32, mut stream: may::net::
             Ok(0) => break,
             Ok(n) => {
                 sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                if !push(&sh, &qs, Event::Data(id, buf[..n].to_vec())) {
+                if !push(&qs, Event::Data(id, buf[..n].to_vec())) {
                     break;
                 }
             }
@@ -183,7 +180,7 @@ fn reader(sh: Arc<Shared>, qs: Arc<QueueShared>, id: i32, mut stream: may::net::
             }
         }
     }
-    push(&sh, &qs, Event::Close(id));
+    push(&qs, Event::Close(id));
 }
 
 fn writer(sh: Arc<Shared>, mut stream: may::net::TcpStream, rx: may::sync::mpsc::Receiver<Out>, pending: Arc<AtomicUsize>) {

@@ -2,8 +2,8 @@
 //!
 //! All of them — the guest ABI's own `env.send` & co., a user's Rust
 //! closures, and C natives from `wamr/src/` — go through one path:
-//! [`register`] builds a WAMR raw native (`wasm_runtime_register_natives_raw`)
-//! whose function pointer is [`trampoline`] and whose attachment is the
+//! `register` builds a WAMR raw native (`wasm_runtime_register_natives_raw`)
+//! whose function pointer is `trampoline` and whose attachment is the
 //! leaked [`HostFunc`]. The trampoline decodes the arguments by the declared
 //! types, calls the closure with a [`Caller`], and writes the result back; a
 //! closure's error or panic becomes a trap of the calling guest, never an
@@ -308,7 +308,7 @@ pub unsafe extern "C" fn wcoro_caller_mem(caller: *mut Caller<'_>, ptr: u32, len
     let Ok(len) = i32::try_from(len) else { return std::ptr::null_mut() };
     let mut mem = caller.memory();
     match mem.slice_mut(ptr as i32, len) {
-        Some(s) if s.is_empty() => std::ptr::NonNull::dangling().as_ptr(),
+        Some([]) => std::ptr::NonNull::dangling().as_ptr(),
         Some(s) => s.as_mut_ptr(),
         None => std::ptr::null_mut(),
     }

@@ -4,8 +4,8 @@
 //! one caller at a time. There are two ways to get one, behind one type:
 //!
 //! * [`ExecEnv::new`] — an independent instance (`wasm_runtime_instantiate`
-//!   + `wasm_runtime_create_exec_env`). Its own cluster: a trap or terminate
-//!   touches nothing else.
+//!   and `wasm_runtime_create_exec_env`). Its own cluster: a trap or
+//!   terminate touches nothing else.
 //! * [`ParentEnv::spawn`] — `wasm_runtime_spawn_exec_env` from a parent. For
 //!   modules without shared memory WAMR instantiates a fresh instance (own
 //!   memory and globals), but the env joins the parent's cluster, and WAMR

@@ -102,10 +102,12 @@ impl Runtime {
         }
         super::log::set_tracing(config.log == WamrLog::Tracing);
 
-        let mut args = sys::RuntimeInitArgs::default();
-        args.mem_alloc_type = sys::Alloc_With_System_Allocator;
-        args.max_thread_num = config.envs_per_parent;
-        args.running_mode = sys::Mode_Interp;
+        let mut args = sys::RuntimeInitArgs {
+            mem_alloc_type: sys::Alloc_With_System_Allocator,
+            max_thread_num: config.envs_per_parent,
+            running_mode: sys::Mode_Interp,
+            ..Default::default()
+        };
         // SAFETY: `args` is a fully initialised RuntimeInitArgs (Default zeroes
         // it, as WAMR's samples memset it); no natives are passed here. We hold
         // RUNTIME's lock, so this runs once per process.

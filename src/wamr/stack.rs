@@ -6,7 +6,7 @@
 //!   coroutine stack's low end plus [`GUARD`].
 //! * In any other coroutine the bounds are unknown: the call is refused.
 //!
-//! [`current`] also returns the address range of the stack, so that an exec
+//! `current` also returns the address range of the stack, so that an exec
 //! env can tell cheaply (one comparison per call) whether it is still called
 //! from the stack its boundary was set for.
 use crate::coro;
