@@ -36,6 +36,7 @@
 //! radius stay bounded by `envs_per_parent`; a faulted shard is retired (see
 //! `wamr::instance`). A trap costs O(all live envs) in both sources: WAMR
 //! looks the trapping instance up in every cluster.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +95,9 @@ pub struct Guest {
     inst_cfg: InstanceConfig,
     registry: Arc<Registry>,
     shards: Mutex<Shards>,
+    /// Envs of this guest alive now (reserved before creation, so
+    /// `max_envs` holds exactly under concurrent creation).
+    live: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -140,6 +144,7 @@ impl Guest {
             inst_cfg,
             registry,
             shards: Mutex::new(Shards::default()),
+            live: AtomicUsize::new(0),
         }))
     }
 
@@ -165,7 +170,9 @@ impl Guest {
 
     /// Makes a fresh env (not from a pool).
     pub fn create_env(self: &Arc<Self>) -> Result<GuestEnv> {
-        if self.config.max_envs > 0 && self.registry.live() as usize >= self.config.max_envs {
+        let before = self.live.fetch_add(1, Ordering::AcqRel);
+        if self.config.max_envs > 0 && before >= self.config.max_envs {
+            self.live.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::TooManyEnvs { what: "max_envs", limit: self.config.max_envs });
         }
         let made = match self.config.source {
@@ -174,9 +181,15 @@ impl Guest {
         }
         .and_then(|env| GuestEnv::init(self, env));
         if made.is_err() {
+            self.live.fetch_sub(1, Ordering::AcqRel);
             self.registry.note_failure();
         }
         made
+    }
+
+    /// Envs of this guest alive now.
+    pub fn live_envs(&self) -> usize {
+        self.live.load(Ordering::Acquire)
     }
 
     fn spawn_from_shard(&self) -> Result<ExecEnv> {
@@ -229,6 +242,12 @@ struct Funcs {
     on_open: Option<Func>,
     on_close: Option<Func>,
     run: Option<Func>,
+}
+
+impl Drop for GuestEnv {
+    fn drop(&mut self) {
+        self.guest.live.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for GuestEnv {

@@ -374,3 +374,34 @@ fn shared_memory_guests_share_across_spawned_envs_only() {
     assert_eq!(c.on_recv(1, b"x").unwrap(), 1);
     assert_eq!(d.on_recv(2, b"x").unwrap(), 1);
 }
+
+#[test]
+fn max_envs_holds_exactly_under_concurrent_creation() {
+    let cfg = GuestConfig { max_envs: 10, chunk_size: 1024, ..Default::default() };
+    let g = Guest::new(core_module(), cfg, Registry::new()).unwrap();
+    let n = 50;
+    let attempted = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (g, attempted) = (Arc::clone(&g), Arc::clone(&attempted));
+            coro::spawn(move || {
+                let env = g.create_env();
+                attempted.fetch_add(1, Ordering::SeqCst);
+                // Hold the env until every coroutine has tried.
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while attempted.load(Ordering::SeqCst) < n && std::time::Instant::now() < deadline {
+                    may::coroutine::sleep(Duration::from_millis(1));
+                }
+                match env {
+                    Ok(_) => Ok(()),
+                    Err(Error::TooManyEnvs { limit: 10, .. }) => Err(()),
+                    Err(e) => panic!("unexpected: {e}"),
+                }
+            })
+        })
+        .collect();
+    let ok = handles.into_iter().map(|h| h.join().unwrap()).filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 10);
+    assert_eq!(g.live_envs(), 0);
+    assert_eq!(g.registry().stats().peak, 10);
+}

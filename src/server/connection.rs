@@ -131,9 +131,9 @@ impl Conn {
         if self.flush().is_err() || self.state.lock().closed_by_guest {
             return End::Close;
         }
-        let mut buf = vec![0u8; self.sh.limits.chunk_size];
+        let mut buf = ReadBuf::new(self.sh.limits.chunk_size);
         loop {
-            let n = match self.stream.read(&mut buf) {
+            let n = match self.stream.read(buf.space()) {
                 Ok(0) => return End::Close,
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
@@ -143,7 +143,7 @@ impl Conn {
                 Err(_) => return End::Close,
             };
             self.sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            let data = &buf[..n];
+            let data = buf.filled(n);
             let r = match self.callback(|env, id| env.on_recv(id, data)) {
                 Ok(r) => r,
                 Err(_) => return End::NoOnClose,
@@ -202,5 +202,34 @@ impl Conn {
             st.out = out;
         }
         Ok(())
+    }
+}
+
+/// A connection's read buffer: starts at 4 KiB and doubles, up to the chunk
+/// size, whenever a read fills it, so idle connections cost 4 KiB and bulk
+/// transfers still read a whole chunk at a time.
+pub(super) struct ReadBuf {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl ReadBuf {
+    pub(super) fn new(max: usize) -> ReadBuf {
+        ReadBuf { buf: vec![0u8; max.min(4096)], max }
+    }
+
+    /// Where to read into.
+    pub(super) fn space(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// The `n` bytes just read; grows the buffer if they filled it.
+    pub(super) fn filled(&mut self, n: usize) -> &[u8] {
+        if n == self.buf.len() && n < self.max {
+            let grown = (n * 2).min(self.max);
+            // Keep the data: the caller reads it through the returned slice.
+            self.buf.resize(grown, 0);
+        }
+        &self.buf[..n]
     }
 }

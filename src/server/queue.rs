@@ -162,13 +162,13 @@ fn reader(sh: Arc<Shared>, qs: Arc<QueueShared>, id: i32, mut stream: may::net::
     if !push(&qs, Event::Open(id)) {
         return;
     }
-    let mut buf = vec![0u8; sh.limits.chunk_size];
+    let mut buf = super::connection::ReadBuf::new(sh.limits.chunk_size);
     loop {
-        match stream.read(&mut buf) {
+        match stream.read(buf.space()) {
             Ok(0) => break,
             Ok(n) => {
                 sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                if !push(&qs, Event::Data(id, buf[..n].to_vec())) {
+                if !push(&qs, Event::Data(id, buf.filled(n).to_vec())) {
                     break;
                 }
             }

@@ -100,7 +100,11 @@ static inline int32_t wcoro_send_str(int32_t conn, const char *s) {
  * queue-mode `run` export. It waits for events and dispatches them to the
  * guest's own handlers (the same ones direct mode calls), and returns 0 when
  * the host says SHUTDOWN. on_open's refusal (< 0) and on_recv's (< 0) close
- * the connection, exactly as in direct mode.
+ * the connection, as in direct mode. One difference: the host delivers a
+ * CLOSE event for every OPEN it delivered, so this loop also calls on_close
+ * for a connection its on_open refused; keep on_close harmless for unknown
+ * connections, or omit `run` and let the host run the loop (which skips
+ * on_close for refused connections, exactly as direct mode does).
  *
  *     static uint8_t rx[WCORO_DEFAULT_CHUNK_SIZE];
  *     WCORO_EXPORT("run") int32_t run(void) {
