@@ -97,8 +97,7 @@ pub(crate) fn register_imports() -> Result<()> {
         let (conn, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
         let (mem, data) = caller.split();
         let Some(h) = host(data) else { return Ok(Some(Val::I32(ERR_UNKNOWN_CONN))) };
-        let bytes = mem.slice(ptr, len).ok_or(());
-        Ok(Some(Val::I32(h.send(conn, bytes))))
+        Ok(Some(Val::I32(mem.with_bytes(ptr, len, |bytes| h.send(conn, bytes.ok_or(()))))))
     }))?;
     rt.register(HostFunc::new("env", "close", &[I32], &[I32], |caller: &mut Caller<'_>, args| {
         let (_, data) = caller.split();
@@ -113,9 +112,9 @@ pub(crate) fn register_imports() -> Result<()> {
     rt.register(HostFunc::new("env", "log", &[I32, I32, I32], &[], |caller: &mut Caller<'_>, args| {
         let (level, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
         let (mem, data) = caller.split();
-        match mem.slice(ptr, len) {
-            Some(bytes) => {
-                let text = String::from_utf8_lossy(bytes);
+        let text = mem.with_bytes(ptr, len, |b| b.map(|b| String::from_utf8_lossy(b).into_owned()));
+        match text {
+            Some(text) => {
                 match level {
                     0 => tracing::error!(target: "guest", "{text}"),
                     1 => tracing::warn!(target: "guest", "{text}"),

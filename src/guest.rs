@@ -361,9 +361,7 @@ impl GuestEnv {
     /// so that the next connection served by this env cannot see them.
     pub fn wipe_recv_buffer(&mut self) {
         if self.recv_dirty > 0 {
-            if let Some(s) = self.env.memory().slice_mut(self.recv_ptr, self.recv_dirty as i32) {
-                s.fill(0);
-            }
+            self.env.memory().fill(self.recv_ptr, self.recv_dirty as i32, 0);
             self.recv_dirty = 0;
         }
     }

@@ -306,12 +306,8 @@ pub unsafe extern "C" fn wcoro_caller_mem(caller: *mut Caller<'_>, ptr: u32, len
     // SAFETY: the C native passes back the caller it was given, live for the call.
     let Some(caller) = (unsafe { caller.as_mut() }) else { return std::ptr::null_mut() };
     let Ok(len) = i32::try_from(len) else { return std::ptr::null_mut() };
-    let mut mem = caller.memory();
-    match mem.slice_mut(ptr as i32, len) {
-        Some([]) => std::ptr::NonNull::dangling().as_ptr(),
-        Some(s) => s.as_mut_ptr(),
-        None => std::ptr::null_mut(),
-    }
+    let mem = caller.memory();
+    mem.ptr(ptr as i32, len).unwrap_or(std::ptr::null_mut())
 }
 
 /// C: set the trap message. See wamr_coro_host.h.

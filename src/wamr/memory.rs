@@ -4,6 +4,13 @@
 //! 64-bit arithmetic against the memory's current size before a slice is
 //! made, so negative lengths, ranges past the end and ranges that wrap past
 //! 2^32 are all rejected (the ABI's `BAD_POINTER`).
+//!
+//! A *shared* memory (threads proposal) can be written by other envs of the
+//! same cluster at any moment, so no Rust reference into it may exist:
+//! [`slice`](GuestMemory::slice) and [`slice_mut`](GuestMemory::slice_mut)
+//! refuse it, and [`with_bytes`](GuestMemory::with_bytes),
+//! [`write`](GuestMemory::write) and [`fill`](GuestMemory::fill) copy with
+//! raw pointers instead (racy guest accesses stay the guest's semantics).
 use std::marker::PhantomData;
 
 use super::sys;
@@ -14,6 +21,7 @@ use super::sys;
 pub struct GuestMemory<'a> {
     base: *mut u8,
     len: usize,
+    shared: bool,
     _borrow: PhantomData<&'a mut ()>,
 }
 
@@ -24,17 +32,21 @@ impl<'a> GuestMemory<'a> {
     pub(crate) unsafe fn of_instance(inst: sys::wasm_module_inst_t) -> GuestMemory<'a> {
         // SAFETY: guaranteed by the caller; WAMR returns NULL for a module
         // without memory, which gives an empty view.
-        let (base, len) = unsafe {
+        let (base, len, shared) = unsafe {
             let mem = sys::wasm_runtime_get_default_memory(inst);
             if mem.is_null() {
-                (std::ptr::null_mut(), 0)
+                (std::ptr::null_mut(), 0, false)
             } else {
                 let pages = sys::wasm_memory_get_cur_page_count(mem);
                 let page = sys::wasm_memory_get_bytes_per_page(mem);
-                (sys::wasm_memory_get_base_address(mem) as *mut u8, (pages * page) as usize)
+                (
+                    sys::wasm_memory_get_base_address(mem) as *mut u8,
+                    (pages * page) as usize,
+                    sys::wasm_memory_get_shared(mem),
+                )
             }
         };
-        GuestMemory { base, len: if base.is_null() { 0 } else { len }, _borrow: PhantomData }
+        GuestMemory { base, len: if base.is_null() { 0 } else { len }, shared, _borrow: PhantomData }
     }
 
     /// Size in bytes.
@@ -45,6 +57,51 @@ impl<'a> GuestMemory<'a> {
     /// Whether the memory is empty (or absent).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether it is a shared memory (see the module docs).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Raw pointer to a checked range (for C natives).
+    pub(crate) fn ptr(&self, ptr: i32, len: i32) -> Option<*mut u8> {
+        let r = self.check(ptr, len)?;
+        if r.is_empty() {
+            return Some(std::ptr::NonNull::dangling().as_ptr());
+        }
+        // SAFETY: `r.start` is inside the live memory (checked above).
+        Some(unsafe { self.base.add(r.start) })
+    }
+
+    /// Calls `f` with the bytes at `ptr..ptr+len` (`None` if out of bounds):
+    /// a view into a private memory, a copy of a shared one.
+    pub fn with_bytes<R>(&self, ptr: i32, len: i32, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        if !self.shared {
+            return f(self.slice(ptr, len));
+        }
+        match self.check(ptr, len) {
+            None => f(None),
+            Some(r) => {
+                let mut copy = vec![0u8; r.len()];
+                // SAFETY: `r` is inside the live memory; raw copy, no
+                // reference into memory other envs may write.
+                unsafe { std::ptr::copy_nonoverlapping(self.base.add(r.start), copy.as_mut_ptr(), r.len()) };
+                f(Some(&copy))
+            }
+        }
+    }
+
+    /// Sets `ptr..ptr+len` to `byte`; false if out of bounds.
+    pub fn fill(&mut self, ptr: i32, len: i32, byte: u8) -> bool {
+        match self.check(ptr, len) {
+            Some(r) => {
+                // SAFETY: `r` is inside the live memory; raw write.
+                unsafe { std::ptr::write_bytes(self.base.add(r.start), byte, r.len()) };
+                true
+            }
+            None => false,
+        }
     }
 
     /// Checks a guest range given as the guest's i32 values.
@@ -61,8 +118,11 @@ impl<'a> GuestMemory<'a> {
     }
 
     /// The bytes at `ptr..ptr+len`, or `None` if the range is not wholly
-    /// inside memory.
+    /// inside memory or the memory is shared (use [`with_bytes`](Self::with_bytes)).
     pub fn slice(&self, ptr: i32, len: i32) -> Option<&[u8]> {
+        if self.shared {
+            return None;
+        }
         let r = self.check(ptr, len)?;
         if r.is_empty() {
             return Some(&[]);
@@ -72,8 +132,12 @@ impl<'a> GuestMemory<'a> {
         Some(unsafe { std::slice::from_raw_parts(self.base.add(r.start), r.len()) })
     }
 
-    /// Mutable bytes at `ptr..ptr+len`, or `None` if out of bounds.
+    /// Mutable bytes at `ptr..ptr+len`, or `None` if out of bounds or the
+    /// memory is shared (use [`write`](Self::write) / [`fill`](Self::fill)).
     pub fn slice_mut(&mut self, ptr: i32, len: i32) -> Option<&mut [u8]> {
+        if self.shared {
+            return None;
+        }
         let r = self.check(ptr, len)?;
         if r.is_empty() {
             return Some(&mut []);
@@ -85,9 +149,11 @@ impl<'a> GuestMemory<'a> {
     /// Copies `data` to `ptr`; false if out of bounds.
     pub fn write(&mut self, ptr: i32, data: &[u8]) -> bool {
         let Ok(len) = i32::try_from(data.len()) else { return false };
-        match self.slice_mut(ptr, len) {
-            Some(dst) => {
-                dst.copy_from_slice(data);
+        match self.check(ptr, len) {
+            Some(r) => {
+                // SAFETY: `r` is inside the live memory and `data` is a
+                // separate Rust buffer; raw copy (no reference into memory).
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(r.start), r.len()) };
                 true
             }
             None => false,
