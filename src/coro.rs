@@ -66,9 +66,9 @@ where
     // Boxed so that the closure `may` stores at the top of the coroutine
     // stack stays a few words, whatever `f` captures.
     let f: Box<dyn FnOnce() -> T + Send> = Box::new(f);
-    // SAFETY: may::coroutine::spawn is unsafe because thread-local storage
-    // is not coroutine-local: a coroutine may migrate between workers at any
-    // yield. This crate keeps no TLS references across yields; the stack
+    // may::coroutine::spawn is unsafe because a coroutine may migrate between
+    // workers at any yield, so thread-locals are not coroutine-local.
+    // SAFETY: this crate holds no TLS reference across a yield; the stack
     // bounds live in a coroutine-local.
     unsafe { may::coroutine::spawn(move || run_entry(f)) }
 }

@@ -152,10 +152,10 @@ pub(crate) fn register(func: HostFunc) -> Result<()> {
         signature: csig.into_raw(),
         attachment: reg as *const Registered as *mut libc::c_void,
     }]));
-    // SAFETY: the symbol array, its strings and the module name are leaked,
-    // so they live forever as WAMR requires; `trampoline` has the raw-native
-    // signature `void (wasm_exec_env_t, uint64 *)`. NAMES' lock serialises
-    // registrations.
+    // NAMES' lock serialises registrations.
+    // SAFETY: the symbol array, its strings and the module name are leaked
+    // (WAMR keeps them forever); `trampoline` has the raw-native signature
+    // `void (wasm_exec_env_t, uint64 *)`.
     let ok = unsafe {
         sys::wasm_runtime_register_natives_raw(reg.cmodule.as_ptr(), symbol.as_mut_ptr(), 1)
     };

@@ -196,10 +196,9 @@ impl InterruptHandle {
         self.hit.store(true, Ordering::Release);
         st.deadline = None;
         st.in_call = false;
-        // SAFETY: `inst` is non-zero only while the env is alive:
-        // ExecEnv::drop zeroes it under this lock before destroying the
-        // instance. wasm_runtime_terminate only sets flags on it (and, for a
-        // spawned env, on its cluster siblings, which the parent keeps alive).
+        // ExecEnv::drop zeroes `inst` under this lock before destroying it.
+        // SAFETY: so a non-zero `inst` is alive; wasm_runtime_terminate only
+        // sets flags (on a spawned env's siblings too; the parent keeps them).
         unsafe { sys::wasm_runtime_terminate(st.inst as sys::wasm_module_inst_t) };
         true
     }
@@ -237,10 +236,10 @@ pub(crate) struct HostData {
     pub(crate) value: Option<Box<dyn std::any::Any + Send>>,
 }
 
-// SAFETY: WAMR exec envs are not tied to the thread that created them (with
-// hardware bound checks off there is no thread-local signal state); calls set
-// the native stack boundary for whatever stack they run on. ExecEnv is !Sync,
-// so only one thread uses it at a time.
+// With hardware bound checks off a WAMR exec env has no thread-local state,
+// and every call sets the native stack boundary for the stack it runs on.
+// SAFETY: so an env may move between threads; ExecEnv is !Sync, so only one
+// thread uses it at a time.
 unsafe impl Send for ExecEnv {}
 
 impl std::fmt::Debug for ExecEnv {
@@ -463,11 +462,10 @@ impl ExecEnv {
             st.deadline = self.budget.map(|b| Instant::now() + b);
             st.budget = self.budget.unwrap_or_default();
         }
-        // SAFETY: `raw` and `func` belong to this live instance (checked
-        // above); `cells` holds at least max(argc, result cells) u32s as
-        // computed by the callers from the function's type; the native stack
-        // boundary matches the current stack (bind_stack). Host functions
-        // called from inside may yield the coroutine; the env is not shared.
+        // `raw` and `func` belong to this live instance (checked above); the
+        // callers size `cells` from the function's type; bind_stack set the
+        // boundary. Host functions may yield inside; the env is not shared.
+        // SAFETY: as just said, WAMR gets valid handles and buffers.
         let ok = unsafe { sys::wasm_runtime_call_wasm(self.raw, func.raw, argc, cells.as_mut_ptr()) };
         {
             let mut st = self.interrupt.state.lock();

@@ -27,8 +27,8 @@ pub struct GuestMemory<'a> {
 
 impl<'a> GuestMemory<'a> {
     /// # Safety
-    /// `inst` must be a live module instance that stays alive, and whose
-    /// memory is not grown or freed, for `'a`.
+    /// SAFETY contract: `inst` is a live module instance that stays alive,
+    /// and whose memory is not grown or freed, for `'a`.
     pub(crate) unsafe fn of_instance(inst: sys::wasm_module_inst_t) -> GuestMemory<'a> {
         // SAFETY: guaranteed by the caller; WAMR returns NULL for a module
         // without memory, which gives an empty view.

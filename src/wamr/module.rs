@@ -136,10 +136,10 @@ pub(crate) struct ModuleInner {
     imports: Vec<Import>,
 }
 
-// SAFETY: a loaded wasm_module_t is immutable after wasm_runtime_load returns;
-// WAMR instantiates from it on any thread (it is what spawn does from worker
-// threads). Unload happens once, in Drop, when no instance refers to it (each
-// instance holds an Arc<ModuleInner>).
+// WAMR instantiates from a loaded module on any thread (spawn does so from
+// worker threads); unload happens once, in Drop, after every instance's Arc.
+// SAFETY: a loaded wasm_module_t is immutable after wasm_runtime_load, so
+// moving it between threads is sound.
 unsafe impl Send for ModuleInner {}
 // SAFETY: see Send: shared access only reads the loaded module.
 unsafe impl Sync for ModuleInner {}
