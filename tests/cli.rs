@@ -23,9 +23,13 @@ fn serve(args: &[&str]) -> (std::process::Child, std::net::SocketAddr, BufReader
     (child, addr, out)
 }
 
-fn stop(mut child: std::process::Child, out: BufReader<std::process::ChildStdout>) -> (i32, String) {
+fn stop(child: std::process::Child, out: BufReader<std::process::ChildStdout>) -> (i32, String) {
+    stop_with(child, out, libc::SIGINT)
+}
+
+fn stop_with(mut child: std::process::Child, out: BufReader<std::process::ChildStdout>, sig: i32) -> (i32, String) {
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, sig) };
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -60,6 +64,13 @@ fn serve_module_file_and_clear_error_for_bad_module() {
     let (child, addr, out) = serve(&[echo.to_str().unwrap(), "--policy", "message", "--source", "spawn"]);
     let mut s = connect(addr);
     common::echo_round(&mut s, b"hello");
+    let (code, stats) = stop_with(child, out, libc::SIGTERM);
+    assert_eq!(code, 0);
+    assert!(stats.contains("envs: 0 live"), "{stats}");
+
+    // Queue mode from the command line.
+    let (child, addr, out) = serve(&[echo.to_str().unwrap(), "--mode", "queue"]);
+    common::echo_round(&mut connect(addr), b"queued hello");
     let (code, _) = stop(child, out);
     assert_eq!(code, 0);
 

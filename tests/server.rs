@@ -462,3 +462,75 @@ fn idle_connections_are_closed_with_on_close() {
         assert_eq!(CLOSED.load(Ordering::SeqCst) - closed0, 1, "{mode:?} {policy:?}");
     }
 }
+
+/// A guest with its own `run` loop that misbehaves on request: DATA starting
+/// with 'S' spins, 'T' traps, anything else is echoed.
+const FAULTY_RUN_WAT: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global (export "__heap_base") i32 (i32.const 196608))
+  (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "run") (result i32)
+    (local $n i32) (local $c i32)
+    (loop $next
+      (local.set $n (call $wait (i32.const 65536) (i32.const 65536) (i32.const 1024)))
+      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
+      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+        (then
+          (local.set $c (i32.load8_u (i32.const 65536)))
+          (if (i32.eq (local.get $c) (i32.const 83)) (then (loop $spin (br $spin))))
+          (if (i32.eq (local.get $c) (i32.const 84)) (then unreachable))
+          (drop (call $send (i32.load (i32.const 1024)) (i32.const 65536) (local.get $n)))))
+      (br $next))
+    (i32.const 0)))"#;
+
+#[test]
+fn queue_guest_loop_budget_is_armed_per_event() {
+    setup();
+    let m = wamr_coro::Module::from_wat(FAULTY_RUN_WAT).unwrap();
+    let server = start(m, Mode::Queue, EnvPolicy::Connection, test_limits());
+    let addr = server.local_addr();
+    // The guest idles in wait_msg far longer than the 200 ms budget: that
+    // is waiting, not running, and must not count.
+    let mut a = connect(addr);
+    echo_round(&mut a, b"first");
+    std::thread::sleep(Duration::from_millis(500));
+    echo_round(&mut a, b"after idling past the budget");
+    // Spinning on an event overruns the budget: instance replaced, its
+    // connections closed, new connections served.
+    let mut s = connect(addr);
+    s.write_all(b"S").unwrap();
+    assert!(closed_by_peer(&mut s, Duration::from_secs(10)));
+    assert!(closed_by_peer(&mut a, Duration::from_secs(10)), "the crashed instance's connections are closed");
+    echo_round(&mut connect(addr), b"fresh instance");
+    // A trap likewise.
+    let mut t = connect(addr);
+    t.write_all(b"T").unwrap();
+    assert!(closed_by_peer(&mut t, Duration::from_secs(10)));
+    echo_round(&mut connect(addr), b"fresh again");
+    let stats = server.stop();
+    assert_eq!((stats.budget_overruns, stats.traps, stats.queue_restarts), (1, 1, 2), "{stats}");
+    assert_eq!(stats.envs.live, 0);
+}
+
+#[test]
+fn shutdown_terminates_a_guest_that_never_returns() {
+    // No call budget: only shutdown can stop the spinner. stop() waits the
+    // grace period, terminates it, and still ends with every env destroyed.
+    for (mode, policy) in variants() {
+        let limits = Limits { call_budget: None, shutdown_grace: Duration::from_millis(300), ..test_limits() };
+        let server = start(module("faulty.wat"), mode, policy, limits);
+        let mut healthy = connect(server.local_addr());
+        echo_round(&mut healthy, b"ok");
+        let mut s = connect(server.local_addr());
+        s.write_all(b"S").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let stats = server.stop();
+        assert_eq!(stats.envs.live, 0, "{mode:?} {policy:?}: {stats}");
+        assert_eq!(stats.open, 0);
+        assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+        assert!(closed_by_peer(&mut healthy, Duration::from_secs(5)));
+    }
+}

@@ -431,8 +431,14 @@ impl ServerHandle {
     /// Graceful shutdown: stop accepting; let in-flight callbacks finish
     /// (up to `shutdown_grace`, then terminate them); call `on_close` for
     /// every open connection; destroy every env. Returns the final stats
-    /// (`envs.live` is 0 unless a coroutine could not be stopped, which is
-    /// logged).
+    /// (`envs.live` is 0 unless something could not be stopped, which is
+    /// logged). Blocks the calling thread: call it from a thread, not from a
+    /// coroutine.
+    ///
+    /// Every wait here is bounded by one deadline, because a guest that never
+    /// returns occupies its `may` worker and can starve coroutines queued
+    /// behind it (the acceptor among them): past the grace period, calls in
+    /// flight are terminated until everything has ended.
     pub fn stop(&self) -> ServerStats {
         let Some(acceptor) = self.acceptor.lock().take() else {
             return self.stats();
@@ -441,53 +447,69 @@ impl ServerHandle {
         sh.stopping.store(true, Ordering::Release);
         // Wake the acceptor: it checks `stopping` after every accept.
         let _ = std::net::TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
-        let _ = acceptor.join();
-        // Wake every connection blocked in read: it sees EOF, calls
-        // on_close, and ends.
-        let handles: Vec<_> = {
+        let grace_end = Instant::now() + sh.limits.shutdown_grace;
+        let hard_end = grace_end + Duration::from_secs(5);
+        let mut swept = std::collections::HashSet::new();
+        // Phase 1: every connection ends (EOF from a read-side shutdown):
+        // direct mode calls on_close from its coroutine; queue mode's
+        // readers queue CLOSE, which the guest must have taken.
+        let conns_done = |swept: &mut std::collections::HashSet<i32>| {
             let conns = sh.conns.lock();
-            for c in conns.values() {
-                c.shutdown();
+            for (id, c) in conns.iter() {
+                if swept.insert(*id) {
+                    c.shutdown();
+                }
             }
-            conns.keys().copied().collect()
+            acceptor.is_done()
+                && conns.is_empty()
+                && sh.queue.as_ref().map(|q| q.open_conns() == 0).unwrap_or(true)
         };
-        let deadline = Instant::now() + sh.limits.shutdown_grace;
-        while !sh.conns.lock().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_bounded(grace_end, hard_end, "connections", || conns_done(&mut swept));
+        // Phase 2 (queue mode): SHUTDOWN from wait_msg; the runner returns.
         if let Some(qs) = &sh.queue {
-            // Every CLOSE handed to the guest (on_close), then SHUTDOWN.
-            while qs.open_conns() > 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
             qs.shutdown.store(true, Ordering::Release);
             qs.ring.wake();
             if let Some(runner) = self.runner.lock().take() {
-                while !runner.is_done() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
+                let done = self.wait_bounded(grace_end, hard_end, "queue guest", || runner.is_done());
+                if done {
+                    runner.join();
                 }
-                if !runner.is_done() {
-                    let n = sh.registry.interrupt_all();
-                    tracing::warn!(terminated = n, "queue guest did not return from run in time: terminated");
-                }
-                runner.join();
             }
         }
-        if !sh.conns.lock().is_empty() {
-            let n = sh.registry.interrupt_all();
-            tracing::warn!(terminated = n, "shutdown grace over: terminated guest calls still running");
-            let hard = Instant::now() + Duration::from_secs(5);
-            while !sh.conns.lock().is_empty() && Instant::now() < hard {
-                sh.registry.interrupt_all();
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        if acceptor.is_done() {
+            let _ = acceptor.join();
         }
         sh.pool.close();
-        if !sh.registry.wait_until_empty(Duration::from_secs(5)) {
+        let left = hard_end.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        if !sh.registry.wait_until_empty(left) {
             tracing::error!(live = sh.registry.live(), "envs still alive after shutdown");
         }
-        tracing::info!(connections = handles.len(), "stopped");
+        tracing::info!(connections = swept.len(), "stopped");
         self.stats()
+    }
+
+    /// Polls `done` until it holds; past `grace_end` terminates guest calls
+    /// in flight on each poll; gives up (logging) at `hard_end`.
+    fn wait_bounded(&self, grace_end: Instant, hard_end: Instant, what: &str, mut done: impl FnMut() -> bool) -> bool {
+        let mut warned = false;
+        loop {
+            if done() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= hard_end {
+                tracing::error!(what, "shutdown: gave up waiting");
+                return false;
+            }
+            if now >= grace_end {
+                let n = self.shared.registry.interrupt_all();
+                if !warned && n > 0 {
+                    tracing::warn!(what, terminated = n, "shutdown grace over: terminated guest calls still running");
+                    warned = true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
