@@ -72,6 +72,11 @@ pub struct GuestConfig {
     pub call_budget: Option<Duration>,
     /// What the module must provide.
     pub mode: ModeReq,
+    /// Cap on each env's linear memory, in 64 KiB pages (0 = the module's
+    /// own maximum). Applies to independent instances and to shard parents;
+    /// WAMR instantiates spawned envs with the module's declared maximum.
+    /// Default 256 (16 MiB).
+    pub max_memory_pages: u32,
 }
 
 impl Default for GuestConfig {
@@ -83,6 +88,7 @@ impl Default for GuestConfig {
             max_envs: 0,
             call_budget: None,
             mode: ModeReq::Direct,
+            max_memory_pages: 256,
         }
     }
 }
@@ -136,7 +142,8 @@ impl Guest {
         // Without an `alloc` export the receive buffer comes from WAMR's app
         // heap: size it for one chunk plus the allocator's overhead.
         let heap_size = if exports.alloc { 0 } else { config.chunk_size + 8 * 1024 };
-        let inst_cfg = InstanceConfig { stack_size: config.wasm_stack, heap_size };
+        let inst_cfg =
+            InstanceConfig { stack_size: config.wasm_stack, heap_size, max_memory_pages: config.max_memory_pages };
         Ok(Arc::new(Guest {
             module,
             exports,

@@ -114,6 +114,9 @@ struct ServeArgs {
     /// Terminate guest calls running longer (ms); 0 = unlimited.
     #[arg(long, default_value_t = 1000)]
     call_budget_ms: u64,
+    /// Linear memory per env at most, in 64 KiB pages (0 = module's maximum).
+    #[arg(long, default_value_t = 256)]
+    max_memory_pages: u32,
     /// Idle envs kept for reuse.
     #[arg(long, default_value_t = 1024)]
     pool: usize,
@@ -214,6 +217,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),
             call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
             queue_capacity: a.queue_capacity,
+            max_memory_pages: a.max_memory_pages,
             ..Limits::default()
         });
     if let Some(w) = a.workers {

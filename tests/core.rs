@@ -415,3 +415,29 @@ fn max_envs_holds_exactly_under_concurrent_creation() {
     assert_eq!(g.live_envs(), 0);
     assert_eq!(g.registry().stats().peak, 10);
 }
+
+#[test]
+fn memory_growth_is_capped() {
+    setup();
+    // on_recv grows memory one page at a time until memory.grow fails and
+    // returns the final size in pages. (`alloc` keeps WAMR's app heap, which
+    // would add pages of its own, out of the picture.)
+    let m = Module::from_wat(
+        r#"(module
+             (memory (export "memory") 2)
+             (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+             (func (export "on_recv") (param i32 i32 i32) (result i32)
+               (block $full (loop $more
+                 (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+                 (br $more)))
+               (memory.size)))"#,
+    )
+    .unwrap();
+    // A cap below the initial size keeps the initial size (WAMR's rule).
+    for (cap, want) in [(8, 8), (1, 2), (100, 100)] {
+        let cfg = GuestConfig { max_memory_pages: cap, chunk_size: 1024, ..Default::default() };
+        let g = Guest::new(m.clone(), cfg, Registry::new()).unwrap();
+        let mut env = g.create_env().unwrap();
+        assert_eq!(env.on_recv(1, b"x").unwrap(), want, "cap {cap}");
+    }
+}

@@ -83,6 +83,10 @@ pub struct Limits {
     /// Queue mode: events the ring holds at most (memory is bounded by
     /// `queue_capacity * chunk_size` for payloads). Default 1024.
     pub queue_capacity: usize,
+    /// Linear memory per env at most, in 64 KiB pages: the guest's
+    /// `memory.grow` fails past it. Default 256 (16 MiB); 0 = the module's
+    /// own maximum. See [`GuestConfig::max_memory_pages`].
+    pub max_memory_pages: u32,
 }
 
 impl Default for Limits {
@@ -95,6 +99,7 @@ impl Default for Limits {
             call_budget: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(2),
             queue_capacity: 1024,
+            max_memory_pages: 256,
         }
     }
 }
@@ -269,6 +274,7 @@ impl ServerBuilder {
                 chunk_size: u32::try_from(self.limits.chunk_size)
                     .map_err(|_| Error::Config("chunk_size too large".into()))?,
                 call_budget: self.limits.call_budget,
+                max_memory_pages: self.limits.max_memory_pages,
                 mode: match self.mode {
                     Mode::Direct => ModeReq::Direct,
                     Mode::Queue => ModeReq::Queue,

@@ -101,11 +101,16 @@ pub struct InstanceConfig {
     /// WAMR skips it for modules that export their own `malloc`/`free`.
     /// Default 0.
     pub heap_size: u32,
+    /// Cap on linear memory, in 64 KiB pages: `memory.grow` past it fails
+    /// (returns -1). WAMR uses the smaller of this and the module's declared
+    /// maximum, and never less than its initial size. 0 = the module's own
+    /// maximum. Default 0.
+    pub max_memory_pages: u32,
 }
 
 impl Default for InstanceConfig {
     fn default() -> Self {
-        InstanceConfig { stack_size: 16 * 1024, heap_size: 0 }
+        InstanceConfig { stack_size: 16 * 1024, heap_size: 0, max_memory_pages: 0 }
     }
 }
 
@@ -255,13 +260,17 @@ impl ExecEnv {
     /// Instantiates `module` independently and creates its exec env.
     pub fn new(module: &Module, cfg: InstanceConfig) -> Result<ExecEnv> {
         let mut err = [0u8; ERROR_BUF_LEN];
+        let args = sys::InstantiationArgs {
+            default_stack_size: cfg.stack_size,
+            host_managed_heap_size: cfg.heap_size,
+            max_memory_pages: cfg.max_memory_pages,
+        };
         // SAFETY: the module is loaded and kept alive by `Owner::Instance`;
-        // `err` is writable for the size given.
+        // `args` and `err` outlive the call, `err` is writable for its size.
         let inst = unsafe {
-            sys::wasm_runtime_instantiate(
+            sys::wasm_runtime_instantiate_ex(
                 module.inner.raw,
-                cfg.stack_size,
-                cfg.heap_size,
+                &args,
                 err.as_mut_ptr() as *mut libc::c_char,
                 ERROR_BUF_LEN as u32,
             )
