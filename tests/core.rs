@@ -441,3 +441,33 @@ fn memory_growth_is_capped() {
         assert_eq!(env.on_recv(1, b"x").unwrap(), want, "cap {cap}");
     }
 }
+
+/// Collects what a `tracing` fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn wamr_messages_arrive_in_tracing() {
+    setup();
+    let m = Module::from_wat(r#"(module (memory (export "memory") 1))"#).unwrap();
+    let mut env = ExecEnv::new(&m, InstanceConfig { heap_size: 4096, ..Default::default() }).unwrap();
+    let out = Captured::default();
+    let w = out.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || w.clone()).with_ansi(false).finish();
+    tracing::subscriber::with_default(subscriber, || {
+        // WAMR logs "allocate ... bytes memory failed" (LOG_WARNING) itself.
+        assert!(env.heap_alloc(1 << 20).is_err());
+    });
+    let text = String::from_utf8_lossy(&out.0.lock()).into_owned();
+    assert!(text.contains("wamr") && text.contains("allocate 1048576 bytes memory failed"), "{text:?}");
+}
