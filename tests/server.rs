@@ -534,3 +534,24 @@ fn shutdown_terminates_a_guest_that_never_returns() {
         assert!(closed_by_peer(&mut healthy, Duration::from_secs(5)));
     }
 }
+
+#[test]
+fn shutdown_does_not_wait_forever_on_a_client_that_never_reads() {
+    // The echo coroutine (direct) or writer (queue) blocks writing to a
+    // client that never reads; stop() must still end every connection and
+    // destroy every env once the grace period is over.
+    for (mode, policy) in variants() {
+        let limits = Limits { shutdown_grace: Duration::from_millis(300), ..test_limits() };
+        let server = start(module("echo.wat"), mode, policy, limits);
+        let addr = server.local_addr();
+        let mut s = connect(addr);
+        s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+        let chunk = vec![1u8; 64 * 1024];
+        // Fill both directions' socket buffers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.write_all(&chunk).is_ok() && Instant::now() < deadline {}
+        let stats = server.stop();
+        assert_eq!(stats.envs.live, 0, "{mode:?} {policy:?}: {stats}");
+        assert_eq!(stats.open, 0, "{mode:?} {policy:?}: {stats}");
+    }
+}

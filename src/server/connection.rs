@@ -38,6 +38,12 @@ impl ConnEntry {
     pub(crate) fn shutdown(&self) {
         let _ = self.stream.shutdown(Shutdown::Read);
     }
+
+    /// Ends reads and writes: also unblocks a write to a client that does
+    /// not read (used once the shutdown grace period is over).
+    pub(crate) fn shutdown_both(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
 }
 
 /// Registers the connection and starts its coroutine.

@@ -458,12 +458,18 @@ impl ServerHandle {
         let mut swept = std::collections::HashSet::new();
         // Phase 1: every connection ends (EOF from a read-side shutdown):
         // direct mode calls on_close from its coroutine; queue mode's
-        // readers queue CLOSE, which the guest must have taken.
+        // readers queue CLOSE, which the guest must have taken. Past the
+        // grace period writes are shut down too, so a coroutine blocked
+        // writing to a client that never reads gets an error and ends.
         let conns_done = |swept: &mut std::collections::HashSet<i32>| {
+            let late = Instant::now() >= grace_end;
             let conns = sh.conns.lock();
             for (id, c) in conns.iter() {
                 if swept.insert(*id) {
                     c.shutdown();
+                }
+                if late {
+                    c.shutdown_both();
                 }
             }
             acceptor.is_done()
