@@ -555,3 +555,25 @@ fn shutdown_does_not_wait_forever_on_a_client_that_never_reads() {
         assert_eq!(stats.open, 0, "{mode:?} {policy:?}: {stats}");
     }
 }
+
+#[test]
+fn a_client_that_never_reads_is_dropped_after_the_idle_timeout() {
+    for (mode, policy) in variants() {
+        let limits = Limits { idle_timeout: Duration::from_millis(500), ..test_limits() };
+        let server = start(module("echo.wat"), mode, policy, limits);
+        let mut s = connect(server.local_addr());
+        s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+        let chunk = vec![1u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.write_all(&chunk).is_ok() && Instant::now() < deadline {}
+        // The server gives up on the connection (its coroutine or writer
+        // stops writing); the env goes back to the pool or away.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().open > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server.stats().open, 0, "{mode:?} {policy:?}");
+        let stats = server.stop();
+        assert_eq!(stats.envs.live, 0);
+    }
+}

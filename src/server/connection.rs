@@ -110,7 +110,11 @@ impl Conn {
 
     fn run(mut self) {
         let _ = self.stream.set_nodelay(true);
+        // A client that sends nothing, or reads nothing, for idle_timeout is
+        // gone: without the write timeout one that never reads would hold
+        // this coroutine and its env forever.
         let _ = self.stream.set_read_timeout(Some(self.sh.limits.idle_timeout));
+        let _ = self.stream.set_write_timeout(Some(self.sh.limits.idle_timeout));
         let end = self.serve();
         if end == End::Close {
             // on_close's own failure changes nothing for the peer.

@@ -72,7 +72,8 @@ pub struct Limits {
     pub output_limit: usize,
     /// Bytes per `on_recv` / `DATA` event at most. Default 64 KiB.
     pub chunk_size: usize,
-    /// A connection with no input for this long is closed. Default 60 s.
+    /// A connection with no input for this long, or whose client accepts no
+    /// output for this long, is closed. Default 60 s.
     pub idle_timeout: Duration,
     /// A guest call running longer is terminated; only its connection is
     /// closed. Default 1 s. `None` = unlimited.

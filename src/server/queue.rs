@@ -184,6 +184,8 @@ fn reader(sh: Arc<Shared>, qs: Arc<QueueShared>, id: i32, mut stream: may::net::
 }
 
 fn writer(sh: Arc<Shared>, mut stream: may::net::TcpStream, rx: may::sync::mpsc::Receiver<Out>, pending: Arc<AtomicUsize>) {
+    // A client that reads nothing for idle_timeout is gone (see connection.rs).
+    let _ = stream.set_write_timeout(Some(sh.limits.idle_timeout));
     let mut broken = false;
     while let Ok(out) = rx.recv() {
         match out {
