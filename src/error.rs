@@ -149,6 +149,10 @@ pub enum Error {
         why: String,
     },
 
+    /// The pool (or server) is shutting down and hands out no more envs.
+    #[error("the env pool is closed")]
+    PoolClosed,
+
     /// Bad configuration value.
     #[error("invalid configuration: {0}")]
     Config(String),

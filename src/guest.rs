@@ -315,6 +315,11 @@ impl GuestEnv {
         self.env.poisoned()
     }
 
+    /// Whether `Registry::destroy_all` marked it.
+    pub fn is_doomed(&self) -> bool {
+        self.env.interrupt_handle().is_doomed()
+    }
+
     /// Installs what the ABI imports act on for this env.
     pub fn set_host(&mut self, host: Option<Box<dyn AbiHost>>) {
         self.env.set_host_data(host.map(|h| Box::new(AbiSlot(h)) as Box<dyn std::any::Any + Send>));

@@ -61,7 +61,13 @@ impl EnvPool {
 
     /// An env for the caller's exclusive use until the lease is dropped.
     pub fn acquire(self: &Arc<Self>) -> Result<Lease> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(crate::Error::PoolClosed);
+        }
         while let Some(env) = self.idle.pop() {
+            if env.is_doomed() {
+                continue;
+            }
             if env.poisoned().is_some() {
                 // Its shard faulted while it sat idle.
                 env.note_fault();
@@ -77,6 +83,9 @@ impl EnvPool {
     }
 
     fn release(&self, mut env: GuestEnv) {
+        if env.is_doomed() {
+            return;
+        }
         if env.poisoned().is_some() {
             env.note_fault();
             self.discarded.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +100,9 @@ impl EnvPool {
         let _ = self.idle.push(env);
     }
 
-    /// Destroys every idle env and stops keeping released ones (shutdown).
+    /// Destroys every idle env, stops keeping released ones, and refuses
+    /// further acquires with [`Error::PoolClosed`](crate::Error::PoolClosed)
+    /// (shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         while self.idle.pop().is_some() {}

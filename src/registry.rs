@@ -136,6 +136,18 @@ impl Registry {
         n
     }
 
+    /// Destroys every env: dooms each one (a call in flight is terminated,
+    /// every later call fails, so its holder drops it — a coroutine ending,
+    /// a lease going back to a pool that then discards it) and waits up to
+    /// `timeout` for the live count to reach 0. Returns whether it did.
+    /// Envs idle in an [`EnvPool`](crate::EnvPool) are destroyed by closing
+    /// the pool; a holder that never calls again keeps its env until it
+    /// drops it.
+    pub fn destroy_all(&self, timeout: Duration) -> bool {
+        self.for_each_handle(|h| h.doom());
+        self.wait_until_empty(timeout)
+    }
+
     /// Waits until no env is alive, at most `timeout`. True if it got there.
     pub fn wait_until_empty(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -471,3 +471,46 @@ fn wamr_messages_arrive_in_tracing() {
     let text = String::from_utf8_lossy(&out.0.lock()).into_owned();
     assert!(text.contains("wamr") && text.contains("allocate 1048576 bytes memory failed"), "{text:?}");
 }
+
+#[test]
+fn destroy_all_ends_envs_held_by_coroutines_and_pools() {
+    let g = guest(EnvSource::Instance);
+    let pool = EnvPool::new(Arc::clone(&g), 8);
+    // Two idle envs in the pool, one coroutine spinning in a call, three
+    // coroutines calling in a loop.
+    drop((pool.acquire().unwrap(), pool.acquire().unwrap()));
+    let m = g.module().clone();
+    let spinner = {
+        let g = Arc::clone(&g);
+        coro::spawn(move || {
+            let mut env = g.create_env().unwrap();
+            let spin = env.exec_env().func(&m, "spin").unwrap();
+            env.exec_env().call(&spin, &[]).unwrap_err()
+        })
+    };
+    let loopers: Vec<_> = (0..3)
+        .map(|i| {
+            let pool = Arc::clone(&pool);
+            coro::spawn(move || loop {
+                let mut l = match pool.acquire() {
+                    Ok(l) => l,
+                    Err(e) => return e,
+                };
+                if let Err(e) = l.on_recv(i, b"x") {
+                    return e;
+                }
+                may::coroutine::sleep(Duration::from_millis(1));
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(g.registry().live() >= 3);
+    pool.close();
+    assert!(g.registry().destroy_all(Duration::from_secs(10)));
+    assert_eq!(g.registry().live(), 0);
+    assert!(matches!(spinner.join().unwrap(), Error::Trap { .. }));
+    for l in loopers {
+        let e = l.join().unwrap();
+        assert!(matches!(e, Error::Poisoned(_) | Error::Trap { .. } | Error::PoolClosed), "{e}");
+    }
+}

@@ -494,7 +494,7 @@ impl ServerHandle {
         }
         sh.pool.close();
         let left = hard_end.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        if !sh.registry.wait_until_empty(left) {
+        if !sh.registry.destroy_all(left) {
             tracing::error!(live = sh.registry.live(), "envs still alive after shutdown");
         }
         tracing::info!(connections = swept.len(), "stopped");

@@ -149,6 +149,8 @@ pub struct InterruptHandle {
     hit: AtomicBool,
     /// Why the last terminate happened: BUDGET or SHUTDOWN.
     reason: std::sync::atomic::AtomicU8,
+    /// Set by `doom`: every later call fails, so the holder drops the env.
+    doomed: AtomicBool,
 }
 
 const BUDGET: u8 = 1;
@@ -211,6 +213,20 @@ impl InterruptHandle {
     /// Whether a call is in flight.
     pub fn in_call(&self) -> bool {
         self.state.lock().in_call
+    }
+
+    /// Whether [`doom`](Self::doom) was called.
+    pub fn is_doomed(&self) -> bool {
+        self.doomed.load(Ordering::Acquire)
+    }
+
+    /// Marks the env for destruction: a call in flight is terminated and
+    /// every later call fails with [`Error::Poisoned`], so whoever holds the
+    /// env drops it. (The env belongs to its holder; this asks, it does not
+    /// free under it.)
+    pub fn doom(&self) {
+        self.doomed.store(true, Ordering::Release);
+        self.terminate_in_flight();
     }
 }
 
@@ -314,6 +330,7 @@ impl ExecEnv {
                 }),
                 hit: AtomicBool::new(false),
                 reason: std::sync::atomic::AtomicU8::new(0),
+                doomed: AtomicBool::new(false),
             }),
             budget: None,
             poisoned: None,
@@ -463,6 +480,10 @@ impl ExecEnv {
         }
         if let Some(why) = self.poisoned() {
             return Err(Error::Poisoned(why));
+        }
+        if self.interrupt.doomed.load(Ordering::Acquire) {
+            self.poisoned = Some("destroyed by Registry::destroy_all".into());
+            return Err(Error::Poisoned("destroyed by Registry::destroy_all".into()));
         }
         self.bind_stack()?;
         {
