@@ -38,8 +38,11 @@ fn setup() {
         Runtime::get()
             .unwrap()
             .register(HostFunc::new("test", "yield", &[ValType::I32], &[ValType::I32], |_c, args| {
-                // Yield inside the import: the coroutine may resume on the
-                // other worker before the guest continues.
+                // Park inside the import. may resumes a sleeper on its timer
+                // thread; the yield then hands it to whichever worker takes
+                // it, often the other one, before the guest continues
+                // (asserted below).
+                may::coroutine::sleep(Duration::from_micros(100));
                 may::coroutine::yield_now();
                 YIELDS.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(Val::I32(args[0].i32().unwrap() * 10)))
@@ -121,6 +124,8 @@ fn ten_thousand(source: EnvSource) {
         h.join().unwrap();
     }
     assert_eq!(errors.load(Ordering::Relaxed), 0);
+    // Some calls really did continue on another OS thread mid-guest-call.
+    assert!(migrated.load(Ordering::Relaxed) > 0, "no coroutine resumed on another worker");
     let s = g.registry().stats();
     assert_eq!(s.live, 0, "{s:?}");
     assert_eq!(s.created, n as u64);

@@ -246,6 +246,12 @@ impl Dispatcher {
                 if self.qs.shutdown.load(Ordering::Acquire) && self.qs.ring.is_empty() {
                     return Next::Shutdown;
                 }
+                // `may` resumes a coroutine whose timed wait expired on its
+                // timer thread; yield so the guest never runs there (a busy
+                // guest would stall every timer in the process).
+                if may::coroutine::is_coroutine() {
+                    may::coroutine::yield_now();
+                }
                 continue;
             };
             let conns = self.qs.conns.lock();
