@@ -9,9 +9,11 @@
 //!
 //! `server/listener.rs` (accept) → `server/connection.rs` (one coroutine per
 //! connection, started by `coro.rs`) → `pool.rs` / `registry.rs` (its private
-//! exec env) → `wamr/instance.rs` (the call into the guest) → `abi.rs` (the
-//! guest's `send`/`close` imports) → `server/output.rs` (back to the socket).
-//! Queue mode replaces the per-connection call with `server/queue.rs`.
+//! exec env) → `guest.rs` (the guest's exports and receive buffer) →
+//! `wamr/instance.rs` (the call into WAMR) → `abi.rs` (the guest's
+//! `send`/`close` imports) → `server/conn_host.rs` (back to the connection,
+//! which writes the socket). Queue mode replaces the per-connection call with
+//! `server/queue.rs` and its event ring, `ring.rs`.
 //!
 //! Layers: `wamr/` is the only code that calls WAMR (raw FFI wrapped in RAII
 //! handles); everything else is safe Rust on top of it.
