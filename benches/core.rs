@@ -63,6 +63,8 @@ fn calls(c: &mut Criterion) {
     g.bench_function("on_recv_generic_call_api", |b| {
         b.iter(|| env.call(&f, &[Val::I32(1), Val::I32(65536), Val::I32(64)]).unwrap())
     });
+    let typed = env.typed::<(i32, i32, i32), i32>(&m, "on_recv").unwrap();
+    g.bench_function("on_recv_typed_call_api", |b| b.iter(|| env.call_typed(&typed, (1, 65536, 64)).unwrap()));
     g.finish();
 }
 

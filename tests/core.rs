@@ -519,3 +519,25 @@ fn destroy_all_ends_envs_held_by_coroutines_and_pools() {
         assert!(matches!(e, Error::Poisoned(_) | Error::Trap { .. } | Error::PoolClosed), "{e}");
     }
 }
+
+#[test]
+fn typed_calls_check_the_signature_once() {
+    let m = core_module();
+    let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+    let add = env.typed::<(i64, i64), i64>(&m, "add64").unwrap();
+    assert_eq!(env.call_typed(&add, (1 << 40, 5)).unwrap(), (1 << 40) + 5);
+    let noop = env.typed::<(), ()>(&m, "noop").unwrap();
+    env.call_typed(&noop, ()).unwrap();
+    let recv = env.typed::<(i32, i32, i32), i32>(&m, "on_recv");
+    assert!(recv.is_ok());
+    // A wrong Rust signature is refused at lookup, naming both sides.
+    let e = env.typed::<(i32, i32), i64>(&m, "add64").unwrap_err();
+    assert!(
+        matches!(&e, Error::WrongSignature { expected, found, .. }
+            if expected == "(i32, i32) -> (i64)" && found == "(i64, i64) -> (i64)"),
+        "{e}"
+    );
+    // Traps come back as errors here too.
+    let trap = env.typed::<(), ()>(&m, "trap").unwrap();
+    assert!(matches!(env.call_typed(&trap, ()), Err(Error::Trap { .. })));
+}

@@ -471,6 +471,12 @@ impl ExecEnv {
         Ok(if func.ty.results.is_empty() { None } else { Some(cells[0] as i32) })
     }
 
+    /// For `typed.rs`: `cells` must hold the arguments and room for the
+    /// results, as the function's (already checked) type requires.
+    pub(crate) fn call_raw_cells(&mut self, func: &Func, argc: u32, cells: &mut [u32]) -> Result<()> {
+        self.call_cells(func, argc, cells)
+    }
+
     fn call_cells(&mut self, func: &Func, argc: u32, cells: &mut [u32]) -> Result<()> {
         if func.inst != self.inst {
             return Err(Error::BadArguments {

@@ -12,6 +12,7 @@
 //! | `host.rs` | host functions (imports) written in Rust or C |
 //! | `memory.rs` | bounds-checked views of a guest's linear memory |
 //! | `stack.rs` | the native stack boundary of the calling coroutine or thread |
+//! | `typed.rs` | calls typed by Rust types, checked once at lookup |
 
 pub(crate) use wamrx_sys as sys;
 pub use instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
@@ -24,6 +25,7 @@ pub mod memory;
 pub mod module;
 pub mod runtime;
 pub mod stack;
+pub mod typed;
 
 /// WAMR writes error text into a caller-supplied buffer; this is its size.
 pub(crate) const ERROR_BUF_LEN: usize = 256;
