@@ -45,7 +45,8 @@ use parking_lot::Mutex;
 use crate::abi::{self, AbiHost, AbiSlot, GuestExports, ModeReq};
 use crate::error::{Error, Result};
 use crate::registry::{Registry, RegistryEntry};
-use crate::wamr::{ExecEnv, Func, InstanceConfig, Module, ParentEnv};
+use crate::wamr::typed::TypedFunc;
+use crate::wamr::{ExecEnv, InstanceConfig, Module, ParentEnv};
 
 /// Where a guest's envs come from. See the module docs for the trade-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -244,11 +245,13 @@ pub struct GuestEnv {
     _entry: RegistryEntry,
 }
 
+/// The guest's callbacks, typed once when the env is made (`Guest::new`
+/// already checked their signatures against the contract).
 struct Funcs {
-    on_recv: Option<Func>,
-    on_open: Option<Func>,
-    on_close: Option<Func>,
-    run: Option<Func>,
+    on_recv: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_open: Option<TypedFunc<i32, i32>>,
+    on_close: Option<TypedFunc<i32, ()>>,
+    run: Option<TypedFunc<(), i32>>,
 }
 
 impl Drop for GuestEnv {
@@ -268,20 +271,17 @@ impl GuestEnv {
         let entry = guest.registry.register(Arc::clone(env.interrupt_handle()));
         env.set_budget(guest.config.call_budget);
         let m = &guest.module;
-        let look = |name: &str, present: bool| -> Result<Option<Func>> {
-            if present { env.func(m, name).map(Some) } else { Ok(None) }
-        };
         let e = guest.exports;
         let funcs = Funcs {
-            on_recv: look("on_recv", e.on_recv)?,
-            on_open: look("on_open", e.on_open)?,
-            on_close: look("on_close", e.on_close)?,
-            run: look("run", e.run)?,
+            on_recv: e.on_recv.then(|| env.typed(m, "on_recv")).transpose()?,
+            on_open: e.on_open.then(|| env.typed(m, "on_open")).transpose()?,
+            on_close: e.on_close.then(|| env.typed(m, "on_close")).transpose()?,
+            run: e.run.then(|| env.typed(m, "run")).transpose()?,
         };
         let cap = guest.config.chunk_size;
         let ptr = if e.alloc {
-            let alloc = env.func(m, "alloc")?;
-            let p = env.call_i32(&alloc, &[cap as i32])?.unwrap_or(0);
+            let alloc = env.typed::<i32, i32>(m, "alloc")?;
+            let p = env.call_typed(&alloc, cap as i32)?;
             if p == 0 || env.memory().check(p, cap as i32).is_none() {
                 return Err(Error::GuestAlloc {
                     size: cap,
@@ -333,7 +333,7 @@ impl GuestEnv {
     /// `on_open(conn)`; `Ok(0)` if the guest does not export it.
     pub fn on_open(&mut self, conn: i32) -> Result<i32> {
         match &self.funcs.on_open {
-            Some(f) => Ok(self.env.call_i32(f, &[conn])?.unwrap_or(0)),
+            Some(f) => self.env.call_typed(f, conn),
             None => Ok(0),
         }
     }
@@ -352,21 +352,21 @@ impl GuestEnv {
             return Err(Error::Poisoned("receive buffer outside guest memory".into()));
         }
         self.recv_dirty = self.recv_dirty.max(n as u32);
-        Ok(self.env.call_i32(f, &[conn, self.recv_ptr, n as i32])?.unwrap_or(0))
+        self.env.call_typed(f, (conn, self.recv_ptr, n as i32))
     }
 
     /// `on_close(conn)`, if exported.
     pub fn on_close(&mut self, conn: i32) -> Result<()> {
-        if let Some(f) = &self.funcs.on_close {
-            self.env.call_i32(f, &[conn])?;
+        match &self.funcs.on_close {
+            Some(f) => self.env.call_typed(f, conn),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// `run()`; `None` if the guest does not export it.
     pub fn run(&mut self) -> Option<Result<i32>> {
         let f = self.funcs.run.as_ref()?;
-        Some(self.env.call_i32(f, &[]).map(|r| r.unwrap_or(0)))
+        Some(self.env.call_typed(f, ()))
     }
 
     /// Zeroes the part of the receive buffer that held a connection's bytes,
