@@ -575,3 +575,39 @@ fn a_client_that_never_reads_is_dropped_after_the_idle_timeout() {
         assert_eq!(stats.envs.live, 0);
     }
 }
+
+#[test]
+fn queue_coroutine_runner_serves_restarts_and_stops() {
+    setup();
+    let server = wamr_coro::server::Server::builder(module("faulty.wat"))
+        .listen("127.0.0.1:0")
+        .mode(Mode::Queue)
+        .queue_runner(wamr_coro::server::QueueRunner::Coroutine)
+        .workers(2)
+        .limits(test_limits())
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                for n in 0..20 {
+                    echo_round(&mut s, format!("client {i} message {n}").as_bytes());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    // A trap replaces the instance (the restart backs off without blocking
+    // a may worker), and new connections are served.
+    let mut t = connect(addr);
+    t.write_all(b"T").unwrap();
+    assert!(closed_by_peer(&mut t, Duration::from_secs(10)));
+    echo_round(&mut connect(addr), b"after restart");
+    let stats = server.stop();
+    assert_eq!((stats.traps, stats.queue_restarts), (1, 1), "{stats}");
+    assert_eq!(stats.envs.live, 0);
+}

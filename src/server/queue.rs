@@ -89,7 +89,6 @@ impl Conn {
 pub(crate) struct QueueShared {
     pub ring: EventRing<Event>,
     conns: Mutex<HashMap<i32, Arc<Conn>>>,
-    generation: AtomicU64,
     /// Set when every connection is closed and `wait_msg` may say SHUTDOWN.
     pub shutdown: AtomicBool,
     pub restarts: AtomicU64,
@@ -100,7 +99,6 @@ impl QueueShared {
         Arc::new(QueueShared {
             ring: EventRing::new(capacity),
             conns: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
         })
@@ -397,45 +395,40 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<QueueShared>) {
             break;
         }
         generation += 1;
-        qs.generation.store(generation, Ordering::Release);
         let mut env = match guest.create_env() {
             Ok(env) => env,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create the queue guest; retrying");
-                std::thread::sleep(backoff);
+                pause(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
+        let started = Instant::now();
         let dispatcher = Arc::new(Mutex::new(Dispatcher {
             qs: Arc::clone(&qs),
             sh: Arc::clone(&sh),
             generation,
             rest: None,
         }));
-        let budget = sh.limits.call_budget;
         let interrupt = Arc::clone(env.exec_env().interrupt_handle());
+        env.set_host(Some(Box::new(QueueHost {
+            dispatcher: Arc::clone(&dispatcher),
+            interrupt,
+            // With the guest's own loop, wait_msg arms the budget per event;
+            // the host loop's calls carry the env's per-call budget instead.
+            budget: if has_run { sh.limits.call_budget } else { None },
+            output_limit: sh.limits.output_limit,
+        })));
         let outcome = if has_run {
-            // Budgets are armed per event by wait_msg, not for `run` as a whole.
+            // Not for `run` as a whole: wait_msg arms it per event.
             env.exec_env().set_budget(None);
-            env.set_host(Some(Box::new(QueueHost {
-                dispatcher: Arc::clone(&dispatcher),
-                interrupt: Arc::clone(&interrupt),
-                budget,
-                output_limit: sh.limits.output_limit,
-            })));
             match env.run().unwrap_or(Ok(0)) {
                 Ok(_) if qs.shutdown.load(Ordering::Acquire) => Ok(()),
                 Ok(r) => Err(format!("run returned {r} before SHUTDOWN")),
                 Err(e) => Err(count_fault(&sh, &e)),
             }
         } else {
-            env.set_host(Some(Box::new(QueueHost {
-                dispatcher: Arc::clone(&dispatcher),
-                interrupt: Arc::clone(&interrupt),
-                budget: None,
-                output_limit: sh.limits.output_limit,
-            })));
             host_loop(&sh, &dispatcher, &mut env)
         };
         match outcome {
@@ -445,10 +438,26 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<QueueShared>) {
                 qs.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%why, closed, "queue guest failed; closed its connections, starting a fresh instance");
                 drop(env);
-                std::thread::sleep(backoff);
+                // Back off against a guest that fails at once, not against
+                // one that served a while before failing.
+                if started.elapsed() > Duration::from_secs(1) {
+                    backoff = Duration::from_millis(10);
+                }
+                pause(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Sleeps without blocking a `may` worker when the runner is a coroutine
+/// (and then yields, to leave `may`'s timer thread; see `Dispatcher::next`).
+fn pause(d: Duration) {
+    if may::coroutine::is_coroutine() {
+        may::coroutine::sleep(d);
+        may::coroutine::yield_now();
+    } else {
+        std::thread::sleep(d);
     }
 }
 
