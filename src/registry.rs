@@ -142,13 +142,15 @@ impl Registry {
     /// `timeout` for the live count to reach 0. Returns whether it did.
     /// Envs idle in an [`EnvPool`](crate::EnvPool) are destroyed by closing
     /// the pool; a holder that never calls again keeps its env until it
-    /// drops it.
+    /// drops it. Blocks the calling OS thread: call it from a thread, not
+    /// from a coroutine.
     pub fn destroy_all(&self, timeout: Duration) -> bool {
         self.for_each_handle(|h| h.doom());
         self.wait_until_empty(timeout)
     }
 
     /// Waits until no env is alive, at most `timeout`. True if it got there.
+    /// Blocks the calling OS thread (call it from a thread).
     pub fn wait_until_empty(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = self.slots.lock();
