@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 use super::conn_host::{ConnHost, ConnState};
 use super::{EnvPolicy, Shared};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::guest::GuestEnv;
 use crate::pool::Lease;
 
@@ -182,11 +182,7 @@ impl Conn {
         let lease = self.lease.as_mut().expect("acquired above");
         let result = f(lease, self.id);
         if let Err(e) = &result {
-            let c = &self.sh.counters;
-            match e {
-                Error::BudgetExceeded { .. } => c.budget_overruns.fetch_add(1, Ordering::Relaxed),
-                _ => c.traps.fetch_add(1, Ordering::Relaxed),
-            };
+            self.sh.counters.count_fault(e);
             tracing::warn!(conn = self.id, error = %e, "guest fault: closing connection");
             // Pool::release sees the poisoned env and destroys it.
             self.lease = None;

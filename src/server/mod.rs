@@ -368,6 +368,17 @@ pub(crate) struct Shared {
     pub counters: Counters,
 }
 
+impl Counters {
+    /// Counts a guest fault that closed a connection (direct) or replaced
+    /// the queue guest: a budget overrun or, otherwise, a trap.
+    pub(crate) fn count_fault(&self, e: &Error) {
+        match e {
+            Error::BudgetExceeded { .. } => self.budget_overruns.fetch_add(1, Ordering::Relaxed),
+            _ => self.traps.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
 impl Shared {
     pub(crate) fn next_conn_id(&self) -> i32 {
         loop {

@@ -33,7 +33,6 @@ use parking_lot::Mutex;
 
 use super::Shared;
 use crate::abi::{self, AbiHost, ERR_BAD_POINTER, ERR_UNKNOWN_CONN, ERR_WOULD_EXCEED_LIMIT};
-use crate::error::Error;
 use crate::guest::GuestEnv;
 use crate::ring::EventRing;
 use crate::wamr::memory::GuestMemory;
@@ -223,7 +222,6 @@ enum Next {
 /// server stops and every connection's CLOSE has been handed out.
 pub(crate) struct Dispatcher {
     qs: Arc<QueueShared>,
-    sh: Arc<Shared>,
     generation: u64,
     /// The rest of a DATA event that did not fit the guest's buffer.
     rest: Option<(i32, Vec<u8>, usize)>,
@@ -304,6 +302,7 @@ impl Dispatcher {
 /// The ABI host of the queue guest's env.
 struct QueueHost {
     dispatcher: Arc<Mutex<Dispatcher>>,
+    sh: Arc<Shared>,
     interrupt: Arc<InterruptHandle>,
     budget: Option<Duration>,
     output_limit: usize,
@@ -321,11 +320,11 @@ impl AbiHost for QueueHost {
     fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32 {
         let Some(c) = self.conn(conn) else { return ERR_UNKNOWN_CONN };
         let Ok(bytes) = bytes else {
-            self.dispatcher.lock().sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
+            self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
             return ERR_BAD_POINTER;
         };
         if c.pending.load(Ordering::Acquire) + bytes.len() > self.output_limit {
-            self.dispatcher.lock().sh.counters.output_limit_hits.fetch_add(1, Ordering::Relaxed);
+            self.sh.counters.output_limit_hits.fetch_add(1, Ordering::Relaxed);
             return ERR_WOULD_EXCEED_LIMIT;
         }
         c.pending.fetch_add(bytes.len(), Ordering::AcqRel);
@@ -346,7 +345,7 @@ impl AbiHost for QueueHost {
         // The guest is back for more: its time for the last event is over.
         self.interrupt.set_deadline(None);
         if mem.check(info, abi::EVENT_SIZE).is_none() || cap < 0 || mem.check(buf, cap).is_none() {
-            self.dispatcher.lock().sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
+            self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
             return ERR_BAD_POINTER;
         }
         let next = self.dispatcher.lock().next(cap.max(1) as usize);
@@ -374,11 +373,11 @@ impl AbiHost for QueueHost {
     }
 
     fn epoch(&self) -> Instant {
-        self.dispatcher.lock().sh.epoch
+        self.sh.epoch
     }
 
     fn bad_log_pointer(&mut self) {
-        self.dispatcher.lock().sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
+        self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -407,13 +406,13 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<QueueShared>) {
         let started = Instant::now();
         let dispatcher = Arc::new(Mutex::new(Dispatcher {
             qs: Arc::clone(&qs),
-            sh: Arc::clone(&sh),
             generation,
             rest: None,
         }));
         let interrupt = Arc::clone(env.exec_env().interrupt_handle());
         env.set_host(Some(Box::new(QueueHost {
             dispatcher: Arc::clone(&dispatcher),
+            sh: Arc::clone(&sh),
             interrupt,
             // With the guest's own loop, wait_msg arms the budget per event;
             // the host loop's calls carry the env's per-call budget instead.
@@ -426,7 +425,10 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<QueueShared>) {
             match env.run().unwrap_or(Ok(0)) {
                 Ok(_) if qs.shutdown.load(Ordering::Acquire) => Ok(()),
                 Ok(r) => Err(format!("run returned {r} before SHUTDOWN")),
-                Err(e) => Err(count_fault(&sh, &e)),
+                Err(e) => {
+                    sh.counters.count_fault(&e);
+                    Err(e.to_string())
+                }
             }
         } else {
             host_loop(&sh, &dispatcher, &mut env)
@@ -461,14 +463,6 @@ fn pause(d: Duration) {
     }
 }
 
-fn count_fault(sh: &Shared, e: &Error) -> String {
-    match e {
-        Error::BudgetExceeded { .. } => sh.counters.budget_overruns.fetch_add(1, Ordering::Relaxed),
-        _ => sh.counters.traps.fetch_add(1, Ordering::Relaxed),
-    };
-    e.to_string()
-}
-
 /// The loop `run` would have run, natively, for guests without `run`.
 fn host_loop(sh: &Shared, dispatcher: &Mutex<Dispatcher>, env: &mut GuestEnv) -> Result<(), String> {
     let cap = env.recv_buffer().1 as usize;
@@ -497,7 +491,8 @@ fn host_loop(sh: &Shared, dispatcher: &Mutex<Dispatcher>, env: &mut GuestEnv) ->
             Next::Close(id) => env.on_close(id),
         };
         if let Err(e) = result {
-            return Err(count_fault(sh, &e));
+            sh.counters.count_fault(&e);
+            return Err(e.to_string());
         }
     }
 }
