@@ -65,13 +65,9 @@ impl EnvPool {
             return Err(crate::Error::PoolClosed);
         }
         while let Some(env) = self.idle.pop() {
-            if env.is_doomed() {
-                continue;
-            }
-            if env.poisoned().is_some() {
-                // Its shard faulted while it sat idle.
-                env.note_fault();
-                self.discarded.fetch_add(1, Ordering::Relaxed);
+            // Its shard may have faulted, or destroy_all doomed it, while it
+            // sat idle.
+            if !self.reusable(&env) {
                 continue;
             }
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -82,13 +78,22 @@ impl EnvPool {
         Ok(Lease { env: Some(env), pool: Arc::clone(self) })
     }
 
-    fn release(&self, mut env: GuestEnv) {
+    /// Whether `env` may serve again; a faulted one is counted (the caller
+    /// drops it, which destroys it).
+    fn reusable(&self, env: &GuestEnv) -> bool {
         if env.is_doomed() {
-            return;
+            return false;
         }
         if env.poisoned().is_some() {
             env.note_fault();
             self.discarded.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, mut env: GuestEnv) {
+        if !self.reusable(&env) {
             return;
         }
         if self.closed.load(Ordering::Acquire) {

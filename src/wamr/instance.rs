@@ -471,13 +471,10 @@ impl ExecEnv {
         Ok(if func.ty.results.is_empty() { None } else { Some(cells[0] as i32) })
     }
 
-    /// For `typed.rs`: `cells` must hold the arguments and room for the
-    /// results, as the function's (already checked) type requires.
-    pub(crate) fn call_raw_cells(&mut self, func: &Func, argc: u32, cells: &mut [u32]) -> Result<()> {
-        self.call_cells(func, argc, cells)
-    }
-
-    fn call_cells(&mut self, func: &Func, argc: u32, cells: &mut [u32]) -> Result<()> {
+    /// The one call path (`call`, `call_i32`, `typed.rs`): `cells` must hold
+    /// the arguments and room for the results, as the function's type
+    /// requires.
+    pub(crate) fn call_cells(&mut self, func: &Func, argc: u32, cells: &mut [u32]) -> Result<()> {
         if func.inst != self.inst {
             return Err(Error::BadArguments {
                 func: func.name.to_string(),
@@ -524,10 +521,10 @@ impl ExecEnv {
         Err(err)
     }
 
+    /// The budget of the call that was stopped: every deadline (per call, or
+    /// armed by `set_deadline`) records its budget in the state.
     fn budget_ms(&self) -> u64 {
-        let st = self.interrupt.state.lock();
-        let b = if st.budget.is_zero() { self.budget.unwrap_or_default() } else { st.budget };
-        b.as_millis() as u64
+        self.interrupt.state.lock().budget.as_millis() as u64
     }
 
     fn poison(&mut self, why: String) {

@@ -172,7 +172,7 @@ impl ExecEnv {
     pub fn call_typed<P: WasmParams, R: WasmResults>(&mut self, f: &TypedFunc<P, R>, args: P) -> Result<R> {
         let mut cells = [0u32; MAX_CELLS];
         let argc = args.store(&mut cells);
-        self.call_raw_cells(&f.func, argc as u32, &mut cells)?;
+        self.call_cells(&f.func, argc as u32, &mut cells)?;
         Ok(R::load(&cells))
     }
 }
