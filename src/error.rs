@@ -52,6 +52,20 @@ pub enum Error {
         name: String,
     },
 
+    /// The module imports a host function under its name but with another
+    /// signature.
+    #[error("module imports {module}.{name} with signature {found}, but the host provides it as {expected}")]
+    ImportSignature {
+        /// Import module name.
+        module: String,
+        /// Import field name.
+        name: String,
+        /// The signature the module declares.
+        found: String,
+        /// The signature of the registered host function.
+        expected: String,
+    },
+
     /// The module lacks an export the caller requires.
     #[error("module has no export `{name}` ({why})")]
     MissingExport {
@@ -147,6 +161,19 @@ pub enum Error {
         size: u32,
         /// What failed.
         why: String,
+    },
+
+    /// The global guest-memory budget has no room for a new env.
+    #[error("guest-memory budget exhausted: {0}")]
+    MemoryBudget(String),
+
+    /// A module's initial linear memory is over the per-env cap.
+    #[error("the module's initial memory is {initial} pages ({} MiB), more than the per-env cap of {cap} pages (max_memory_pages)", initial / 16)]
+    MemoryTooLarge {
+        /// Initial pages the module declares.
+        initial: u64,
+        /// The cap, pages.
+        cap: u32,
     },
 
     /// The pool (or server) is shutting down and hands out no more envs.

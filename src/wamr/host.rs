@@ -13,7 +13,7 @@
 //! imports at module load, so registration is process-wide, permanent, and
 //! must precede loading the modules that use it.
 use std::any::Any;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -127,15 +127,22 @@ struct Registered {
     cmodule: CString,
 }
 
-static NAMES: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+/// Every registered `(module, name)` with its signature.
+static NAMES: Mutex<Option<HashMap<(String, String), FuncType>>> = Mutex::new(None);
+
+/// The signature of the host function registered as `module.name`, if any
+/// (used to explain an import that did not link).
+pub(crate) fn registered_type(module: &str, name: &str) -> Option<FuncType> {
+    NAMES.lock().as_ref()?.get(&(module.to_string(), name.to_string())).cloned()
+}
 
 /// Registers `func` for every module loaded afterwards.
 pub(crate) fn register(func: HostFunc) -> Result<()> {
     let sig = func.signature()?;
     let key = (func.module.clone(), func.name.clone());
     let mut names = NAMES.lock();
-    let names = names.get_or_insert_with(HashSet::new);
-    if names.contains(&key) {
+    let names = names.get_or_insert_with(HashMap::new);
+    if names.contains_key(&key) {
         return Err(Error::HostFunc {
             module: key.0,
             name: key.1,
@@ -145,6 +152,7 @@ pub(crate) fn register(func: HostFunc) -> Result<()> {
     let cname = super::runtime::cstring(&func.name)?;
     let csig = super::runtime::cstring(&sig)?;
     let cmodule = super::runtime::cstring(&func.module)?;
+    let ty = func.ty.clone();
     let reg: &'static Registered = Box::leak(Box::new(Registered { func, cmodule }));
     let symbol: &'static mut [sys::NativeSymbol] = Box::leak(Box::new([sys::NativeSymbol {
         symbol: cname.into_raw(),
@@ -166,7 +174,7 @@ pub(crate) fn register(func: HostFunc) -> Result<()> {
             why: "WAMR refused the registration".into(),
         });
     }
-    names.insert(key);
+    names.insert(key, ty);
     Ok(())
 }
 

@@ -134,6 +134,7 @@ pub(crate) struct ModuleInner {
     _bytes: Box<[u8]>,
     exports: Vec<Export>,
     imports: Vec<Import>,
+    facts: super::scan::ModuleFacts,
 }
 
 // WAMR instantiates from a loaded module on any thread (spawn does so from
@@ -171,6 +172,12 @@ impl Module {
     /// Loads a module from `.wasm` bytes or `.wat` text (detected by content).
     pub fn new(bytes: impl AsRef<[u8]>) -> Result<Module> {
         let bytes = bytes.as_ref();
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(Error::Load(format!(
+                "module is {} bytes, more than the {MAX_MODULE_BYTES}-byte limit",
+                bytes.len()
+            )));
+        }
         if bytes.starts_with(b"\0asm") {
             Module::from_binary(bytes)
         } else {
@@ -182,7 +189,7 @@ impl Module {
 
     /// Loads a module from WebAssembly text.
     pub fn from_wat(text: &str) -> Result<Module> {
-        let bin = wat::parse_str(text).map_err(|e| Error::Wat(e.to_string()))?;
+        let bin = wat::parse_str(text).map_err(|e| Error::Wat(excerpt(&e.to_string(), 400)))?;
         Module::from_binary(&bin)
     }
 
@@ -215,16 +222,40 @@ impl Module {
         if raw.is_null() {
             return Err(Error::Load(error_text(&err)));
         }
-        let mut inner = ModuleInner { raw, _bytes: copy, exports: Vec::new(), imports: Vec::new() };
+        // Scanned before WAMR sees the buffer (its loader may patch it).
+        let facts = super::scan::scan(bytes);
+        let mut inner = ModuleInner { raw, _bytes: copy, exports: Vec::new(), imports: Vec::new(), facts };
         inner.exports = read_exports(raw);
         inner.imports = read_imports(raw);
         if let Some(missing) = inner.imports.iter().find(|i| !i.linked) {
+            let declared = inner
+                .facts
+                .func_imports
+                .iter()
+                .find(|(m, n, _)| *m == missing.module && *n == missing.name)
+                .map(|(_, _, t)| t.clone());
+            if let (Some(found), Some(expected)) =
+                (declared, super::host::registered_type(&missing.module, &missing.name))
+            {
+                return Err(Error::ImportSignature {
+                    module: missing.module.clone(),
+                    name: missing.name.clone(),
+                    found: found.to_string(),
+                    expected: expected.to_string(),
+                });
+            }
             return Err(Error::UnlinkedImport {
                 module: missing.module.clone(),
                 name: missing.name.clone(),
             });
         }
         Ok(Module { inner: Arc::new(inner) })
+    }
+
+    /// What a static scan of the binary found (memory sizes, growth,
+    /// state a reset cannot restore).
+    pub(crate) fn facts(&self) -> &super::scan::ModuleFacts {
+        &self.inner.facts
     }
 
     /// All exports.
@@ -307,6 +338,18 @@ impl Module {
             )));
         }
         Ok(())
+    }
+}
+
+/// Largest module accepted (binary or text).
+pub const MAX_MODULE_BYTES: usize = 256 << 20;
+
+/// At most `max` characters of `text` (error messages quote input: a huge
+/// one-line file must not become a huge message).
+pub(crate) fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((cut, _)) => format!("{}… ({} more bytes)", &text[..cut], text.len() - cut),
     }
 }
 
