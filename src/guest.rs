@@ -36,8 +36,8 @@
 //! radius stay bounded by `envs_per_parent`; a faulted shard is retired (see
 //! `wamr::instance`). A trap costs O(all live envs) in both sources: WAMR
 //! looks the trapping instance up in every cluster.
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -45,6 +45,7 @@ use parking_lot::Mutex;
 use crate::abi::{self, AbiHost, AbiSlot, GuestExports, ModeReq};
 use crate::error::{Error, Result};
 use crate::registry::{Registry, RegistryEntry};
+use crate::wamr::state::{GlobalsSnapshot, MemoryBudget, MemoryImage};
 use crate::wamr::typed::TypedFunc;
 use crate::wamr::{ExecEnv, InstanceConfig, Module, ParentEnv};
 
@@ -76,8 +77,13 @@ pub struct GuestConfig {
     /// Cap on each env's linear memory, in 64 KiB pages (0 = the module's
     /// own maximum). Applies to independent instances and to shard parents;
     /// WAMR instantiates spawned envs with the module's declared maximum.
-    /// Default 256 (16 MiB).
+    /// Default 256 (16 MiB). A module whose *initial* memory is larger is
+    /// refused by [`Guest::new`].
     pub max_memory_pages: u32,
+    /// The bound on the linear memory of all envs together (see
+    /// [`MemoryBudget`]); `None` = a private budget of
+    /// [`MemoryBudget::default_bytes`] (half the machine's memory).
+    pub memory_budget: Option<Arc<MemoryBudget>>,
 }
 
 impl Default for GuestConfig {
@@ -90,6 +96,7 @@ impl Default for GuestConfig {
             call_budget: None,
             mode: ModeReq::Direct,
             max_memory_pages: 256,
+            memory_budget: None,
         }
     }
 }
@@ -105,6 +112,25 @@ pub struct Guest {
     /// Envs of this guest alive now (reserved before creation, so
     /// `max_envs` holds exactly under concurrent creation).
     live: AtomicUsize,
+    budget: Arc<MemoryBudget>,
+    /// Memory of a fresh instance before any call (spawn source: a shard
+    /// parent's, copied into each spawned env, which WAMR leaves zeroed).
+    pristine: OnceLock<Option<MemoryImage>>,
+    /// Memory of the first env right after `GuestEnv::init`: what every
+    /// env is reset to. `None` if envs cannot be reset (shared memory).
+    image: OnceLock<Option<ResetImage>>,
+    /// Whether the module's code can change state a reset does not restore
+    /// (tables, dropped segments): then envs are never reused.
+    resettable: bool,
+    resets: AtomicU64,
+    reset_refusals: AtomicU64,
+}
+
+/// What a reset restores memory to, and where that env's receive buffer is.
+#[derive(Debug)]
+struct ResetImage {
+    memory: MemoryImage,
+    recv_ptr: i32,
 }
 
 #[derive(Default)]
@@ -140,12 +166,23 @@ impl Guest {
         if config.chunk_size == 0 || config.chunk_size > 16 << 20 {
             return Err(Error::Config("chunk_size must be 1 B ..= 16 MiB".into()));
         }
+        let facts = module.facts();
+        if let Some(initial) = facts.initial_pages {
+            if config.max_memory_pages > 0 && initial > config.max_memory_pages as u64 {
+                return Err(Error::MemoryTooLarge { initial, cap: config.max_memory_pages });
+            }
+        }
+        let resettable = !facts.mutates_tables_or_segments;
+        let budget = config
+            .memory_budget
+            .clone()
+            .unwrap_or_else(|| Arc::new(MemoryBudget::new(MemoryBudget::default_bytes())));
         // Without an `alloc` export the receive buffer comes from WAMR's app
         // heap: size it for one chunk plus the allocator's overhead.
         let heap_size = if exports.alloc { 0 } else { config.chunk_size + 8 * 1024 };
         let inst_cfg =
             InstanceConfig { stack_size: config.wasm_stack, heap_size, max_memory_pages: config.max_memory_pages };
-        Ok(Arc::new(Guest {
+        let guest = Arc::new(Guest {
             module,
             exports,
             config,
@@ -153,7 +190,36 @@ impl Guest {
             registry,
             shards: Mutex::new(Shards::default()),
             live: AtomicUsize::new(0),
-        }))
+            budget,
+            pristine: OnceLock::new(),
+            image: OnceLock::new(),
+            resettable,
+            resets: AtomicU64::new(0),
+            reset_refusals: AtomicU64::new(0),
+        });
+        // One env now: a start function that traps, memory that cannot be
+        // had, an `alloc` that fails are start-up errors, not a server that
+        // fails every connection. It also takes the image envs reset to.
+        drop(guest.create_env()?);
+        Ok(guest)
+    }
+
+    /// The guest-memory budget its envs are charged against.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// Envs reset to their initial state (for reuse) so far, and envs that
+    /// could not be (grown memory, a fault, state a reset cannot restore)
+    /// and were destroyed instead.
+    pub fn reset_counts(&self) -> (u64, u64) {
+        (self.resets.load(Ordering::Relaxed), self.reset_refusals.load(Ordering::Relaxed))
+    }
+
+    /// Whether envs of this guest can be reset to their initial state (and
+    /// so be reused by another connection).
+    pub fn is_resettable(&self) -> bool {
+        self.resettable && matches!(self.image.get(), Some(Some(_)))
     }
 
     /// The module.
@@ -220,6 +286,9 @@ impl Guest {
             }
         }
         let parent = ParentEnv::new(&self.module, self.inst_cfg)?;
+        // The parent is never called: its memory is the module's initial
+        // image (data segments), which spawned envs do not get from WAMR.
+        self.pristine.get_or_init(|| parent.capture_memory());
         let env = parent.spawn()?;
         s.parents.push(parent);
         s.next = s.parents.len() - 1;
@@ -241,6 +310,10 @@ pub struct GuestEnv {
     recv_cap: u32,
     /// Bytes of the receive buffer written since the last wipe.
     recv_dirty: u32,
+    /// Globals right after init, for reset.
+    globals: GlobalsSnapshot,
+    /// Whether [`reset`](Self::reset) can bring this env back.
+    resettable: bool,
     guest: Arc<Guest>,
     _entry: RegistryEntry,
 }
@@ -269,6 +342,24 @@ impl std::fmt::Debug for GuestEnv {
 impl GuestEnv {
     fn init(guest: &Arc<Guest>, mut env: ExecEnv) -> Result<GuestEnv> {
         let entry = guest.registry.register(Arc::clone(env.interrupt_handle()));
+        let witness = guest.module.exports().iter().find(|e| matches!(e.kind, crate::wamr::module::ExportKind::Global { .. }));
+        env.verify_state_layout(witness.map(|e| e.name.as_str()))?;
+        let shared = guest.module.has_shared_memory();
+        if env.is_spawned() && !shared {
+            match guest.pristine.get() {
+                Some(Some(pristine)) => env.load_image(pristine)?,
+                _ => {
+                    return Err(Error::ExecEnv(
+                        "no initial memory image for a spawned env (its data segments would be missing)".into(),
+                    ))
+                }
+            }
+        }
+        // Spawned envs of a shared memory use their parent's memory, which
+        // is charged to nobody: shared-memory guests are outside the budget.
+        if !(env.is_spawned() && shared) {
+            env.attach_budget(Arc::clone(&guest.budget), guest.config.max_memory_pages, guest.module.facts().grows_memory)?;
+        }
         env.set_budget(guest.config.call_budget);
         let m = &guest.module;
         let e = guest.exports;
@@ -297,7 +388,53 @@ impl GuestEnv {
         } else {
             env.heap_alloc(cap)? as i32
         };
-        Ok(GuestEnv { env, funcs, recv_ptr: ptr, recv_cap: cap, recv_dirty: 0, guest: Arc::clone(guest), _entry: entry })
+        let globals = env.snapshot_globals();
+        let image = guest
+            .image
+            .get_or_init(|| env.capture_memory().map(|memory| ResetImage { memory, recv_ptr: ptr }));
+        // Envs are made alike (instantiation and `alloc` are deterministic),
+        // so the first env's image fits every later one; one that differs
+        // (an `alloc` that is not deterministic) is simply never reused.
+        let resettable = guest.resettable
+            && matches!(image, Some(img) if img.recv_ptr == ptr && img.memory.pages() == env.memory_pages());
+        Ok(GuestEnv {
+            env,
+            funcs,
+            recv_ptr: ptr,
+            recv_cap: cap,
+            recv_dirty: 0,
+            globals,
+            resettable,
+            guest: Arc::clone(guest),
+            _entry: entry,
+        })
+    }
+
+    /// Brings the env back to the state it had when it was made: linear
+    /// memory (data segments, heap, receive buffer) and globals, so the
+    /// next connection cannot see anything an earlier one left. Fails —
+    /// and the caller must destroy the env — if its memory grew, it
+    /// faulted, its memory is shared, or the module can change state a
+    /// reset does not restore (tables, dropped segments).
+    pub fn reset(&mut self) -> std::result::Result<(), &'static str> {
+        let outcome = if !self.resettable {
+            Err("this guest's state cannot be restored (see Guest::is_resettable)")
+        } else {
+            match self.guest.image.get() {
+                Some(Some(img)) => self.env.restore(&img.memory, &self.globals),
+                _ => Err("no image"),
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                self.recv_dirty = 0;
+                self.guest.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.guest.reset_refusals.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        outcome
     }
 
     /// The guest this env runs.

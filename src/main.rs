@@ -115,8 +115,14 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1000)]
     call_budget_ms: u64,
     /// Linear memory per env at most, in 64 KiB pages (0 = module's maximum).
+    /// A module whose initial memory is larger is refused at start.
     #[arg(long, default_value_t = 256)]
     max_memory_pages: u32,
+    /// Linear memory of all envs together at most, in MiB (default: half the
+    /// machine's memory). Past it memory.grow returns -1 and new envs are
+    /// refused; both are counted.
+    #[arg(long)]
+    max_guest_memory_mib: Option<u64>,
     /// Idle envs kept for reuse.
     #[arg(long, default_value_t = 1024)]
     pool: usize,
@@ -218,6 +224,10 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
             queue_capacity: a.queue_capacity,
             max_memory_pages: a.max_memory_pages,
+            max_guest_memory: a
+                .max_guest_memory_mib
+                .map(|m| m << 20)
+                .unwrap_or_else(wamr_coro::wamr::state::MemoryBudget::default_bytes),
             ..Limits::default()
         });
     if let Some(w) = a.workers {

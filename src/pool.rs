@@ -4,11 +4,19 @@
 //! [`EnvPool::acquire`] pops an idle env (lock-free, `crossbeam` ArrayQueue)
 //! or creates one; the returned [`Lease`] puts it back when dropped — unless
 //! the guest faulted (trap, budget overrun, poisoned shard), in which case the
-//! env is destroyed, or the pool is full or closed. Before an env goes back,
-//! its receive buffer is wiped and its host data removed, so the next
-//! connection starts clean (guest globals and heap are the guest's own
-//! business: a stateless guest is unaffected, a stateful one must reset in
-//! `on_open`).
+//! env is destroyed, or the pool is full or closed.
+//!
+//! Before an env goes back it is reset ([`GuestEnv::reset`]): linear memory
+//! and globals return to the state the env had when it was made, so the next
+//! holder starts exactly as with a fresh instance and sees nothing an
+//! earlier one left. An env that cannot be reset (its memory grew, it
+//! faulted, the module changes tables or drops segments) is destroyed
+//! instead. The reset runs on release — at the end of a connection, after
+//! its socket is closed — never on a request's path.
+//!
+//! [`EnvPool::new_shared_state`] makes a pool that does not reset (only the
+//! receive buffer is wiped): `EnvPolicy::Message` uses it, where an env
+//! serves one callback of any connection and state is shared by design.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -39,11 +47,23 @@ pub struct EnvPool {
     hits: AtomicU64,
     misses: AtomicU64,
     discarded: AtomicU64,
+    reset: bool,
 }
 
 impl EnvPool {
-    /// A pool keeping at most `capacity` idle envs (at least 1).
+    /// A pool keeping at most `capacity` idle envs (at least 1), each reset
+    /// to its initial state before it is reused.
     pub fn new(guest: Arc<Guest>, capacity: usize) -> Arc<EnvPool> {
+        Self::make(guest, capacity, true)
+    }
+
+    /// A pool that does not reset envs between holders (shared guest state;
+    /// only the receive buffer is wiped). For stateless guests only.
+    pub fn new_shared_state(guest: Arc<Guest>, capacity: usize) -> Arc<EnvPool> {
+        Self::make(guest, capacity, false)
+    }
+
+    fn make(guest: Arc<Guest>, capacity: usize, reset: bool) -> Arc<EnvPool> {
         Arc::new(EnvPool {
             guest,
             idle: ArrayQueue::new(capacity.max(1)),
@@ -51,6 +71,7 @@ impl EnvPool {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
+            reset,
         })
     }
 
@@ -100,7 +121,14 @@ impl EnvPool {
             return;
         }
         env.set_host(None);
-        env.wipe_recv_buffer();
+        if self.reset {
+            if let Err(why) = env.reset() {
+                tracing::debug!(why, "env not reusable; destroying it");
+                return;
+            }
+        } else {
+            env.wipe_recv_buffer();
+        }
         // A full pool drops (destroys) the env.
         let _ = self.idle.push(env);
     }

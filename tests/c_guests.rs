@@ -99,8 +99,12 @@ fn c_guests_that_break_the_contract_get_clear_errors() {
         other => panic!("{other}"),
     }
     // Missing __heap_base/__data_end: fine for independent instances, a
-    // named error for spawned envs.
-    assert!(Guest::new(built_guest("bad_no_heap_base"), GuestConfig::default(), reg()).is_ok());
+    // named error for spawned envs. (Its `alloc` serves 1 KiB: Guest::new
+    // makes one env, so a chunk size it cannot serve is a start-up error.)
+    let small = GuestConfig { chunk_size: 1024, ..Default::default() };
+    assert!(Guest::new(built_guest("bad_no_heap_base"), small, reg()).is_ok());
+    let e = Guest::new(built_guest("bad_no_heap_base"), GuestConfig::default(), reg()).unwrap_err();
+    assert!(matches!(e, Error::GuestAlloc { .. }), "{e}");
     let e = Guest::new(
         built_guest("bad_no_heap_base"),
         GuestConfig { source: EnvSource::Spawn, ..Default::default() },

@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::guest::{EnvSource, Guest, GuestConfig};
 use crate::pool::{EnvPool, PoolStats};
 use crate::registry::{Registry, RegistryStats};
+use crate::wamr::state::{MemoryBudget, MemoryBudgetStats};
 use crate::wamr::Module;
 use crate::watchdog::Watchdog;
 
@@ -51,13 +52,17 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EnvPolicy {
     /// One env for the connection's whole life (default): guest state
-    /// (globals, memory) persists between its callbacks.
+    /// (globals, memory) persists between its callbacks, and every
+    /// connection starts from the module's initial state (a reused env is
+    /// reset first; see `pool.rs`).
     #[default]
     Connection,
-    /// An env leased from the pool for each callback and returned after it:
-    /// idle connections cost no env, but guest state does NOT survive between
-    /// callbacks (the next callback may run on another env). For stateless
-    /// guests.
+    /// **Shared state.** An env leased from the pool for each callback and
+    /// returned after it, *without* a reset: idle connections cost no env,
+    /// but a callback may run on an env that served other connections and
+    /// sees whatever they left in memory and globals (only the receive
+    /// buffer is wiped), and the next callback of the same connection may
+    /// run on another env. Only for guests that keep no per-client data.
     Message,
 }
 
@@ -88,6 +93,10 @@ pub struct Limits {
     /// `memory.grow` fails past it. Default 256 (16 MiB); 0 = the module's
     /// own maximum. See [`GuestConfig::max_memory_pages`].
     pub max_memory_pages: u32,
+    /// Linear memory of all envs together at most, bytes: a `memory.grow`
+    /// past it returns -1, a new env past it is refused (its connection is
+    /// closed). Both are counted. Default half the machine's memory.
+    pub max_guest_memory: u64,
 }
 
 impl Default for Limits {
@@ -101,6 +110,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(2),
             queue_capacity: 1024,
             max_memory_pages: 256,
+            max_guest_memory: crate::wamr::state::MemoryBudget::default_bytes(),
         }
     }
 }
@@ -134,6 +144,13 @@ pub struct ServerStats {
     pub envs: RegistryStats,
     /// The env pool.
     pub pool: PoolStats,
+    /// Envs reset to their initial state for the next connection.
+    pub env_resets: u64,
+    /// Envs destroyed instead of reset (grown memory, faulted, or state a
+    /// reset cannot restore).
+    pub env_reset_refusals: u64,
+    /// The guest-memory budget.
+    pub guest_memory: MemoryBudgetStats,
     /// Queue mode: events waiting in the ring now.
     pub queue_depth: u64,
     /// Queue mode: guest instances replaced after a failure.
@@ -147,11 +164,16 @@ impl std::fmt::Display for ServerStats {
             "connections: {} accepted, {} refused, {} open, {} closed; bytes: {} in, {} out; \
              faults: {} traps, {} budget overruns, {} output-limit hits, {} bad pointers, {} idle closes; \
              envs: {} live, {} created, {} destroyed, peak {}, {} failures, {} faulted; \
-             pool: {} hits, {} misses, {} idle; queue: depth {}, {} restarts",
+             pool: {} hits, {} misses, {} idle, {} resets, {} not resettable; \
+             guest memory: {} of {} KiB, {} grows refused (budget), {} over cap, {} envs refused; \
+             queue: depth {}, {} restarts",
             self.accepted, self.refused, self.open, self.closed, self.bytes_in, self.bytes_out,
             self.traps, self.budget_overruns, self.output_limit_hits, self.bad_pointers, self.idle_closes,
             self.envs.live, self.envs.created, self.envs.destroyed, self.envs.peak, self.envs.failures,
             self.envs.faulted, self.pool.hits, self.pool.misses, self.pool.idle,
+            self.env_resets, self.env_reset_refusals,
+            self.guest_memory.used_bytes / 1024, self.guest_memory.limit_bytes / 1024,
+            self.guest_memory.refused_grows, self.guest_memory.over_cap_grows, self.guest_memory.refused_envs,
             self.queue_depth, self.queue_restarts
         )
     }
@@ -276,6 +298,7 @@ impl ServerBuilder {
                     .map_err(|_| Error::Config("chunk_size too large".into()))?,
                 call_budget: self.limits.call_budget,
                 max_memory_pages: self.limits.max_memory_pages,
+                memory_budget: Some(Arc::new(MemoryBudget::new(self.limits.max_guest_memory))),
                 mode: match self.mode {
                     Mode::Direct => ModeReq::Direct,
                     Mode::Queue => ModeReq::Queue,
@@ -284,7 +307,10 @@ impl ServerBuilder {
             },
             Arc::clone(&registry),
         )?;
-        let pool = EnvPool::new(Arc::clone(&guest), self.pool_capacity);
+        let pool = match self.policy {
+            EnvPolicy::Connection => EnvPool::new(Arc::clone(&guest), self.pool_capacity),
+            EnvPolicy::Message => EnvPool::new_shared_state(Arc::clone(&guest), self.pool_capacity),
+        };
         let watchdog = match self.limits.call_budget {
             Some(_) => Some(Watchdog::start(&registry).map_err(|e| Error::io("starting watchdog", e))?),
             None => None,
@@ -408,6 +434,9 @@ impl Shared {
             idle_closes: l(&c.idle_closes),
             envs: self.registry.stats(),
             pool: self.pool.stats(),
+            env_resets: self.pool.guest().reset_counts().0,
+            env_reset_refusals: self.pool.guest().reset_counts().1,
+            guest_memory: self.pool.guest().memory_budget().stats(),
             queue_depth: self.queue.as_ref().map(|q| q.ring.len() as u64).unwrap_or(0),
             queue_restarts: self.queue.as_ref().map(|q| q.restarts.load(Ordering::Relaxed)).unwrap_or(0),
         }

@@ -240,8 +240,8 @@ enum Owner {
 /// A private exec env and its instance. `Send` (it moves with its
 /// coroutine), not `Sync`: one caller at a time.
 pub struct ExecEnv {
-    raw: sys::wasm_exec_env_t,
-    inst: sys::wasm_module_inst_t,
+    pub(super) raw: sys::wasm_exec_env_t,
+    pub(super) inst: sys::wasm_module_inst_t,
     owner: Owner,
     /// Stack range for which the native boundary is set.
     bound: Cell<(usize, usize)>,
@@ -255,6 +255,9 @@ pub struct ExecEnv {
 /// The slot WAMR's exec env user data points to.
 pub(crate) struct HostData {
     pub(crate) value: Option<Box<dyn std::any::Any + Send>>,
+    /// The env's charge against a memory budget, if it has one (settled
+    /// around every call; WAMR's grow-failure callback reaches it too).
+    pub(crate) account: Option<super::state::MemoryAccount>,
 }
 
 // With hardware bound checks off a WAMR exec env has no thread-local state,
@@ -309,7 +312,7 @@ impl ExecEnv {
     }
 
     fn wrap(raw: sys::wasm_exec_env_t, inst: sys::wasm_module_inst_t, owner: Owner) -> ExecEnv {
-        let data = Box::new(HostData { value: None });
+        let data = Box::new(HostData { value: None, account: None });
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
         // user data points into a Box that lives exactly as long as it.
         unsafe {
@@ -489,6 +492,9 @@ impl ExecEnv {
             return Err(Error::Poisoned("destroyed by Registry::destroy_all".into()));
         }
         self.bind_stack()?;
+        if let Some(a) = self.data.account.as_mut() {
+            a.before_call(self.inst);
+        }
         {
             let mut st = self.interrupt.state.lock();
             st.in_call = true;
@@ -504,6 +510,9 @@ impl ExecEnv {
             let mut st = self.interrupt.state.lock();
             st.in_call = false;
             st.deadline = None;
+        }
+        if let Some(a) = self.data.account.as_mut() {
+            a.after_call(self.inst);
         }
         let hit = self.interrupt.hit.load(Ordering::Acquire);
         if ok && !hit {
@@ -571,6 +580,70 @@ impl ExecEnv {
         unsafe { GuestMemory::of_instance(self.inst) }
     }
 
+    /// Checks that WAMR's instance layout matches what the reset and the
+    /// memory budget rely on (`state.rs`), using `exported_global` (any
+    /// exported global of the module) as a witness for the globals block.
+    pub(crate) fn verify_state_layout(&self, exported_global: Option<&str>) -> Result<()> {
+        super::state::verify_layout(self.inst, exported_global)
+    }
+
+    /// A copy of every global's current value.
+    pub(crate) fn snapshot_globals(&self) -> super::state::GlobalsSnapshot {
+        super::state::snapshot_globals(self.inst)
+    }
+
+    /// A copy of the linear memory as it is now (`None` if shared or absent).
+    pub(crate) fn capture_memory(&self) -> Option<super::state::MemoryImage> {
+        super::state::MemoryImage::capture(self.inst)
+    }
+
+    /// Writes `image` into a memory that was just created (all zero): how a
+    /// spawned env gets the module's data segments, which WAMR does not
+    /// give it.
+    pub(crate) fn load_image(&mut self, image: &super::state::MemoryImage) -> Result<()> {
+        image
+            .apply(self.inst, true)
+            .map_err(|why| Error::ExecEnv(format!("cannot give the spawned env its initial memory: {why}")))
+    }
+
+    /// Brings the env back to `image` and `globals` (taken when it was
+    /// fresh). Fails, changing nothing, if the memory grew or is shared,
+    /// or the env faulted: such an env must be destroyed instead.
+    pub(crate) fn restore(
+        &mut self,
+        image: &super::state::MemoryImage,
+        globals: &super::state::GlobalsSnapshot,
+    ) -> std::result::Result<(), &'static str> {
+        if self.poisoned().is_some() || self.interrupt.is_doomed() {
+            return Err("faulted");
+        }
+        image.apply(self.inst, false)?;
+        if !super::state::restore_globals(self.inst, globals) {
+            return Err("globals differ in size");
+        }
+        Ok(())
+    }
+
+    /// Charges this env against `budget` (its current memory now, and room
+    /// to grow up to `cap` pages during each call); without a budget the
+    /// cap still applies. Refused if the budget has no room.
+    pub(crate) fn attach_budget(
+        &mut self,
+        budget: Arc<super::state::MemoryBudget>,
+        cap: u32,
+        grows: bool,
+    ) -> Result<()> {
+        let ceiling = super::state::memory_max(self.inst);
+        let cap = if cap == 0 { ceiling } else { cap.min(ceiling) };
+        self.data.account = Some(super::state::MemoryAccount::open(self.inst, budget, cap, grows)?);
+        Ok(())
+    }
+
+    /// Current size of the linear memory, in 64 KiB pages.
+    pub fn memory_pages(&self) -> u32 {
+        super::state::memory_pages(self.inst)
+    }
+
     /// Allocates `size` bytes in WAMR's app heap (or through the module's
     /// own `malloc` export, which WAMR prefers when present).
     pub fn heap_alloc(&mut self, size: u32) -> Result<u32> {
@@ -584,6 +657,34 @@ impl ExecEnv {
             return Err(Error::GuestAlloc { size, why });
         }
         u32::try_from(off).map_err(|_| Error::GuestAlloc { size, why: "offset above 4 GiB".into() })
+    }
+}
+
+/// WAMR's `enlarge_memory_error_callback`, installed by `Runtime::init`:
+/// counts a `memory.grow` refused by the cap or the budget on the env's
+/// account.
+pub(crate) unsafe extern "C" fn on_grow_refused(
+    inc_pages: u32,
+    cur_bytes: u64,
+    _memidx: u32,
+    reason: sys::enlarge_memory_error_reason_t,
+    _inst: sys::wasm_module_inst_t,
+    exec_env: sys::wasm_exec_env_t,
+    _user: *mut libc::c_void,
+) {
+    if reason != sys::MAX_SIZE_REACHED || exec_env.is_null() {
+        return;
+    }
+    // SAFETY: every exec env this crate creates carries a HostData as user
+    // data (ExecEnv::wrap), alive as long as the env; WAMR calls this on the
+    // thread running that env's call, which owns it exclusively.
+    let data = unsafe { sys::wasm_runtime_get_user_data(exec_env) } as *const HostData;
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: see above.
+    if let Some(a) = unsafe { (*data).account.as_ref() } {
+        a.note_refused(cur_bytes / super::state::WASM_PAGE + inc_pages as u64);
     }
 }
 
@@ -671,6 +772,16 @@ impl ParentEnv {
         let inst = unsafe { sys::wasm_runtime_get_module_inst(raw) };
         self.children.fetch_add(1, Ordering::AcqRel);
         Ok(ExecEnv::wrap(raw, inst, Owner::Spawned { parent: Arc::clone(self) }))
+    }
+
+    /// A copy of the parent's memory (`None` if shared or absent). The
+    /// parent is never called, so this is the module's initial memory.
+    pub(crate) fn capture_memory(&self) -> Option<super::state::MemoryImage> {
+        let env = self.env.lock();
+        if env.verify_state_layout(None).is_err() {
+            return None;
+        }
+        env.capture_memory()
     }
 
     /// Envs currently spawned from this parent.

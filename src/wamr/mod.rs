@@ -11,6 +11,8 @@
 //! | `instance.rs` | instances and exec envs: independent or spawned, calls, traps |
 //! | `host.rs` | host functions (imports) written in Rust or C |
 //! | `memory.rs` | bounds-checked views of a guest's linear memory |
+//! | `state.rs` | an env's initial image and reset; the guest-memory budget |
+//! | `scan.rs` | a static scan of a module binary (memory sizes, growth, resettability) |
 //! | `stack.rs` | the native stack boundary of the calling coroutine or thread |
 //! | `typed.rs` | calls typed by Rust types, checked once at lookup |
 
@@ -24,7 +26,9 @@ pub(crate) mod log;
 pub mod memory;
 pub mod module;
 pub mod runtime;
+pub(crate) mod scan;
 pub mod stack;
+pub mod state;
 pub mod typed;
 
 /// WAMR writes error text into a caller-supplied buffer; this is its size.

@@ -120,6 +120,12 @@ impl Runtime {
         unsafe {
             sys::wasm_runtime_set_max_thread_num(config.envs_per_parent);
             sys::wasm_runtime_set_log_level(config.log_level as sys::log_level_t);
+            // Process-wide, owned here: counts memory.grow refused by an
+            // env's cap or the guest-memory budget (state.rs).
+            sys::wasm_runtime_set_enlarge_mem_error_callback(
+                Some(super::instance::on_grow_refused),
+                std::ptr::null_mut(),
+            );
         }
         let rt: &'static Runtime = Box::leak(Box::new(Runtime { config }));
         *slot = Some(rt);

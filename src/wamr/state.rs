@@ -1,0 +1,496 @@
+//! Instance state: the image a fresh env starts from, the reset that brings a
+//! used env back to it, and the accounting that bounds guest memory.
+//!
+//! WAMR's embedding API can neither reset an instance nor change a memory's
+//! maximum after instantiation. Both need two fields of WAMR's instance
+//! structs, read through the mirrors below:
+//!
+//! * `global_data` / `global_data_size` of the module instance — every
+//!   global's value, in one block;
+//! * `cur_page_count` / `max_page_count` of the default memory instance.
+//!
+//! These sit in the fixed-layout prefix that WAMR shares between interpreter
+//! and AOT instances (`core/iwasm/interpreter/wasm_runtime.h`: "the layout is
+//! fixed for AOT code", which reads them at constant offsets). Even so the
+//! mirrors are checked against WAMR's own getters on every instance before
+//! use ([`verify_layout`]): a mismatch is an error, never a wild write.
+//!
+//! ## Reset
+//! A [`MemoryImage`] is a copy of a freshly initialised env's linear memory,
+//! kept as runs: 4 KiB pages with data are copied back, all-zero pages are
+//! dropped with `madvise(MADV_DONTNEED)` (the kernel maps them to zero again,
+//! which also returns their RSS). Globals come back from a per-env copy taken
+//! at creation. An env whose memory grew, or whose memory is shared, cannot
+//! be reset (the caller destroys it instead).
+//!
+//! ## Memory budget
+//! A [`MemoryBudget`] counts 64 KiB pages across every env that shares it. A
+//! [`MemoryAccount`] charges one env's pages: its current size always, plus,
+//! while a call runs, the headroom it may grow into (at most its per-env cap,
+//! at most what the budget has left). That headroom becomes the memory's
+//! `max_page_count` for the call, so WAMR itself makes `memory.grow` past it
+//! return -1; afterwards what was not used goes back. Reservations are taken
+//! only around calls, so idle envs hold exactly their size.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::sys;
+use crate::error::{Error, Result};
+
+/// Bytes of one WebAssembly page.
+pub const WASM_PAGE: u64 = 65536;
+const OS_PAGE: usize = 4096;
+
+/// Mirror of the start of `WASMModuleInstance` / `AOTModuleInstance`
+/// (`DefPointer` fields are 8 bytes on every target).
+#[repr(C)]
+struct InstPrefix {
+    module_type: u32,
+    memory_count: u32,
+    memories: *mut *mut MemPrefix,
+    global_data_size: u32,
+    table_count: u32,
+    global_data: *mut u8,
+}
+
+/// Mirror of the start of `WASMMemoryInstance`.
+#[repr(C)]
+struct MemPrefix {
+    module_type: u32,
+    is_shared_memory: u8,
+    is_memory64: u8,
+    ref_count: u16,
+    _paddings: [u8; 4],
+    num_bytes_per_page: u32,
+    cur_page_count: u32,
+    max_page_count: u32,
+    memory_data_size: u64,
+    memory_data: *mut u8,
+}
+
+const _: () = assert!(std::mem::size_of::<usize>() == 8, "the mirrors assume 64-bit pointers");
+const _: () = assert!(std::mem::offset_of!(InstPrefix, global_data) == 24);
+const _: () = assert!(std::mem::offset_of!(MemPrefix, max_page_count) == 20);
+const _: () = assert!(std::mem::offset_of!(MemPrefix, memory_data) == 32);
+
+/// The default memory's mirror, if the instance has a memory.
+///
+/// # Safety
+/// `inst` is a live module instance whose layout [`verify_layout`] accepted.
+unsafe fn mem_prefix(inst: sys::wasm_module_inst_t) -> Option<*mut MemPrefix> {
+    // SAFETY: per the contract, `inst` points at a live instance whose
+    // prefix matches InstPrefix.
+    let p = unsafe { &*(inst as *const InstPrefix) };
+    if p.memory_count == 0 || p.memories.is_null() {
+        return None;
+    }
+    // SAFETY: `memories` holds `memory_count` (> 0) valid pointers.
+    let m = unsafe { *p.memories };
+    (!m.is_null()).then_some(m)
+}
+
+/// Checks the mirrors against WAMR's getters for `inst`: the default memory
+/// (pointer, size, maximum, base) and, if the module exports a global, that
+/// its storage lies inside `global_data`. Run once per instance, before any
+/// other function here touches it.
+pub(crate) fn verify_layout(inst: sys::wasm_module_inst_t, exported_global: Option<&str>) -> Result<()> {
+    let bad = |what: &str| Err(Error::Instantiate(format!("WAMR instance layout check failed ({what}); this build of WAMR does not match the mirrors in src/wamr/state.rs")));
+    // SAFETY: `inst` is live (caller); the getters only read it; the mirror
+    // is only read at offsets WAMR's own getters validate just below.
+    unsafe {
+        let api_mem = sys::wasm_runtime_get_default_memory(inst);
+        let p = &*(inst as *const InstPrefix);
+        if api_mem.is_null() {
+            if p.memory_count != 0 && !p.memories.is_null() && !(*p.memories).is_null() {
+                return bad("memory count");
+            }
+        } else {
+            if p.memory_count == 0 || p.memories.is_null() || *p.memories as usize != api_mem as usize {
+                return bad("memory pointer");
+            }
+            let m = &**p.memories;
+            if m.cur_page_count as u64 != sys::wasm_memory_get_cur_page_count(api_mem)
+                || m.max_page_count as u64 != sys::wasm_memory_get_max_page_count(api_mem)
+                || m.memory_data as usize != sys::wasm_memory_get_base_address(api_mem) as usize
+                || m.num_bytes_per_page as u64 != sys::wasm_memory_get_bytes_per_page(api_mem)
+            {
+                return bad("memory fields");
+            }
+        }
+        if let Some(name) = exported_global {
+            let cname = super::runtime::cstring(name)?;
+            let mut g = sys::wasm_global_inst_t::default();
+            if sys::wasm_runtime_get_export_global_inst(inst, cname.as_ptr(), &mut g) {
+                let at = g.global_data as usize;
+                let start = p.global_data as usize;
+                if at < start || at >= start + p.global_data_size as usize {
+                    return bad("global data");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A copy of every global's value of one instance.
+#[derive(Debug, Clone)]
+pub struct GlobalsSnapshot(Box<[u8]>);
+
+/// Takes a copy of `inst`'s globals.
+pub(crate) fn snapshot_globals(inst: sys::wasm_module_inst_t) -> GlobalsSnapshot {
+    // SAFETY: `inst` is live and verified (caller); `global_data` holds
+    // `global_data_size` bytes; no call runs on it meanwhile.
+    unsafe {
+        let p = &*(inst as *const InstPrefix);
+        if p.global_data.is_null() || p.global_data_size == 0 {
+            return GlobalsSnapshot(Box::new([]));
+        }
+        GlobalsSnapshot(std::slice::from_raw_parts(p.global_data, p.global_data_size as usize).into())
+    }
+}
+
+/// Writes `snap` back into `inst`'s globals; false if the sizes differ.
+pub(crate) fn restore_globals(inst: sys::wasm_module_inst_t, snap: &GlobalsSnapshot) -> bool {
+    // SAFETY: as in snapshot_globals; the copy is exactly the block's size.
+    unsafe {
+        let p = &*(inst as *const InstPrefix);
+        if p.global_data_size as usize != snap.0.len() {
+            return false;
+        }
+        if !snap.0.is_empty() {
+            std::ptr::copy_nonoverlapping(snap.0.as_ptr(), p.global_data, snap.0.len());
+        }
+    }
+    true
+}
+
+/// Current pages of `inst`'s default memory (0 without one).
+pub(crate) fn memory_pages(inst: sys::wasm_module_inst_t) -> u32 {
+    // SAFETY: `inst` is live and verified (caller).
+    unsafe { mem_prefix(inst).map(|m| (*m).cur_page_count).unwrap_or(0) }
+}
+
+/// Current size of `inst`'s default memory in 64 KiB pages, rounded up
+/// (a shrunk memory has one page of another size).
+fn charge_pages(inst: sys::wasm_module_inst_t) -> u64 {
+    // SAFETY: `inst` is live and verified (caller).
+    unsafe {
+        mem_prefix(inst)
+            .map(|m| ((*m).cur_page_count as u64 * (*m).num_bytes_per_page as u64).div_ceil(WASM_PAGE))
+            .unwrap_or(0)
+    }
+}
+
+/// Sets the default memory's maximum to `pages`, clamped to
+/// `[cur_page_count, ceiling]`. Returns the value set.
+///
+/// `ceiling` must not exceed the maximum WAMR gave the memory at
+/// instantiation (for a non-shared memory nothing larger is ever mapped
+/// ahead; WAMR grows it with `mremap`).
+pub(crate) fn set_memory_max(inst: sys::wasm_module_inst_t, pages: u32, ceiling: u32) -> u32 {
+    // SAFETY: `inst` is live and verified, and no call is growing it now:
+    // callers run on the env's own thread, between calls or inside a host
+    // function of that env.
+    unsafe {
+        match mem_prefix(inst) {
+            Some(m) => {
+                let v = pages.min(ceiling).max((*m).cur_page_count);
+                (*m).max_page_count = v;
+                v
+            }
+            None => 0,
+        }
+    }
+}
+
+/// The default memory's maximum as WAMR set it.
+pub(crate) fn memory_max(inst: sys::wasm_module_inst_t) -> u32 {
+    // SAFETY: `inst` is live and verified (caller).
+    unsafe { mem_prefix(inst).map(|m| (*m).max_page_count).unwrap_or(0) }
+}
+
+/// One run of a [`MemoryImage`].
+#[derive(Debug, Clone)]
+enum Run {
+    /// Bytes to copy back at `offset`.
+    Data { offset: usize, bytes: Box<[u8]> },
+    /// `len` bytes at `offset` that are zero in the image.
+    Zero { offset: usize, len: usize },
+}
+
+/// The linear memory of a freshly initialised env (see the module docs).
+#[derive(Debug, Clone)]
+pub struct MemoryImage {
+    pages: u32,
+    runs: Vec<Run>,
+    data_bytes: usize,
+}
+
+impl MemoryImage {
+    /// Captures `inst`'s default memory; `None` if it is shared (other envs
+    /// write it) or absent.
+    pub(crate) fn capture(inst: sys::wasm_module_inst_t) -> Option<MemoryImage> {
+        // SAFETY: `inst` is live and verified (caller), not running; the
+        // slice covers exactly its current memory and is dropped before
+        // anything can call it.
+        let (bytes, pages) = unsafe {
+            let m = mem_prefix(inst)?;
+            if (*m).is_shared_memory != 0 {
+                return None;
+            }
+            // Not always 64 KiB: WAMR shrinks the one page of a module that
+            // never grows its memory to `__heap_base`.
+            let len = (*m).cur_page_count as usize * (*m).num_bytes_per_page as usize;
+            if (*m).memory_data.is_null() {
+                return None;
+            }
+            (std::slice::from_raw_parts((*m).memory_data, len), (*m).cur_page_count)
+        };
+        // Consecutive pages of one kind form one run.
+        let mut runs: Vec<Run> = Vec::new();
+        let mut data_bytes = 0;
+        let mut start = 0;
+        let pages_zero: Vec<bool> = bytes.chunks(OS_PAGE).map(|p| p.iter().all(|&b| b == 0)).collect();
+        for i in 1..=pages_zero.len() {
+            if i < pages_zero.len() && pages_zero[i] == pages_zero[start] {
+                continue;
+            }
+            let (offset, end) = (start * OS_PAGE, (i * OS_PAGE).min(bytes.len()));
+            if pages_zero[start] {
+                runs.push(Run::Zero { offset, len: end - offset });
+            } else {
+                data_bytes += end - offset;
+                runs.push(Run::Data { offset, bytes: bytes[offset..end].into() });
+            }
+            start = i;
+        }
+        Some(MemoryImage { pages, runs, data_bytes })
+    }
+
+    /// Pages the image covers.
+    pub fn pages(&self) -> u32 {
+        self.pages
+    }
+
+    /// Bytes of the image that are not zero (what a reset copies).
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Makes `inst`'s memory equal to the image. `fresh`: the memory is
+    /// known to be all zero (just created), so zero runs are skipped.
+    /// Fails (changing nothing) if the memory is shared or its size differs.
+    pub(crate) fn apply(&self, inst: sys::wasm_module_inst_t, fresh: bool) -> std::result::Result<(), &'static str> {
+        // SAFETY: `inst` is live and verified (caller) and not running;
+        // every write below stays inside its current memory (same page
+        // count as the image, checked first).
+        unsafe {
+            let m = mem_prefix(inst).ok_or("no memory")?;
+            if (*m).is_shared_memory != 0 {
+                return Err("shared memory");
+            }
+            if (*m).cur_page_count != self.pages {
+                return Err("memory size differs (it grew)");
+            }
+            let base = (*m).memory_data;
+            for run in &self.runs {
+                match run {
+                    Run::Data { offset, bytes } => {
+                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(*offset), bytes.len())
+                    }
+                    Run::Zero { .. } if fresh => {}
+                    Run::Zero { offset, len } => zero_pages(base.add(*offset), *len),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Zeroes `len` bytes at `at`, giving whole pages back to the kernel.
+///
+/// # Safety
+/// `at..at+len` is writable anonymous private memory that nothing else uses.
+unsafe fn zero_pages(at: *mut u8, len: usize) {
+    if (at as usize) % OS_PAGE == 0 && len % OS_PAGE == 0 {
+        // SAFETY: page-aligned range of the caller's private anonymous
+        // mapping; MADV_DONTNEED makes it read back as zeros.
+        if unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_DONTNEED) } == 0 {
+            return;
+        }
+    }
+    // SAFETY: the caller's range is writable.
+    unsafe { std::ptr::write_bytes(at, 0, len) };
+}
+
+/// A bound on the linear memory of every env that shares it, in pages.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    used: AtomicU64,
+    refused_grows: AtomicU64,
+    refused_envs: AtomicU64,
+    over_cap_grows: AtomicU64,
+}
+
+/// A snapshot of a [`MemoryBudget`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryBudgetStats {
+    /// The bound, bytes.
+    pub limit_bytes: u64,
+    /// Charged now (sizes of live envs plus headroom of calls in flight), bytes.
+    pub used_bytes: u64,
+    /// `memory.grow` calls refused because the budget was exhausted.
+    pub refused_grows: u64,
+    /// Env creations refused because the budget was exhausted.
+    pub refused_envs: u64,
+    /// `memory.grow` calls refused by the per-env cap (`max_memory_pages`).
+    pub over_cap_grows: u64,
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes` (rounded down to whole pages).
+    pub fn new(bytes: u64) -> MemoryBudget {
+        MemoryBudget {
+            limit: bytes / WASM_PAGE,
+            used: AtomicU64::new(0),
+            refused_grows: AtomicU64::new(0),
+            refused_envs: AtomicU64::new(0),
+            over_cap_grows: AtomicU64::new(0),
+        }
+    }
+
+    /// Half of the machine's physical memory: the default bound.
+    pub fn default_bytes() -> u64 {
+        // SAFETY: sysconf has no preconditions.
+        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        if pages <= 0 || size <= 0 {
+            return 4 << 30;
+        }
+        (pages as u64 * size as u64) / 2
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MemoryBudgetStats {
+        MemoryBudgetStats {
+            limit_bytes: self.limit * WASM_PAGE,
+            used_bytes: self.used.load(Ordering::Relaxed) * WASM_PAGE,
+            refused_grows: self.refused_grows.load(Ordering::Relaxed),
+            refused_envs: self.refused_envs.load(Ordering::Relaxed),
+            over_cap_grows: self.over_cap_grows.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes up to `want` pages; returns how many it got (`exact`: all or
+    /// nothing).
+    fn take(&self, want: u64, exact: bool) -> u64 {
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            let free = self.limit.saturating_sub(cur);
+            let got = want.min(free);
+            if got == 0 || (exact && got < want) {
+                return 0;
+            }
+            match self.used.compare_exchange_weak(cur, cur + got, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return got,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn give(&self, pages: u64) {
+        if pages > 0 {
+            self.used.fetch_sub(pages, Ordering::AcqRel);
+        }
+    }
+
+}
+
+/// One env's charge against a [`MemoryBudget`] (see the module docs).
+/// Dropping it gives everything back.
+#[derive(Debug)]
+pub(crate) struct MemoryAccount {
+    budget: std::sync::Arc<MemoryBudget>,
+    /// Per-env cap, pages.
+    cap: u32,
+    /// Pages charged now (size, plus headroom during a call).
+    charged: u64,
+    /// Whether the module can grow its memory at all.
+    grows: bool,
+}
+
+impl MemoryAccount {
+    /// Charges `inst`'s current size; refuses (an error) if the budget has
+    /// no room for it.
+    pub(crate) fn open(
+        inst: sys::wasm_module_inst_t,
+        budget: std::sync::Arc<MemoryBudget>,
+        cap: u32,
+        grows: bool,
+    ) -> Result<MemoryAccount> {
+        let size = charge_pages(inst);
+        if size > 0 && budget.take(size, true) == 0 {
+            budget.refused_envs.fetch_add(1, Ordering::Relaxed);
+            let s = budget.stats();
+            return Err(Error::MemoryBudget(format!(
+                "a new env needs {} KiB of linear memory; {} of the {} KiB guest-memory budget are in use",
+                size * 64,
+                s.used_bytes / 1024,
+                s.limit_bytes / 1024
+            )));
+        }
+        let acct = MemoryAccount { budget, cap, charged: size, grows };
+        set_memory_max(inst, 0, cap);
+        Ok(acct)
+    }
+
+    /// Before a call: reserves room to grow (up to the cap, as far as the
+    /// budget allows) and makes it the memory's maximum.
+    pub(crate) fn before_call(&mut self, inst: sys::wasm_module_inst_t) {
+        if !self.grows {
+            return;
+        }
+        let cur = charge_pages(inst);
+        self.settle_to(cur);
+        let want = (self.cap as u64).saturating_sub(cur);
+        let got = if want > 0 { self.budget.take(want, false) } else { 0 };
+        self.charged += got;
+        set_memory_max(inst, (cur + got) as u32, self.cap);
+    }
+
+    /// After a call: charges what the memory grew to, returns the rest of
+    /// the headroom, and closes the maximum at the current size.
+    pub(crate) fn after_call(&mut self, inst: sys::wasm_module_inst_t) {
+        if !self.grows {
+            return;
+        }
+        let cur = charge_pages(inst);
+        self.settle_to(cur);
+        set_memory_max(inst, cur as u32, self.cap);
+    }
+
+    /// Sets the charge to `pages` (the budget already holds any increase
+    /// up to `self.charged`; a decrease is given back).
+    fn settle_to(&mut self, pages: u64) {
+        if pages < self.charged {
+            self.budget.give(self.charged - pages);
+        } else if pages > self.charged {
+            // Growth beyond the reservation cannot happen (the maximum
+            // forbids it); charge it anyway so the books stay exact.
+            self.budget.used.fetch_add(pages - self.charged, Ordering::AcqRel);
+        }
+        self.charged = pages;
+    }
+
+    /// Counts a refused `memory.grow` that asked for `wanted` pages in
+    /// all: over the cap, or (within it) over the budget.
+    pub(crate) fn note_refused(&self, wanted: u64) {
+        let c = if wanted > self.cap as u64 { &self.budget.over_cap_grows } else { &self.budget.refused_grows };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for MemoryAccount {
+    fn drop(&mut self) {
+        self.budget.give(self.charged);
+    }
+}

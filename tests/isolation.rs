@@ -1,0 +1,254 @@
+//! Isolation and containment (GUEST_ABI 1.1): a connection starts from the
+//! module's initial state whatever env it gets; spawned envs carry the
+//! module's data; guest memory is bounded per env and in total; bad modules
+//! are start-up errors with clear messages.
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server, ServerHandle};
+use wamr_coro::{EnvSource, Error, Module};
+
+fn start_with(module: Module, source: EnvSource, pool: usize, limits: Limits) -> ServerHandle {
+    Server::builder(module)
+        .listen("127.0.0.1:0")
+        .mode(Mode::Direct)
+        .policy(EnvPolicy::Connection)
+        .env_source(source)
+        .pool_capacity(pool)
+        .workers(2)
+        .limits(limits)
+        .start()
+        .unwrap()
+}
+
+/// Waits (bounded) until the server has closed `n` connections.
+fn wait_closed(server: &ServerHandle, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().closed < n {
+        assert!(Instant::now() < deadline, "connections did not close: {}", server.stats());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// One message on a fresh connection; returns the remember guest's answer.
+fn ask(server: &ServerHandle, msg: &[u8], answer_len: usize) -> Vec<u8> {
+    let mut s = connect(server.local_addr());
+    s.write_all(msg).unwrap();
+    read_n(&mut s, answer_len).unwrap()
+}
+
+fn fresh_answer() -> Vec<u8> {
+    let mut a = vec![0u8, 3];
+    a.extend_from_slice(b"none");
+    a
+}
+
+fn no_leak_across_connections(source: EnvSource) {
+    let server = start_with(module("remember.wat"), source, 1, test_limits());
+    for i in 0..40u64 {
+        let secret = format!("secret-of-client-A-{i:02}");
+        // Client A's first answer is the initial state; then it leaves a
+        // secret behind in the env.
+        assert_eq!(ask(&server, secret.as_bytes(), 6), fresh_answer(), "round {i}, client A");
+        wait_closed(&server, 2 * i + 1);
+        // Client B gets the same env back from the pool (capacity 1) and
+        // must see the module's initial state, byte for byte.
+        assert_eq!(ask(&server, b"hello", 6), fresh_answer(), "round {i}, client B saw earlier state");
+        wait_closed(&server, 2 * i + 2);
+    }
+    let stats = server.stop();
+    assert!(stats.pool.hits >= 70, "envs were not reused, so nothing was tested: {stats}");
+    assert!(stats.env_resets >= 70, "{stats}");
+}
+
+#[test]
+fn a_new_connection_never_sees_an_earlier_connections_state_instance() {
+    no_leak_across_connections(EnvSource::Instance);
+}
+
+#[test]
+fn a_new_connection_never_sees_an_earlier_connections_state_spawn() {
+    no_leak_across_connections(EnvSource::Spawn);
+}
+
+#[test]
+fn grown_memory_does_not_survive_into_the_next_connection() {
+    for source in [EnvSource::Instance, EnvSource::Spawn] {
+        let server = start_with(module("remember.wat"), source, 4, test_limits());
+        for i in 0..5u64 {
+            assert_eq!(ask(&server, b"G-grown-secret", 6), fresh_answer());
+            wait_closed(&server, 2 * i + 1);
+            assert_eq!(ask(&server, b"after", 6), fresh_answer(), "{source:?} round {i}");
+            wait_closed(&server, 2 * i + 2);
+        }
+        let stats = server.stop();
+        assert!(stats.env_reset_refusals >= 5, "grown envs must be destroyed, not reused: {stats}");
+        assert_eq!(stats.envs.live, 0);
+    }
+}
+
+#[test]
+fn spawned_envs_answer_with_the_modules_data_segments() {
+    setup();
+    let server = start_with(wamr_coro::default_guest::module().unwrap(), EnvSource::Spawn, 16, test_limits());
+    for _ in 0..20 {
+        let mut s = connect(server.local_addr());
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let got = read_n(&mut s, HTTP_RESPONSE.len()).unwrap();
+        assert_eq!(got, HTTP_RESPONSE, "spawned env answered {:?}", String::from_utf8_lossy(&got));
+    }
+    server.stop();
+}
+
+/// Grows 64 pages (4 MiB) per message and touches each new 4 KiB page;
+/// answers memory.grow's result (4 bytes, little-endian).
+const GROWER: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "on_recv") (param $conn i32) (param $ptr i32) (param $len i32) (result i32)
+    (local $old i32) (local $at i32) (local $end i32)
+    (local.set $old (memory.grow (i32.const 64)))
+    (if (i32.ge_s (local.get $old) (i32.const 0))
+      (then
+        (local.set $at (i32.mul (local.get $old) (i32.const 65536)))
+        (local.set $end (i32.add (local.get $at) (i32.const 4194304)))
+        (loop $touch
+          (i32.store8 (local.get $at) (i32.const 1))
+          (local.set $at (i32.add (local.get $at) (i32.const 4096)))
+          (br_if $touch (i32.lt_u (local.get $at) (local.get $end))))))
+    (i32.store (i32.const 0) (local.get $old))
+    (drop (call $send (local.get $conn) (i32.const 0) (i32.const 4)))
+    (i32.const 0)))"#;
+
+#[test]
+fn the_global_guest_memory_budget_bounds_growth_and_new_envs() {
+    setup();
+    // 40 MiB in all: each env starts at 2 pages + an app heap, and may grow
+    // to its 256-page cap; 20 clients growing 4 MiB per message would reach
+    // 20 x 16 MiB without the budget.
+    let limits = Limits { max_guest_memory: 40 << 20, ..test_limits() };
+    let server = start_with(Module::from_wat(GROWER).unwrap(), EnvSource::Instance, 64, limits);
+    let mut clients: Vec<_> = (0..20).map(|_| connect(server.local_addr())).collect();
+    let mut refused_grows = 0;
+    for round in 0..6 {
+        for c in clients.iter_mut() {
+            c.write_all(b"x").unwrap();
+            let r = read_n(c, 4).unwrap();
+            let old = i32::from_le_bytes(r[..4].try_into().unwrap());
+            if old < 0 {
+                refused_grows += 1;
+            }
+            let used = server.stats().guest_memory.used_bytes;
+            assert!(used <= 40 << 20, "round {round}: budget exceeded: {used} bytes charged");
+        }
+    }
+    assert!(refused_grows > 0, "the budget never refused a grow");
+    // With the budget (nearly) exhausted, new envs are refused: the
+    // connection is closed without an answer, and counted. What is left
+    // may still fit an env or two; well before 20 more, one is refused.
+    let mut late = Vec::new();
+    let refused = (0..20).any(|_| {
+        let mut c = connect(server.local_addr());
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 4];
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let served = matches!(std::io::Read::read(&mut c, &mut b), Ok(n) if n > 0);
+        late.push(c);
+        !served
+    });
+    assert!(refused, "connections past the budget were all served: {}", server.stats());
+    drop(late);
+    let stats = server.stats();
+    assert!(stats.guest_memory.refused_grows > 0, "{stats}");
+    assert!(stats.guest_memory.refused_envs > 0, "{stats}");
+    // Memory comes back when clients leave: a new client is served again.
+    drop(clients);
+    wait_closed(&server, stats.accepted);
+    let mut again = connect(server.local_addr());
+    again.write_all(b"x").unwrap();
+    let r = read_n(&mut again, 4).unwrap();
+    assert!(i32::from_le_bytes(r[..4].try_into().unwrap()) >= 0, "memory was not given back");
+    drop(again);
+    let stats = server.stop();
+    assert_eq!(stats.guest_memory.used_bytes, 0, "charges left after every env died: {stats}");
+}
+
+#[test]
+fn spawned_envs_obey_the_per_env_memory_cap() {
+    setup();
+    // The remember guest grows 16 pages per "G" message; with a 40-page cap
+    // a spawned env (which WAMR creates with the module's own maximum) must
+    // stop at 35 pages: 3 + 16 + 16, then -1.
+    let limits = Limits { max_memory_pages: 40, ..test_limits() };
+    let server = start_with(module("remember.wat"), EnvSource::Spawn, 4, limits);
+    let mut s = connect(server.local_addr());
+    let mut sizes = Vec::new();
+    for i in 0..4 {
+        s.write_all(b"G").unwrap();
+        // The first answer carries "none", later ones the stored "G".
+        let a = read_n(&mut s, if i == 0 { 6 } else { 3 }).unwrap();
+        sizes.push(a[1]);
+    }
+    assert_eq!(sizes, vec![3, 19, 35, 35]);
+    drop(s);
+    let stats = server.stop();
+    assert!(stats.guest_memory.over_cap_grows >= 1, "{stats}");
+}
+
+#[test]
+fn a_module_whose_initial_memory_is_over_the_cap_is_refused_at_start() {
+    setup();
+    let m = Module::from_wat(
+        r#"(module (import "env" "send" (func (param i32 i32 i32) (result i32)))
+             (memory (export "memory") 300)
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let err = Server::builder(m).listen("127.0.0.1:0").start().unwrap_err();
+    assert!(matches!(err, Error::MemoryTooLarge { initial: 300, cap: 256 }), "{err}");
+    assert!(err.to_string().contains("300 pages"), "{err}");
+}
+
+#[test]
+fn a_start_function_that_traps_is_a_start_up_error() {
+    setup();
+    let m = Module::from_wat(
+        r#"(module (memory (export "memory") 1)
+             (func $boom unreachable) (start $boom)
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    for mode in [Mode::Direct, Mode::Queue] {
+        let err = Server::builder(m.clone()).listen("127.0.0.1:0").mode(mode).start().unwrap_err();
+        assert!(err.to_string().contains("unreachable"), "{mode:?}: {err}");
+    }
+}
+
+#[test]
+fn an_import_with_the_wrong_signature_says_so() {
+    setup();
+    let err = Module::from_wat(
+        r#"(module (import "env" "send" (func (param i32 i32) (result i32)))
+             (memory (export "memory") 1))"#,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("env.send"), "{msg}");
+    assert!(msg.contains("(i32, i32) -> (i32)") && msg.contains("(i32, i32, i32) -> (i32)"), "{msg}");
+}
+
+#[test]
+fn errors_quote_only_a_short_excerpt_of_the_input() {
+    setup();
+    let zeros = vec![0u8; 8 << 20];
+    let msg = Module::new(&zeros).unwrap_err().to_string();
+    assert!(msg.len() < 2000, "an 8 MiB input gave a {}-byte error", msg.len());
+    // A binary with the magic is never parsed as text.
+    let mut bad = b"\0asm\x01\0\0\0".to_vec();
+    bad.extend_from_slice(&[0xff; 64]);
+    let err = Module::new(&bad).unwrap_err();
+    assert!(matches!(err, Error::Load(_)), "{err}");
+}
