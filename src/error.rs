@@ -163,6 +163,14 @@ pub enum Error {
         why: String,
     },
 
+    /// The host stopped a guest call that outlived the shutdown grace
+    /// period (not a fault of the guest's own).
+    #[error("guest call `{func}` was terminated by the host (shutdown)")]
+    Interrupted {
+        /// The export that was running.
+        func: String,
+    },
+
     /// The global guest-memory budget has no room for a new env.
     #[error("guest-memory budget exhausted: {0}")]
     MemoryBudget(String),

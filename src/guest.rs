@@ -310,6 +310,8 @@ pub struct GuestEnv {
     recv_cap: u32,
     /// Bytes of the receive buffer written since the last wipe.
     recv_dirty: u32,
+    /// The connection whose bytes are in the receive buffer.
+    recv_conn: i32,
     /// Globals right after init, for reset.
     globals: GlobalsSnapshot,
     /// Whether [`reset`](Self::reset) can bring this env back.
@@ -403,6 +405,7 @@ impl GuestEnv {
             recv_ptr: ptr,
             recv_cap: cap,
             recv_dirty: 0,
+            recv_conn: 0,
             globals,
             resettable,
             guest: Arc::clone(guest),
@@ -483,6 +486,14 @@ impl GuestEnv {
             why: "called in direct mode".into(),
         })?;
         let n = bytes.len().min(self.recv_cap as usize);
+        // Another connection's bytes never stay where this one's land.
+        if conn != self.recv_conn {
+            if self.recv_dirty > 0 {
+                self.env.memory().fill(self.recv_ptr, self.recv_dirty as i32, 0);
+                self.recv_dirty = 0;
+            }
+            self.recv_conn = conn;
+        }
         if !self.env.memory().write(self.recv_ptr, &bytes[..n]) {
             // The guest shrank nothing (memory cannot shrink), so this means
             // the buffer check at init was bypassed: treat as a fault.

@@ -87,6 +87,10 @@ struct ServeArgs {
     /// Queue mode: events the ring holds at most.
     #[arg(long, default_value_t = 1024)]
     queue_capacity: usize,
+    /// Queue mode: guest instances (shards), each with its own ring and
+    /// runner; a fault costs one shard's connections. 0 = one per worker.
+    #[arg(long, default_value_t = 0)]
+    queue_shards: usize,
     /// Env per connection, or leased per message (stateless guests only).
     #[arg(long, value_enum, default_value = "connection")]
     policy: PolicyArg,
@@ -223,6 +227,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),
             call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
             queue_capacity: a.queue_capacity,
+            queue_shards: a.queue_shards,
             max_memory_pages: a.max_memory_pages,
             max_guest_memory: a
                 .max_guest_memory_mib

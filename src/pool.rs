@@ -131,6 +131,11 @@ impl EnvPool {
         }
         // A full pool drops (destroys) the env.
         let _ = self.idle.push(env);
+        // `close` may have drained the queue between our check and the
+        // push: never leave an env behind in a closed pool.
+        if self.closed.load(Ordering::Acquire) {
+            while self.idle.pop().is_some() {}
+        }
     }
 
     /// Destroys every idle env, stops keeping released ones, and refuses

@@ -520,10 +520,11 @@ fn destroy_all_ends_envs_held_by_coroutines_and_pools() {
     pool.close();
     assert!(g.registry().destroy_all(Duration::from_secs(10)));
     assert_eq!(g.registry().live(), 0);
-    assert!(matches!(spinner.join().unwrap(), Error::Trap { .. }));
+    // Stopped by the host, not by a fault of its own.
+    assert!(matches!(spinner.join().unwrap(), Error::Interrupted { .. }));
     for l in loopers {
         let e = l.join().unwrap();
-        assert!(matches!(e, Error::Poisoned(_) | Error::Trap { .. } | Error::PoolClosed), "{e}");
+        assert!(matches!(e, Error::Poisoned(_) | Error::Interrupted { .. } | Error::PoolClosed), "{e}");
     }
 }
 

@@ -27,7 +27,7 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
                 continue;
             }
             match &shared.queue {
-                Some(qs) => super::queue::start_conn(&shared, qs, stream),
+                Some(q) => super::queue::start_conn(&shared, q, stream),
                 None => connection::start(&shared, stream),
             }
         }

@@ -11,7 +11,7 @@
 //!
 //! Files: `listener.rs` accepts, `connection.rs` runs one connection's
 //! coroutine (direct mode), `conn_host.rs` is the guest's way back to the
-//! socket, `queue.rs` is queue mode (one guest looping in `wait_msg`),
+//! socket, `queue.rs` is queue mode (per shard, a guest looping in `wait_msg`),
 //! `signals.rs` maps SIGINT/SIGTERM to a graceful stop.
 mod conn_host;
 mod connection;
@@ -89,6 +89,10 @@ pub struct Limits {
     /// Queue mode: events the ring holds at most (memory is bounded by
     /// `queue_capacity * chunk_size` for payloads). Default 1024.
     pub queue_capacity: usize,
+    /// Queue mode: guest instances, each with its own ring and runner; a
+    /// connection belongs to one for its life, and a fault costs only that
+    /// shard's connections. Default 0 = the number of `may` workers.
+    pub queue_shards: usize,
     /// Linear memory per env at most, in 64 KiB pages: the guest's
     /// `memory.grow` fails past it. Default 256 (16 MiB); 0 = the module's
     /// own maximum. See [`GuestConfig::max_memory_pages`].
@@ -109,6 +113,7 @@ impl Default for Limits {
             call_budget: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(2),
             queue_capacity: 1024,
+            queue_shards: 0,
             max_memory_pages: 256,
             max_guest_memory: crate::wamr::state::MemoryBudget::default_bytes(),
         }
@@ -140,6 +145,9 @@ pub struct ServerStats {
     pub bad_pointers: u64,
     /// Connections closed for idleness.
     pub idle_closes: u64,
+    /// Guest calls terminated because they outlived the shutdown grace
+    /// period (not counted as traps).
+    pub shutdown_cuts: u64,
     /// The exec env registry.
     pub envs: RegistryStats,
     /// The env pool.
@@ -151,8 +159,10 @@ pub struct ServerStats {
     pub env_reset_refusals: u64,
     /// The guest-memory budget.
     pub guest_memory: MemoryBudgetStats,
-    /// Queue mode: events waiting in the ring now.
+    /// Queue mode: events waiting in the rings now (all shards).
     pub queue_depth: u64,
+    /// Queue mode: events waiting now, per shard.
+    pub queue_shard_depths: Vec<u64>,
     /// Queue mode: guest instances replaced after a failure.
     pub queue_restarts: u64,
 }
@@ -162,14 +172,14 @@ impl std::fmt::Display for ServerStats {
         write!(
             f,
             "connections: {} accepted, {} refused, {} open, {} closed; bytes: {} in, {} out; \
-             faults: {} traps, {} budget overruns, {} output-limit hits, {} bad pointers, {} idle closes; \
+             faults: {} traps, {} budget overruns, {} output-limit hits, {} bad pointers, {} idle closes, {} cut at shutdown; \
              envs: {} live, {} created, {} destroyed, peak {}, {} failures, {} faulted; \
              pool: {} hits, {} misses, {} idle, {} resets, {} not resettable; \
              guest memory: {} of {} KiB, {} grows refused (budget), {} over cap, {} envs refused; \
              queue: depth {}, {} restarts",
             self.accepted, self.refused, self.open, self.closed, self.bytes_in, self.bytes_out,
             self.traps, self.budget_overruns, self.output_limit_hits, self.bad_pointers, self.idle_closes,
-            self.envs.live, self.envs.created, self.envs.destroyed, self.envs.peak, self.envs.failures,
+            self.shutdown_cuts, self.envs.live, self.envs.created, self.envs.destroyed, self.envs.peak, self.envs.failures,
             self.envs.faulted, self.pool.hits, self.pool.misses, self.pool.idle,
             self.env_resets, self.env_reset_refusals,
             self.guest_memory.used_bytes / 1024, self.guest_memory.limit_bytes / 1024,
@@ -191,6 +201,7 @@ pub(crate) struct Counters {
     pub output_limit_hits: AtomicU64,
     pub bad_pointers: AtomicU64,
     pub idle_closes: AtomicU64,
+    pub shutdown_cuts: AtomicU64,
 }
 
 /// Builds a [`Server`].
@@ -317,7 +328,11 @@ impl ServerBuilder {
         };
         let listener = may::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("binding {addr}"), e))?;
         let local_addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?;
-        let queue = (self.mode == Mode::Queue).then(|| queue::QueueShared::new(self.limits.queue_capacity));
+        let shards = match self.limits.queue_shards {
+            0 => self.workers.max(1),
+            n => n,
+        };
+        let queue = (self.mode == Mode::Queue).then(|| queue::Queue::new(shards, self.limits.queue_capacity));
         let shared = Arc::new(Shared {
             queue: queue.clone(),
             pool,
@@ -330,28 +345,26 @@ impl ServerBuilder {
             conns: Mutex::new(std::collections::HashMap::new()),
             counters: Counters::default(),
         });
-        let runner = match &queue {
-            None => None,
-            Some(qs) => {
-                let (sh, qs) = (Arc::clone(&shared), Arc::clone(qs));
-                Some(match self.runner {
-                    QueueRunner::Thread => RunnerHandle::Thread(
-                        std::thread::Builder::new()
-                            .name("wamr-coro-queue".into())
-                            .spawn(move || queue::run(sh, qs))
-                            .map_err(|e| Error::io("starting the queue runner", e))?,
-                    ),
-                    QueueRunner::Coroutine => RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs))),
-                })
-            }
-        };
+        let mut runners = Vec::new();
+        for (i, shard) in queue.iter().flat_map(|q| q.shards.iter()).enumerate() {
+            let (sh, qs) = (Arc::clone(&shared), Arc::clone(shard));
+            runners.push(match self.runner {
+                QueueRunner::Thread => RunnerHandle::Thread(
+                    std::thread::Builder::new()
+                        .name(format!("wamr-coro-queue-{i}"))
+                        .spawn(move || queue::run(sh, qs))
+                        .map_err(|e| Error::io("starting a queue runner", e))?,
+                ),
+                QueueRunner::Coroutine => RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs))),
+            });
+        }
         let acceptor = listener::start(Arc::clone(&shared), listener);
         tracing::info!(%local_addr, mode = ?self.mode, policy = ?self.policy, source = ?self.source, "listening");
         Ok(ServerHandle {
             shared,
             local_addr,
             acceptor: Mutex::new(Some(acceptor)),
-            runner: Mutex::new(runner),
+            runners: Mutex::new(runners),
             _watchdog: watchdog,
         })
     }
@@ -380,7 +393,7 @@ impl RunnerHandle {
 /// State shared by the acceptor and every connection coroutine.
 pub(crate) struct Shared {
     /// Queue mode's ring and connection table.
-    pub queue: Option<Arc<queue::QueueShared>>,
+    pub queue: Option<Arc<queue::Queue>>,
     pub pool: Arc<EnvPool>,
     pub registry: Arc<Registry>,
     pub policy: EnvPolicy,
@@ -396,10 +409,12 @@ pub(crate) struct Shared {
 
 impl Counters {
     /// Counts a guest fault that closed a connection (direct) or replaced
-    /// the queue guest: a budget overrun or, otherwise, a trap.
+    /// the queue guest: a budget overrun, a call cut at shutdown, or
+    /// otherwise a trap.
     pub(crate) fn count_fault(&self, e: &Error) {
         match e {
             Error::BudgetExceeded { .. } => self.budget_overruns.fetch_add(1, Ordering::Relaxed),
+            Error::Interrupted { .. } => self.shutdown_cuts.fetch_add(1, Ordering::Relaxed),
             _ => self.traps.fetch_add(1, Ordering::Relaxed),
         };
     }
@@ -432,13 +447,15 @@ impl Shared {
             output_limit_hits: l(&c.output_limit_hits),
             bad_pointers: l(&c.bad_pointers),
             idle_closes: l(&c.idle_closes),
+            shutdown_cuts: l(&c.shutdown_cuts),
             envs: self.registry.stats(),
             pool: self.pool.stats(),
             env_resets: self.pool.guest().reset_counts().0,
             env_reset_refusals: self.pool.guest().reset_counts().1,
             guest_memory: self.pool.guest().memory_budget().stats(),
-            queue_depth: self.queue.as_ref().map(|q| q.ring.len() as u64).unwrap_or(0),
-            queue_restarts: self.queue.as_ref().map(|q| q.restarts.load(Ordering::Relaxed)).unwrap_or(0),
+            queue_depth: self.queue.as_ref().map(|q| q.depths().iter().sum()).unwrap_or(0),
+            queue_shard_depths: self.queue.as_ref().map(|q| q.depths()).unwrap_or_default(),
+            queue_restarts: self.queue.as_ref().map(|q| q.restarts()).unwrap_or(0),
         }
     }
 }
@@ -449,7 +466,7 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     acceptor: Mutex<Option<may::coroutine::JoinHandle<()>>>,
-    runner: Mutex<Option<RunnerHandle>>,
+    runners: Mutex<Vec<RunnerHandle>>,
     _watchdog: Option<Watchdog>,
 }
 
@@ -518,15 +535,13 @@ impl ServerHandle {
                 && sh.queue.as_ref().map(|q| q.open_conns() == 0).unwrap_or(true)
         };
         self.wait_bounded(grace_end, hard_end, "connections", || conns_done(&mut swept));
-        // Phase 2 (queue mode): SHUTDOWN from wait_msg; the runner returns.
-        if let Some(qs) = &sh.queue {
-            qs.shutdown.store(true, Ordering::Release);
-            qs.ring.wake();
-            if let Some(runner) = self.runner.lock().take() {
-                let done = self.wait_bounded(grace_end, hard_end, "queue guest", || runner.is_done());
-                if done {
-                    runner.join();
-                }
+        // Phase 2 (queue mode): SHUTDOWN from wait_msg; the runners return.
+        if let Some(q) = &sh.queue {
+            q.shut_down();
+            let runners = std::mem::take(&mut *self.runners.lock());
+            let done = self.wait_bounded(grace_end, hard_end, "queue guests", || runners.iter().all(|r| r.is_done()));
+            if done {
+                runners.into_iter().for_each(RunnerHandle::join);
             }
         }
         if acceptor.is_done() {

@@ -1,17 +1,23 @@
-//! Queue mode: network I/O entirely native, one guest instance handling
-//! every connection through `wait_msg` (WAMR's Native_WaitMsg pattern,
-//! WAMR issue #3328).
+//! Queue mode: network I/O entirely native, guest instances handling their
+//! connections through `wait_msg` (WAMR's Native_WaitMsg pattern, WAMR
+//! issue #3328).
 //!
 //! ```text
-//! reader coroutine ─ OPEN/DATA/CLOSE ─▶ EventRing ─▶ runner: guest `run` ⇄ wait_msg
-//!                                                      │ send/close
-//! socket ◀── writer coroutine ◀── per-connection channel ◀┘
+//! reader coroutine ─ OPEN/DATA/CLOSE ─▶ shard's EventRing ─▶ shard runner: guest `run` ⇄ wait_msg
+//!                                                               │ send/close
+//! socket ◀── writer coroutine ◀── per-connection channel ◀──────┘
 //! ```
+//! * Connections are spread over `queue_shards` shards by id; each shard has
+//!   its own ring, connection table, runner and guest instance, so shards run
+//!   in parallel and a fault costs one shard's connections, not all.
 //! * Each connection has a reader coroutine (socket → events; a full ring
 //!   blocks it, so TCP pushes back on the client) and a writer coroutine
 //!   (channel → socket), so the guest never blocks on a slow client: its
 //!   `send` fails with `WOULD_EXCEED_LIMIT` once `output_limit` bytes are
-//!   pending for that connection.
+//!   pending for that connection. The reader stops reading while the
+//!   connection's pending output plus its queued input could not take
+//!   another chunk's answer, so a client that reads gets even a 10 MB echo
+//!   intact; `-3` is left for clients that do not read.
 //! * The runner owns the one exec env. With a `run` export the guest loops in
 //!   `wait_msg`; without it the host runs the same loop natively and calls
 //!   `on_open` / `on_recv` / `on_close`. Both take events from one
@@ -20,8 +26,13 @@
 //!   when it hands an event to the guest and disarms it when the guest comes
 //!   back for the next one.
 //! * A trap, a budget overrun, or `run` returning before `SHUTDOWN` discards
-//!   the instance, closes the connections it had been told about (by OPEN),
-//!   drops their remaining events, and starts a fresh instance for the rest.
+//!   the shard's instance, closes the connections it had been told about (by
+//!   OPEN), drops their remaining events, and hands the shard to a standby
+//!   instance made in advance. Only a crash loop (3 faults within a second)
+//!   backs off, and only that shard. During shutdown nothing restarts: the
+//!   shard drains its events without a guest.
+//! * Before a different connection's DATA lands in a receive buffer, the
+//!   bytes the previous one left there are wiped.
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -68,6 +79,8 @@ struct Conn {
     tx: may::sync::mpsc::Sender<Out>,
     /// Bytes handed to the writer, not yet written.
     pending: Arc<AtomicUsize>,
+    /// DATA bytes queued in the ring, not yet handed to the guest.
+    inflight: AtomicUsize,
     /// The guest closed it, or its instance crashed: no more send/close.
     closed: AtomicBool,
     /// Generation of the instance that received its OPEN (0 = not yet).
@@ -84,8 +97,9 @@ impl Conn {
     }
 }
 
-/// State shared by connections, the runner and the server handle.
-pub(crate) struct QueueShared {
+/// One shard: its ring, its connections, shared by their reader coroutines,
+/// its runner and the server handle.
+pub(crate) struct Shard {
     pub ring: EventRing<Event>,
     conns: Mutex<HashMap<i32, Arc<Conn>>>,
     /// Set when every connection is closed and `wait_msg` may say SHUTDOWN.
@@ -93,27 +107,63 @@ pub(crate) struct QueueShared {
     pub restarts: AtomicU64,
 }
 
-impl QueueShared {
-    pub(crate) fn new(capacity: usize) -> Arc<QueueShared> {
-        Arc::new(QueueShared {
+impl Shard {
+    fn new(capacity: usize) -> Arc<Shard> {
+        Arc::new(Shard {
             ring: EventRing::new(capacity),
             conns: Mutex::new(HashMap::new()),
             shutdown: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
         })
     }
+}
 
-    /// Connections whose CLOSE the guest has not seen yet.
+/// Every shard of a queue-mode server.
+pub(crate) struct Queue {
+    pub shards: Vec<Arc<Shard>>,
+}
+
+impl Queue {
+    /// `n` shards (at least 1) of `capacity` events each.
+    pub(crate) fn new(n: usize, capacity: usize) -> Arc<Queue> {
+        Arc::new(Queue { shards: (0..n.max(1)).map(|_| Shard::new(capacity)).collect() })
+    }
+
+    /// The shard that serves connection `id` for its whole life.
+    fn shard_of(&self, id: i32) -> &Arc<Shard> {
+        &self.shards[id as u32 as usize % self.shards.len()]
+    }
+
+    /// Connections whose CLOSE their guest has not seen yet.
     pub(crate) fn open_conns(&self) -> usize {
-        self.conns.lock().len()
+        self.shards.iter().map(|s| s.conns.lock().len()).sum()
+    }
+
+    /// Events waiting, per shard.
+    pub(crate) fn depths(&self) -> Vec<u64> {
+        self.shards.iter().map(|s| s.ring.len() as u64).collect()
+    }
+
+    /// Instances replaced after a fault, all shards.
+    pub(crate) fn restarts(&self) -> u64 {
+        self.shards.iter().map(|s| s.restarts.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Lets every `wait_msg` answer SHUTDOWN once its ring is empty.
+    pub(crate) fn shut_down(&self) {
+        for s in &self.shards {
+            s.shutdown.store(true, Ordering::Release);
+            s.ring.wake();
+        }
     }
 }
 
 // ---- connections --------------------------------------------------------
 
 /// Starts the reader and writer coroutines of an accepted connection.
-pub(super) fn start_conn(sh: &Arc<Shared>, qs: &Arc<QueueShared>, stream: may::net::TcpStream) {
+pub(super) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpStream) {
     let id = sh.next_conn_id();
+    let qs = queue.shard_of(id);
     let (Ok(reader_stream), Ok(writer_stream)) = (stream.try_clone(), stream.try_clone()) else {
         tracing::warn!("cannot clone socket; dropping connection");
         return;
@@ -125,6 +175,7 @@ pub(super) fn start_conn(sh: &Arc<Shared>, qs: &Arc<QueueShared>, stream: may::n
         Arc::new(Conn {
             tx,
             pending: Arc::clone(&pending),
+            inflight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             open_gen: AtomicU64::new(0),
             refused: AtomicBool::new(false),
@@ -143,7 +194,7 @@ pub(super) fn start_conn(sh: &Arc<Shared>, qs: &Arc<QueueShared>, stream: may::n
 
 /// Queues `ev`, waiting while the ring is full (this is the backpressure:
 /// the reader stops reading), unless the runner has shut down for good.
-fn push(qs: &QueueShared, mut ev: Event) -> bool {
+fn push(qs: &Shard, mut ev: Event) -> bool {
     loop {
         match qs.ring.push(ev, Duration::from_millis(100)) {
             Ok(()) => return true,
@@ -153,18 +204,24 @@ fn push(qs: &QueueShared, mut ev: Event) -> bool {
     }
 }
 
-fn reader(sh: Arc<Shared>, qs: Arc<QueueShared>, id: i32, mut stream: may::net::TcpStream) {
+fn reader(sh: Arc<Shared>, qs: Arc<Shard>, id: i32, mut stream: may::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(sh.limits.idle_timeout));
+    let Some(conn) = qs.conns.lock().get(&id).cloned() else { return };
     if !push(&qs, Event::Open(id)) {
         return;
     }
     let mut buf = super::connection::ReadBuf::new(sh.limits.chunk_size);
     loop {
+        if !wait_for_output_room(&sh, &conn) {
+            sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
         match stream.read(buf.space()) {
             Ok(0) => break,
             Ok(n) => {
                 sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                conn.inflight.fetch_add(n, Ordering::AcqRel);
                 if !push(&qs, Event::Data(id, buf.filled(n).to_vec())) {
                     break;
                 }
@@ -178,6 +235,30 @@ fn reader(sh: Arc<Shared>, qs: Arc<QueueShared>, id: i32, mut stream: may::net::
         }
     }
     push(&qs, Event::Close(id));
+}
+
+/// Output backpressure: waits while the connection's pending output plus
+/// its queued input leave no room for the answer to one more chunk (an
+/// echo never exceeds the output limit then). False if no room came within
+/// the idle timeout (the client is not reading), or the connection closed.
+fn wait_for_output_room(sh: &Shared, conn: &Conn) -> bool {
+    let room = |c: &Conn| {
+        let used = c.pending.load(Ordering::Acquire) + c.inflight.load(Ordering::Acquire);
+        used == 0 || used + sh.limits.chunk_size <= sh.limits.output_limit
+    };
+    if room(conn) {
+        return true;
+    }
+    let deadline = Instant::now() + sh.limits.idle_timeout;
+    while !room(conn) {
+        if conn.closed.load(Ordering::Acquire) || Instant::now() >= deadline {
+            return false;
+        }
+        may::coroutine::sleep(Duration::from_millis(1));
+        // Leave may's timer thread (see Dispatcher::next).
+        may::coroutine::yield_now();
+    }
+    true
 }
 
 fn writer(sh: Arc<Shared>, mut stream: may::net::TcpStream, rx: may::sync::mpsc::Receiver<Out>, pending: Arc<AtomicUsize>) {
@@ -221,13 +302,28 @@ enum Next {
 /// splits DATA longer than the guest's buffer, and says SHUTDOWN once the
 /// server stops and every connection's CLOSE has been handed out.
 pub(crate) struct Dispatcher {
-    qs: Arc<QueueShared>,
+    qs: Arc<Shard>,
     generation: u64,
     /// The rest of a DATA event that did not fit the guest's buffer.
     rest: Option<(i32, Vec<u8>, usize)>,
+    /// The DATA event the guest is handling: its bytes count as the
+    /// connection's queued input until the guest asks for the next event
+    /// (by then its answer is in the pending output), so the reader's
+    /// backpressure never loses sight of them.
+    handling: Option<(Arc<Conn>, usize)>,
 }
 
 impl Dispatcher {
+    fn new(qs: &Arc<Shard>, generation: u64) -> Dispatcher {
+        Dispatcher { qs: Arc::clone(qs), generation, rest: None, handling: None }
+    }
+
+    fn done_handling(&mut self) {
+        if let Some((c, n)) = self.handling.take() {
+            c.inflight.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
     fn next(&mut self, cap: usize) -> Next {
         if let Some((conn, data, off)) = self.rest.take() {
             let end = (off + cap).min(data.len());
@@ -237,6 +333,7 @@ impl Dispatcher {
             }
             return Next::Data(conn, piece);
         }
+        self.done_handling();
         loop {
             let Some(ev) = self.qs.ring.pop(Duration::from_millis(50)) else {
                 if self.qs.shutdown.load(Ordering::Acquire) && self.qs.ring.is_empty() {
@@ -261,8 +358,10 @@ impl Dispatcher {
                 Event::Data(id, data) => {
                     let Some(c) = conns.get(&id) else { continue };
                     if c.open_gen.load(Ordering::Acquire) != self.generation || c.closed.load(Ordering::Acquire) {
+                        c.inflight.fetch_sub(data.len(), Ordering::AcqRel);
                         continue;
                     }
+                    self.handling = Some((Arc::clone(c), data.len()));
                     drop(conns);
                     if data.len() > cap {
                         let piece = data[..cap].to_vec();
@@ -287,6 +386,7 @@ impl Dispatcher {
     /// Closes every connection the (crashed) current instance had opened.
     fn abandon_generation(&mut self) -> usize {
         self.rest = None;
+        self.done_handling();
         let conns = self.qs.conns.lock();
         let mut n = 0;
         for c in conns.values() {
@@ -306,6 +406,9 @@ struct QueueHost {
     interrupt: Arc<InterruptHandle>,
     budget: Option<Duration>,
     output_limit: usize,
+    /// The connection whose DATA `wait_msg` wrote last, and the guest range
+    /// it wrote (`buf`, bytes): wiped before another connection's lands.
+    last_data: Option<(i32, i32, i32)>,
 }
 
 impl QueueHost {
@@ -359,8 +462,18 @@ impl AbiHost for QueueHost {
                     self.dispatcher.lock().rest = Some((c, data, 0));
                     (c, abi::EVENT_DATA, 0)
                 } else {
+                    if let Some((prev, pbuf, plen)) = self.last_data {
+                        if prev != c {
+                            mem.fill(pbuf, plen, 0);
+                        }
+                    }
                     mem.write(buf, &data);
-                    (c, abi::EVENT_DATA, data.len() as i32)
+                    let len = data.len() as i32;
+                    self.last_data = match self.last_data {
+                        Some((prev, pbuf, plen)) if prev == c && pbuf == buf => Some((c, buf, plen.max(len))),
+                        _ => Some((c, buf, len)),
+                    };
+                    (c, abi::EVENT_DATA, len)
                 }
             }
         };
@@ -383,18 +496,30 @@ impl AbiHost for QueueHost {
 
 // ---- the runner ---------------------------------------------------------
 
-/// Runs queue guests until shutdown, replacing crashed instances.
-pub(super) fn run(sh: Arc<Shared>, qs: Arc<QueueShared>) {
+/// Runs one shard's guest until shutdown. A faulted instance is replaced by
+/// a standby made in advance; only a crash loop backs off; during shutdown
+/// nothing restarts and the shard drains its events without a guest.
+pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>) {
     let guest = Arc::clone(sh.pool.guest());
     let has_run = guest.exports().run;
     let mut generation = 0u64;
     let mut backoff = Duration::from_millis(10);
+    let mut standby: Option<GuestEnv> = None;
+    let mut faults: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
     loop {
         if qs.shutdown.load(Ordering::Acquire) && qs.ring.is_empty() {
             break;
         }
         generation += 1;
-        let mut env = match guest.create_env() {
+        if sh.stopping.load(Ordering::Acquire) && generation > 1 {
+            drain(&qs, generation);
+            break;
+        }
+        let made = match standby.take() {
+            Some(env) => Ok(env),
+            None => guest.create_env(),
+        };
+        let mut env = match made {
             Ok(env) => env,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create the queue guest; retrying");
@@ -403,12 +528,10 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<QueueShared>) {
                 continue;
             }
         };
-        let started = Instant::now();
-        let dispatcher = Arc::new(Mutex::new(Dispatcher {
-            qs: Arc::clone(&qs),
-            generation,
-            rest: None,
-        }));
+        // The replacement for a fault, made now so that the shard's next
+        // connections are served at once after one.
+        standby = guest.create_env().inspect_err(|e| tracing::warn!(error = %e, "no standby queue guest")).ok();
+        let dispatcher = Arc::new(Mutex::new(Dispatcher::new(&qs, generation)));
         let interrupt = Arc::clone(env.exec_env().interrupt_handle());
         env.set_host(Some(Box::new(QueueHost {
             dispatcher: Arc::clone(&dispatcher),
@@ -418,6 +541,7 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<QueueShared>) {
             // the host loop's calls carry the env's per-call budget instead.
             budget: if has_run { sh.limits.call_budget } else { None },
             output_limit: sh.limits.output_limit,
+            last_data: None,
         })));
         let outcome = if has_run {
             // Not for `run` as a whole: wait_msg arms it per event.
@@ -433,21 +557,44 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<QueueShared>) {
         } else {
             host_loop(&sh, &dispatcher, &mut env)
         };
-        match outcome {
-            Ok(()) => break,
-            Err(why) => {
-                let closed = dispatcher.lock().abandon_generation();
-                qs.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%why, closed, "queue guest failed; closed its connections, starting a fresh instance");
-                drop(env);
-                // Back off against a guest that fails at once, not against
-                // one that served a while before failing.
-                if started.elapsed() > Duration::from_secs(1) {
-                    backoff = Duration::from_millis(10);
+        let Err(why) = outcome else { break };
+        let closed = dispatcher.lock().abandon_generation();
+        drop(env);
+        if sh.stopping.load(Ordering::Acquire) {
+            tracing::info!(%why, closed, "queue guest stopped during shutdown; not restarting");
+            continue; // drains on the next turn
+        }
+        qs.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%why, closed, "queue guest failed; closed its shard's connections, standby takes over");
+        // Back off only in a crash loop, and only this shard.
+        let now = Instant::now();
+        faults.push_back(now);
+        while faults.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1)) {
+            faults.pop_front();
+        }
+        if faults.len() >= 3 {
+            tracing::warn!(backoff_ms = backoff.as_millis() as u64, "queue guest crash loop: backing off");
+            pause(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        } else {
+            backoff = Duration::from_millis(10);
+        }
+    }
+}
+
+/// Without a guest (a fault during shutdown): closes every connection as
+/// its events arrive, until the shard may say SHUTDOWN.
+fn drain(qs: &Arc<Shard>, generation: u64) {
+    let mut d = Dispatcher::new(qs, generation);
+    loop {
+        match d.next(usize::MAX) {
+            Next::Shutdown => return,
+            Next::Open(id) | Next::Data(id, _) => {
+                if let Some(c) = qs.conns.lock().get(&id) {
+                    c.close_writer();
                 }
-                pause(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+            Next::Close(_) => {}
         }
     }
 }

@@ -522,7 +522,7 @@ impl ExecEnv {
         let err = if hit && self.interrupt.reason.load(Ordering::Acquire) == BUDGET {
             Error::BudgetExceeded { func: func.name.to_string(), budget_ms: self.budget_ms() }
         } else if hit {
-            Error::Trap { func: func.name.to_string(), message: "terminated by the host (shutdown)".into() }
+            Error::Interrupted { func: func.name.to_string() }
         } else {
             Error::Trap { func: func.name.to_string(), message: message.clone() }
         };
