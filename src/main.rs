@@ -106,6 +106,13 @@ struct ServeArgs {
     /// Open connections at most.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Open connections from one client address at most (0 = no limit).
+    #[arg(long, default_value_t = 2_500)]
+    max_connections_per_ip: usize,
+    /// Close a connection that delivers fewer bytes than this in an
+    /// idle-timeout window (0 = off): against clients trickling bytes.
+    #[arg(long, default_value_t = 0)]
+    min_recv_bytes: usize,
     /// Bytes a connection may have queued by `send`.
     #[arg(long, default_value_t = 1 << 20)]
     output_limit: usize,
@@ -194,6 +201,11 @@ fn stress(a: StressArgs) -> Result<(), wamr_coro::Error> {
 }
 
 fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
+    // One descriptor per connection: take what the hard limit allows.
+    match wamr_coro::server::raise_fd_limit() {
+        Ok(n) => tracing::debug!(fd_limit = n, "file-descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
+    }
     Runtime::init(RuntimeConfig {
         envs_per_parent: a.envs_per_parent,
         log: if a.quiet_wamr { WamrLog::Silent } else { WamrLog::Tracing },
@@ -222,6 +234,8 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
         .pool_capacity(a.pool)
         .limits(Limits {
             max_connections: a.max_connections,
+            max_connections_per_ip: a.max_connections_per_ip,
+            min_recv_bytes: a.min_recv_bytes,
             output_limit: a.output_limit,
             chunk_size: a.chunk_size,
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),

@@ -84,3 +84,57 @@ fn serve_module_file_and_clear_error_for_bad_module() {
     assert!(err.contains("WAMR could not load the module"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn out_of_file_descriptors_refuses_and_recovers() {
+    // A hard limit of 48 descriptors: the server cannot hold 80 connections.
+    let script = format!("ulimit -n 48 && exec {} serve --listen 127.0.0.1:0 --workers 2", env!("CARGO_BIN_EXE_wamr-coro"));
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..80 {
+        let mut s = connect(addr);
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        match read_n(&mut s, HTTP_RESPONSE.len()) {
+            Ok(got) => {
+                assert_eq!(got, HTTP_RESPONSE);
+                held.push(s);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(refused > 0, "80 connections fit in 48 descriptors?");
+    assert!(held.len() >= 20, "only {} connections served", held.len());
+    // When load drops, the server serves again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect(addr);
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if let Ok(got) = read_n(&mut s, HTTP_RESPONSE.len()) {
+            assert_eq!(got, HTTP_RESPONSE);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not recover");
+    }
+    let (code, stats) = stop(child, out);
+    assert_eq!(code, 0);
+    let n: u64 = stats
+        .split("accepted, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(n >= refused as u64, "refusals not counted: {stats}");
+}

@@ -528,6 +528,12 @@ fn shutdown_terminates_a_guest_that_never_returns() {
         echo_round(&mut healthy, b"ok");
         let mut s = connect(server.local_addr());
         s.write_all(b"S").unwrap();
+        // The spinner's byte has reached the server (its call follows).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.stats().bytes_in < 3 {
+            assert!(std::time::Instant::now() < deadline, "the server never read the spin request");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(Duration::from_millis(50));
         let stats = server.stop();
         assert_eq!(stats.envs.live, 0, "{mode:?} {policy:?}: {stats}");

@@ -18,72 +18,17 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::conn_host::{ConnHost, ConnState};
+use super::socket::{Progress, ReadBuf, Registration};
 use super::{EnvPolicy, Shared};
 use crate::error::Result;
 use crate::guest::GuestEnv;
 use crate::pool::Lease;
 
-/// What the server keeps of an open connection: a handle to shut its socket
-/// down at stop.
-pub(crate) struct ConnEntry {
-    stream: may::net::TcpStream,
-}
-
-impl ConnEntry {
-    pub(super) fn new(stream: may::net::TcpStream) -> ConnEntry {
-        ConnEntry { stream }
-    }
-
-    /// Ends the connection's reads: the coroutine sees EOF and closes.
-    pub(crate) fn shutdown(&self) {
-        let _ = self.stream.shutdown(Shutdown::Read);
-    }
-
-    /// Ends reads and writes: also unblocks a write to a client that does
-    /// not read (used once the shutdown grace period is over).
-    pub(crate) fn shutdown_both(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
-    }
-}
-
-/// Registers the connection and starts its coroutine.
-pub(super) fn start(shared: &Arc<Shared>, stream: may::net::TcpStream) {
+/// Starts the coroutine of a connection admitted from `ip`.
+pub(super) fn start(shared: &Arc<Shared>, stream: may::net::TcpStream, ip: std::net::IpAddr) {
     let id = shared.next_conn_id();
-    let clone = match stream.try_clone() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot clone socket; dropping connection");
-            return;
-        }
-    };
-    shared.conns.lock().insert(id, ConnEntry::new(clone));
-    shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
-    let sh = Arc::clone(shared);
-    crate::coro::spawn(move || {
-        // Removes the connection from the table however the coroutine ends.
-        let _registered = Registered::new(Arc::clone(&sh), id);
-        Conn::new(sh, id, stream).run();
-    });
-}
-
-/// Removes a connection from the server's table when dropped (however its
-/// coroutine ends), and counts it closed.
-pub(super) struct Registered {
-    shared: Arc<Shared>,
-    id: i32,
-}
-
-impl Registered {
-    pub(super) fn new(shared: Arc<Shared>, id: i32) -> Registered {
-        Registered { shared, id }
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.shared.conns.lock().remove(&self.id);
-        self.shared.counters.closed.fetch_add(1, Ordering::Relaxed);
-    }
+    let conn = Conn::new(Arc::clone(shared), id, Registration::new(shared, id, ip, &stream), stream);
+    crate::coro::spawn(move || conn.run());
 }
 
 /// Why a connection ended.
@@ -96,6 +41,9 @@ enum End {
 }
 
 struct Conn {
+    // Field order matters: the registration goes (and with it the table's
+    // view of the fd) before the socket closes.
+    _registration: Registration,
     sh: Arc<Shared>,
     id: i32,
     stream: may::net::TcpStream,
@@ -104,8 +52,15 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(sh: Arc<Shared>, id: i32, stream: may::net::TcpStream) -> Conn {
-        Conn { sh, id, stream, state: Arc::new(Mutex::new(ConnState::default())), lease: None }
+    fn new(sh: Arc<Shared>, id: i32, registration: Registration, stream: may::net::TcpStream) -> Conn {
+        Conn {
+            _registration: registration,
+            sh,
+            id,
+            stream,
+            state: Arc::new(Mutex::new(ConnState::default())),
+            lease: None,
+        }
     }
 
     fn run(mut self) {
@@ -142,6 +97,7 @@ impl Conn {
             return End::Close;
         }
         let mut buf = ReadBuf::new(self.sh.limits.chunk_size);
+        let mut progress = Progress::new(&self.sh);
         loop {
             let n = match self.stream.read(buf.space()) {
                 Ok(0) => return End::Close,
@@ -153,6 +109,10 @@ impl Conn {
                 Err(_) => return End::Close,
             };
             self.sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            if !progress.received(n) {
+                self.sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
+                return End::Close;
+            }
             let data = buf.filled(n);
             let r = match self.callback(|env, id| env.on_recv(id, data)) {
                 Ok(r) => r,
@@ -208,34 +168,5 @@ impl Conn {
             st.out = out;
         }
         Ok(())
-    }
-}
-
-/// A connection's read buffer: starts at 4 KiB and doubles, up to the chunk
-/// size, whenever a read fills it, so idle connections cost 4 KiB and bulk
-/// transfers still read a whole chunk at a time.
-pub(super) struct ReadBuf {
-    buf: Vec<u8>,
-    max: usize,
-}
-
-impl ReadBuf {
-    pub(super) fn new(max: usize) -> ReadBuf {
-        ReadBuf { buf: vec![0u8; max.min(4096)], max }
-    }
-
-    /// Where to read into.
-    pub(super) fn space(&mut self) -> &mut [u8] {
-        &mut self.buf
-    }
-
-    /// The `n` bytes just read; grows the buffer if they filled it.
-    pub(super) fn filled(&mut self, n: usize) -> &[u8] {
-        if n == self.buf.len() && n < self.max {
-            let grown = (n * 2).min(self.max);
-            // Keep the data: the caller reads it through the returned slice.
-            self.buf.resize(grown, 0);
-        }
-        &self.buf[..n]
     }
 }

@@ -18,8 +18,10 @@ mod connection;
 mod listener;
 mod queue;
 pub mod signals;
+mod socket;
 
 pub use queue::QueueRunner;
+pub use socket::raise_fd_limit;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -72,6 +74,16 @@ pub struct Limits {
     /// Open connections at most; further ones are accepted and closed at
     /// once, and counted as refused. Default 10,000.
     pub max_connections: usize,
+    /// Open connections from one client address at most (0 = no limit);
+    /// further ones are refused like those past `max_connections`, so one
+    /// client cannot take every slot. Default 2,500 (a quarter of the
+    /// default `max_connections`).
+    pub max_connections_per_ip: usize,
+    /// A connection must deliver at least this many bytes in every
+    /// `idle_timeout` window, or it is closed (counted as `slow_closes`):
+    /// a client trickling a byte at a time never goes idle otherwise.
+    /// Default 0 (off).
+    pub min_recv_bytes: usize,
     /// Bytes a connection may have queued by `send` and not yet written;
     /// `send` past it returns `WOULD_EXCEED_LIMIT`. Default 1 MiB.
     pub output_limit: usize,
@@ -107,6 +119,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_connections_per_ip: 2_500,
+            min_recv_bytes: 0,
             output_limit: 1 << 20,
             chunk_size: crate::abi::DEFAULT_CHUNK_SIZE,
             idle_timeout: Duration::from_secs(60),
@@ -145,6 +159,9 @@ pub struct ServerStats {
     pub bad_pointers: u64,
     /// Connections closed for idleness.
     pub idle_closes: u64,
+    /// Connections closed for delivering less than `min_recv_bytes` in an
+    /// idle-timeout window.
+    pub slow_closes: u64,
     /// Guest calls terminated because they outlived the shutdown grace
     /// period (not counted as traps).
     pub shutdown_cuts: u64,
@@ -172,14 +189,14 @@ impl std::fmt::Display for ServerStats {
         write!(
             f,
             "connections: {} accepted, {} refused, {} open, {} closed; bytes: {} in, {} out; \
-             faults: {} traps, {} budget overruns, {} output-limit hits, {} bad pointers, {} idle closes, {} cut at shutdown; \
+             faults: {} traps, {} budget overruns, {} output-limit hits, {} bad pointers, {} idle closes, {} too slow, {} cut at shutdown; \
              envs: {} live, {} created, {} destroyed, peak {}, {} failures, {} faulted; \
              pool: {} hits, {} misses, {} idle, {} resets, {} not resettable; \
              guest memory: {} of {} KiB, {} grows refused (budget), {} over cap, {} envs refused; \
              queue: depth {}, {} restarts",
             self.accepted, self.refused, self.open, self.closed, self.bytes_in, self.bytes_out,
             self.traps, self.budget_overruns, self.output_limit_hits, self.bad_pointers, self.idle_closes,
-            self.shutdown_cuts, self.envs.live, self.envs.created, self.envs.destroyed, self.envs.peak, self.envs.failures,
+            self.slow_closes, self.shutdown_cuts, self.envs.live, self.envs.created, self.envs.destroyed, self.envs.peak, self.envs.failures,
             self.envs.faulted, self.pool.hits, self.pool.misses, self.pool.idle,
             self.env_resets, self.env_reset_refusals,
             self.guest_memory.used_bytes / 1024, self.guest_memory.limit_bytes / 1024,
@@ -201,6 +218,7 @@ pub(crate) struct Counters {
     pub output_limit_hits: AtomicU64,
     pub bad_pointers: AtomicU64,
     pub idle_closes: AtomicU64,
+    pub slow_closes: AtomicU64,
     pub shutdown_cuts: AtomicU64,
 }
 
@@ -300,6 +318,17 @@ impl ServerBuilder {
             .next()
             .ok_or_else(|| Error::Config(format!("no address for {}", self.listen)))?;
         crate::coro::configure(self.workers, self.stack_bytes)?;
+        // One descriptor per connection, plus some for the process itself.
+        if let Some(fds) = socket::fd_limit() {
+            if self.limits.max_connections as u64 + 64 > fds {
+                tracing::warn!(
+                    max_connections = self.limits.max_connections,
+                    fd_limit = fds,
+                    "max_connections exceeds what the file-descriptor limit allows; \
+                     connections past it are refused (raise `ulimit -n`)"
+                );
+            }
+        }
         let registry = Registry::new();
         let guest = Guest::new(
             self.module.clone(),
@@ -343,6 +372,7 @@ impl ServerBuilder {
             stopping: AtomicBool::new(false),
             next_conn: AtomicI32::new(1),
             conns: Mutex::new(std::collections::HashMap::new()),
+            per_address: Mutex::new(socket::PerAddress::default()),
             counters: Counters::default(),
         });
         let mut runners = Vec::new();
@@ -401,9 +431,11 @@ pub(crate) struct Shared {
     pub epoch: Instant,
     pub stopping: AtomicBool,
     pub next_conn: AtomicI32,
-    /// Open connections: a clone of each socket (to shut it down at stop)
-    /// and its coroutine.
-    pub conns: Mutex<std::collections::HashMap<i32, connection::ConnEntry>>,
+    /// Open connections: each socket's descriptor, to shut it down at stop
+    /// (see `socket.rs` for why it is never stale).
+    pub conns: Mutex<std::collections::HashMap<i32, socket::ConnEntry>>,
+    /// Open connections per client address.
+    pub per_address: Mutex<socket::PerAddress>,
     pub counters: Counters,
 }
 
@@ -448,6 +480,7 @@ impl Shared {
             bad_pointers: l(&c.bad_pointers),
             idle_closes: l(&c.idle_closes),
             shutdown_cuts: l(&c.shutdown_cuts),
+            slow_closes: l(&c.slow_closes),
             envs: self.registry.stats(),
             pool: self.pool.stats(),
             env_resets: self.pool.guest().reset_counts().0,

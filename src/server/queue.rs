@@ -34,14 +34,14 @@
 //! * Before a different connection's DATA lands in a receive buffer, the
 //!   bytes the previous one left there are wiped.
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::socket::{self, Progress, ReadBuf, Registration};
 use super::Shared;
 use crate::abi::{self, AbiHost, ERR_BAD_POINTER, ERR_UNKNOWN_CONN, ERR_WOULD_EXCEED_LIMIT};
 use crate::guest::GuestEnv;
@@ -161,34 +161,45 @@ impl Queue {
 // ---- connections --------------------------------------------------------
 
 /// Starts the reader and writer coroutines of an accepted connection.
-pub(super) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpStream) {
+pub(super) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpStream, ip: std::net::IpAddr) {
     let id = sh.next_conn_id();
     let qs = queue.shard_of(id);
-    let (Ok(reader_stream), Ok(writer_stream)) = (stream.try_clone(), stream.try_clone()) else {
-        tracing::warn!("cannot clone socket; dropping connection");
-        return;
-    };
     let (tx, rx) = may::sync::mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
-    qs.conns.lock().insert(
-        id,
-        Arc::new(Conn {
-            tx,
-            pending: Arc::clone(&pending),
-            inflight: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            open_gen: AtomicU64::new(0),
-            refused: AtomicBool::new(false),
-        }),
-    );
-    sh.conns.lock().insert(id, super::connection::ConnEntry::new(stream));
-    sh.counters.accepted.fetch_add(1, Ordering::Relaxed);
-
+    let conn = Arc::new(Conn {
+        tx,
+        pending: Arc::clone(&pending),
+        inflight: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+        open_gen: AtomicU64::new(0),
+        refused: AtomicBool::new(false),
+    });
+    qs.conns.lock().insert(id, Arc::clone(&conn));
+    let registration = Registration::new(sh, id, ip, &stream);
+    // One fd: the reader owns the socket and outlives the writer, which
+    // writes through the same descriptor (see `writer`).
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let (done_tx, done_rx) = may::sync::mpsc::channel::<()>();
     let (sh_w, sh_r, qs_r) = (Arc::clone(sh), Arc::clone(sh), Arc::clone(qs));
-    crate::coro::spawn(move || writer(sh_w, writer_stream, rx, pending));
     crate::coro::spawn(move || {
-        let _registered = super::connection::Registered::new(Arc::clone(&sh_r), id);
-        reader(sh_r, qs_r, id, reader_stream);
+        // SAFETY: the reader keeps the socket behind `fd` open until this
+        // coroutine has ended (it waits for `done_tx` to drop).
+        unsafe { writer(sh_w, fd, rx, pending) };
+        drop(done_tx);
+    });
+    crate::coro::spawn(move || {
+        let mut stream = stream;
+        reader(&sh_r, &qs_r, id, &conn, &mut stream);
+        // The socket stays open until the writer is done with it; a writer
+        // whose CLOSE never comes (the shard shut down) is told to stop.
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(Duration::from_millis(100)) {
+            if qs_r.shutdown.load(Ordering::Acquire) || sh_r.stopping.load(Ordering::Acquire) {
+                conn.close_writer();
+            }
+        }
+        // The registration goes before the socket closes (see socket.rs).
+        drop(registration);
+        drop(stream);
     });
 }
 
@@ -204,16 +215,16 @@ fn push(qs: &Shard, mut ev: Event) -> bool {
     }
 }
 
-fn reader(sh: Arc<Shared>, qs: Arc<Shard>, id: i32, mut stream: may::net::TcpStream) {
+fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &Conn, stream: &mut may::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(sh.limits.idle_timeout));
-    let Some(conn) = qs.conns.lock().get(&id).cloned() else { return };
-    if !push(&qs, Event::Open(id)) {
+    if !push(qs, Event::Open(id)) {
         return;
     }
-    let mut buf = super::connection::ReadBuf::new(sh.limits.chunk_size);
+    let mut buf = ReadBuf::new(sh.limits.chunk_size);
+    let mut progress = Progress::new(sh);
     loop {
-        if !wait_for_output_room(&sh, &conn) {
+        if !wait_for_output_room(sh, conn) {
             sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
             break;
         }
@@ -221,8 +232,12 @@ fn reader(sh: Arc<Shared>, qs: Arc<Shard>, id: i32, mut stream: may::net::TcpStr
             Ok(0) => break,
             Ok(n) => {
                 sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                if !progress.received(n) {
+                    sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 conn.inflight.fetch_add(n, Ordering::AcqRel);
-                if !push(&qs, Event::Data(id, buf.filled(n).to_vec())) {
+                if !push(qs, Event::Data(id, buf.filled(n).to_vec())) {
                     break;
                 }
             }
@@ -234,7 +249,7 @@ fn reader(sh: Arc<Shared>, qs: Arc<Shard>, id: i32, mut stream: may::net::TcpStr
             }
         }
     }
-    push(&qs, Event::Close(id));
+    push(qs, Event::Close(id));
 }
 
 /// Output backpressure: waits while the connection's pending output plus
@@ -261,22 +276,28 @@ fn wait_for_output_room(sh: &Shared, conn: &Conn) -> bool {
     true
 }
 
-fn writer(sh: Arc<Shared>, mut stream: may::net::TcpStream, rx: may::sync::mpsc::Receiver<Out>, pending: Arc<AtomicUsize>) {
-    // A client that reads nothing for idle_timeout is gone (see connection.rs).
-    let _ = stream.set_write_timeout(Some(sh.limits.idle_timeout));
+/// Writes what the guest sent to the connection, in order, until CLOSE.
+///
+/// It shares the reader's descriptor and writes without waiting in `may`
+/// (a `may` socket has one waiter slot, the reader's): a full send buffer
+/// is retried after a short sleep that grows to 16 ms. A client that takes
+/// nothing for `idle_timeout` is cut off, like one that sends nothing.
+///
+/// # Safety
+/// `fd` stays open until this function returns.
+unsafe fn writer(sh: Arc<Shared>, fd: std::os::fd::RawFd, rx: may::sync::mpsc::Receiver<Out>, pending: Arc<AtomicUsize>) {
     let mut broken = false;
     while let Ok(out) = rx.recv() {
         match out {
             Out::Data(bytes) => {
                 if !broken {
-                    match stream.write_all(&bytes) {
-                        Ok(()) => {
-                            sh.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            broken = true;
-                            let _ = stream.shutdown(Shutdown::Both);
-                        }
+                    // SAFETY: the caller keeps `fd` open.
+                    broken = !unsafe { write_all(&sh, fd, &bytes) };
+                    if broken {
+                        // SAFETY: as above.
+                        unsafe { socket::shutdown_fd(fd) };
+                    } else {
+                        sh.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     }
                 }
                 pending.fetch_sub(bytes.len(), Ordering::AcqRel);
@@ -284,7 +305,41 @@ fn writer(sh: Arc<Shared>, mut stream: may::net::TcpStream, rx: may::sync::mpsc:
             Out::Close => break,
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    // SAFETY: as above.
+    unsafe { socket::shutdown_fd(fd) };
+}
+
+/// Writes all of `bytes`; false if the socket failed or the client took
+/// nothing for `idle_timeout`.
+///
+/// # Safety
+/// `fd` is open for the call.
+unsafe fn write_all(sh: &Shared, fd: std::os::fd::RawFd, mut bytes: &[u8]) -> bool {
+    let mut nap = Duration::from_millis(1);
+    let mut stalled_since: Option<Instant> = None;
+    while !bytes.is_empty() {
+        // SAFETY: the caller keeps `fd` open.
+        match unsafe { socket::write_nonblocking(fd, bytes) } {
+            Ok(0) => return false,
+            Ok(n) => {
+                bytes = &bytes[n..];
+                nap = Duration::from_millis(1);
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= sh.limits.idle_timeout {
+                    sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                pause(nap);
+                nap = (nap * 2).min(Duration::from_millis(16));
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 // ---- the guest side -----------------------------------------------------

@@ -104,13 +104,13 @@ pub(crate) fn verify_layout(inst: sys::wasm_module_inst_t, exported_global: Opti
                 return bad("memory count");
             }
         } else {
-            if p.memory_count == 0 || p.memories.is_null() || *p.memories as usize != api_mem as usize {
+            if p.memory_count == 0 || p.memories.is_null() || !std::ptr::eq(*p.memories as *const u8, api_mem as *const u8) {
                 return bad("memory pointer");
             }
             let m = &**p.memories;
             if m.cur_page_count as u64 != sys::wasm_memory_get_cur_page_count(api_mem)
                 || m.max_page_count as u64 != sys::wasm_memory_get_max_page_count(api_mem)
-                || m.memory_data as usize != sys::wasm_memory_get_base_address(api_mem) as usize
+                || !std::ptr::eq(m.memory_data as *const u8, sys::wasm_memory_get_base_address(api_mem) as *const u8)
                 || m.num_bytes_per_page as u64 != sys::wasm_memory_get_bytes_per_page(api_mem)
             {
                 return bad("memory fields");

@@ -1,0 +1,230 @@
+//! A connection's socket as the server tracks it, the same in both modes:
+//! admission (per-address limit), registration in the table that shutdown
+//! sweeps, the read buffer, and the progress rule against trickling
+//! clients.
+//!
+//! One file descriptor per connection. The table keeps the raw fd, not a
+//! `dup`: [`Registration`] removes the entry (under the table's lock) before
+//! the socket can be closed, and stop() shuts sockets down under that same
+//! lock, so it never touches a closed or reused descriptor. Queue mode's
+//! writer writes through the same fd without waiting in `may` (a `may`
+//! socket has one waiter slot, which the reader uses), see
+//! [`write_nonblocking`].
+use std::collections::HashMap;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::{IpAddr, Shutdown};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Shared;
+
+/// What the table keeps of an open connection: its socket's descriptor.
+pub(crate) struct ConnEntry {
+    fd: RawFd,
+}
+
+/// Runs `f` on a std view of `fd` that does not close it.
+///
+/// # Safety
+/// `fd` is an open socket for the duration of the call.
+unsafe fn with_fd<R>(fd: RawFd, f: impl FnOnce(&std::net::TcpStream) -> R) -> R {
+    // SAFETY: the caller keeps `fd` open; ManuallyDrop never closes it.
+    let s = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    f(&s)
+}
+
+impl ConnEntry {
+    /// Ends the connection's reads: its reader sees EOF and closes.
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: entries live in the table only while their socket is open
+        // (Registration removes them before the socket is dropped), and
+        // this runs under the table's lock.
+        unsafe { with_fd(self.fd, |s| s.shutdown(Shutdown::Read).ok()) };
+    }
+
+    /// Ends reads and writes: also unblocks a write to a client that does
+    /// not read (used once the shutdown grace period is over).
+    pub(crate) fn shutdown_both(&self) {
+        // SAFETY: as in `shutdown`.
+        unsafe { with_fd(self.fd, |s| s.shutdown(Shutdown::Both).ok()) };
+    }
+}
+
+/// Writes what the socket takes now, without waiting: `WouldBlock` when its
+/// send buffer is full. For queue mode's writer, which shares the reader's
+/// fd and so must not wait in `may` (see the module docs).
+///
+/// # Safety
+/// `fd` is an open socket for the call.
+pub(crate) unsafe fn write_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    use std::io::Write;
+    // SAFETY: the caller keeps `fd` open; may made the socket non-blocking,
+    // so this write never blocks the thread.
+    unsafe { with_fd(fd, |mut s| s.write(buf)) }
+}
+
+/// Shuts `fd` down both ways (errors ignored: it may be shut already).
+///
+/// # Safety
+/// `fd` is an open socket for the call.
+pub(crate) unsafe fn shutdown_fd(fd: RawFd) {
+    // SAFETY: the caller keeps `fd` open.
+    unsafe { with_fd(fd, |s| s.shutdown(Shutdown::Both).ok()) };
+}
+
+/// Connections open per client address.
+#[derive(Debug, Default)]
+pub(crate) struct PerAddress {
+    open: HashMap<IpAddr, u32>,
+}
+
+/// Admits a new connection from `ip` (or says why not): the server-wide
+/// limit, then the per-address one.
+pub(crate) fn admit(sh: &Shared, ip: IpAddr) -> Result<(), &'static str> {
+    let conns = sh.conns.lock();
+    if conns.len() >= sh.limits.max_connections {
+        return Err("max_connections reached");
+    }
+    let mut per = sh.per_address.lock();
+    let n = per.open.entry(ip).or_insert(0);
+    if sh.limits.max_connections_per_ip > 0 && *n as usize >= sh.limits.max_connections_per_ip {
+        if *n == 0 {
+            per.open.remove(&ip);
+        }
+        return Err("max_connections_per_ip reached");
+    }
+    *n += 1;
+    Ok(())
+}
+
+/// An admitted connection's place in the server's table. Dropping it (the
+/// connection's coroutine ending in any way) removes the entry and the
+/// per-address count, and counts the connection closed. Declare it before
+/// the socket it registers, so it is dropped first.
+pub(crate) struct Registration {
+    shared: Arc<Shared>,
+    id: i32,
+    ip: IpAddr,
+}
+
+impl Registration {
+    /// Registers `stream` (admitted from `ip` by [`admit`]) as `id`.
+    pub(crate) fn new(shared: &Arc<Shared>, id: i32, ip: IpAddr, stream: &may::net::TcpStream) -> Registration {
+        use std::os::fd::AsRawFd;
+        shared.conns.lock().insert(id, ConnEntry { fd: stream.as_raw_fd() });
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        Registration { shared: Arc::clone(shared), id, ip }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.conns.lock().remove(&self.id);
+        let mut per = self.shared.per_address.lock();
+        if let Some(n) = per.open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.open.remove(&self.ip);
+            }
+        }
+        drop(per);
+        self.shared.counters.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's read buffer: starts at 4 KiB and doubles, up to the chunk
+/// size, whenever a read fills it, so idle connections cost 4 KiB and bulk
+/// transfers still read a whole chunk at a time.
+pub(crate) struct ReadBuf {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl ReadBuf {
+    pub(crate) fn new(max: usize) -> ReadBuf {
+        ReadBuf { buf: vec![0u8; max.min(4096)], max }
+    }
+
+    /// Where to read into.
+    pub(crate) fn space(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// The `n` bytes just read; grows the buffer if they filled it.
+    pub(crate) fn filled(&mut self, n: usize) -> &[u8] {
+        if n == self.buf.len() && n < self.max {
+            let grown = (n * 2).min(self.max);
+            // Keep the data: the caller reads it through the returned slice.
+            self.buf.resize(grown, 0);
+        }
+        &self.buf[..n]
+    }
+}
+
+/// The minimum-progress rule: a client must deliver at least
+/// `min_recv_bytes` in every `idle_timeout` window (a trickle of one byte
+/// a second otherwise holds a slot forever, since each byte resets the idle
+/// timer).
+pub(crate) struct Progress {
+    min: usize,
+    window: Duration,
+    since: Instant,
+    bytes: usize,
+}
+
+impl Progress {
+    pub(crate) fn new(sh: &Shared) -> Progress {
+        Progress {
+            min: sh.limits.min_recv_bytes,
+            window: sh.limits.idle_timeout,
+            since: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Records `n` bytes received; false if the window closed with too few.
+    pub(crate) fn received(&mut self, n: usize) -> bool {
+        if self.min == 0 {
+            return true;
+        }
+        self.bytes += n;
+        if self.since.elapsed() < self.window {
+            return true;
+        }
+        let ok = self.bytes >= self.min;
+        self.since = Instant::now();
+        self.bytes = 0;
+        ok
+    }
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (each
+/// connection needs one descriptor). Process-wide: the command-line server
+/// calls it at start; an embedder decides for itself. Returns the soft limit
+/// now in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(lim.rlim_max);
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The soft `RLIMIT_NOFILE` now in force.
+pub(crate) fn fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
