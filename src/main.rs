@@ -61,7 +61,12 @@ enum RunnerArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PolicyArg {
+    /// One env per connection, reset to the module's initial state before
+    /// another connection gets it: private state (the default).
     Connection,
+    /// SHARED STATE: an env per callback from a pool, never reset, so a
+    /// callback sees what other connections left in guest memory. Only for
+    /// guests that keep no per-client data.
     Message,
 }
 
