@@ -11,8 +11,17 @@ use wamr_coro::{EnvSource, Module, Runtime, RuntimeConfig, WamrLog};
 #[derive(Parser)]
 #[command(name = "wamr-coro", version, about = "WebAssembly guests serving TCP on may coroutines (WAMR)")]
 struct Cli {
+    /// Log lines as text (ANSI colour only on a terminal) or JSON, on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -145,20 +154,31 @@ struct ServeArgs {
     /// Envs per spawn parent (WAMR max_thread_num).
     #[arg(long, default_value_t = 16)]
     envs_per_parent: u32,
+    /// Serve Prometheus metrics at /metrics and a health check at /healthz
+    /// (200 while accepting, 503 while draining) on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// At stop, how long callbacks in flight may run before they are
+    /// terminated (ms). A second SIGINT/SIGTERM exits at once.
+    #[arg(long, default_value_t = 2000)]
+    shutdown_grace_ms: u64,
     /// Drop WAMR's own messages instead of logging them.
     #[arg(long)]
     quiet_wamr: bool,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,may=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,may=warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            fmt.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+        LogFormat::Json => fmt.json().init(),
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Stress(args) => stress(args),
@@ -247,6 +267,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
             queue_capacity: a.queue_capacity,
             queue_shards: a.queue_shards,
+            shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
             max_memory_pages: a.max_memory_pages,
             max_guest_memory: a
                 .max_guest_memory_mib
@@ -257,6 +278,9 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     if let Some(w) = a.workers {
         b = b.workers(w);
     }
+    if let Some(m) = &a.metrics_listen {
+        b = b.metrics_listen(m.clone());
+    }
     let server = Arc::new(b.start()?);
     println!("listening on {}", server.local_addr());
     let sig = wamr_coro::server::signals::stop_on_signal(&server)
@@ -264,6 +288,9 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     if let Some(sig) = sig {
         tracing::info!(signal = sig, "stopping");
     }
+    // A second SIGINT/SIGTERM while draining: exit now.
+    let _hurry = wamr_coro::server::signals::exit_on_second_signal()
+        .map_err(|e| wamr_coro::Error::Config(format!("installing signal handlers: {e}")))?;
     let stats = server.stop();
     println!("{stats}");
     Ok(())

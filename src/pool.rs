@@ -26,7 +26,7 @@ use crate::error::Result;
 use crate::guest::{Guest, GuestEnv};
 
 /// Pool counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PoolStats {
     /// Acquires served by an idle env.
     pub hits: u64,

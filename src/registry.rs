@@ -15,7 +15,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::wamr::InterruptHandle;
 
 /// Counters of a registry, as a snapshot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RegistryStats {
     /// Envs alive now.
     pub live: u64,

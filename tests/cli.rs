@@ -138,3 +138,29 @@ fn out_of_file_descriptors_refuses_and_recovers() {
         .unwrap_or(0);
     assert!(n >= refused as u64, "refusals not counted: {stats}");
 }
+
+#[test]
+fn a_second_signal_while_draining_exits_at_once() {
+    let faulty = common::guest_path("faulty.wat");
+    let (mut child, addr, _out) =
+        serve(&[faulty.to_str().unwrap(), "--call-budget-ms", "0", "--shutdown-grace-ms", "30000"]);
+    // A guest that never returns keeps the graceful stop waiting 30 s.
+    let mut spin = connect(addr);
+    spin.write_all(b"S").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the first signal should drain, not exit");
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the second signal did not end the process");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+}

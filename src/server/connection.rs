@@ -140,7 +140,9 @@ impl Conn {
             self.lease = Some(lease);
         }
         let lease = self.lease.as_mut().expect("acquired above");
+        let started = std::time::Instant::now();
         let result = f(lease, self.id);
+        self.sh.metrics.call_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             self.sh.counters.count_fault(e);
             tracing::warn!(conn = self.id, error = %e, "guest fault: closing connection");

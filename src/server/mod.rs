@@ -16,6 +16,7 @@
 mod conn_host;
 mod connection;
 mod listener;
+mod metrics;
 mod queue;
 pub mod signals;
 mod socket;
@@ -135,7 +136,7 @@ impl Default for Limits {
 }
 
 /// Server statistics (a snapshot).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ServerStats {
     /// Connections accepted and served.
     pub accepted: u64,
@@ -235,6 +236,7 @@ pub struct ServerBuilder {
     pool_capacity: usize,
     limits: Limits,
     runner: QueueRunner,
+    metrics_listen: Option<String>,
 }
 
 /// Entry point: see [`Server::builder`].
@@ -255,6 +257,7 @@ impl Server {
             pool_capacity: 1024,
             limits: Limits::default(),
             runner: QueueRunner::Thread,
+            metrics_listen: None,
         }
     }
 }
@@ -303,6 +306,14 @@ impl ServerBuilder {
     /// Queue mode: where the guest runs. Default a dedicated thread.
     pub fn queue_runner(mut self, runner: QueueRunner) -> Self {
         self.runner = runner;
+        self
+    }
+
+    /// Serve Prometheus metrics at `/metrics` and a health check at
+    /// `/healthz` (200 while accepting, 503 while draining) on `addr`.
+    /// Default: none.
+    pub fn metrics_listen(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_listen = Some(addr.into());
         self
     }
 
@@ -374,7 +385,22 @@ impl ServerBuilder {
             conns: Mutex::new(std::collections::HashMap::new()),
             per_address: Mutex::new(socket::PerAddress::default()),
             counters: Counters::default(),
+            metrics: metrics::Metrics::default(),
         });
+        let metrics = match &self.metrics_listen {
+            None => None,
+            Some(a) => {
+                let addr: SocketAddr = a
+                    .to_socket_addrs()
+                    .map_err(|e| Error::io(format!("resolving {a}"), e))?
+                    .next()
+                    .ok_or_else(|| Error::Config(format!("no address for {a}")))?;
+                Some(
+                    metrics::MetricsServer::start(addr, Arc::clone(&shared))
+                        .map_err(|e| Error::io(format!("binding the metrics endpoint {addr}"), e))?,
+                )
+            }
+        };
         let mut runners = Vec::new();
         for (i, shard) in queue.iter().flat_map(|q| q.shards.iter()).enumerate() {
             let (sh, qs) = (Arc::clone(&shared), Arc::clone(shard));
@@ -396,6 +422,7 @@ impl ServerBuilder {
             acceptor: Mutex::new(Some(acceptor)),
             runners: Mutex::new(runners),
             _watchdog: watchdog,
+            metrics,
         })
     }
 }
@@ -437,6 +464,7 @@ pub(crate) struct Shared {
     /// Open connections per client address.
     pub per_address: Mutex<socket::PerAddress>,
     pub counters: Counters,
+    pub metrics: metrics::Metrics,
 }
 
 impl Counters {
@@ -501,6 +529,7 @@ pub struct ServerHandle {
     acceptor: Mutex<Option<may::coroutine::JoinHandle<()>>>,
     runners: Mutex<Vec<RunnerHandle>>,
     _watchdog: Option<Watchdog>,
+    metrics: Option<metrics::MetricsServer>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -513,6 +542,11 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the metrics endpoint listens, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
     }
 
     /// Current statistics.

@@ -464,6 +464,8 @@ struct QueueHost {
     /// The connection whose DATA `wait_msg` wrote last, and the guest range
     /// it wrote (`buf`, bytes): wiped before another connection's lands.
     last_data: Option<(i32, i32, i32)>,
+    /// When the event the guest is handling was handed out.
+    handed_out: Option<Instant>,
 }
 
 impl QueueHost {
@@ -502,6 +504,9 @@ impl AbiHost for QueueHost {
     fn wait_msg(&mut self, mem: &mut GuestMemory<'_>, buf: i32, cap: i32, info: i32) -> i32 {
         // The guest is back for more: its time for the last event is over.
         self.interrupt.set_deadline(None);
+        if let Some(t) = self.handed_out.take() {
+            self.sh.metrics.call_seconds.observe(t.elapsed().as_secs_f64());
+        }
         if mem.check(info, abi::EVENT_SIZE).is_none() || cap < 0 || mem.check(buf, cap).is_none() {
             self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
             return ERR_BAD_POINTER;
@@ -537,6 +542,7 @@ impl AbiHost for QueueHost {
         rec[4..].copy_from_slice(&kind.to_le_bytes());
         mem.write(info, &rec);
         self.interrupt.set_deadline(self.budget);
+        self.handed_out = Some(Instant::now());
         ret
     }
 
@@ -597,6 +603,7 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>) {
             budget: if has_run { sh.limits.call_budget } else { None },
             output_limit: sh.limits.output_limit,
             last_data: None,
+            handed_out: None,
         })));
         let outcome = if has_run {
             // Not for `run` as a whole: wait_msg arms it per event.
@@ -670,6 +677,7 @@ fn host_loop(sh: &Shared, dispatcher: &Mutex<Dispatcher>, env: &mut GuestEnv) ->
     let cap = env.recv_buffer().1 as usize;
     loop {
         let next = dispatcher.lock().next(cap);
+        let started = Instant::now();
         let result = match next {
             Next::Shutdown => return Ok(()),
             Next::Open(id) => env.on_open(id).map(|r| {
@@ -692,6 +700,7 @@ fn host_loop(sh: &Shared, dispatcher: &Mutex<Dispatcher>, env: &mut GuestEnv) ->
             }),
             Next::Close(id) => env.on_close(id),
         };
+        sh.metrics.call_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(e) = result {
             sh.counters.count_fault(&e);
             return Err(e.to_string());

@@ -29,3 +29,33 @@ pub fn stop_on_signal(server: &Arc<ServerHandle>) -> std::io::Result<Option<i32>
     handle.close();
     Ok(got)
 }
+
+/// While the returned guard lives, a SIGINT or SIGTERM ends the process at
+/// once (exit status 130), for an operator who does not want to wait for a
+/// graceful stop. Dropping the guard removes the handlers.
+pub fn exit_on_second_signal() -> std::io::Result<SecondSignal> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new().name("wamr-coro-signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("second signal ({sig}) while stopping: exiting now");
+            std::process::exit(130);
+        }
+    })?;
+    Ok(SecondSignal { handle, thread: Some(thread) })
+}
+
+/// See [`exit_on_second_signal`].
+pub struct SecondSignal {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SecondSignal {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

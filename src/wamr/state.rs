@@ -333,7 +333,7 @@ pub struct MemoryBudget {
 }
 
 /// A snapshot of a [`MemoryBudget`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryBudgetStats {
     /// The bound, bytes.
     pub limit_bytes: u64,

@@ -1,0 +1,107 @@
+//! Operating the server: metrics and health while it runs, signals.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server};
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+#[test]
+fn metrics_match_the_traffic_and_health_reports_draining() {
+    for mode in [Mode::Direct, Mode::Queue] {
+        setup();
+        let limits = Limits { call_budget: None, shutdown_grace: Duration::from_secs(2), ..test_limits() };
+        let server = Server::builder(module("faulty.wat"))
+            .listen("127.0.0.1:0")
+            .mode(mode)
+            .policy(EnvPolicy::Connection)
+            .workers(2)
+            .limits(limits)
+            .metrics_listen("127.0.0.1:0")
+            .start()
+            .unwrap();
+        let maddr = server.metrics_addr().unwrap();
+        assert_eq!(get(maddr, "/healthz"), (200, "ok\n".into()));
+        // Traffic: 5 connections x 3 echoes of 10 bytes, then a trap.
+        for _ in 0..5 {
+            let mut s = connect(server.local_addr());
+            for _ in 0..3 {
+                echo_round(&mut s, b"0123456789");
+            }
+        }
+        let mut t = connect(server.local_addr());
+        t.write_all(b"T").unwrap();
+        assert!(closed_by_peer(&mut t, Duration::from_secs(5)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().open > 0 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (status, text) = get(maddr, "/metrics");
+        assert_eq!(status, 200);
+        let st = server.stats();
+        assert_eq!(sample(&text, "wamr_coro_connections_accepted_total"), 6.0, "{mode:?}");
+        assert_eq!(sample(&text, "wamr_coro_connections_closed_total"), 6.0);
+        assert_eq!(sample(&text, "wamr_coro_bytes_in_total"), 151.0);
+        assert_eq!(sample(&text, "wamr_coro_bytes_out_total"), 150.0);
+        assert_eq!(sample(&text, "wamr_coro_traps_total"), 1.0);
+        assert_eq!(sample(&text, "wamr_coro_connections_open"), 0.0);
+        assert_eq!(sample(&text, "wamr_coro_envs_live"), st.envs.live as f64);
+        // Every callback or event was timed: 15 echoes + the trap at least.
+        assert!(sample(&text, "wamr_coro_guest_call_seconds_count") >= 16.0, "{text}");
+        if mode == Mode::Queue {
+            assert!(text.contains("wamr_coro_queue_depth{shard=\"1\"}"), "{text}");
+        }
+        // While stopping (a guest spins through the grace period), health
+        // says 503 so that balancers stop sending.
+        let mut spin = connect(server.local_addr());
+        spin.write_all(b"S").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let stopper = std::thread::spawn(move || server.stop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, body) = get(maddr, "/healthz");
+            if status == 503 {
+                assert_eq!(body, "draining\n");
+                break;
+            }
+            assert!(Instant::now() < deadline, "health never reported draining");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stats = stopper.join().unwrap();
+        assert_eq!(stats.envs.live, 0);
+        // The endpoint is gone with the server.
+        assert!(TcpStream::connect_timeout(&maddr, Duration::from_secs(1)).is_err());
+    }
+}
+
+#[test]
+fn stats_serialise_for_embedders() {
+    let server = start(module("echo.wat"), Mode::Direct, EnvPolicy::Connection, test_limits());
+    echo_round(&mut connect(server.local_addr()), b"x");
+    let stats = server.stop();
+    let json = serde_json::to_value(&stats).unwrap();
+    assert_eq!(json["accepted"], 1);
+    assert_eq!(json["envs"]["live"], 0);
+    assert!(json["guest_memory"]["limit_bytes"].as_u64().unwrap() > 0);
+}
