@@ -273,7 +273,6 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
                 .max_guest_memory_mib
                 .map(|m| m << 20)
                 .unwrap_or_else(wamr_coro::wamr::state::MemoryBudget::default_bytes),
-            ..Limits::default()
         });
     if let Some(w) = a.workers {
         b = b.workers(w);
