@@ -282,7 +282,19 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     }
     let server = Arc::new(b.start()?);
     println!("listening on {}", server.local_addr());
-    let sig = wamr_coro::server::signals::stop_on_signal(&server)
+    // SIGHUP: load the module again (from its file) and serve new
+    // connections with it; open ones finish on the old one.
+    let reload = || {
+        let loaded = match &a.module {
+            Some(path) => Module::from_file(path),
+            None => wamr_coro::default_guest::module(),
+        };
+        match loaded.and_then(|m| server.reload(m)) {
+            Ok(()) => tracing::info!("SIGHUP: guest reloaded; new connections get it"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the old guest keeps serving"),
+        }
+    };
+    let sig = wamr_coro::server::signals::serve_signals(&server, reload)
         .map_err(|e| wamr_coro::Error::Config(format!("installing signal handlers: {e}")))?;
     if let Some(sig) = sig {
         tracing::info!(signal = sig, "stopping");

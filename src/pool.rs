@@ -48,6 +48,7 @@ pub struct EnvPool {
     misses: AtomicU64,
     discarded: AtomicU64,
     reset: bool,
+    retired: AtomicBool,
 }
 
 impl EnvPool {
@@ -72,6 +73,7 @@ impl EnvPool {
             misses: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
             reset,
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -117,7 +119,7 @@ impl EnvPool {
         if !self.reusable(&env) {
             return;
         }
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || self.retired.load(Ordering::Acquire) {
             return;
         }
         env.set_host(None);
@@ -133,7 +135,7 @@ impl EnvPool {
         let _ = self.idle.push(env);
         // `close` may have drained the queue between our check and the
         // push: never leave an env behind in a closed pool.
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || self.retired.load(Ordering::Acquire) {
             while self.idle.pop().is_some() {}
         }
     }
@@ -143,6 +145,14 @@ impl EnvPool {
     /// (shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        while self.idle.pop().is_some() {}
+    }
+
+    /// Stops keeping released envs (they are destroyed) and destroys the
+    /// idle ones, but still serves acquires: a guest replaced by a reload
+    /// serves its remaining connections and then goes with its last one.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
         while self.idle.pop().is_some() {}
     }
 

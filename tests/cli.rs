@@ -164,3 +164,50 @@ fn a_second_signal_while_draining_exits_at_once() {
     };
     assert_eq!(status.code(), Some(130));
 }
+
+#[test]
+fn sighup_reloads_the_module_from_disk() {
+    let dir = std::env::temp_dir().join(format!("wamr-coro-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("guest.wat");
+    std::fs::copy(common::guest_path("echo.wat"), &path).unwrap();
+    let (child, addr, out) = serve(&[path.to_str().unwrap()]);
+    let mut before = connect(addr);
+    common::echo_round(&mut before, b"v1");
+    // The default HTTP guest replaces the echo guest on disk.
+    std::fs::copy(common::guest_path("http.wat"), &path).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect(addr);
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        // 18 bytes either way: the echo of the request, or the start of the
+        // HTTP guest's answer.
+        let mut got = read_n(&mut s, 18).unwrap();
+        if got.starts_with(b"HTTP/1.1 200") {
+            got.extend(read_n(&mut s, HTTP_RESPONSE.len() - 18).unwrap());
+            assert_eq!(got, HTTP_RESPONSE);
+            break;
+        }
+        // Still the echo guest: the signal has not been handled yet.
+        assert_eq!(got, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The connection from before keeps echoing.
+    common::echo_round(&mut before, b"still v1");
+    // A broken file on disk: the reload fails, the server keeps serving.
+    std::fs::write(&path, b"(module (func").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
+    drop(before);
+    let (code, stats) = stop(child, out);
+    assert_eq!(code, 0);
+    assert!(stats.contains("envs: 0 live"), "{stats}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -105,3 +105,45 @@ fn stats_serialise_for_embedders() {
     assert_eq!(json["envs"]["live"], 0);
     assert!(json["guest_memory"]["limit_bytes"].as_u64().unwrap() > 0);
 }
+
+/// Answers every message with "v2:" and the message.
+const V2: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "v2:")
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (drop (call $send (local.get $c) (i32.const 16) (i32.const 3)))
+    (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
+
+#[test]
+fn reload_serves_new_connections_with_the_new_guest_and_old_ones_with_the_old() {
+    for mode in [Mode::Direct, Mode::Queue] {
+        let server = start(module("echo.wat"), mode, EnvPolicy::Connection, test_limits());
+        let addr = server.local_addr();
+        let mut before = connect(addr);
+        echo_round(&mut before, b"old guest");
+        server.reload(wamr_coro::Module::from_wat(V2).unwrap()).unwrap();
+        let mut after = connect(addr);
+        after.write_all(b"hello").unwrap();
+        assert_eq!(read_n(&mut after, 8).unwrap(), b"v2:hello", "{mode:?}");
+        // The connection opened before the reload keeps its guest.
+        echo_round(&mut before, b"still the old guest");
+        // A module that does not load leaves the current guest serving.
+        let bad = wamr_coro::Module::from_wat(
+            r#"(module (memory (export "memory") 1) (func $f unreachable) (start $f)
+                 (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+        )
+        .unwrap();
+        assert!(server.reload(bad).is_err());
+        let mut later = connect(addr);
+        later.write_all(b"x").unwrap();
+        assert_eq!(read_n(&mut later, 4).unwrap(), b"v2:x");
+        // The old guest goes with its last connection; nothing leaks.
+        drop(before);
+        let stats = server.stop();
+        assert_eq!(stats.reloads, 1);
+        assert_eq!(stats.envs.live, 0, "{mode:?}: {stats}");
+        assert_eq!(stats.traps, 0);
+    }
+}

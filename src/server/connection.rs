@@ -22,12 +22,13 @@ use super::socket::{Progress, ReadBuf, Registration};
 use super::{EnvPolicy, Shared};
 use crate::error::Result;
 use crate::guest::GuestEnv;
-use crate::pool::Lease;
+use crate::pool::{EnvPool, Lease};
 
 /// Starts the coroutine of a connection admitted from `ip`.
-pub(super) fn start(shared: &Arc<Shared>, stream: may::net::TcpStream, ip: std::net::IpAddr) {
+pub(super) fn start(shared: &Arc<Shared>, pool: &Arc<EnvPool>, stream: may::net::TcpStream, ip: std::net::IpAddr) {
     let id = shared.next_conn_id();
-    let conn = Conn::new(Arc::clone(shared), id, Registration::new(shared, id, ip, &stream), stream);
+    let registration = Registration::new(shared, id, ip, &stream);
+    let conn = Conn::new(Arc::clone(shared), Arc::clone(pool), id, registration, stream);
     crate::coro::spawn(move || conn.run());
 }
 
@@ -45,6 +46,9 @@ struct Conn {
     // view of the fd) before the socket closes.
     _registration: Registration,
     sh: Arc<Shared>,
+    /// The guest's pool this connection was started on (kept across a
+    /// reload, see `generation.rs`).
+    pool: Arc<EnvPool>,
     id: i32,
     stream: may::net::TcpStream,
     state: Arc<Mutex<ConnState>>,
@@ -52,10 +56,11 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(sh: Arc<Shared>, id: i32, registration: Registration, stream: may::net::TcpStream) -> Conn {
+    fn new(sh: Arc<Shared>, pool: Arc<EnvPool>, id: i32, registration: Registration, stream: may::net::TcpStream) -> Conn {
         Conn {
             _registration: registration,
             sh,
+            pool,
             id,
             stream,
             state: Arc::new(Mutex::new(ConnState::default())),
@@ -128,7 +133,7 @@ impl Conn {
     /// as the policy says). A guest fault discards the env and is counted.
     fn callback(&mut self, f: impl FnOnce(&mut GuestEnv, i32) -> Result<i32>) -> Result<i32> {
         if self.lease.is_none() {
-            let mut lease = self.sh.pool.acquire().inspect_err(|e| {
+            let mut lease = self.pool.acquire().inspect_err(|e| {
                 tracing::warn!(conn = self.id, error = %e, "no env for connection");
             })?;
             lease.set_host(Some(Box::new(ConnHost {

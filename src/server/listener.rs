@@ -45,9 +45,12 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
                 drop(stream);
                 continue;
             }
-            match &shared.queue {
+            // The current guest serves this connection for its whole life,
+            // even if a reload replaces it meanwhile.
+            let gen = shared.generations.current();
+            match &gen.queue {
                 Some(q) => super::queue::start_conn(&shared, q, stream, peer.ip()),
-                None => connection::start(&shared, stream, peer.ip()),
+                None => connection::start(&shared, &gen.pool, stream, peer.ip()),
             }
         }
     })

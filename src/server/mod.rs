@@ -15,6 +15,7 @@
 //! `signals.rs` maps SIGINT/SIGTERM to a graceful stop.
 mod conn_host;
 mod connection;
+mod generation;
 mod listener;
 mod metrics;
 mod queue;
@@ -33,8 +34,8 @@ use parking_lot::Mutex;
 
 use crate::abi::ModeReq;
 use crate::error::{Error, Result};
-use crate::guest::{EnvSource, Guest, GuestConfig};
-use crate::pool::{EnvPool, PoolStats};
+use crate::guest::{EnvSource, GuestConfig};
+use crate::pool::PoolStats;
 use crate::registry::{Registry, RegistryStats};
 use crate::wamr::state::{MemoryBudget, MemoryBudgetStats};
 use crate::wamr::Module;
@@ -183,6 +184,8 @@ pub struct ServerStats {
     pub queue_shard_depths: Vec<u64>,
     /// Queue mode: guest instances replaced after a failure.
     pub queue_restarts: u64,
+    /// Guest modules reloaded (SIGHUP / `ServerHandle::reload`).
+    pub reloads: u64,
 }
 
 impl std::fmt::Display for ServerStats {
@@ -341,9 +344,8 @@ impl ServerBuilder {
             }
         }
         let registry = Registry::new();
-        let guest = Guest::new(
-            self.module.clone(),
-            GuestConfig {
+        let template = generation::Template {
+            config: GuestConfig {
                 source: self.source,
                 chunk_size: u32::try_from(self.limits.chunk_size)
                     .map_err(|_| Error::Config("chunk_size too large".into()))?,
@@ -356,26 +358,26 @@ impl ServerBuilder {
                 },
                 ..GuestConfig::default()
             },
-            Arc::clone(&registry),
-        )?;
-        let pool = match self.policy {
-            EnvPolicy::Connection => EnvPool::new(Arc::clone(&guest), self.pool_capacity),
-            EnvPolicy::Message => EnvPool::new_shared_state(Arc::clone(&guest), self.pool_capacity),
+            policy: self.policy,
+            pool_capacity: self.pool_capacity,
+            queue: (self.mode == Mode::Queue).then(|| generation::QueueTemplate {
+                shards: match self.limits.queue_shards {
+                    0 => self.workers.max(1),
+                    n => n,
+                },
+                capacity: self.limits.queue_capacity,
+                runner: self.runner,
+            }),
         };
+        let first = template.make(self.module.clone(), &registry)?;
         let watchdog = match self.limits.call_budget {
             Some(_) => Some(Watchdog::start(&registry).map_err(|e| Error::io("starting watchdog", e))?),
             None => None,
         };
         let listener = may::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("binding {addr}"), e))?;
         let local_addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?;
-        let shards = match self.limits.queue_shards {
-            0 => self.workers.max(1),
-            n => n,
-        };
-        let queue = (self.mode == Mode::Queue).then(|| queue::Queue::new(shards, self.limits.queue_capacity));
         let shared = Arc::new(Shared {
-            queue: queue.clone(),
-            pool,
+            generations: generation::Generations::new(Arc::clone(&first), template),
             registry,
             policy: self.policy,
             limits: self.limits,
@@ -401,19 +403,7 @@ impl ServerBuilder {
                 )
             }
         };
-        let mut runners = Vec::new();
-        for (i, shard) in queue.iter().flat_map(|q| q.shards.iter()).enumerate() {
-            let (sh, qs) = (Arc::clone(&shared), Arc::clone(shard));
-            runners.push(match self.runner {
-                QueueRunner::Thread => RunnerHandle::Thread(
-                    std::thread::Builder::new()
-                        .name(format!("wamr-coro-queue-{i}"))
-                        .spawn(move || queue::run(sh, qs))
-                        .map_err(|e| Error::io("starting a queue runner", e))?,
-                ),
-                QueueRunner::Coroutine => RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs))),
-            });
-        }
+        let runners = generation::start_runners(&shared, &first)?;
         let acceptor = listener::start(Arc::clone(&shared), listener);
         tracing::info!(%local_addr, mode = ?self.mode, policy = ?self.policy, source = ?self.source, "listening");
         Ok(ServerHandle {
@@ -449,9 +439,8 @@ impl RunnerHandle {
 
 /// State shared by the acceptor and every connection coroutine.
 pub(crate) struct Shared {
-    /// Queue mode's ring and connection table.
-    pub queue: Option<Arc<queue::Queue>>,
-    pub pool: Arc<EnvPool>,
+    /// The guest new connections get, and older ones still serving.
+    pub generations: generation::Generations,
     pub registry: Arc<Registry>,
     pub policy: EnvPolicy,
     pub limits: Limits,
@@ -510,13 +499,14 @@ impl Shared {
             shutdown_cuts: l(&c.shutdown_cuts),
             slow_closes: l(&c.slow_closes),
             envs: self.registry.stats(),
-            pool: self.pool.stats(),
-            env_resets: self.pool.guest().reset_counts().0,
-            env_reset_refusals: self.pool.guest().reset_counts().1,
-            guest_memory: self.pool.guest().memory_budget().stats(),
-            queue_depth: self.queue.as_ref().map(|q| q.depths().iter().sum()).unwrap_or(0),
-            queue_shard_depths: self.queue.as_ref().map(|q| q.depths()).unwrap_or_default(),
-            queue_restarts: self.queue.as_ref().map(|q| q.restarts()).unwrap_or(0),
+            pool: self.generations.current().pool.stats(),
+            env_resets: self.generations.reset_counts().0,
+            env_reset_refusals: self.generations.reset_counts().1,
+            guest_memory: self.generations.current().pool.guest().memory_budget().stats(),
+            queue_depth: self.generations.queue_depths().iter().sum(),
+            queue_shard_depths: self.generations.current().queue.as_ref().map(|q| q.depths()).unwrap_or_default(),
+            queue_restarts: self.generations.queue_restarts(),
+            reloads: self.generations.reloads(),
         }
     }
 }
@@ -542,6 +532,23 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Replaces the guest for new connections, as nginx reloads: `module`
+    /// is checked and instantiated first (a failure leaves the old guest
+    /// serving and is returned); connections already open finish on the old
+    /// guest, whose envs, pool and queue shards go once its last connection
+    /// has closed.
+    pub fn reload(&self, module: Module) -> Result<()> {
+        if self.is_stopping() {
+            return Err(Error::Config("the server is stopping".into()));
+        }
+        let gen = self.shared.generations.template().make(module, &self.shared.registry)?;
+        let runners = generation::start_runners(&self.shared, &gen)?;
+        self.runners.lock().extend(runners);
+        self.shared.generations.install(gen);
+        tracing::info!(reloads = self.shared.generations.reloads(), "guest reloaded");
+        Ok(())
     }
 
     /// Where the metrics endpoint listens, if there is one.
@@ -599,12 +606,12 @@ impl ServerHandle {
             }
             acceptor.is_done()
                 && conns.is_empty()
-                && sh.queue.as_ref().map(|q| q.open_conns() == 0).unwrap_or(true)
+                && sh.generations.queue_open_conns() == 0
         };
         self.wait_bounded(grace_end, hard_end, "connections", || conns_done(&mut swept));
         // Phase 2 (queue mode): SHUTDOWN from wait_msg; the runners return.
-        if let Some(q) = &sh.queue {
-            q.shut_down();
+        if sh.generations.has_queue() {
+            sh.generations.shut_down_queues();
             let runners = std::mem::take(&mut *self.runners.lock());
             let done = self.wait_bounded(grace_end, hard_end, "queue guests", || runners.iter().all(|r| r.is_done()));
             if done {
@@ -614,7 +621,7 @@ impl ServerHandle {
         if acceptor.is_done() {
             let _ = acceptor.join();
         }
-        sh.pool.close();
+        sh.generations.close_pools();
         let left = hard_end.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         if !sh.registry.destroy_all(left) {
             tracing::error!(live = sh.registry.live(), "envs still alive after shutdown");

@@ -104,6 +104,9 @@ pub(crate) struct Shard {
     conns: Mutex<HashMap<i32, Arc<Conn>>>,
     /// Set when every connection is closed and `wait_msg` may say SHUTDOWN.
     pub shutdown: AtomicBool,
+    /// Set when a reload replaced this shard's guest: SHUTDOWN once its
+    /// last connection is gone.
+    retired: AtomicBool,
     pub restarts: AtomicU64,
 }
 
@@ -113,8 +116,17 @@ impl Shard {
             ring: EventRing::new(capacity),
             conns: Mutex::new(HashMap::new()),
             shutdown: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the guest may be told SHUTDOWN: the server stops, or the
+    /// shard was retired and has no connection left; and nothing is queued.
+    fn finished(&self) -> bool {
+        self.ring.is_empty()
+            && (self.shutdown.load(Ordering::Acquire)
+                || (self.retired.load(Ordering::Acquire) && self.conns.lock().is_empty()))
     }
 }
 
@@ -147,6 +159,15 @@ impl Queue {
     /// Instances replaced after a fault, all shards.
     pub(crate) fn restarts(&self) -> u64 {
         self.shards.iter().map(|s| s.restarts.load(Ordering::Relaxed)).sum()
+    }
+
+    /// A reload replaced this queue's guest: each shard's guest is told
+    /// SHUTDOWN once its last connection is gone.
+    pub(crate) fn retire(&self) {
+        for s in &self.shards {
+            s.retired.store(true, Ordering::Release);
+            s.ring.wake();
+        }
     }
 
     /// Lets every `wait_msg` answer SHUTDOWN once its ring is empty.
@@ -391,7 +412,7 @@ impl Dispatcher {
         self.done_handling();
         loop {
             let Some(ev) = self.qs.ring.pop(Duration::from_millis(50)) else {
-                if self.qs.shutdown.load(Ordering::Acquire) && self.qs.ring.is_empty() {
+                if self.qs.finished() {
                     return Next::Shutdown;
                 }
                 // `may` resumes a coroutine whose timed wait expired on its
@@ -560,15 +581,14 @@ impl AbiHost for QueueHost {
 /// Runs one shard's guest until shutdown. A faulted instance is replaced by
 /// a standby made in advance; only a crash loop backs off; during shutdown
 /// nothing restarts and the shard drains its events without a guest.
-pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>) {
-    let guest = Arc::clone(sh.pool.guest());
+pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::guest::Guest>) {
     let has_run = guest.exports().run;
     let mut generation = 0u64;
     let mut backoff = Duration::from_millis(10);
     let mut standby: Option<GuestEnv> = None;
     let mut faults: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
     loop {
-        if qs.shutdown.load(Ordering::Acquire) && qs.ring.is_empty() {
+        if qs.finished() {
             break;
         }
         generation += 1;
@@ -609,7 +629,7 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>) {
             // Not for `run` as a whole: wait_msg arms it per event.
             env.exec_env().set_budget(None);
             match env.run().unwrap_or(Ok(0)) {
-                Ok(_) if qs.shutdown.load(Ordering::Acquire) => Ok(()),
+                Ok(_) if qs.finished() => Ok(()),
                 Ok(r) => Err(format!("run returned {r} before SHUTDOWN")),
                 Err(e) => {
                     sh.counters.count_fault(&e);

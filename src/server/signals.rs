@@ -1,25 +1,38 @@
-//! SIGINT and SIGTERM → graceful stop. The one place in the crate that
-//! touches signal handlers (WAMR's own SIGUSR1 handler is described in
-//! `wamr/runtime.rs`).
+//! SIGINT and SIGTERM → graceful stop; a second one → exit now; SIGHUP →
+//! reload the guest. The one place in the crate that touches signal
+//! handlers (WAMR's own SIGUSR1 handler is described in `wamr/runtime.rs`),
+//! and only while the caller waits in these functions.
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::ServerHandle;
 
 /// Blocks the calling thread until SIGINT or SIGTERM arrives, or until the
 /// server is stopped some other way (checked every 100 ms). Returns the
-/// signal number, if one arrived; the caller then calls `stop`. The handlers
-/// are removed again before returning.
+/// signal number, if one arrived; the caller then calls `stop`. SIGHUP is
+/// caught and ignored meanwhile (see [`serve_signals`] to reload on it).
+/// The handlers are removed again before returning.
 pub fn stop_on_signal(server: &Arc<ServerHandle>) -> std::io::Result<Option<i32>> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    serve_signals(server, || {})
+}
+
+/// Like [`stop_on_signal`], and calls `on_reload` on every SIGHUP (the
+/// command line reloads the guest module from disk there, see
+/// [`ServerHandle::reload`]).
+pub fn serve_signals(server: &Arc<ServerHandle>, mut on_reload: impl FnMut()) -> std::io::Result<Option<i32>> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let handle = signals.handle();
     let mut got = None;
-    loop {
-        if let Some(sig) = signals.pending().next() {
-            got = Some(sig);
-            break;
+    'wait: loop {
+        for sig in signals.pending() {
+            if sig == SIGHUP {
+                on_reload();
+            } else {
+                got = Some(sig);
+                break 'wait;
+            }
         }
         if server.is_stopping() {
             break;

@@ -1,0 +1,171 @@
+//! Guest generations: what serves new connections, and what still serves
+//! older ones after a reload.
+//!
+//! A [`Generation`] is one guest module with its env pool and, in queue
+//! mode, its shards and runners. New connections take the current one and
+//! keep it for life. [`Generations::install`] (a reload: SIGHUP, or
+//! `ServerHandle::reload`) makes a new generation current and *retires* the
+//! old: its pool stops keeping released envs, its queue shards answer
+//! SHUTDOWN to their guest once their last connection has closed. Nothing is
+//! dropped: connections open at the reload finish on the old guest, as with
+//! nginx; the old generation goes when the last of them has.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::{queue, EnvPolicy, QueueRunner, RunnerHandle, Shared};
+use crate::error::{Error, Result};
+use crate::guest::{Guest, GuestConfig};
+use crate::pool::EnvPool;
+use crate::registry::Registry;
+use crate::wamr::Module;
+
+/// One guest module and what serves it.
+pub(crate) struct Generation {
+    pub pool: Arc<EnvPool>,
+    pub queue: Option<Arc<queue::Queue>>,
+    runner: QueueRunner,
+}
+
+/// How to make a generation from a module: the server's settings.
+#[derive(Clone)]
+pub(crate) struct Template {
+    pub config: GuestConfig,
+    pub policy: EnvPolicy,
+    pub pool_capacity: usize,
+    pub queue: Option<QueueTemplate>,
+}
+
+/// Queue mode's part of a [`Template`].
+#[derive(Clone, Copy)]
+pub(crate) struct QueueTemplate {
+    pub shards: usize,
+    pub capacity: usize,
+    pub runner: QueueRunner,
+}
+
+impl Template {
+    /// Checks `module` (one env is made, see `Guest::new`) and builds its
+    /// pool and queue; runners start with [`start_runners`].
+    pub(crate) fn make(&self, module: Module, registry: &Arc<Registry>) -> Result<Arc<Generation>> {
+        let guest = Guest::new(module, self.config.clone(), Arc::clone(registry))?;
+        let pool = match self.policy {
+            EnvPolicy::Connection => EnvPool::new(guest, self.pool_capacity),
+            EnvPolicy::Message => EnvPool::new_shared_state(guest, self.pool_capacity),
+        };
+        let queue = self.queue.map(|q| queue::Queue::new(q.shards, q.capacity));
+        let runner = self.queue.map(|q| q.runner).unwrap_or_default();
+        Ok(Arc::new(Generation { pool, queue, runner }))
+    }
+}
+
+/// Starts the queue runners of `gen` (none in direct mode).
+pub(crate) fn start_runners(shared: &Arc<Shared>, gen: &Arc<Generation>) -> Result<Vec<RunnerHandle>> {
+    let mut runners = Vec::new();
+    let Some(q) = &gen.queue else { return Ok(runners) };
+    for (i, shard) in q.shards.iter().enumerate() {
+        let (sh, qs, guest) = (Arc::clone(shared), Arc::clone(shard), Arc::clone(gen.pool.guest()));
+        runners.push(match gen.runner {
+            QueueRunner::Thread => RunnerHandle::Thread(
+                std::thread::Builder::new()
+                    .name(format!("wamr-coro-queue-{i}"))
+                    .spawn(move || queue::run(sh, qs, guest))
+                    .map_err(|e| Error::io("starting a queue runner", e))?,
+            ),
+            QueueRunner::Coroutine => {
+                RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs, guest)))
+            }
+        });
+    }
+    Ok(runners)
+}
+
+/// The current generation and the retired ones still serving.
+pub(crate) struct Generations {
+    current: RwLock<Arc<Generation>>,
+    /// Every generation not yet gone (the current one included).
+    all: Mutex<Vec<Arc<Generation>>>,
+    template: Template,
+    reloads: AtomicU64,
+}
+
+impl Generations {
+    pub(crate) fn new(first: Arc<Generation>, template: Template) -> Generations {
+        Generations {
+            current: RwLock::new(Arc::clone(&first)),
+            all: Mutex::new(vec![first]),
+            template,
+            reloads: AtomicU64::new(0),
+        }
+    }
+
+    /// What new connections are served by.
+    pub(crate) fn current(&self) -> Arc<Generation> {
+        Arc::clone(&self.current.read())
+    }
+
+    pub(crate) fn template(&self) -> &Template {
+        &self.template
+    }
+
+    /// Makes `gen` current and retires the one it replaces; forgets retired
+    /// generations that no connection uses any more.
+    pub(crate) fn install(&self, gen: Arc<Generation>) {
+        let old = std::mem::replace(&mut *self.current.write(), Arc::clone(&gen));
+        old.pool.retire();
+        if let Some(q) = &old.queue {
+            q.retire();
+        }
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        let mut all = self.all.lock();
+        all.push(gen);
+        let current = self.current();
+        all.retain(|g| {
+            Arc::ptr_eq(g, &current)
+                || Arc::strong_count(&g.pool) > 1
+                || g.queue.as_ref().is_some_and(|q| q.open_conns() > 0)
+        });
+    }
+
+    pub(crate) fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Envs reset, and envs that could not be, over every live generation.
+    pub(crate) fn reset_counts(&self) -> (u64, u64) {
+        self.all.lock().iter().map(|g| g.pool.guest().reset_counts()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    pub(crate) fn has_queue(&self) -> bool {
+        self.all.lock().iter().any(|g| g.queue.is_some())
+    }
+
+    /// Queue events waiting, per shard, over every live generation.
+    pub(crate) fn queue_depths(&self) -> Vec<u64> {
+        self.all.lock().iter().filter_map(|g| g.queue.as_ref()).flat_map(|q| q.depths()).collect()
+    }
+
+    pub(crate) fn queue_restarts(&self) -> u64 {
+        self.all.lock().iter().filter_map(|g| g.queue.as_ref()).map(|q| q.restarts()).sum()
+    }
+
+    /// Queue-mode connections whose CLOSE a guest has not seen yet.
+    pub(crate) fn queue_open_conns(&self) -> usize {
+        self.all.lock().iter().filter_map(|g| g.queue.as_ref()).map(|q| q.open_conns()).sum()
+    }
+
+    /// Lets every queue guest see SHUTDOWN once its ring is empty.
+    pub(crate) fn shut_down_queues(&self) {
+        for q in self.all.lock().iter().filter_map(|g| g.queue.as_ref()) {
+            q.shut_down();
+        }
+    }
+
+    /// Closes every pool (shutdown).
+    pub(crate) fn close_pools(&self) {
+        for g in self.all.lock().iter() {
+            g.pool.close();
+        }
+    }
+}
