@@ -44,7 +44,7 @@ enum End {
 struct Conn {
     // Field order matters: the registration goes (and with it the table's
     // view of the fd) before the socket closes.
-    _registration: Registration,
+    registration: Registration,
     sh: Arc<Shared>,
     /// The guest's pool this connection was started on (kept across a
     /// reload, see `generation.rs`).
@@ -58,7 +58,7 @@ struct Conn {
 impl Conn {
     fn new(sh: Arc<Shared>, pool: Arc<EnvPool>, id: i32, registration: Registration, stream: may::net::TcpStream) -> Conn {
         Conn {
-            _registration: registration,
+            registration,
             sh,
             pool,
             id,
@@ -73,7 +73,8 @@ impl Conn {
         // A client that sends nothing, or reads nothing, for idle_timeout is
         // gone: without the write timeout one that never reads would hold
         // this coroutine and its env forever.
-        let _ = self.stream.set_read_timeout(Some(self.sh.limits.idle_timeout));
+        // Idle reads are ended by the server's sweep (socket.rs); a write to
+        // a client that takes nothing times out on its own.
         let _ = self.stream.set_write_timeout(Some(self.sh.limits.idle_timeout));
         let end = self.serve();
         if end == End::Close {
@@ -105,7 +106,12 @@ impl Conn {
         let mut progress = Progress::new(&self.sh);
         loop {
             let n = match self.stream.read(buf.space()) {
-                Ok(0) => return End::Close,
+                Ok(0) => {
+                    if self.registration.activity().idled() {
+                        self.sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return End::Close;
+                }
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     self.sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
@@ -114,6 +120,7 @@ impl Conn {
                 Err(_) => return End::Close,
             };
             self.sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            self.registration.activity().touch(&self.sh);
             if !progress.received(n) {
                 self.sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
                 return End::Close;
@@ -167,6 +174,7 @@ impl Conn {
         }
         self.stream.write_all(&out)?;
         self.sh.counters.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.registration.activity().touch(&self.sh);
         // Hand the buffer back to reuse its capacity.
         let mut st = self.state.lock();
         if st.out.is_empty() {

@@ -404,6 +404,26 @@ impl ServerBuilder {
             }
         };
         let runners = generation::start_runners(&shared, &first)?;
+        let sweeper = {
+            let sh = Arc::clone(&shared);
+            // Idle connections are closed between idle_timeout and 1/8 of
+            // it later (at most 1 s later).
+            let period = (sh.limits.idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            std::thread::Builder::new()
+                .name("wamr-coro-idle".into())
+                .spawn(move || {
+                    let mut last = Instant::now();
+                    while !sh.stopping.load(Ordering::Acquire) {
+                        // Short naps, so that stop() need not wait a period.
+                        std::thread::sleep(period.min(Duration::from_millis(50)));
+                        if last.elapsed() >= period {
+                            socket::sweep_idle(&sh);
+                            last = Instant::now();
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("starting the idle sweeper", e))?
+        };
         let acceptor = listener::start(Arc::clone(&shared), listener);
         tracing::info!(%local_addr, mode = ?self.mode, policy = ?self.policy, source = ?self.source, "listening");
         Ok(ServerHandle {
@@ -411,6 +431,7 @@ impl ServerBuilder {
             local_addr,
             acceptor: Mutex::new(Some(acceptor)),
             runners: Mutex::new(runners),
+            sweeper: Mutex::new(Some(sweeper)),
             _watchdog: watchdog,
             metrics,
         })
@@ -518,6 +539,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     acceptor: Mutex<Option<may::coroutine::JoinHandle<()>>>,
     runners: Mutex<Vec<RunnerHandle>>,
+    sweeper: Mutex<Option<std::thread::JoinHandle<()>>>,
     _watchdog: Option<Watchdog>,
     metrics: Option<metrics::MetricsServer>,
 }
@@ -622,6 +644,9 @@ impl ServerHandle {
             let _ = acceptor.join();
         }
         sh.generations.close_pools();
+        if let Some(t) = self.sweeper.lock().take() {
+            let _ = t.join();
+        }
         let left = hard_end.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         if !sh.registry.destroy_all(left) {
             tracing::error!(live = sh.registry.live(), "envs still alive after shutdown");

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::socket::{self, Progress, ReadBuf, Registration};
+use super::socket::{self, Activity, Progress, ReadBuf, Registration};
 use super::Shared;
 use crate::abi::{self, AbiHost, ERR_BAD_POINTER, ERR_UNKNOWN_CONN, ERR_WOULD_EXCEED_LIMIT};
 use crate::guest::GuestEnv;
@@ -197,6 +197,7 @@ pub(super) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpS
     });
     qs.conns.lock().insert(id, Arc::clone(&conn));
     let registration = Registration::new(sh, id, ip, &stream);
+    let (activity_r, activity_w) = (Arc::clone(registration.activity()), Arc::clone(registration.activity()));
     // One fd: the reader owns the socket and outlives the writer, which
     // writes through the same descriptor (see `writer`).
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
@@ -205,12 +206,12 @@ pub(super) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpS
     crate::coro::spawn(move || {
         // SAFETY: the reader keeps the socket behind `fd` open until this
         // coroutine has ended (it waits for `done_tx` to drop).
-        unsafe { writer(sh_w, fd, rx, pending) };
+        unsafe { writer(sh_w, fd, rx, pending, &activity_w) };
         drop(done_tx);
     });
     crate::coro::spawn(move || {
         let mut stream = stream;
-        reader(&sh_r, &qs_r, id, &conn, &mut stream);
+        reader(&sh_r, &qs_r, id, &conn, &mut stream, &activity_r);
         // The socket stays open until the writer is done with it; a writer
         // whose CLOSE never comes (the shard shut down) is told to stop.
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(Duration::from_millis(100)) {
@@ -236,9 +237,9 @@ fn push(qs: &Shard, mut ev: Event) -> bool {
     }
 }
 
-fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &Conn, stream: &mut may::net::TcpStream) {
+fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &Conn, stream: &mut may::net::TcpStream, activity: &Activity) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(sh.limits.idle_timeout));
+    // Idle reads are ended by the server's sweep (socket.rs).
     if !push(qs, Event::Open(id)) {
         return;
     }
@@ -250,9 +251,15 @@ fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &Conn, stream: &mut may::net::
             break;
         }
         match stream.read(buf.space()) {
-            Ok(0) => break,
+            Ok(0) => {
+                if activity.idled() {
+                    sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
             Ok(n) => {
                 sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                activity.touch(sh);
                 if !progress.received(n) {
                     sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
                     break;
@@ -306,7 +313,13 @@ fn wait_for_output_room(sh: &Shared, conn: &Conn) -> bool {
 ///
 /// # Safety
 /// `fd` stays open until this function returns.
-unsafe fn writer(sh: Arc<Shared>, fd: std::os::fd::RawFd, rx: may::sync::mpsc::Receiver<Out>, pending: Arc<AtomicUsize>) {
+unsafe fn writer(
+    sh: Arc<Shared>,
+    fd: std::os::fd::RawFd,
+    rx: may::sync::mpsc::Receiver<Out>,
+    pending: Arc<AtomicUsize>,
+    activity: &Activity,
+) {
     let mut broken = false;
     while let Ok(out) = rx.recv() {
         match out {
@@ -319,6 +332,7 @@ unsafe fn writer(sh: Arc<Shared>, fd: std::os::fd::RawFd, rx: may::sync::mpsc::R
                         unsafe { socket::shutdown_fd(fd) };
                     } else {
                         sh.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        activity.touch(&sh);
                     }
                 }
                 pending.fetch_sub(bytes.len(), Ordering::AcqRel);

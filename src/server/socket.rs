@@ -15,15 +15,60 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::net::{IpAddr, Shutdown};
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Shared;
 
-/// What the table keeps of an open connection: its socket's descriptor.
+/// What the table keeps of an open connection: its socket's descriptor and
+/// when it was last active.
 pub(crate) struct ConnEntry {
     fd: RawFd,
+    activity: Arc<Activity>,
+}
+
+/// When a connection last made progress (received bytes, or had its output
+/// accepted), for the idle sweep.
+///
+/// Idle connections are found by one sweep over the table (see
+/// [`sweep_idle`]) rather than by a timeout on every read: a timed read
+/// registers a `may` timer per read, which dominated the scheduler's work
+/// under load (issue 15's profile).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    /// Milliseconds since the server's epoch.
+    last_ms: AtomicU64,
+    /// The sweep shut the connection down for idleness.
+    idled: AtomicBool,
+}
+
+impl Activity {
+    /// Records progress now.
+    pub(crate) fn touch(&self, sh: &Shared) {
+        self.last_ms.store(sh.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the sweep ended the connection (its reader then sees EOF).
+    pub(crate) fn idled(&self) -> bool {
+        self.idled.load(Ordering::Acquire)
+    }
+}
+
+/// Shuts down the read side of every connection idle for `idle_timeout`:
+/// its reader sees EOF, closes it as usual (on_close included), and counts
+/// it as an idle close. Run periodically by the server's idle sweeper.
+pub(crate) fn sweep_idle(sh: &Shared) {
+    let now = sh.epoch.elapsed().as_millis() as u64;
+    let idle = sh.limits.idle_timeout.as_millis() as u64;
+    let conns = sh.conns.lock();
+    for c in conns.values() {
+        if now.saturating_sub(c.activity.last_ms.load(Ordering::Relaxed)) >= idle
+            && !c.activity.idled.swap(true, Ordering::AcqRel)
+        {
+            c.shutdown();
+        }
+    }
 }
 
 /// Runs `f` on a std view of `fd` that does not close it.
@@ -108,15 +153,23 @@ pub(crate) struct Registration {
     shared: Arc<Shared>,
     id: i32,
     ip: IpAddr,
+    activity: Arc<Activity>,
 }
 
 impl Registration {
     /// Registers `stream` (admitted from `ip` by [`admit`]) as `id`.
     pub(crate) fn new(shared: &Arc<Shared>, id: i32, ip: IpAddr, stream: &may::net::TcpStream) -> Registration {
         use std::os::fd::AsRawFd;
-        shared.conns.lock().insert(id, ConnEntry { fd: stream.as_raw_fd() });
+        let activity = Arc::new(Activity { last_ms: AtomicU64::new(0), idled: AtomicBool::new(false) });
+        activity.touch(shared);
+        shared.conns.lock().insert(id, ConnEntry { fd: stream.as_raw_fd(), activity: Arc::clone(&activity) });
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        Registration { shared: Arc::clone(shared), id, ip }
+        Registration { shared: Arc::clone(shared), id, ip, activity }
+    }
+
+    /// The connection's activity record.
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 }
 
