@@ -141,7 +141,9 @@ impl Conn {
     fn callback(&mut self, f: impl FnOnce(&mut GuestEnv, i32) -> Result<i32>) -> Result<i32> {
         if self.lease.is_none() {
             let mut lease = self.pool.acquire().inspect_err(|e| {
-                tracing::warn!(conn = self.id, error = %e, "no env for connection");
+                if let Some(suppressed) = self.sh.log_limits.no_env.allow() {
+                    tracing::warn!(conn = self.id, error = %e, suppressed, "no env for connection");
+                }
             })?;
             lease.set_host(Some(Box::new(ConnHost {
                 conn: self.id,
@@ -157,7 +159,9 @@ impl Conn {
         self.sh.metrics.call_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             self.sh.counters.count_fault(e);
-            tracing::warn!(conn = self.id, error = %e, "guest fault: closing connection");
+            if let Some(suppressed) = self.sh.log_limits.guest_fault.allow() {
+                tracing::warn!(conn = self.id, error = %e, suppressed, "guest fault: closing connection");
+            }
             // Pool::release sees the poisoned env and destroys it.
             self.lease = None;
         } else if self.sh.policy == EnvPolicy::Message {

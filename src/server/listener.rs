@@ -24,7 +24,9 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
                 Ok(s) => s,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     shared.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "out of file descriptors: refusing a connection");
+                    if let Some(suppressed) = shared.log_limits.accept.allow() {
+                        tracing::warn!(error = %e, suppressed, "out of file descriptors: refusing a connection");
+                    }
                     if spare.take().is_some() {
                         drop(listener.accept());
                         spare = std::fs::File::open("/dev/null").ok();
@@ -34,7 +36,9 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = shared.log_limits.accept.allow() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     may::coroutine::sleep(std::time::Duration::from_millis(10));
                     continue;
                 }

@@ -19,6 +19,7 @@ mod generation;
 mod listener;
 mod metrics;
 mod queue;
+mod ratelimit;
 pub mod signals;
 mod socket;
 
@@ -388,6 +389,7 @@ impl ServerBuilder {
             per_address: Mutex::new(socket::PerAddress::default()),
             counters: Counters::default(),
             metrics: metrics::Metrics::default(),
+            log_limits: ratelimit::LogLimits::default(),
         });
         let metrics = match &self.metrics_listen {
             None => None,
@@ -475,6 +477,7 @@ pub(crate) struct Shared {
     pub per_address: Mutex<socket::PerAddress>,
     pub counters: Counters,
     pub metrics: metrics::Metrics,
+    pub log_limits: ratelimit::LogLimits,
 }
 
 impl Counters {

@@ -661,7 +661,9 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::guest::Gues
             continue; // drains on the next turn
         }
         qs.restarts.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%why, closed, "queue guest failed; closed its shard's connections, standby takes over");
+        if let Some(suppressed) = sh.log_limits.queue_fault.allow() {
+            tracing::warn!(%why, closed, suppressed, "queue guest failed; closed its shard's connections, standby takes over");
+        }
         // Back off only in a crash loop, and only this shard.
         let now = Instant::now();
         faults.push_back(now);
