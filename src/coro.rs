@@ -6,32 +6,16 @@
 //! separate mmap region): WAMR_NOTES.md measured ~80 % spurious "native stack
 //! overflow" failures, and no protection at all for the rest.
 //!
-//! `may` does not expose a coroutine's stack bounds, so [`spawn`] records them
-//! as the coroutine starts: the top is the first page boundary above a local
-//! of the entry frame (the generator puts only a small boxed closure above
-//! it, see the `stack_bounds_match_proc_maps` test), and the bottom is the top
-//! minus the stack size `may` allocated. Exec envs read these bounds before a
-//! call (see `wamr::stack`). A call from a coroutine that was not started
-//! here fails with [`Error::UnknownStack`] rather
-//! than run unprotected.
+//! `may` does not expose a coroutine's stack bounds, so [`spawn`] has them
+//! recorded as the coroutine starts (`wamr::stack`, the one place that knows
+//! about stack bounds). A call from a coroutine that was not started here
+//! fails with [`Error::UnknownStack`] rather than run unprotected.
 //!
 //! [`configure`] owns `may`'s process-global settings (worker count, default
 //! stack size); call it before the first coroutine.
-use std::cell::Cell;
-
 use crate::error::{Error, Result};
 
-/// Bounds of a coroutine stack: `low` is the lowest usable byte, `high` one
-/// past the highest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StackBounds {
-    /// Lowest usable address.
-    pub low: usize,
-    /// One past the highest address.
-    pub high: usize,
-}
-
-may::coroutine_local!(static STACK: Cell<Option<StackBounds>> = Cell::new(None));
+pub use crate::wamr::stack::{current_bounds, StackBounds};
 
 /// Default coroutine stack: 256 KiB. WAMR plus a host import used about
 /// 3 KiB; host imports that format logs or write sockets use more, and
@@ -75,26 +59,6 @@ where
 
 #[inline(never)]
 fn run_entry<T>(f: Box<dyn FnOnce() -> T + Send>) -> T {
-    record_bounds();
+    crate::wamr::stack::record_coroutine_bounds();
     f()
-}
-
-#[inline(never)]
-fn record_bounds() {
-    let marker = 0u8;
-    let sp = std::hint::black_box(&marker) as *const u8 as usize;
-    let words = may::coroutine::current().stack_size();
-    let bytes = words * std::mem::size_of::<usize>();
-    let page = 4096;
-    let high = (sp + page - 1) & !(page - 1);
-    let low = high.saturating_sub(bytes);
-    STACK.with(|s| s.set(Some(StackBounds { low, high })));
-}
-
-/// Bounds of the current coroutine's stack, if it was started by [`spawn`].
-pub fn current_bounds() -> Option<StackBounds> {
-    if !may::coroutine::is_coroutine() {
-        return None;
-    }
-    STACK.with(|s| s.get())
 }

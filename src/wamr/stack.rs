@@ -2,15 +2,57 @@
 //!
 //! * On an OS thread, WAMR's own default (the pthread stack) is right: the
 //!   boundary is reset to NULL and WAMR computes it.
-//! * In a coroutine started by [`crate::coro::spawn`], the boundary is the
+//! * In a coroutine started by `coro::spawn`, the boundary is the
 //!   coroutine stack's low end plus [`GUARD`].
 //! * In any other coroutine the bounds are unknown: the call is refused.
 //!
 //! `current` also returns the address range of the stack, so that an exec
 //! env can tell cheaply (one comparison per call) whether it is still called
 //! from the stack its boundary was set for.
-use crate::coro;
+//!
+//! `may` does not expose a coroutine's stack bounds, so `coro::spawn` calls
+//! [`record_coroutine_bounds`] as the coroutine starts: the top is the first
+//! page boundary above a local of the entry frame (the generator puts only a
+//! small boxed closure above it, see the `stack_bounds_match_proc_maps`
+//! test), and the bottom is the top minus the stack size `may` allocated.
+use std::cell::Cell;
+
 use crate::error::{Error, Result};
+
+/// Bounds of a coroutine stack: `low` is the lowest usable byte, `high` one
+/// past the highest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackBounds {
+    /// Lowest usable address.
+    pub low: usize,
+    /// One past the highest address.
+    pub high: usize,
+}
+
+may::coroutine_local!(static STACK: Cell<Option<StackBounds>> = Cell::new(None));
+
+/// Records the current coroutine's stack bounds; called first thing in a
+/// coroutine's entry frame (`coro::spawn`).
+#[inline(never)]
+pub(crate) fn record_coroutine_bounds() {
+    let marker = 0u8;
+    let sp = std::hint::black_box(&marker) as *const u8 as usize;
+    let words = may::coroutine::current().stack_size();
+    let bytes = words * std::mem::size_of::<usize>();
+    let page = 4096;
+    let high = (sp + page - 1) & !(page - 1);
+    let low = high.saturating_sub(bytes);
+    STACK.with(|s| s.set(Some(StackBounds { low, high })));
+}
+
+/// Bounds of the current coroutine's stack, if it was started by
+/// `coro::spawn`.
+pub fn current_bounds() -> Option<StackBounds> {
+    if !may::coroutine::is_coroutine() {
+        return None;
+    }
+    STACK.with(|s| s.get())
+}
 
 /// Bytes kept free below the boundary for WAMR's overflow handling and for
 /// host imports running near the limit.
@@ -30,7 +72,7 @@ pub(crate) struct CurrentStack {
 /// The stack of the caller.
 pub(crate) fn current() -> Result<CurrentStack> {
     if may::coroutine::is_coroutine() {
-        let b = coro::current_bounds().ok_or(Error::UnknownStack)?;
+        let b = current_bounds().ok_or(Error::UnknownStack)?;
         return Ok(CurrentStack { low: b.low, high: b.high, boundary: b.low + GUARD });
     }
     let (low, high) = thread_stack();
