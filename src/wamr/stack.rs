@@ -11,7 +11,7 @@
 //! from the stack its boundary was set for.
 //!
 //! `may` does not expose a coroutine's stack bounds, so `coro::spawn` calls
-//! [`record_coroutine_bounds`] as the coroutine starts: the top is the first
+//! `record_coroutine_bounds` as the coroutine starts: the top is the first
 //! page boundary above a local of the entry frame (the generator puts only a
 //! small boxed closure above it, see the `stack_bounds_match_proc_maps`
 //! test), and the bottom is the top minus the stack size `may` allocated.

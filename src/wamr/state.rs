@@ -13,7 +13,7 @@
 //! and AOT instances (`core/iwasm/interpreter/wasm_runtime.h`: "the layout is
 //! fixed for AOT code", which reads them at constant offsets). Even so the
 //! mirrors are checked against WAMR's own getters on every instance before
-//! use ([`verify_layout`]): a mismatch is an error, never a wild write.
+//! use (`verify_layout`): a mismatch is an error, never a wild write.
 //!
 //! ## Reset
 //! A [`MemoryImage`] is a copy of a freshly initialised env's linear memory,
@@ -25,7 +25,7 @@
 //!
 //! ## Memory budget
 //! A [`MemoryBudget`] counts 64 KiB pages across every env that shares it. A
-//! [`MemoryAccount`] charges one env's pages: its current size always, plus,
+//! `MemoryAccount` charges one env's pages: its current size always, plus,
 //! while a call runs, the headroom it may grow into (at most its per-env cap,
 //! at most what the budget has left). That headroom becomes the memory's
 //! `max_page_count` for the call, so WAMR itself makes `memory.grow` past it
