@@ -501,6 +501,8 @@ struct QueueHost {
     last_data: Option<(i32, i32, i32)>,
     /// When the event the guest is handling was handed out.
     handed_out: Option<Instant>,
+    /// The guest runs its own loop (`run`): only then may it wait.
+    guest_loop: bool,
 }
 
 impl QueueHost {
@@ -537,6 +539,11 @@ impl AbiHost for QueueHost {
     }
 
     fn wait_msg(&mut self, mem: &mut GuestMemory<'_>, buf: i32, cap: i32, info: i32) -> i32 {
+        // Only a guest's own `run` loop waits; inside a handler the host
+        // loop calls, taking events would steal them from that loop.
+        if !self.guest_loop {
+            return abi::ERR_NOT_IN_THIS_MODE;
+        }
         // The guest is back for more: its time for the last event is over.
         self.interrupt.set_deadline(None);
         if let Some(t) = self.handed_out.take() {
@@ -638,6 +645,7 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::guest::Gues
             output_limit: sh.limits.output_limit,
             last_data: None,
             handed_out: None,
+            guest_loop: has_run,
         })));
         let outcome = if has_run {
             // Not for `run` as a whole: wait_msg arms it per event.
