@@ -46,7 +46,7 @@ fn load_and_instantiate(bytes: &[u8]) {
 fn the_loader_survives_random_and_mutated_bytes() {
     setup();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
-    let valid = wat::parse_str(&guest_text("faulty.wat")).unwrap();
+    let valid = wat::parse_str(guest_text("faulty.wat")).unwrap();
     for i in 0..rounds(3000) {
         let bytes: Vec<u8> = match i % 3 {
             // Pure noise, with and without the magic.
