@@ -10,7 +10,7 @@
 # clang lower memcpy/memset to memory.copy/memory.fill, so no libc or
 # compiler-rt is needed for them either.
 #
-# What WAMR needs from a module (WAMR_NOTES.md): exported memory, and for
+# What WAMR needs from a module (docs/wamr-notes.md): exported memory, and for
 # spawned envs exported __heap_base and __data_end. The stack is 256 KiB:
 # WAMR divides it among a parent's envs_per_parent + 1 envs.
 set -euo pipefail

@@ -1,4 +1,4 @@
-//! The guest ABI (GUEST_ABI.md, version 1): its constants and its imports.
+//! The guest ABI (`docs/guest-abi.md`, version 1.1): its constants and its imports.
 //!
 //! The numbers come from `wamr/include/wamr_coro.h` through bindgen (see
 //! `build.rs`): C guests and this host read one definition.

@@ -3,7 +3,7 @@
 //! WebAssembly guests, executed by WAMR through FFI, serving TCP connections
 //! whose network I/O runs natively on stackful `may` coroutines. Guests never
 //! touch sockets: they receive bytes and answer through host imports (the
-//! guest ABI, `GUEST_ABI.md`, constants in `wamr/include/wamr_coro.h`).
+//! guest ABI, `docs/guest-abi.md`, constants in `wamr/include/wamr_coro.h`).
 //!
 //! The data path, file by file:
 //!

@@ -3,7 +3,7 @@
  *
  * This header is the one source of the ABI's constants: the host's build.rs
  * runs bindgen on it, so the Rust host and every C guest read the same
- * numbers. The contract itself is GUEST_ABI.md; this file states it in C.
+ * numbers. The contract itself is docs/guest-abi.md; this file states it in C.
  *
  * Guests include it and compile to wasm32 (see guests/build.sh):
  *
@@ -71,7 +71,7 @@ int32_t wcoro_send(int32_t conn, const void *ptr, int32_t len);
 /* Close conn after bytes already sent are flushed. 0, or negative error. */
 WCORO_IMPORT("close") int32_t wcoro_close(int32_t conn);
 
-/* Queue mode only: block until the next event (see GUEST_ABI.md). */
+/* Queue mode only: block until the next event (see docs/guest-abi.md). */
 WCORO_IMPORT("wait_msg")
 int32_t wcoro_wait_msg(void *buf, int32_t cap, wcoro_event *info);
 
