@@ -39,6 +39,6 @@ pub use registry::{Registry, RegistryStats};
 pub use wamr::host::{Caller, HostFunc, HostResult};
 pub use wamr::instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
 pub use wamr::memory::GuestMemory;
-pub use wamr::module::{Export, ExportKind, FuncType, Import, Module, ValType};
+pub use wamr::module::{Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType};
 pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};
 pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog};
