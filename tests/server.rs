@@ -21,7 +21,8 @@ fn variants() -> Vec<(Mode, EnvPolicy)> {
     ]
 }
 
-/// Echo guests in every language: WAT, C (built from source), Rust.
+/// Echo guests in every language: WAT, C (built from source), Rust (the
+/// guest SDK's `echo` example).
 fn echo_guests() -> Vec<&'static str> {
     let mut g = vec!["echo.wat", "c:echo"];
     if rust_guest_enabled() {
@@ -117,7 +118,11 @@ fn http_keepalive_pipelining_and_split_requests() {
         if policy == EnvPolicy::Message {
             continue;
         }
-        for guest in ["default", "c:http"] {
+        let mut guests = vec!["default", "c:http"];
+        if rust_guest_enabled() {
+            guests.push("rust:rust_http");
+        }
+        for guest in guests {
             http_keepalive_pipelined(guest, mode, policy);
         }
     }
