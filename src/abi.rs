@@ -9,6 +9,8 @@
 //! [`AbiHost`] for that env (direct mode: one connection; queue mode: the
 //! queue). An env without one (a bare `ExecEnv` used as a library) gets
 //! `UNKNOWN_CONN` from `send`/`close` and `NOT_IN_THIS_MODE` from `wait_msg`.
+//! The same host data tells embedders' host functions which connection they
+//! serve ([`Caller::connection`], [`ConnInfo`]).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -75,6 +77,67 @@ pub trait AbiHost: Send {
     fn epoch(&self) -> Instant;
     /// Called when `log` got a bad pointer.
     fn bad_log_pointer(&mut self) {}
+    /// The connection the env is serving now: direct mode, its connection;
+    /// queue mode, the connection of the event being handled. Host
+    /// functions read it through [`Caller::connection`]. Default: none.
+    fn connection(&self) -> Option<ConnInfo> {
+        None
+    }
+}
+
+/// The connection a guest call is serving (see [`Caller::connection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The id the guest sees (`conn` in the ABI).
+    pub id: i32,
+    /// The client's address, if the socket could tell.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+/// An [`AbiHost`] that also knows its connection: wraps a host whose
+/// `connection()` is the default.
+pub(crate) struct WithConn<H> {
+    inner: H,
+    info: ConnInfo,
+}
+
+impl<H: AbiHost> WithConn<H> {
+    /// `inner`, serving the connection `info`.
+    pub(crate) fn new(inner: H, info: ConnInfo) -> Self {
+        WithConn { inner, info }
+    }
+}
+
+impl<H: AbiHost> AbiHost for WithConn<H> {
+    fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32 {
+        self.inner.send(conn, bytes)
+    }
+    fn close(&mut self, conn: i32) -> i32 {
+        self.inner.close(conn)
+    }
+    fn wait_msg(&mut self, mem: &mut GuestMemory<'_>, buf: i32, cap: i32, info: i32) -> i32 {
+        self.inner.wait_msg(mem, buf, cap, info)
+    }
+    fn epoch(&self) -> Instant {
+        self.inner.epoch()
+    }
+    fn bad_log_pointer(&mut self) {
+        self.inner.bad_log_pointer()
+    }
+    fn connection(&self) -> Option<ConnInfo> {
+        Some(self.info)
+    }
+}
+
+impl Caller<'_> {
+    /// The connection the calling guest is serving: in direct mode the
+    /// env's connection (id and peer address); in queue mode the connection
+    /// of the event being handled, where the queue's [`AbiHost`] reports it
+    /// through [`AbiHost::connection`] (the queue host of this version does
+    /// not yet: `None`). `None` too for envs used as a library.
+    pub fn connection(&mut self) -> Option<ConnInfo> {
+        host(self.data_any()).and_then(|h| h.connection())
+    }
 }
 
 /// The host data type the ABI imports look for (see
