@@ -376,8 +376,10 @@ impl<T> Default for GuestCell<T> {
 /// [`export_guest!`]. It is a static, so it lies below `__heap_base`.
 #[repr(C, align(16))]
 pub struct BumpArena<const N: usize> {
-    bytes: UnsafeCell<[u8; N]>,
+    // First, so it shares a page with the first block (which the host's
+    // receive buffer dirties anyway) instead of dirtying one of its own.
     used: UnsafeCell<usize>,
+    bytes: UnsafeCell<[u8; N]>,
 }
 
 // SAFETY: as for GuestCell: one thread per (non-shared) memory.
@@ -386,7 +388,7 @@ unsafe impl<const N: usize> Sync for BumpArena<N> {}
 impl<const N: usize> BumpArena<N> {
     /// An empty arena.
     pub const fn new() -> Self {
-        BumpArena { bytes: UnsafeCell::new([0; N]), used: UnsafeCell::new(0) }
+        BumpArena { used: UnsafeCell::new(0), bytes: UnsafeCell::new([0; N]) }
     }
 
     /// The next block of `size` bytes, or `None` when `size` is negative or

@@ -214,12 +214,14 @@ static inline void *wcoro_bump_alloc(uint8_t *arena, size_t cap, size_t *used, i
  * needs). Each call returns a fresh block; 0 when the arena is exhausted.
  * Size it for the chunk size (WCORO_DEFAULT_CHUNK_SIZE) plus 16.
  */
-#define WCORO_BUMP_ALLOC(bytes)                                             \
-    static uint8_t wcoro_arena_[(bytes)] __attribute__((aligned(16)));      \
-    static size_t wcoro_arena_used_;                                        \
+#define WCORO_BUMP_ALLOC(size_)                                             \
+    static struct {                                                         \
+        size_t used; /* beside the first block: no page of its own */       \
+        uint8_t bytes[(size_)] __attribute__((aligned(16)));                \
+    } wcoro_arena_;                                                         \
     WCORO_EXPORT("alloc") int32_t wcoro_alloc_(int32_t size) {              \
-        return (int32_t)(uintptr_t)wcoro_bump_alloc(                        \
-            wcoro_arena_, sizeof wcoro_arena_, &wcoro_arena_used_, size);   \
+        return (int32_t)(uintptr_t)wcoro_bump_alloc(wcoro_arena_.bytes,     \
+            sizeof wcoro_arena_.bytes, &wcoro_arena_.used, size);           \
     }                                                                       \
     typedef int wcoro_bump_alloc_defined_
 
