@@ -35,7 +35,7 @@ pub const ABI_VERSION_MAJOR: i32 = consts::WCORO_ABI_VERSION_MAJOR as i32;
 pub const ABI_VERSION_MINOR: i32 = consts::WCORO_ABI_VERSION_MINOR as i32;
 /// The magic that starts the record C and Rust guests export as
 /// `wcoro_abi_version` (toolchains export a static's address).
-pub const ABI_MAGIC: &[u8] = b"wcoroabi";
+pub const ABI_MAGIC: &[u8] = consts::WCORO_ABI_MAGIC.split_at(consts::WCORO_ABI_MAGIC_LEN as usize).0;
 /// Event kind: payload bytes.
 pub const EVENT_DATA: i32 = consts::WCORO_EVENT_DATA as i32;
 /// Event kind: new connection.
@@ -59,7 +59,7 @@ pub const DEFAULT_CHUNK_SIZE: usize = consts::WCORO_DEFAULT_CHUNK_SIZE as usize;
 
 const _: () = assert!(std::mem::size_of::<consts::wcoro_event>() == 8);
 const _: () = assert!(ABI_VERSION == ABI_VERSION_MAJOR << 8 | ABI_VERSION_MINOR);
-const _: () = assert!(consts::WCORO_ABI_MAGIC_LEN as usize == ABI_MAGIC.len());
+const _: () = assert!(consts::WCORO_ABI_MAGIC.len() == ABI_MAGIC.len() + 1); // + the C string's NUL
 
 /// What the ABI's imports act on, supplied per env by the server.
 pub trait AbiHost: Send {
