@@ -58,8 +58,8 @@ fn echo_many(guest: &str, mode: Mode, policy: EnvPolicy) {
             failed += 1;
         }
     }
-    assert_eq!(failed, 0, "{failed} connections failed ({guest}, {mode:?}, {policy:?})");
     let stats = server.stop();
+    assert_eq!(failed, 0, "{failed} connections failed ({guest}, {mode:?}, {policy:?}): {stats}");
     assert_eq!(stats.accepted, conns as u64);
     assert_eq!(stats.bytes_in, stats.bytes_out);
     assert_eq!(stats.envs.live, 0, "{stats}");
