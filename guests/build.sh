@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the C guests (guests/c/*.c) and the Rust guest (guests/rust-echo)
-# into OUT (default guests/out). Run by the tests (tests/c_guests.rs); needs
-# clang and wasm-ld (Debian: clang, lld) and, for the Rust guest, the
+# Builds the C guests (guests/c/*.c) and the Rust guests (the examples of the
+# guest SDK, guest-sdk/examples: echo and http) into OUT (default
+# guests/out). Run by the tests (tests/c_guests.rs); needs clang and wasm-ld
+# (Debian: clang, lld) and, for the Rust guests, the
 # wasm32-unknown-unknown target (.ci/run installs all three).
 #
 # C guests are freestanding, without libc: the SDK needs only <stdint.h>,
@@ -10,7 +11,7 @@
 # clang lower memcpy/memset to memory.copy/memory.fill, so no libc or
 # compiler-rt is needed for them either.
 #
-# What WAMR needs from a module (WAMR_NOTES.md): exported memory, and for
+# What WAMR needs from a module (docs/wamr-notes.md): exported memory, and for
 # spawned envs exported __heap_base and __data_end. The stack is 256 KiB:
 # WAMR divides it among a parent's envs_per_parent + 1 envs.
 set -euo pipefail
@@ -33,9 +34,13 @@ for src in "$here"/c/*.c; do
   "$CC" "${cflags[@]}" "${ldflags[@]}" "${exports[@]}" -o "$out/$name.wasm" "$src"
 done
 
+# The Rust guests are the guest SDK's examples (guest-sdk/examples); a
+# target dir of their own keeps this build off the lock of the cargo that
+# runs the tests.
 if [ "${SKIP_RUST_GUEST:-}" != 1 ]; then
-  cargo build --quiet --release --target wasm32-unknown-unknown \
-    --manifest-path "$here/rust-echo/Cargo.toml" --target-dir "$out/rust-target"
-  cp "$out/rust-target/wasm32-unknown-unknown/release/rust_echo.wasm" "$out/rust_echo.wasm"
+  cargo build --quiet --release --target wasm32-unknown-unknown --examples \
+    --manifest-path "$here/../guest-sdk/Cargo.toml" --target-dir "$out/rust-target"
+  cp "$out/rust-target/wasm32-unknown-unknown/release/examples/echo.wasm" "$out/rust_echo.wasm"
+  cp "$out/rust-target/wasm32-unknown-unknown/release/examples/http.wasm" "$out/rust_http.wasm"
 fi
 echo "built guests into $out"

@@ -1,4 +1,4 @@
-//! The guest ABI (GUEST_ABI.md, version 1): its constants and its imports.
+//! The guest ABI (`docs/guest-abi.md`, version 1.1): its constants and its imports.
 //!
 //! The numbers come from `wamr/include/wamr_coro.h` through bindgen (see
 //! `build.rs`): C guests and this host read one definition.
@@ -9,6 +9,8 @@
 //! [`AbiHost`] for that env (direct mode: one connection; queue mode: the
 //! queue). An env without one (a bare `ExecEnv` used as a library) gets
 //! `UNKNOWN_CONN` from `send`/`close` and `NOT_IN_THIS_MODE` from `wait_msg`.
+//! The same host data tells embedders' host functions which connection they
+//! serve ([`Caller::connection`], [`ConnInfo`]).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -25,8 +27,15 @@ mod consts {
     include!(concat!(env!("OUT_DIR"), "/abi_consts.rs"));
 }
 
-/// ABI version.
+/// The ABI version this host implements, `major << 8 | minor` (0x0101: 1.1).
 pub const ABI_VERSION: i32 = consts::WCORO_ABI_VERSION as i32;
+/// Its major part: guests declaring another major are refused.
+pub const ABI_VERSION_MAJOR: i32 = consts::WCORO_ABI_VERSION_MAJOR as i32;
+/// Its minor part: guests declaring a higher minor are refused.
+pub const ABI_VERSION_MINOR: i32 = consts::WCORO_ABI_VERSION_MINOR as i32;
+/// The magic that starts the record C and Rust guests export as
+/// `wcoro_abi_version` (toolchains export a static's address).
+pub const ABI_MAGIC: &[u8] = consts::WCORO_ABI_MAGIC.split_at(consts::WCORO_ABI_MAGIC_LEN as usize).0;
 /// Event kind: payload bytes.
 pub const EVENT_DATA: i32 = consts::WCORO_EVENT_DATA as i32;
 /// Event kind: new connection.
@@ -49,6 +58,8 @@ pub const EVENT_SIZE: i32 = consts::WCORO_EVENT_SIZE as i32;
 pub const DEFAULT_CHUNK_SIZE: usize = consts::WCORO_DEFAULT_CHUNK_SIZE as usize;
 
 const _: () = assert!(std::mem::size_of::<consts::wcoro_event>() == 8);
+const _: () = assert!(ABI_VERSION == ABI_VERSION_MAJOR << 8 | ABI_VERSION_MINOR);
+const _: () = assert!(consts::WCORO_ABI_MAGIC.len() == ABI_MAGIC.len() + 1); // + the C string's NUL
 
 /// What the ABI's imports act on, supplied per env by the server.
 pub trait AbiHost: Send {
@@ -66,6 +77,67 @@ pub trait AbiHost: Send {
     fn epoch(&self) -> Instant;
     /// Called when `log` got a bad pointer.
     fn bad_log_pointer(&mut self) {}
+    /// The connection the env is serving now: direct mode, its connection;
+    /// queue mode, the connection of the event being handled. Host
+    /// functions read it through [`Caller::connection`]. Default: none.
+    fn connection(&self) -> Option<ConnInfo> {
+        None
+    }
+}
+
+/// The connection a guest call is serving (see [`Caller::connection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The id the guest sees (`conn` in the ABI).
+    pub id: i32,
+    /// The client's address, if the socket could tell.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+/// An [`AbiHost`] that also knows its connection: wraps a host whose
+/// `connection()` is the default.
+pub(crate) struct WithConn<H> {
+    inner: H,
+    info: ConnInfo,
+}
+
+impl<H: AbiHost> WithConn<H> {
+    /// `inner`, serving the connection `info`.
+    pub(crate) fn new(inner: H, info: ConnInfo) -> Self {
+        WithConn { inner, info }
+    }
+}
+
+impl<H: AbiHost> AbiHost for WithConn<H> {
+    fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32 {
+        self.inner.send(conn, bytes)
+    }
+    fn close(&mut self, conn: i32) -> i32 {
+        self.inner.close(conn)
+    }
+    fn wait_msg(&mut self, mem: &mut GuestMemory<'_>, buf: i32, cap: i32, info: i32) -> i32 {
+        self.inner.wait_msg(mem, buf, cap, info)
+    }
+    fn epoch(&self) -> Instant {
+        self.inner.epoch()
+    }
+    fn bad_log_pointer(&mut self) {
+        self.inner.bad_log_pointer()
+    }
+    fn connection(&self) -> Option<ConnInfo> {
+        Some(self.info)
+    }
+}
+
+impl Caller<'_> {
+    /// The connection the calling guest is serving: in direct mode the
+    /// env's connection (id and peer address); in queue mode the connection
+    /// of the event being handled, where the queue's [`AbiHost`] reports it
+    /// through [`AbiHost::connection`] (the queue host of this version does
+    /// not yet: `None`). `None` too for envs used as a library.
+    pub fn connection(&mut self) -> Option<ConnInfo> {
+        host(self.data_any()).and_then(|h| h.connection())
+    }
 }
 
 /// The host data type the ABI imports look for (see
@@ -188,10 +260,59 @@ pub enum ModeReq {
     Queue,
 }
 
+fn version_text(v: i64) -> String {
+    if (0..=0xffff).contains(&v) {
+        format!("{}.{} ({v:#06x})", v >> 8, v & 0xff)
+    } else {
+        format!("{v:#x}")
+    }
+}
+
+/// Whether this host serves guests written for ABI `version`
+/// (`major << 8 | minor`): the same major, a minor up to its own.
+pub fn supports_abi_version(version: i32) -> bool {
+    version >> 8 == ABI_VERSION_MAJOR && (0..=ABI_VERSION_MINOR).contains(&(version & 0xff))
+}
+
+/// The ABI version `module` declares through its `wcoro_abi_version`
+/// export, or `None` without one. The export must be an immutable i32
+/// global whose value is either the version or the address of a
+/// `wcoro_abi_version_record` (magic `wcoroabi`, then the version) in the
+/// module's initial data — the form C and Rust statics take. An
+/// unsupported version, or an export in another form, is
+/// [`Error::AbiVersion`](crate::Error::AbiVersion).
+pub fn guest_abi_version(module: &Module) -> Result<Option<i32>> {
+    use crate::wamr::module::ExportKind;
+    use crate::Error;
+    let Some(export) = module.export("wcoro_abi_version") else { return Ok(None) };
+    let host = format!("{} (minor versions up to {})", version_text(ABI_VERSION as i64), ABI_VERSION_MINOR);
+    let refuse = |guest: String| Error::AbiVersion { guest, host: host.clone() };
+    if !matches!(export.kind, ExportKind::Global { ty: ValType::I32, mutable: false }) {
+        return Err(refuse(format!("`wcoro_abi_version` as {:?}, not an immutable i32 global", export.kind)));
+    }
+    let global = module
+        .exported_global("wcoro_abi_version")
+        .map_err(|why| refuse(format!("a `wcoro_abi_version` that cannot be read ({why})")))?;
+    let Some(value) = global.and_then(|g| g.init) else {
+        return Err(refuse("a `wcoro_abi_version` whose value is not a constant".into()));
+    };
+    let record = global
+        .and_then(|g| g.pointee.as_deref())
+        .filter(|p| p.len() >= ABI_MAGIC.len() + 4 && p.starts_with(ABI_MAGIC))
+        .map(|p| i32::from_le_bytes(p[ABI_MAGIC.len()..ABI_MAGIC.len() + 4].try_into().expect("4 bytes")));
+    let version = record.map(i64::from).unwrap_or(value);
+    match i32::try_from(version) {
+        Ok(v) if supports_abi_version(v) => Ok(Some(v)),
+        _ => Err(refuse(version_text(version))),
+    }
+}
+
 /// Checks `module` against the contract for `mode`; errors name what is
-/// missing or mistyped.
+/// missing or mistyped. A declared `wcoro_abi_version` is checked first
+/// ([`guest_abi_version`]).
 pub fn check_guest(module: &Module, mode: ModeReq) -> Result<GuestExports> {
     use crate::Error;
+    guest_abi_version(module)?;
     match module.export("memory") {
         Some(crate::wamr::module::Export { kind: crate::wamr::module::ExportKind::Memory { .. }, .. }) => {}
         _ => {

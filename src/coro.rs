@@ -3,7 +3,7 @@
 //! WAMR protects against native stack overflow by comparing the stack pointer
 //! with a boundary. By default that boundary comes from the OS thread's
 //! pthread stack, which is wrong inside a `may` coroutine (its stack is a
-//! separate mmap region): WAMR_NOTES.md measured ~80 % spurious "native stack
+//! separate mmap region): `docs/wamr-notes.md` records ~80 % spurious "native stack
 //! overflow" failures, and no protection at all for the rest.
 //!
 //! `may` does not expose a coroutine's stack bounds, so [`spawn`] has them

@@ -86,6 +86,16 @@ pub enum Error {
         found: String,
     },
 
+    /// The guest declares (`wcoro_abi_version`) a guest ABI version this host
+    /// does not support, or declares it in a form the host cannot read.
+    #[error("guest ABI version mismatch: the guest declares {guest}; this host supports {host}")]
+    AbiVersion {
+        /// What the guest's `wcoro_abi_version` says.
+        guest: String,
+        /// What this host supports.
+        host: String,
+    },
+
     /// `wasm_runtime_spawn_exec_env` needs aux-stack information.
     #[error("module cannot spawn exec envs: {0}")]
     SpawnUnsupported(String),

@@ -3,7 +3,7 @@
 //! WebAssembly guests, executed by WAMR through FFI, serving TCP connections
 //! whose network I/O runs natively on stackful `may` coroutines. Guests never
 //! touch sockets: they receive bytes and answer through host imports (the
-//! guest ABI, `GUEST_ABI.md`, constants in `wamr/include/wamr_coro.h`).
+//! guest ABI, `docs/guest-abi.md`, constants in `wamr/include/wamr_coro.h`).
 //!
 //! The data path, file by file:
 //!
@@ -36,9 +36,10 @@ pub use error::{Error, Result};
 pub use guest::{EnvSource, Guest, GuestConfig, GuestEnv};
 pub use pool::{EnvPool, Lease, PoolStats};
 pub use registry::{Registry, RegistryStats};
-pub use wamr::host::{Caller, HostFunc, HostResult};
+pub use abi::ConnInfo;
+pub use wamr::host::{Caller, HostError, HostFunc, HostPlainReturn, HostResult, HostReturn, HostValue, IntoHostFunc};
 pub use wamr::instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
 pub use wamr::memory::GuestMemory;
-pub use wamr::module::{Export, ExportKind, FuncType, Import, Module, ValType};
+pub use wamr::module::{Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType};
 pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};
 pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog};

@@ -141,3 +141,74 @@ fn compiled_guests_satisfy_spawn_without_hand_edits() {
     echo_round(&mut connect(server.local_addr()), b"spawned C guest");
     assert_eq!(server.stop().envs.live, 0);
 }
+
+#[test]
+fn abi_version_declared_by_the_c_macro_loads_and_serves() {
+    // guests/c/echo.c has `WCORO_DECLARE_ABI_VERSION();`: clang exports the
+    // record's address, and the host finds the version through its magic.
+    let m = built_guest("echo");
+    assert_eq!(wamr_coro::abi::guest_abi_version(&m).unwrap(), Some(0x0101));
+    let server = start(m, Mode::Direct, EnvPolicy::Connection, test_limits());
+    let mut s = connect(server.local_addr());
+    echo_round(&mut s, b"versioned");
+    drop(s);
+    server.stop();
+}
+
+#[test]
+fn abi_version_mismatch_is_a_clear_error() {
+    setup();
+    let guest = |decl: &str| {
+        format!(
+            r#"(module
+                 (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 {decl}
+                 (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#
+        )
+    };
+    // The plain form: the global's value is the version.
+    let ok = wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0101))"#)).unwrap();
+    assert_eq!(wamr_coro::abi::guest_abi_version(&ok).unwrap(), Some(0x0101));
+    let v10 = wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0100))"#)).unwrap();
+    assert_eq!(wamr_coro::abi::guest_abi_version(&v10).unwrap(), Some(0x0100));
+    // A guest written for 2.0: refused at start, naming both versions.
+    let wat = guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0200))"#);
+    let e = Guest::new(wamr_coro::Module::from_wat(&wat).unwrap(), GuestConfig::default(), Registry::new()).unwrap_err();
+    assert!(matches!(e, Error::AbiVersion { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "guest ABI version mismatch: the guest declares 2.0 (0x0200); this host supports 1.1 (0x0101) (minor versions up to 1)"
+    );
+    // A newer minor, a mutable global, a record with a newer version.
+    let e = Guest::new(
+        wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0102))"#)).unwrap(),
+        GuestConfig::default(),
+        Registry::new(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("declares 1.2 (0x0102)"), "{e}");
+    let e = Guest::new(
+        wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") (mut i32) (i32.const 0x0101))"#)).unwrap(),
+        GuestConfig::default(),
+        Registry::new(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not an immutable i32 global"), "{e}");
+    let rec = guest(
+        r#"(global (export "wcoro_abi_version") i32 (i32.const 1024))
+           (data (i32.const 1024) "wcoroabi\00\03\00\00")"#,
+    );
+    let e = Guest::new(wamr_coro::Module::from_wat(&rec).unwrap(), GuestConfig::default(), Registry::new()).unwrap_err();
+    assert!(e.to_string().contains("declares 3.0 (0x0300)"), "{e}");
+    // Through the binary, as a user meets it.
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("abi_v2.wat");
+    std::fs::write(&path, &wat).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+        .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the guest declares 2.0 (0x0200); this host supports 1.1 (0x0101)"), "{err}");
+}

@@ -21,7 +21,8 @@ fn variants() -> Vec<(Mode, EnvPolicy)> {
     ]
 }
 
-/// Echo guests in every language: WAT, C (built from source), Rust.
+/// Echo guests in every language: WAT, C (built from source), Rust (the
+/// guest SDK's `echo` example).
 fn echo_guests() -> Vec<&'static str> {
     let mut g = vec!["echo.wat", "c:echo"];
     if rust_guest_enabled() {
@@ -57,8 +58,8 @@ fn echo_many(guest: &str, mode: Mode, policy: EnvPolicy) {
             failed += 1;
         }
     }
-    assert_eq!(failed, 0, "{failed} connections failed ({guest}, {mode:?}, {policy:?})");
     let stats = server.stop();
+    assert_eq!(failed, 0, "{failed} connections failed ({guest}, {mode:?}, {policy:?}): {stats}");
     assert_eq!(stats.accepted, conns as u64);
     assert_eq!(stats.bytes_in, stats.bytes_out);
     assert_eq!(stats.envs.live, 0, "{stats}");
@@ -117,7 +118,11 @@ fn http_keepalive_pipelining_and_split_requests() {
         if policy == EnvPolicy::Message {
             continue;
         }
-        for guest in ["default", "c:http"] {
+        let mut guests = vec!["default", "c:http"];
+        if rust_guest_enabled() {
+            guests.push("rust:rust_http");
+        }
+        for guest in guests {
             http_keepalive_pipelined(guest, mode, policy);
         }
     }

@@ -145,12 +145,16 @@ impl Conn {
                     tracing::warn!(conn = self.id, error = %e, suppressed, "no env for connection");
                 }
             })?;
-            lease.set_host(Some(Box::new(ConnHost {
-                conn: self.id,
-                state: Arc::clone(&self.state),
-                output_limit: self.sh.limits.output_limit,
-                epoch: self.sh.epoch,
-            })));
+            let info = crate::abi::ConnInfo { id: self.id, peer: self.stream.peer_addr().ok() };
+            lease.set_host(Some(Box::new(crate::abi::WithConn::new(
+                ConnHost {
+                    conn: self.id,
+                    state: Arc::clone(&self.state),
+                    output_limit: self.sh.limits.output_limit,
+                    epoch: self.sh.epoch,
+                },
+                info,
+            ))));
             self.lease = Some(lease);
         }
         let lease = self.lease.as_mut().expect("acquired above");

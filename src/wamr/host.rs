@@ -12,6 +12,37 @@
 //! WAMR keeps the `NativeSymbol` arrays and names forever and resolves
 //! imports at module load, so registration is process-wide, permanent, and
 //! must precede loading the modules that use it.
+//!
+//! Two ways to declare one: [`HostFunc::wrap`] infers the signature from a
+//! closure's Rust types (`|caller: Caller<'_>, a: i32, b: i64| -> i32`) and
+//! reports failures as [`HostError`]; [`HostFunc::new`] takes the types
+//! explicitly and works on [`Val`]s. Inside a connection's callback,
+//! [`Caller::connection`] tells which connection (id and peer address) the
+//! guest is serving.
+//!
+//! # Rules for host functions (they run inside coroutines)
+//!
+//! A host function runs on the calling guest's stack: in a server, that is a
+//! `may` coroutine (direct mode: the connection's; queue mode: the runner's,
+//! a coroutine or a dedicated thread per `--runner`), suspended inside a
+//! WAMR call.
+//! - **Block only through `may` primitives** (`may::sync` channels, mutexes,
+//!   semaphores, `may::coroutine::sleep`, `may::net` sockets). They park the
+//!   coroutine and let the worker run others; the call resumes, possibly on
+//!   another OS thread (measured: `docs/wamr-notes.md`).
+//! - **No OS-blocking calls**: `std::thread::sleep`, `std::sync::Mutex` held
+//!   across a wait, blocking `std::net`/`std::fs` I/O, or waiting on a
+//!   `std::sync::mpsc` channel block the whole worker thread and every
+//!   coroutine queued on it; a server's call budget still counts the time.
+//! - **No thread-locals across a yield**: after a `may` primitive parks the
+//!   coroutine it may resume on another worker, so a `thread_local!` read
+//!   before and after can be two different values; keep per-call state in
+//!   locals or in the env's host data.
+//! - Keep it short: a guest call cannot be preempted, so a long host
+//!   function stalls its worker like a spinning guest.
+//! - Check every guest pointer through [`Caller::memory`] ([`GuestMemory`]
+//!   bounds-checks ranges); never keep a reference into guest memory after
+//!   returning (the guest may grow and move it).
 use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -78,6 +109,202 @@ impl HostFunc {
     }
 }
 
+/// Why a typed host function failed. The calling guest traps with this
+/// message (the call in progress fails as [`Error::Trap`], which a server
+/// treats as a fault of that connection or queue shard).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HostError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl HostError {
+    /// A failure described by `message`.
+    pub fn msg(message: impl Into<String>) -> HostError {
+        HostError { message: message.into(), source: None }
+    }
+
+    /// A failure caused by `error` (its text becomes the trap message).
+    pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> HostError {
+        HostError { message: error.to_string(), source: Some(Box::new(error)) }
+    }
+}
+
+impl From<Error> for HostError {
+    fn from(e: Error) -> HostError {
+        HostError::from_error(e)
+    }
+}
+
+impl From<std::io::Error> for HostError {
+    fn from(e: std::io::Error) -> HostError {
+        HostError::from_error(e)
+    }
+}
+
+/// A value a typed host function takes or returns: `i32`, `u32`, `i64`,
+/// `u64`, `f32`, `f64`.
+pub trait HostValue: Copy + Send + 'static {
+    /// Its WebAssembly type.
+    const TY: ValType;
+    /// From WAMR's argument slot.
+    fn from_slot(slot: u64) -> Self;
+    /// As a [`Val`].
+    fn into_val(self) -> Val;
+}
+
+macro_rules! host_value {
+    ($t:ty, $vt:ident, $from:expr, $into:expr) => {
+        impl HostValue for $t {
+            const TY: ValType = ValType::$vt;
+            fn from_slot(slot: u64) -> Self {
+                $from(slot)
+            }
+            fn into_val(self) -> Val {
+                $into(self)
+            }
+        }
+    };
+}
+host_value!(i32, I32, |s: u64| s as u32 as i32, Val::I32);
+host_value!(u32, I32, |s: u64| s as u32, |v: u32| Val::I32(v as i32));
+host_value!(i64, I64, |s: u64| s as i64, Val::I64);
+host_value!(u64, I64, |s: u64| s, |v: u64| Val::I64(v as i64));
+host_value!(f32, F32, |s: u64| f32::from_bits(s as u32), Val::F32);
+host_value!(f64, F64, |s: u64| f64::from_bits(s), Val::F64);
+
+/// What a typed host function may return: `()` or one [`HostValue`]
+/// (WAMR 2.4.3's natives have at most one result: `wasm_native.c` accepts
+/// one result letter in a signature and the raw call returns in `argv[0]`),
+/// or either inside `Result<_, E>` with `E: Into<HostError>`.
+pub trait HostReturn: 'static {
+    /// The result types.
+    fn types() -> Vec<ValType>;
+    /// The value, or the trap.
+    fn into_result(self) -> std::result::Result<Option<Val>, HostError>;
+}
+
+/// `()` or one [`HostValue`]: the successful part of a [`HostReturn`].
+pub trait HostPlainReturn: 'static {
+    /// The result types.
+    fn types() -> Vec<ValType>;
+    /// The value.
+    fn into_val(self) -> Option<Val>;
+}
+
+impl HostPlainReturn for () {
+    fn types() -> Vec<ValType> {
+        Vec::new()
+    }
+    fn into_val(self) -> Option<Val> {
+        None
+    }
+}
+
+impl<T: HostValue> HostPlainReturn for T {
+    fn types() -> Vec<ValType> {
+        vec![T::TY]
+    }
+    fn into_val(self) -> Option<Val> {
+        Some(HostValue::into_val(self))
+    }
+}
+
+impl<T: HostPlainReturn> HostReturn for T {
+    fn types() -> Vec<ValType> {
+        <T as HostPlainReturn>::types()
+    }
+    fn into_result(self) -> std::result::Result<Option<Val>, HostError> {
+        Ok(self.into_val())
+    }
+}
+
+impl<T: HostPlainReturn, E: Into<HostError> + 'static> HostReturn for std::result::Result<T, E> {
+    fn types() -> Vec<ValType> {
+        T::types()
+    }
+    fn into_result(self) -> std::result::Result<Option<Val>, HostError> {
+        self.map(HostPlainReturn::into_val).map_err(Into::into)
+    }
+}
+
+/// A Rust closure usable as a typed host function: `Fn(Caller<'_>, A1, ..,
+/// An) -> R` with up to 8 [`HostValue`] parameters and a [`HostReturn`].
+/// `Params` is the tuple of parameter types (inferred).
+pub trait IntoHostFunc<Params, R>: Send + Sync + 'static {
+    /// The parameter types.
+    fn params() -> Vec<ValType>;
+    /// Calls the closure with arguments decoded from `args`.
+    fn call(&self, caller: Caller<'_>, args: &[Val]) -> std::result::Result<Option<Val>, HostError>;
+}
+
+macro_rules! into_host_func {
+    ($($a:ident),*) => {
+        impl<F, R, $($a: HostValue),*> IntoHostFunc<($($a,)*), R> for F
+        where
+            F: Fn(Caller<'_>, $($a),*) -> R + Send + Sync + 'static,
+            R: HostReturn,
+        {
+            fn params() -> Vec<ValType> {
+                vec![$($a::TY),*]
+            }
+            #[allow(non_snake_case, unused_mut, unused_variables)]
+            fn call(&self, caller: Caller<'_>, args: &[Val]) -> std::result::Result<Option<Val>, HostError> {
+                let mut it = args.iter();
+                $( let $a = $a::from_slot(it.next().map(|v| v.to_slot()).unwrap_or(0)); )*
+                (self)(caller, $($a),*).into_result()
+            }
+        }
+    };
+}
+into_host_func!();
+into_host_func!(A1);
+into_host_func!(A1, A2);
+into_host_func!(A1, A2, A3);
+into_host_func!(A1, A2, A3, A4);
+into_host_func!(A1, A2, A3, A4, A5);
+into_host_func!(A1, A2, A3, A4, A5, A6);
+into_host_func!(A1, A2, A3, A4, A5, A6, A7);
+into_host_func!(A1, A2, A3, A4, A5, A6, A7, A8);
+
+impl HostFunc {
+    /// A host function whose WebAssembly signature is inferred from the
+    /// closure's Rust types (wasmtime's `Func::wrap` idea):
+    ///
+    /// ```no_run
+    /// # use wamr_coro::{Caller, HostFunc, HostError, Runtime, RuntimeConfig};
+    /// let rt = Runtime::init(RuntimeConfig::default())?;
+    /// // (i32, i64) -> i32
+    /// rt.register(HostFunc::wrap("svc", "mix", |_caller: Caller<'_>, a: i32, b: i64| a ^ b as i32))?;
+    /// // () -> i32, failing with a trap outside a connection
+    /// rt.register(HostFunc::wrap("svc", "conn_id", |mut caller: Caller<'_>| {
+    ///     caller.connection().map(|c| c.id).ok_or_else(|| HostError::msg("not serving a connection"))
+    /// }))?;
+    /// # Ok::<(), wamr_coro::Error>(())
+    /// ```
+    ///
+    /// Parameters: up to 8 of `i32`, `u32`, `i64`, `u64`, `f32`, `f64`.
+    /// Result: `()`, one of those, or either in a `Result<_, E>` with
+    /// `E: Into<HostError>`; an `Err` traps the calling guest with its
+    /// message. A panic traps it too and never unwinds into WAMR.
+    ///
+    /// The closure runs on the calling guest's coroutine; see the module
+    /// documentation for what it may do there.
+    pub fn wrap<P, R, F>(module: &str, name: &str, f: F) -> HostFunc
+    where
+        F: IntoHostFunc<P, R>,
+        R: HostReturn,
+    {
+        let params = F::params();
+        let results = R::types();
+        HostFunc::new(module, name, &params, &results, move |caller, args| {
+            f.call(caller.reborrow(), args).map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// The guest that called a host function.
 pub struct Caller<'a> {
     env: sys::wasm_exec_env_t,
@@ -87,6 +314,12 @@ pub struct Caller<'a> {
 }
 
 impl<'a> Caller<'a> {
+    /// The same caller, for a shorter borrow (handed to typed host functions
+    /// by value).
+    pub(crate) fn reborrow(&mut self) -> Caller<'_> {
+        Caller { env: self.env, inst: self.inst, trap: None, _life: std::marker::PhantomData }
+    }
+
     /// The caller's linear memory. Valid until the host function returns.
     pub fn memory(&mut self) -> GuestMemory<'_> {
         // SAFETY: the instance is alive and suspended in this host call for

@@ -3,7 +3,7 @@
 //! WAMR keeps global state: its allocator, the table of registered natives,
 //! the list of clusters, and `max_thread_num`, which it reads whenever a
 //! cluster is created (every exec env belongs to one). Raising it after a
-//! cluster exists made WAMR read out of bounds (WAMR_NOTES.md), so this module
+//! cluster exists made WAMR read out of bounds (`docs/wamr-notes.md`), so this module
 //! owns all of it: [`Runtime::init`] runs `wasm_runtime_full_init` exactly
 //! once, with settings that can never change afterwards. A second `init` with
 //! the same settings returns the same runtime; with other settings it is an
