@@ -241,7 +241,7 @@ enum Owner {
 /// coroutine), not `Sync`: one caller at a time.
 pub struct ExecEnv {
     raw: sys::wasm_exec_env_t,
-    inst: sys::wasm_module_inst_t,
+    pub(super) inst: sys::wasm_module_inst_t,
     owner: Owner,
     /// Stack range for which the native boundary is set.
     bound: Cell<(usize, usize)>,
