@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use wamr_coro::server::{EnvPolicy, Limits, Mode, Server};
 use wamr_coro::{EnvSource, Module, Runtime, RuntimeConfig, WamrLog};
 
@@ -136,7 +136,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // `--version` adds WAMR's version, security fixes and features.
+    // clap wants a &'static str; this runs once per process.
+    let long_version: &'static str =
+        Box::leak(wamr_coro::wamr::build_info::describe().trim_end().to_string().into_boxed_str());
+    let matches = Cli::command().long_version(long_version).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Stress(args) => stress(args),

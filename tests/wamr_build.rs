@@ -122,3 +122,43 @@ fn memory_max_pages_refuses_shared_and_absent_memory() {
     let e = env.set_memory_max_pages(2).unwrap_err().to_string();
     assert!(e.contains("no memory"), "{e}");
 }
+
+/// The CVE ids the patch files in `wamr/patches/` name.
+fn patched_cves() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wamr/patches");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "patch"));
+    files.sort();
+    files
+        .iter()
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            let pre = text.split("\n--- ").next().unwrap().to_string();
+            pre.lines().filter_map(|l| l.trim().strip_prefix("CVE:").map(|c| c.trim().to_string())).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn version_flag_prints_wamr_version_fixes_and_features() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro")).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("WAMR 2.4.3"), "{text}");
+    let fixes = text.lines().find_map(|l| l.strip_prefix("security fixes: ")).expect(&text);
+    let want = patched_cves();
+    if want.is_empty() {
+        assert_eq!(fixes, "none");
+    } else {
+        assert_eq!(fixes.split(' ').collect::<Vec<_>>(), want, "{text}");
+    }
+    let features = text.lines().find_map(|l| l.strip_prefix("features: ")).expect(&text);
+    for f in ["fast-interp", "aot-loader", "thread-mgr", "shared-memory", "bulk-memory",
+              "reference-types", "instruction-metering", "software-bound-checks"] {
+        assert!(features.split(' ').any(|x| x == f), "{f} missing: {text}");
+    }
+    let off = text.lines().find_map(|l| l.strip_prefix("left out: ")).expect(&text);
+    assert!(off.contains("simd") && off.contains("hw-bound-checks"), "{text}");
+}

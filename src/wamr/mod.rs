@@ -10,6 +10,7 @@
 //! | `module.rs` | a loaded module, its imports and exports, contract checks |
 //! | `instance.rs` | instances and exec envs: independent or spawned, calls, traps |
 //! | `inst_access.rs` | an instance's globals area and memory growth limit (WAMR internals) |
+//! | `build_info.rs` | the WAMR version, CVE fixes and features built in (`--version`) |
 //! | `sys.rs` | the raw bindings build.rs generates from WAMR's `wasm_export.h` |
 //! | `host.rs` | host functions (imports) written in Rust or C |
 //! | `memory.rs` | bounds-checked views of a guest's linear memory |
@@ -20,6 +21,7 @@ pub use inst_access::MemoryPages;
 pub use instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
 pub use module::Module;
 
+pub mod build_info;
 pub mod host;
 pub mod inst_access;
 pub mod instance;
