@@ -42,9 +42,9 @@ fn main() {
     let upstream = locate_wamr();
     let wamr = out.join("wasm-micro-runtime");
     copy_tree(&upstream.join("core"), &wamr.join("core"));
-    let cves = apply_patches(Path::new("wamr/patches"), &wamr);
+    let (patches, cves) = apply_patches(Path::new("wamr/patches"), &wamr);
     let version = wamr_version(&wamr);
-    write_build_info(&out, &version, &cves, &upstream);
+    write_build_info(&out, &version, &patches, &cves, &upstream);
 
     build_wamr(&wamr);
     bind_wamr(&wamr, &out);
@@ -121,8 +121,9 @@ fn copy_tree(from: &Path, to: &Path) {
 /// Applies every `wamr/patches/*.patch` (sorted by name) to the copy in
 /// `wamr`. Each patch is a unified diff of one file, paths relative to WAMR's
 /// root (`a/core/...`), and names the CVE it fixes in a `CVE: <id>` line of
-/// its preamble. Returns the CVE ids, in order. Panics if one does not apply.
-fn apply_patches(dir: &Path, wamr: &Path) -> Vec<String> {
+/// its preamble (other patches name none). Returns the patch names and the
+/// CVE ids, in order. Panics if one does not apply.
+fn apply_patches(dir: &Path, wamr: &Path) -> (Vec<String>, Vec<String>) {
     let mut patches: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(rd) => rd
             .map(|e| e.unwrap().path())
@@ -132,6 +133,7 @@ fn apply_patches(dir: &Path, wamr: &Path) -> Vec<String> {
     };
     patches.sort();
     let mut cves = Vec::new();
+    let names = patches.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
     for path in patches {
         let text = fs::read_to_string(&path).unwrap();
         let start = text
@@ -157,7 +159,7 @@ fn apply_patches(dir: &Path, wamr: &Path) -> Vec<String> {
             .unwrap_or_else(|e| panic!("{} does not apply to {target}: {e}", path.display()));
         fs::write(&file, patched).unwrap();
     }
-    cves
+    (names, cves)
 }
 
 /// "2.4.3", from the tree's `core/version.h`.
@@ -178,13 +180,16 @@ fn wamr_version(wamr: &Path) -> String {
     )
 }
 
-fn write_build_info(out: &Path, version: &str, cves: &[String], upstream: &Path) {
-    let list = cves.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
+fn write_build_info(out: &Path, version: &str, patches: &[String], cves: &[String], upstream: &Path) {
+    let quote = |v: &[String]| v.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
+    let (list, patch_list) = (quote(cves), quote(patches));
     let text = format!(
         "/// WAMR's version, from the compiled tree's `core/version.h`.\n\
          pub const WAMR_VERSION: &str = {version:?};\n\
          /// CVE ids fixed by the patches in `wamr/patches/` applied to this build.\n\
          pub const WAMR_CVE_FIXES: &[&str] = &[{list}];\n\
+         /// Every patch in `wamr/patches/` applied to this build, by file stem.\n\
+         pub const WAMR_PATCHES: &[&str] = &[{patch_list}];\n\
          /// Where the WAMR source tree was taken from.\n\
          pub const WAMR_SOURCE: &str = {:?};\n",
         upstream.display().to_string()

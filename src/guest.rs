@@ -71,6 +71,9 @@ pub struct GuestConfig {
     pub max_envs: usize,
     /// Per-call time budget (`None` = unlimited).
     pub call_budget: Option<Duration>,
+    /// Per-call instruction budget, WAMR's counted ops (`None` = unlimited);
+    /// see `wamr::metering`.
+    pub instruction_budget: Option<u32>,
     /// What the module must provide.
     pub mode: ModeReq,
     /// Cap on each env's linear memory, in 64 KiB pages (0 = the module's
@@ -88,6 +91,7 @@ impl Default for GuestConfig {
             chunk_size: abi::DEFAULT_CHUNK_SIZE as u32,
             max_envs: 0,
             call_budget: None,
+            instruction_budget: None,
             mode: ModeReq::Direct,
             max_memory_pages: 256,
         }
@@ -270,6 +274,7 @@ impl GuestEnv {
     fn init(guest: &Arc<Guest>, mut env: ExecEnv) -> Result<GuestEnv> {
         let entry = guest.registry.register(Arc::clone(env.interrupt_handle()));
         env.set_budget(guest.config.call_budget);
+        env.set_instruction_budget(guest.config.instruction_budget);
         let m = &guest.module;
         let e = guest.exports;
         let funcs = Funcs {

@@ -114,6 +114,10 @@ struct ServeArgs {
     /// Terminate guest calls running longer (ms); 0 = unlimited.
     #[arg(long, default_value_t = 1000)]
     call_budget_ms: u64,
+    /// Stop guest calls (queue mode with `run`: per event) after this many
+    /// WAMR-counted instructions, like a budget overrun; 0 = unlimited.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64))]
+    instruction_budget: u32,
     /// Linear memory per env at most, in 64 KiB pages (0 = module's maximum).
     #[arg(long, default_value_t = 256)]
     max_memory_pages: u32,
@@ -221,6 +225,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             chunk_size: a.chunk_size,
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),
             call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
+            instruction_budget: (a.instruction_budget > 0).then_some(a.instruction_budget),
             queue_capacity: a.queue_capacity,
             max_memory_pages: a.max_memory_pages,
             ..Limits::default()

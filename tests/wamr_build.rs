@@ -162,3 +162,119 @@ fn version_flag_prints_wamr_version_fixes_and_features() {
     let off = text.lines().find_map(|l| l.strip_prefix("left out: ")).expect(&text);
     assert!(off.contains("simd") && off.contains("hw-bound-checks"), "{text}");
 }
+
+// ---- instruction budget -------------------------------------------------
+
+/// `count` spins forever, adding 1 to a global per iteration; `work n` runs
+/// n iterations; `work_rearm n k` runs n rounds of k iterations, calling an
+/// import after each round (`rearm` re-arms the budget, `plain` does not).
+const METER_WAT: &str = r#"
+(module
+  (import "meter" "rearm" (func $rearm))
+  (import "meter" "plain" (func $plain))
+  (global $g (mut i32) (i32.const 0))
+  (func (export "count") (loop $l (global.set $g (i32.add (global.get $g) (i32.const 1))) (br $l)))
+  (func (export "get") (result i32) (global.get $g))
+  (func $work (export "work") (param $n i32)
+    (loop $l
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br_if $l (i32.gt_s (local.get $n) (i32.const 0)))))
+  (func (export "work_rearm") (param $rounds i32) (param $k i32) (param $re i32)
+    (loop $l
+      (call $work (local.get $k))
+      (if (local.get $re) (then (call $rearm)) (else (call $plain)))
+      (local.set $rounds (i32.sub (local.get $rounds) (i32.const 1)))
+      (br_if $l (i32.gt_s (local.get $rounds) (i32.const 0)))))
+)"#;
+
+static HANDLE: parking_lot::Mutex<Option<std::sync::Arc<InterruptHandle>>> = parking_lot::Mutex::new(None);
+/// Serialises the tests that use HANDLE.
+static METER_LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+fn meter_module() -> Module {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    setup();
+    ONCE.call_once(|| {
+        let rt = Runtime::get().unwrap();
+        rt.register(HostFunc::new("meter", "rearm", &[], &[], |_, _| {
+            if let Some(h) = HANDLE.lock().as_ref() {
+                h.rearm_instructions();
+            }
+            Ok(None)
+        }))
+        .unwrap();
+        rt.register(HostFunc::new("meter", "plain", &[], &[], |_, _| Ok(None))).unwrap();
+    });
+    Module::from_wat(METER_WAT).unwrap()
+}
+
+#[test]
+fn instruction_budget_stops_a_spinner_without_any_time_budget() {
+    let _g = METER_LOCK.lock();
+    let m = meter_module();
+    let mut spinner = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+    let mut healthy = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+    spinner.set_instruction_budget(Some(1_000_000));
+    assert_eq!(spinner.instruction_budget(), Some(1_000_000));
+    let count = spinner.func(&m, "count").unwrap();
+    let err = spinner.call_i32(&count, &[]).unwrap_err();
+    assert!(matches!(&err, Error::InstructionBudgetExceeded { budget: 1_000_000, .. }), "{err}");
+    assert!(err.is_guest_fault());
+    // The env is done for, like after any trap; its neighbour is not.
+    assert!(matches!(spinner.call_i32(&count, &[]), Err(Error::Poisoned(_))));
+    let work = healthy.func(&m, "work").unwrap();
+    healthy.call_i32(&work, &[100_000]).unwrap();
+}
+
+#[test]
+fn instruction_budget_is_deterministic_and_per_call() {
+    let _g = METER_LOCK.lock();
+    let m = meter_module();
+    // The same budget stops the same code at the same iteration, every time.
+    let stopped_at: Vec<i32> = (0..3)
+        .map(|_| {
+            let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+            env.set_instruction_budget(Some(10_000));
+            let count = env.func(&m, "count").unwrap();
+            assert!(env.call_i32(&count, &[]).is_err());
+            // A fresh env of the same module reads the global through the
+            // poisoned one's globals area: globals are per instance.
+            let g = env.global_data();
+            i32::from_le_bytes(g[..4].try_into().unwrap())
+        })
+        .collect();
+    assert!(stopped_at[0] > 1000 && stopped_at.iter().all(|&v| v == stopped_at[0]), "{stopped_at:?}");
+    // Each call gets the full budget: 50 calls of ~40% of it each all pass.
+    let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+    let per_iter = 10_000 / stopped_at[0] as u32 + 1;
+    env.set_instruction_budget(Some(10_000));
+    let work = env.func(&m, "work").unwrap();
+    let n = (4_000 / per_iter) as i32;
+    for _ in 0..50 {
+        env.call_i32(&work, &[n]).unwrap();
+    }
+    // Switched off, the same env runs far past it.
+    env.set_instruction_budget(None);
+    env.call_i32(&work, &[1_000_000]).unwrap();
+}
+
+#[test]
+fn a_host_function_rearms_the_budget_of_the_call_it_runs_in() {
+    let _g = METER_LOCK.lock();
+    let m = meter_module();
+    // 40 rounds of 1000 iterations (~4000 ops each): ~160k ops in one call.
+    for rearm in [true, false] {
+        let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+        env.set_instruction_budget(Some(20_000));
+        *HANDLE.lock() = Some(std::sync::Arc::clone(env.interrupt_handle()));
+        let f = env.func(&m, "work_rearm").unwrap();
+        let r = env.call_i32(&f, &[40, 1000, rearm as i32]);
+        *HANDLE.lock() = None;
+        if rearm {
+            r.unwrap();
+        } else {
+            let e = r.unwrap_err();
+            assert!(matches!(e, Error::InstructionBudgetExceeded { .. }), "{e}");
+        }
+    }
+}

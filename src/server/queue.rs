@@ -369,6 +369,7 @@ impl AbiHost for QueueHost {
         rec[4..].copy_from_slice(&kind.to_le_bytes());
         mem.write(info, &rec);
         self.interrupt.set_deadline(self.budget);
+        self.interrupt.rearm_instructions();
         ret
     }
 

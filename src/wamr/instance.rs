@@ -151,6 +151,8 @@ pub struct InterruptHandle {
     reason: std::sync::atomic::AtomicU8,
     /// Set by `doom`: every later call fails, so the holder drops the env.
     doomed: AtomicBool,
+    /// The instruction budget and its re-arm request (metering.rs).
+    pub(super) metering: super::metering::Metering,
 }
 
 const BUDGET: u8 = 1;
@@ -255,6 +257,8 @@ pub struct ExecEnv {
 /// The slot WAMR's exec env user data points to.
 pub(crate) struct HostData {
     pub(crate) value: Option<Box<dyn std::any::Any + Send>>,
+    /// The env's interrupt handle, for host functions' return path.
+    pub(crate) interrupt: Arc<InterruptHandle>,
 }
 
 // With hardware bound checks off a WAMR exec env has no thread-local state,
@@ -309,7 +313,19 @@ impl ExecEnv {
     }
 
     fn wrap(raw: sys::wasm_exec_env_t, inst: sys::wasm_module_inst_t, owner: Owner) -> ExecEnv {
-        let data = Box::new(HostData { value: None });
+        let interrupt = Arc::new(InterruptHandle {
+            state: Mutex::new(InterruptState {
+                inst: inst as usize,
+                in_call: false,
+                deadline: None,
+                budget: Duration::ZERO,
+            }),
+            hit: AtomicBool::new(false),
+            reason: std::sync::atomic::AtomicU8::new(0),
+            doomed: AtomicBool::new(false),
+            metering: Default::default(),
+        });
+        let data = Box::new(HostData { value: None, interrupt: Arc::clone(&interrupt) });
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
         // user data points into a Box that lives exactly as long as it.
         unsafe {
@@ -321,17 +337,7 @@ impl ExecEnv {
             owner,
             bound: Cell::new((0, 0)),
             data,
-            interrupt: Arc::new(InterruptHandle {
-                state: Mutex::new(InterruptState {
-                    inst: inst as usize,
-                    in_call: false,
-                    deadline: None,
-                    budget: Duration::ZERO,
-                }),
-                hit: AtomicBool::new(false),
-                reason: std::sync::atomic::AtomicU8::new(0),
-                doomed: AtomicBool::new(false),
-            }),
+            interrupt,
             budget: None,
             poisoned: None,
         }
@@ -495,6 +501,7 @@ impl ExecEnv {
             st.deadline = self.budget.map(|b| Instant::now() + b);
             st.budget = self.budget.unwrap_or_default();
         }
+        super::metering::arm(self.raw, &self.interrupt.metering);
         // `raw` and `func` belong to this live instance (checked above); the
         // callers size `cells` from the function's type; bind_stack set the
         // boundary. Host functions may yield inside; the env is not shared.
@@ -514,6 +521,8 @@ impl ExecEnv {
             Error::BudgetExceeded { func: func.name.to_string(), budget_ms: self.budget_ms() }
         } else if hit {
             Error::Trap { func: func.name.to_string(), message: "terminated by the host (shutdown)".into() }
+        } else if let Some(e) = super::metering::exceeded(&self.interrupt.metering, &func.name, &message) {
+            e
         } else {
             Error::Trap { func: func.name.to_string(), message: message.clone() }
         };

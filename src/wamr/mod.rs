@@ -13,6 +13,7 @@
 //! | `build_info.rs` | the WAMR version, CVE fixes and features built in (`--version`) |
 //! | `sys.rs` | the raw bindings build.rs generates from WAMR's `wasm_export.h` |
 //! | `host.rs` | host functions (imports) written in Rust or C |
+//! | `metering.rs` | the instruction budget (WAMR's instruction metering) |
 //! | `memory.rs` | bounds-checked views of a guest's linear memory |
 //! | `stack.rs` | the native stack boundary of the calling coroutine or thread |
 //! | `typed.rs` | calls typed by Rust types, checked once at lookup |
@@ -27,6 +28,7 @@ pub mod inst_access;
 pub mod instance;
 pub(crate) mod log;
 pub mod memory;
+pub mod metering;
 pub mod module;
 pub mod runtime;
 pub mod stack;
