@@ -41,9 +41,9 @@ int main(int argc, char **argv) {
     if (!m) { printf("load failed: %s\n", err); return 0; }
     printf("loaded\n");
     if (argc > 2) {
-        wasm_module_inst_t inst = wasm_runtime_instantiate(m, 16384, 0, err, sizeof err);
+        wasm_module_inst_t inst = wasm_runtime_instantiate(m, 1 << 20, 0, err, sizeof err);
         if (!inst) { printf("instantiate failed: %s\n", err); return 0; }
-        wasm_exec_env_t env = wasm_runtime_create_exec_env(inst, 16384);
+        wasm_exec_env_t env = wasm_runtime_create_exec_env(inst, 1 << 20);
         wasm_function_inst_t f = wasm_runtime_lookup_function(inst, argv[2]);
         if (!f) { printf("no export %s\n", argv[2]); return 0; }
         uint32_t cells[4] = {0};
