@@ -376,3 +376,30 @@ fn cve_modules_in_tests_cve_behave() {
     let e = Module::from_file(dir.join("cve-2026-54913.wasm")).unwrap_err().to_string();
     assert!(e.contains("invalid reference type"), "{e}");
 }
+
+/// The count a metered call leaves behind must not limit what WAMR runs on
+/// the env outside a call: `heap_alloc` calls the guest's own `malloc`.
+#[test]
+fn a_metered_call_leaves_no_budget_behind() {
+    let _g = METER_LOCK.lock();
+    let _ = meter_module(); // registers meter.plain
+    let m = Module::from_wat(
+        r#"(module
+          (import "meter" "plain" (func $plain))
+          (memory (export "memory") 2)
+          (func $work (param $n i32)
+            (loop $l
+              (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+              (br_if $l (i32.gt_s (local.get $n) (i32.const 0)))))
+          (func (export "malloc") (param i32) (result i32) (call $work (i32.const 1000)) (i32.const 4096))
+          (func (export "free") (param i32))
+          (func (export "almost") (call $work (i32.const 2400)) (call $plain) (call $work (i32.const 20))))"#,
+    );
+    let m = m.unwrap();
+    let mut env = ExecEnv::new(&m, InstanceConfig { heap_size: 4096, ..Default::default() }).unwrap();
+    env.set_instruction_budget(Some(10_000));
+    let almost = env.func(&m, "almost").unwrap();
+    env.call_i32(&almost, &[]).unwrap();
+    // malloc's 1000 iterations need ~4000 ops: more than `almost` left.
+    assert_eq!(env.heap_alloc(16).unwrap(), 4096);
+}

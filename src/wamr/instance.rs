@@ -507,6 +507,7 @@ impl ExecEnv {
         // boundary. Host functions may yield inside; the env is not shared.
         // SAFETY: as just said, WAMR gets valid handles and buffers.
         let ok = unsafe { sys::wasm_runtime_call_wasm(self.raw, func.raw, argc, cells.as_mut_ptr()) };
+        super::metering::disarm(self.raw);
         {
             let mut st = self.interrupt.state.lock();
             st.in_call = false;

@@ -84,6 +84,15 @@ pub(super) fn arm(env: sys::wasm_exec_env_t, m: &Metering) {
     unsafe { sys::wasm_runtime_set_instruction_count_limit(env, m.limit()) };
 }
 
+/// After a call: unlimited again. Patch 0100 leaves the remaining count in
+/// the exec env, and WAMR runs code outside `call_cells` on the same env
+/// (`wasm_runtime_module_malloc` calling the guest's `malloc`), which must
+/// not inherit it.
+pub(super) fn disarm(env: sys::wasm_exec_env_t) {
+    // SAFETY: `env` is live and its call has returned; one integer store.
+    unsafe { sys::wasm_runtime_set_instruction_count_limit(env, -1) };
+}
+
 /// On a host function's way back to the guest: applies a pending re-arm.
 pub(super) fn after_native(env: sys::wasm_exec_env_t, m: &Metering) {
     if m.rearm.swap(false, Ordering::AcqRel) {
