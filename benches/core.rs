@@ -16,6 +16,10 @@ const WAT: &str = r#"
   (global (export "__heap_base") i32 (i32.const 131072))
   (func (export "noop"))
   (func (export "spin") (loop $l (br $l)))
+  (func (export "work") (param $n i32)
+    (loop $l
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br_if $l (i32.gt_s (local.get $n) (i32.const 0)))))
   (func (export "alloc") (param i32) (result i32) (i32.const 65536))
   (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
 
@@ -136,9 +140,38 @@ fn budget(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the instruction budget costs (`--instruction-budget`): the same
+/// no-op call and 10,000-iteration loop with the budget off and armed, and
+/// how long a spinner takes to use up a budget of 10 M counted ops.
+fn metering(c: &mut Criterion) {
+    let m = setup();
+    let mut g = c.benchmark_group("metering");
+    for budget in [None, Some(i32::MAX as u32)] {
+        let label = if budget.is_some() { "armed" } else { "off" };
+        let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+        env.set_instruction_budget(budget);
+        let noop = env.func(&m, "noop").unwrap();
+        g.bench_function(format!("noop_budget_{label}"), |b| b.iter(|| env.call_i32(&noop, &[]).unwrap()));
+        let work = env.func(&m, "work").unwrap();
+        g.bench_function(format!("loop_10k_budget_{label}"), |b| {
+            b.iter(|| env.call_i32(&work, &[10_000]).unwrap())
+        });
+    }
+    g.sample_size(10);
+    g.bench_function("spin_until_10M_op_budget", |b| {
+        b.iter(|| {
+            let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+            env.set_instruction_budget(Some(10_000_000));
+            let spin = env.func(&m, "spin").unwrap();
+            assert!(env.call_i32(&spin, &[]).is_err());
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = calls, creation, pool, budget
+    targets = calls, creation, pool, budget, metering
 }
 criterion_main!(benches);

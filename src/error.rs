@@ -135,6 +135,16 @@ pub enum Error {
         budget_ms: u64,
     },
 
+    /// The call executed more instructions than its budget (WAMR's
+    /// instruction metering) and was stopped.
+    #[error("guest call `{func}` exceeded its budget of {budget} instructions and was stopped")]
+    InstructionBudgetExceeded {
+        /// The export called.
+        func: String,
+        /// The budget (WAMR's counted ops).
+        budget: u64,
+    },
+
     /// The env was poisoned by an earlier trap (or its shard's) and cannot be used.
     #[error("exec env is unusable after an earlier trap: {0}")]
     Poisoned(String),
@@ -218,7 +228,10 @@ impl Error {
     pub fn is_guest_fault(&self) -> bool {
         matches!(
             self,
-            Error::Trap { .. } | Error::BudgetExceeded { .. } | Error::Poisoned(_)
+            Error::Trap { .. }
+                | Error::BudgetExceeded { .. }
+                | Error::InstructionBudgetExceeded { .. }
+                | Error::Poisoned(_)
         )
     }
 

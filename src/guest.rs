@@ -72,6 +72,9 @@ pub struct GuestConfig {
     pub max_envs: usize,
     /// Per-call time budget (`None` = unlimited).
     pub call_budget: Option<Duration>,
+    /// Per-call instruction budget, WAMR's counted ops (`None` = unlimited);
+    /// see `wamr::metering`.
+    pub instruction_budget: Option<u32>,
     /// What the module must provide.
     pub mode: ModeReq,
     /// Cap on each env's linear memory, in 64 KiB pages (0 = the module's
@@ -94,6 +97,7 @@ impl Default for GuestConfig {
             chunk_size: abi::DEFAULT_CHUNK_SIZE as u32,
             max_envs: 0,
             call_budget: None,
+            instruction_budget: None,
             mode: ModeReq::Direct,
             max_memory_pages: 256,
             memory_budget: None,
@@ -344,8 +348,6 @@ impl std::fmt::Debug for GuestEnv {
 impl GuestEnv {
     fn init(guest: &Arc<Guest>, mut env: ExecEnv) -> Result<GuestEnv> {
         let entry = guest.registry.register(Arc::clone(env.interrupt_handle()));
-        let witness = guest.module.exports().iter().find(|e| matches!(e.kind, crate::wamr::module::ExportKind::Global { .. }));
-        env.verify_state_layout(witness.map(|e| e.name.as_str()))?;
         let shared = guest.module.has_shared_memory();
         if env.is_spawned() && !shared {
             match guest.pristine.get() {
@@ -363,6 +365,7 @@ impl GuestEnv {
             env.attach_budget(Arc::clone(&guest.budget), guest.config.max_memory_pages, guest.module.facts().grows_memory)?;
         }
         env.set_budget(guest.config.call_budget);
+        env.set_instruction_budget(guest.config.instruction_budget);
         let m = &guest.module;
         let e = guest.exports;
         let funcs = Funcs {
@@ -398,7 +401,7 @@ impl GuestEnv {
         // so the first env's image fits every later one; one that differs
         // (an `alloc` that is not deterministic) is simply never reused.
         let resettable = guest.resettable
-            && matches!(image, Some(img) if img.recv_ptr == ptr && img.memory.pages() == env.memory_pages());
+            && matches!(image, Some(img) if img.recv_ptr == ptr && Some(img.memory.pages()) == env.memory_pages().map(|p| p.current));
         Ok(GuestEnv {
             env,
             funcs,

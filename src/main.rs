@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use wamr_coro::server::{EnvPolicy, Limits, Mode, Server};
 use wamr_coro::{EnvSource, Module, Runtime, RuntimeConfig, WamrLog};
 
@@ -139,6 +139,10 @@ struct ServeArgs {
     /// Terminate guest calls running longer (ms); 0 = unlimited.
     #[arg(long, default_value_t = 1000)]
     call_budget_ms: u64,
+    /// Stop guest calls (queue mode with `run`: per event) after this many
+    /// WAMR-counted instructions, like a budget overrun; 0 = unlimited.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64))]
+    instruction_budget: u32,
     /// Linear memory per env at most, in 64 KiB pages (0 = module's maximum).
     /// A module whose initial memory is larger is refused at start.
     #[arg(long, default_value_t = 256)]
@@ -168,7 +172,12 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--version` adds WAMR's version, security fixes and features.
+    // clap wants a &'static str; this runs once per process.
+    let long_version: &'static str =
+        Box::leak(wamr_coro::wamr::build_info::describe().trim_end().to_string().into_boxed_str());
+    let matches = Cli::command().long_version(long_version).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,may=warn"));
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -265,6 +274,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             chunk_size: a.chunk_size,
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),
             call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
+            instruction_budget: (a.instruction_budget > 0).then_some(a.instruction_budget),
             queue_capacity: a.queue_capacity,
             queue_shards: a.queue_shards,
             shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),

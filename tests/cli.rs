@@ -211,3 +211,17 @@ fn sighup_reloads_the_module_from_disk() {
     assert!(stats.contains("envs: 0 live"), "{stats}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn serve_instruction_budget_stops_a_spinner_without_a_time_budget() {
+    let faulty = common::guest_path("faulty.wat");
+    let (child, addr, out) =
+        serve(&[faulty.to_str().unwrap(), "--instruction-budget", "2000000", "--call-budget-ms", "0"]);
+    let mut sp = connect(addr);
+    sp.write_all(b"S").unwrap();
+    assert!(common::closed_by_peer(&mut sp, Duration::from_secs(10)), "spinner was not stopped");
+    common::echo_round(&mut connect(addr), b"still serving");
+    let (code, stats) = stop(child, out);
+    assert_eq!(code, 0);
+    assert!(stats.contains("0 budget overruns, 1 instruction-budget overruns"), "{stats}");
+}

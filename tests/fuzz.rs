@@ -101,6 +101,9 @@ fn the_loader_accepts_or_clearly_refuses_wasm_smith_modules() {
         };
         let Ok(m) = wasm_smith::Module::new(cfg, &mut u) else { continue };
         let bytes = m.to_bytes();
+        if let Ok(dir) = std::env::var("WAMR_CORO_FUZZ_DUMP") {
+            std::fs::write(format!("{dir}/last.wasm"), &bytes).unwrap();
+        }
         if Module::new(&bytes).is_ok() {
             loaded += 1;
         }
@@ -305,4 +308,18 @@ fn the_event_ring_keeps_every_producers_order_and_loses_nothing() {
         assert!(ring.is_empty());
         let _ = Registry::new();
     }
+}
+
+/// Found by the wasm-smith test: WAMR's export type getters abort (debug
+/// builds) on an `externref` parameter or result, which its loader accepts.
+#[test]
+fn an_export_with_externref_in_its_signature_loads() {
+    setup();
+    let m = Module::from_wat(
+        r#"(module (memory (export "memory") 1)
+             (func (export "f") (param externref) (result externref) (local.get 0)))"#,
+    )
+    .unwrap();
+    let f = m.exports().iter().find(|e| e.name == "f").unwrap();
+    assert!(matches!(&f.kind, wamr_coro::ExportKind::Func(t) if t.params == [wamr_coro::ValType::Other]));
 }

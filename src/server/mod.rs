@@ -98,6 +98,11 @@ pub struct Limits {
     /// A guest call running longer is terminated; only its connection is
     /// closed. Default 1 s. `None` = unlimited.
     pub call_budget: Option<Duration>,
+    /// Instructions (WAMR's counted ops) a guest call may execute — in queue
+    /// mode with the guest's own `run` loop, per event — before it is stopped
+    /// like a budget overrun. Deterministic, needs no watchdog, independent
+    /// of `call_budget`. Interpreted guests only. Default `None` (unlimited).
+    pub instruction_budget: Option<u32>,
     /// At stop, how long in-flight callbacks get to finish before they are
     /// terminated. Default 2 s.
     pub shutdown_grace: Duration,
@@ -128,6 +133,7 @@ impl Default for Limits {
             chunk_size: crate::abi::DEFAULT_CHUNK_SIZE,
             idle_timeout: Duration::from_secs(60),
             call_budget: Some(Duration::from_secs(1)),
+            instruction_budget: None,
             shutdown_grace: Duration::from_secs(2),
             queue_capacity: 1024,
             queue_shards: 0,
@@ -156,6 +162,8 @@ pub struct ServerStats {
     pub traps: u64,
     /// Connections closed because their guest overran the call budget.
     pub budget_overruns: u64,
+    /// Connections closed because their guest overran the instruction budget.
+    pub instruction_budget_overruns: u64,
     /// `send` calls refused for the output limit.
     pub output_limit_hits: u64,
     /// Bad pointers passed to `send` or `log`.
@@ -194,13 +202,13 @@ impl std::fmt::Display for ServerStats {
         write!(
             f,
             "connections: {} accepted, {} refused, {} open, {} closed; bytes: {} in, {} out; \
-             faults: {} traps, {} budget overruns, {} output-limit hits, {} bad pointers, {} idle closes, {} too slow, {} cut at shutdown; \
+             faults: {} traps, {} budget overruns, {} instruction-budget overruns, {} output-limit hits, {} bad pointers, {} idle closes, {} too slow, {} cut at shutdown; \
              envs: {} live, {} created, {} destroyed, peak {}, {} failures, {} faulted; \
              pool: {} hits, {} misses, {} idle, {} resets, {} not resettable; \
              guest memory: {} of {} KiB, {} grows refused (budget), {} over cap, {} envs refused; \
              queue: depth {}, {} restarts",
             self.accepted, self.refused, self.open, self.closed, self.bytes_in, self.bytes_out,
-            self.traps, self.budget_overruns, self.output_limit_hits, self.bad_pointers, self.idle_closes,
+            self.traps, self.budget_overruns, self.instruction_budget_overruns, self.output_limit_hits, self.bad_pointers, self.idle_closes,
             self.slow_closes, self.shutdown_cuts, self.envs.live, self.envs.created, self.envs.destroyed, self.envs.peak, self.envs.failures,
             self.envs.faulted, self.pool.hits, self.pool.misses, self.pool.idle,
             self.env_resets, self.env_reset_refusals,
@@ -220,6 +228,7 @@ pub(crate) struct Counters {
     pub bytes_out: AtomicU64,
     pub traps: AtomicU64,
     pub budget_overruns: AtomicU64,
+    pub instruction_budget_overruns: AtomicU64,
     pub output_limit_hits: AtomicU64,
     pub bad_pointers: AtomicU64,
     pub idle_closes: AtomicU64,
@@ -351,6 +360,7 @@ impl ServerBuilder {
                 chunk_size: u32::try_from(self.limits.chunk_size)
                     .map_err(|_| Error::Config("chunk_size too large".into()))?,
                 call_budget: self.limits.call_budget,
+                instruction_budget: self.limits.instruction_budget,
                 max_memory_pages: self.limits.max_memory_pages,
                 memory_budget: Some(Arc::new(MemoryBudget::new(self.limits.max_guest_memory))),
                 mode: match self.mode {
@@ -488,6 +498,9 @@ impl Counters {
         match e {
             Error::BudgetExceeded { .. } => self.budget_overruns.fetch_add(1, Ordering::Relaxed),
             Error::Interrupted { .. } => self.shutdown_cuts.fetch_add(1, Ordering::Relaxed),
+            Error::InstructionBudgetExceeded { .. } => {
+                self.instruction_budget_overruns.fetch_add(1, Ordering::Relaxed)
+            }
             _ => self.traps.fetch_add(1, Ordering::Relaxed),
         };
     }
@@ -517,6 +530,7 @@ impl Shared {
             bytes_out: l(&c.bytes_out),
             traps: l(&c.traps),
             budget_overruns: l(&c.budget_overruns),
+            instruction_budget_overruns: l(&c.instruction_budget_overruns),
             output_limit_hits: l(&c.output_limit_hits),
             bad_pointers: l(&c.bad_pointers),
             idle_closes: l(&c.idle_closes),

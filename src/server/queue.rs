@@ -585,6 +585,7 @@ impl AbiHost for QueueHost {
         mem.write(info, &rec);
         self.interrupt.set_deadline(self.budget);
         self.handed_out = Some(Instant::now());
+        self.interrupt.rearm_instructions();
         ret
     }
 

@@ -457,6 +457,11 @@ unsafe extern "C" fn trampoline(env: sys::wasm_exec_env_t, args: *mut u64) {
         // SAFETY: `inst` is the caller's live instance; WAMR copies the text.
         unsafe { sys::wasm_runtime_set_exception(inst, c.as_ptr()) };
     }
+    // SAFETY: ExecEnv::wrap set the user data to its HostData box, which
+    // outlives every call on the env (as in Caller::data_mut); read only.
+    if let Some(data) = unsafe { (sys::wasm_runtime_get_user_data(env) as *const HostData).as_ref() } {
+        super::metering::after_native(env, &data.interrupt.metering);
+    }
 }
 
 // ---- The C face of the same mechanism (wamr/include/wamr_coro_host.h) ----

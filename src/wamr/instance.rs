@@ -151,6 +151,8 @@ pub struct InterruptHandle {
     reason: std::sync::atomic::AtomicU8,
     /// Set by `doom`: every later call fails, so the holder drops the env.
     doomed: AtomicBool,
+    /// The instruction budget and its re-arm request (metering.rs).
+    pub(super) metering: super::metering::Metering,
 }
 
 const BUDGET: u8 = 1;
@@ -258,6 +260,8 @@ pub(crate) struct HostData {
     /// The env's charge against a memory budget, if it has one (settled
     /// around every call; WAMR's grow-failure callback reaches it too).
     pub(crate) account: Option<super::state::MemoryAccount>,
+    /// The env's interrupt handle, for host functions' return path.
+    pub(crate) interrupt: Arc<InterruptHandle>,
 }
 
 // With hardware bound checks off a WAMR exec env has no thread-local state,
@@ -312,7 +316,19 @@ impl ExecEnv {
     }
 
     fn wrap(raw: sys::wasm_exec_env_t, inst: sys::wasm_module_inst_t, owner: Owner) -> ExecEnv {
-        let data = Box::new(HostData { value: None, account: None });
+        let interrupt = Arc::new(InterruptHandle {
+            state: Mutex::new(InterruptState {
+                inst: inst as usize,
+                in_call: false,
+                deadline: None,
+                budget: Duration::ZERO,
+            }),
+            hit: AtomicBool::new(false),
+            reason: std::sync::atomic::AtomicU8::new(0),
+            doomed: AtomicBool::new(false),
+            metering: Default::default(),
+        });
+        let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt) });
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
         // user data points into a Box that lives exactly as long as it.
         unsafe {
@@ -324,17 +340,7 @@ impl ExecEnv {
             owner,
             bound: Cell::new((0, 0)),
             data,
-            interrupt: Arc::new(InterruptHandle {
-                state: Mutex::new(InterruptState {
-                    inst: inst as usize,
-                    in_call: false,
-                    deadline: None,
-                    budget: Duration::ZERO,
-                }),
-                hit: AtomicBool::new(false),
-                reason: std::sync::atomic::AtomicU8::new(0),
-                doomed: AtomicBool::new(false),
-            }),
+            interrupt,
             budget: None,
             poisoned: None,
         }
@@ -501,11 +507,13 @@ impl ExecEnv {
             st.deadline = self.budget.map(|b| Instant::now() + b);
             st.budget = self.budget.unwrap_or_default();
         }
+        super::metering::arm(self.raw, &self.interrupt.metering);
         // `raw` and `func` belong to this live instance (checked above); the
         // callers size `cells` from the function's type; bind_stack set the
         // boundary. Host functions may yield inside; the env is not shared.
         // SAFETY: as just said, WAMR gets valid handles and buffers.
         let ok = unsafe { sys::wasm_runtime_call_wasm(self.raw, func.raw, argc, cells.as_mut_ptr()) };
+        super::metering::disarm(self.raw);
         {
             let mut st = self.interrupt.state.lock();
             st.in_call = false;
@@ -523,6 +531,8 @@ impl ExecEnv {
             Error::BudgetExceeded { func: func.name.to_string(), budget_ms: self.budget_ms() }
         } else if hit {
             Error::Interrupted { func: func.name.to_string() }
+        } else if let Some(e) = super::metering::exceeded(&self.interrupt.metering, &func.name, &message) {
+            e
         } else {
             Error::Trap { func: func.name.to_string(), message: message.clone() }
         };
@@ -580,13 +590,6 @@ impl ExecEnv {
         unsafe { GuestMemory::of_instance(self.inst) }
     }
 
-    /// Checks that WAMR's instance layout matches what the reset and the
-    /// memory budget rely on (`state.rs`), using `exported_global` (any
-    /// exported global of the module) as a witness for the globals block.
-    pub(crate) fn verify_state_layout(&self, exported_global: Option<&str>) -> Result<()> {
-        super::state::verify_layout(self.inst, exported_global)
-    }
-
     /// A copy of every global's current value.
     pub(crate) fn snapshot_globals(&self) -> super::state::GlobalsSnapshot {
         super::state::snapshot_globals(self.inst)
@@ -637,11 +640,6 @@ impl ExecEnv {
         let cap = if cap == 0 { ceiling } else { cap.min(ceiling) };
         self.data.account = Some(super::state::MemoryAccount::open(self.inst, budget, cap, grows)?);
         Ok(())
-    }
-
-    /// Current size of the linear memory, in 64 KiB pages.
-    pub fn memory_pages(&self) -> u32 {
-        super::state::memory_pages(self.inst)
     }
 
     /// Allocates `size` bytes in WAMR's app heap (or through the module's
@@ -777,11 +775,7 @@ impl ParentEnv {
     /// A copy of the parent's memory (`None` if shared or absent). The
     /// parent is never called, so this is the module's initial memory.
     pub(crate) fn capture_memory(&self) -> Option<super::state::MemoryImage> {
-        let env = self.env.lock();
-        if env.verify_state_layout(None).is_err() {
-            return None;
-        }
-        env.capture_memory()
+        self.env.lock().capture_memory()
     }
 
     /// Envs currently spawned from this parent.

@@ -9,26 +9,34 @@
 //! | `log.rs` | where WAMR's own printing goes (`tracing`, or nowhere) |
 //! | `module.rs` | a loaded module, its imports and exports, contract checks |
 //! | `instance.rs` | instances and exec envs: independent or spawned, calls, traps |
+//! | `inst_access.rs` | an instance's globals area and memory growth limit (WAMR internals) |
+//! | `build_info.rs` | the WAMR version, CVE fixes and features built in (`--version`) |
+//! | `sys.rs` | the raw bindings build.rs generates from WAMR's `wasm_export.h` |
 //! | `host.rs` | host functions (imports) written in Rust or C |
+//! | `metering.rs` | the instruction budget (WAMR's instruction metering) |
 //! | `memory.rs` | bounds-checked views of a guest's linear memory |
 //! | `state.rs` | an env's initial image and reset; the guest-memory budget |
 //! | `scan.rs` | a static scan of a module binary (memory sizes, growth, resettability) |
 //! | `stack.rs` | the native stack boundary of the calling coroutine or thread |
 //! | `typed.rs` | calls typed by Rust types, checked once at lookup |
 
-pub(crate) use wamrx_sys as sys;
+pub use inst_access::MemoryPages;
 pub use instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
 pub use module::Module;
 
+pub mod build_info;
 pub mod host;
+pub mod inst_access;
 pub mod instance;
 pub(crate) mod log;
 pub mod memory;
+pub mod metering;
 pub mod module;
 pub mod runtime;
 pub(crate) mod scan;
 pub mod stack;
 pub mod state;
+pub(crate) mod sys;
 pub mod typed;
 
 /// WAMR writes error text into a caller-supplied buffer; this is its size.

@@ -347,7 +347,7 @@ impl Module {
         let facts = super::scan::scan(bytes);
         let mut inner =
             ModuleInner { raw, _bytes: copy, exports: Vec::new(), imports: Vec::new(), facts, globals };
-        inner.exports = read_exports(raw);
+        inner.exports = read_exports(raw, &inner.facts);
         inner.imports = read_imports(raw);
         if let Some(missing) = inner.imports.iter().find(|i| !i.linked) {
             let declared = inner
@@ -493,24 +493,20 @@ fn cstr(p: *const libc::c_char) -> String {
     unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-fn func_type(ft: sys::wasm_func_type_t) -> FuncType {
-    // SAFETY: `ft` is a live function type of a loaded module, as returned by
-    // wasm_runtime_get_export_type; indices are below the counts WAMR reports.
-    unsafe {
-        let np = sys::wasm_func_type_get_param_count(ft);
-        let nr = sys::wasm_func_type_get_result_count(ft);
-        FuncType {
-            params: (0..np)
-                .map(|i| ValType::from_kind(sys::wasm_func_type_get_param_valkind(ft, i)))
-                .collect(),
-            results: (0..nr)
-                .map(|i| ValType::from_kind(sys::wasm_func_type_get_result_valkind(ft, i)))
-                .collect(),
-        }
-    }
-}
-
-fn read_exports(raw: sys::wasm_module_t) -> Vec<Export> {
+/// The exports WAMR reports; function signatures come from `facts` (the
+/// scan of the binary): WAMR's `wasm_func_type_get_*_valkind` assert (abort,
+/// in debug builds) on an `externref` parameter or result, which the loader
+/// accepts — found by `tests/fuzz.rs`. A function the scan does not know
+/// gets a signature no call can match.
+fn read_exports(raw: sys::wasm_module_t, facts: &super::scan::ModuleFacts) -> Vec<Export> {
+    let func_type = |name: &str| {
+        facts
+            .func_exports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| FuncType::new(&[ValType::Other], &[]))
+    };
     // SAFETY: `raw` is a loaded module; WAMR fills `e` for indices below the
     // export count.
     unsafe {
@@ -519,8 +515,9 @@ fn read_exports(raw: sys::wasm_module_t) -> Vec<Export> {
             .map(|i| {
                 let mut e = sys::wasm_export_t::default();
                 sys::wasm_runtime_get_export_type(raw, i, &mut e);
+                let name = cstr(e.name);
                 let kind = match e.kind {
-                    sys::WASM_IMPORT_EXPORT_KIND_FUNC => ExportKind::Func(func_type(e.u.func_type)),
+                    sys::WASM_IMPORT_EXPORT_KIND_FUNC => ExportKind::Func(func_type(&name)),
                     sys::WASM_IMPORT_EXPORT_KIND_GLOBAL => ExportKind::Global {
                         ty: ValType::from_kind(sys::wasm_global_type_get_valkind(e.u.global_type)),
                         mutable: sys::wasm_global_type_get_mutable(e.u.global_type),
@@ -530,7 +527,7 @@ fn read_exports(raw: sys::wasm_module_t) -> Vec<Export> {
                     },
                     _ => ExportKind::Table,
                 };
-                Export { name: cstr(e.name), kind }
+                Export { name, kind }
             })
             .collect()
     }

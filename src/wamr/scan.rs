@@ -30,6 +30,10 @@ pub(crate) struct ModuleFacts {
     pub mutates_tables_or_segments: bool,
     /// `(module, name, type)` of every imported function.
     pub func_imports: Vec<(String, String, FuncType)>,
+    /// `(name, type)` of every exported function. (WAMR's own type getters
+    /// assert on reference-typed results in debug builds, so exports are
+    /// typed from here.)
+    pub func_exports: Vec<(String, FuncType)>,
 }
 
 fn val(t: WpValType) -> ValType {
@@ -57,6 +61,9 @@ pub(crate) fn scan(bytes: &[u8]) -> ModuleFacts {
 fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
     let mut f = ModuleFacts::default();
     let mut types: Vec<FuncType> = Vec::new();
+    // Type of every function in the index space: imports, then definitions.
+    let mut funcs: Vec<u32> = Vec::new();
+    let type_of = |types: &[FuncType], idx: u32| types.get(idx as usize).cloned().unwrap_or_else(|| FuncType::new(&[ValType::Other], &[]));
     for payload in Parser::new(0).parse_all(bytes) {
         match payload? {
             Payload::TypeSection(r) => {
@@ -72,14 +79,28 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
                     let imp = imp?;
                     match imp.ty {
                         TypeRef::Func(idx) => {
-                            let ty = types.get(idx as usize).cloned().unwrap_or_else(|| FuncType::new(&[], &[]));
-                            f.func_imports.push((imp.module.to_string(), imp.name.to_string(), ty));
+                            funcs.push(idx);
+                            f.func_imports.push((imp.module.to_string(), imp.name.to_string(), type_of(&types, idx)));
                         }
                         TypeRef::Memory(m) if f.initial_pages.is_none() => {
                             f.initial_pages = Some(m.initial);
                             f.max_pages = m.maximum;
                         }
                         _ => {}
+                    }
+                }
+            }
+            Payload::FunctionSection(r) => {
+                for idx in r {
+                    funcs.push(idx?);
+                }
+            }
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e?;
+                    if e.kind == wasmparser::ExternalKind::Func {
+                        let ty = funcs.get(e.index as usize).map(|t| type_of(&types, *t));
+                        f.func_exports.push((e.name.to_string(), ty.unwrap_or_else(|| type_of(&types, u32::MAX))));
                     }
                 }
             }

@@ -2,18 +2,10 @@
 //! used env back to it, and the accounting that bounds guest memory.
 //!
 //! WAMR's embedding API can neither reset an instance nor change a memory's
-//! maximum after instantiation. Both need two fields of WAMR's instance
-//! structs, read through the mirrors below:
-//!
-//! * `global_data` / `global_data_size` of the module instance — every
-//!   global's value, in one block;
-//! * `cur_page_count` / `max_page_count` of the default memory instance.
-//!
-//! These sit in the fixed-layout prefix that WAMR shares between interpreter
-//! and AOT instances (`core/iwasm/interpreter/wasm_runtime.h`: "the layout is
-//! fixed for AOT code", which reads them at constant offsets). Even so the
-//! mirrors are checked against WAMR's own getters on every instance before
-//! use (`verify_layout`): a mismatch is an error, never a wild write.
+//! maximum after instantiation. Both need WAMR internals, reached through
+//! `wamr/src/inst_access.c` (compiled against WAMR's own headers, see
+//! `inst_access.rs`): the instance's globals block, and the default
+//! memory's `max_page_count`. Everything else here uses the public API.
 //!
 //! ## Reset
 //! A [`MemoryImage`] is a copy of a freshly initialised env's linear memory,
@@ -40,95 +32,45 @@ use crate::error::{Error, Result};
 pub const WASM_PAGE: u64 = 65536;
 const OS_PAGE: usize = 4096;
 
-/// Mirror of the start of `WASMModuleInstance` / `AOTModuleInstance`
-/// (`DefPointer` fields are 8 bytes on every target).
-#[repr(C)]
-struct InstPrefix {
-    module_type: u32,
-    memory_count: u32,
-    memories: *mut *mut MemPrefix,
-    global_data_size: u32,
-    table_count: u32,
-    global_data: *mut u8,
+/// The default memory as WAMR's public getters describe it.
+struct MemInfo {
+    cur: u32,
+    max: u32,
+    page_bytes: u64,
+    base: *mut u8,
+    shared: bool,
 }
 
-/// Mirror of the start of `WASMMemoryInstance`.
-#[repr(C)]
-struct MemPrefix {
-    module_type: u32,
-    is_shared_memory: u8,
-    is_memory64: u8,
-    ref_count: u16,
-    _paddings: [u8; 4],
-    num_bytes_per_page: u32,
-    cur_page_count: u32,
-    max_page_count: u32,
-    memory_data_size: u64,
-    memory_data: *mut u8,
-}
-
-const _: () = assert!(std::mem::size_of::<usize>() == 8, "the mirrors assume 64-bit pointers");
-const _: () = assert!(std::mem::offset_of!(InstPrefix, global_data) == 24);
-const _: () = assert!(std::mem::offset_of!(MemPrefix, max_page_count) == 20);
-const _: () = assert!(std::mem::offset_of!(MemPrefix, memory_data) == 32);
-
-/// The default memory's mirror, if the instance has a memory.
+/// `inst`'s default memory, if it has one.
 ///
 /// # Safety
-/// `inst` is a live module instance whose layout [`verify_layout`] accepted.
-unsafe fn mem_prefix(inst: sys::wasm_module_inst_t) -> Option<*mut MemPrefix> {
-    // SAFETY: per the contract, `inst` points at a live instance whose
-    // prefix matches InstPrefix.
-    let p = unsafe { &*(inst as *const InstPrefix) };
-    if p.memory_count == 0 || p.memories.is_null() {
-        return None;
+/// `inst` is a live module instance with no call in flight on another thread.
+unsafe fn mem_info(inst: sys::wasm_module_inst_t) -> Option<MemInfo> {
+    // SAFETY: per the contract; the getters only read the memory instance.
+    unsafe {
+        let mem = sys::wasm_runtime_get_default_memory(inst);
+        if mem.is_null() {
+            return None;
+        }
+        Some(MemInfo {
+            cur: sys::wasm_memory_get_cur_page_count(mem) as u32,
+            max: sys::wasm_memory_get_max_page_count(mem) as u32,
+            page_bytes: sys::wasm_memory_get_bytes_per_page(mem),
+            base: sys::wasm_memory_get_base_address(mem) as *mut u8,
+            shared: sys::wasm_memory_get_shared(mem),
+        })
     }
-    // SAFETY: `memories` holds `memory_count` (> 0) valid pointers.
-    let m = unsafe { *p.memories };
-    (!m.is_null()).then_some(m)
 }
 
-/// Checks the mirrors against WAMR's getters for `inst`: the default memory
-/// (pointer, size, maximum, base) and, if the module exports a global, that
-/// its storage lies inside `global_data`. Run once per instance, before any
-/// other function here touches it.
-pub(crate) fn verify_layout(inst: sys::wasm_module_inst_t, exported_global: Option<&str>) -> Result<()> {
-    let bad = |what: &str| Err(Error::Instantiate(format!("WAMR instance layout check failed ({what}); this build of WAMR does not match the mirrors in src/wamr/state.rs")));
-    // SAFETY: `inst` is live (caller); the getters only read it; the mirror
-    // is only read at offsets WAMR's own getters validate just below.
-    unsafe {
-        let api_mem = sys::wasm_runtime_get_default_memory(inst);
-        let p = &*(inst as *const InstPrefix);
-        if api_mem.is_null() {
-            if p.memory_count != 0 && !p.memories.is_null() && !(*p.memories).is_null() {
-                return bad("memory count");
-            }
-        } else {
-            if p.memory_count == 0 || p.memories.is_null() || !std::ptr::eq(*p.memories as *const u8, api_mem as *const u8) {
-                return bad("memory pointer");
-            }
-            let m = &**p.memories;
-            if m.cur_page_count as u64 != sys::wasm_memory_get_cur_page_count(api_mem)
-                || m.max_page_count as u64 != sys::wasm_memory_get_max_page_count(api_mem)
-                || !std::ptr::eq(m.memory_data as *const u8, sys::wasm_memory_get_base_address(api_mem) as *const u8)
-                || m.num_bytes_per_page as u64 != sys::wasm_memory_get_bytes_per_page(api_mem)
-            {
-                return bad("memory fields");
-            }
-        }
-        if let Some(name) = exported_global {
-            let cname = super::runtime::cstring(name)?;
-            let mut g = sys::wasm_global_inst_t::default();
-            if sys::wasm_runtime_get_export_global_inst(inst, cname.as_ptr(), &mut g) {
-                let at = g.global_data as usize;
-                let start = p.global_data as usize;
-                if at < start || at >= start + p.global_data_size as usize {
-                    return bad("global data");
-                }
-            }
-        }
-    }
-    Ok(())
+/// `inst`'s globals block (`global_data`, `global_data_size`).
+///
+/// # Safety
+/// `inst` is a live module instance; the block stays valid while it lives.
+unsafe fn globals_block(inst: sys::wasm_module_inst_t) -> (*mut u8, usize) {
+    let mut size = 0u32;
+    // SAFETY: per the contract; the C accessor only reads two fields.
+    let ptr = unsafe { super::inst_access::wcoro_inst_global_data(inst, &mut size) };
+    (ptr, if ptr.is_null() { 0 } else { size as usize })
 }
 
 /// A copy of every global's value of one instance.
@@ -137,14 +79,14 @@ pub struct GlobalsSnapshot(Box<[u8]>);
 
 /// Takes a copy of `inst`'s globals.
 pub(crate) fn snapshot_globals(inst: sys::wasm_module_inst_t) -> GlobalsSnapshot {
-    // SAFETY: `inst` is live and verified (caller); `global_data` holds
-    // `global_data_size` bytes; no call runs on it meanwhile.
+    // SAFETY: `inst` is live and not running (caller); the block holds
+    // `len` bytes.
     unsafe {
-        let p = &*(inst as *const InstPrefix);
-        if p.global_data.is_null() || p.global_data_size == 0 {
+        let (ptr, len) = globals_block(inst);
+        if len == 0 {
             return GlobalsSnapshot(Box::new([]));
         }
-        GlobalsSnapshot(std::slice::from_raw_parts(p.global_data, p.global_data_size as usize).into())
+        GlobalsSnapshot(std::slice::from_raw_parts(ptr, len).into())
     }
 }
 
@@ -152,32 +94,22 @@ pub(crate) fn snapshot_globals(inst: sys::wasm_module_inst_t) -> GlobalsSnapshot
 pub(crate) fn restore_globals(inst: sys::wasm_module_inst_t, snap: &GlobalsSnapshot) -> bool {
     // SAFETY: as in snapshot_globals; the copy is exactly the block's size.
     unsafe {
-        let p = &*(inst as *const InstPrefix);
-        if p.global_data_size as usize != snap.0.len() {
+        let (ptr, len) = globals_block(inst);
+        if len != snap.0.len() {
             return false;
         }
-        if !snap.0.is_empty() {
-            std::ptr::copy_nonoverlapping(snap.0.as_ptr(), p.global_data, snap.0.len());
+        if len > 0 {
+            std::ptr::copy_nonoverlapping(snap.0.as_ptr(), ptr, len);
         }
     }
     true
 }
 
-/// Current pages of `inst`'s default memory (0 without one).
-pub(crate) fn memory_pages(inst: sys::wasm_module_inst_t) -> u32 {
-    // SAFETY: `inst` is live and verified (caller).
-    unsafe { mem_prefix(inst).map(|m| (*m).cur_page_count).unwrap_or(0) }
-}
-
 /// Current size of `inst`'s default memory in 64 KiB pages, rounded up
 /// (a shrunk memory has one page of another size).
 fn charge_pages(inst: sys::wasm_module_inst_t) -> u64 {
-    // SAFETY: `inst` is live and verified (caller).
-    unsafe {
-        mem_prefix(inst)
-            .map(|m| ((*m).cur_page_count as u64 * (*m).num_bytes_per_page as u64).div_ceil(WASM_PAGE))
-            .unwrap_or(0)
-    }
+    // SAFETY: `inst` is live and not running (caller).
+    unsafe { mem_info(inst).map(|m| (m.cur as u64 * m.page_bytes).div_ceil(WASM_PAGE)).unwrap_or(0) }
 }
 
 /// Sets the default memory's maximum to `pages`, clamped to
@@ -187,16 +119,21 @@ fn charge_pages(inst: sys::wasm_module_inst_t) -> u64 {
 /// instantiation (for a non-shared memory nothing larger is ever mapped
 /// ahead; WAMR grows it with `mremap`).
 pub(crate) fn set_memory_max(inst: sys::wasm_module_inst_t, pages: u32, ceiling: u32) -> u32 {
-    // SAFETY: `inst` is live and verified, and no call is growing it now:
-    // callers run on the env's own thread, between calls or inside a host
-    // function of that env.
+    // SAFETY: `inst` is live, and no call is growing it now: callers run on
+    // the env's own thread, between calls or inside a host function of that
+    // env. The C accessor refuses shared memories and values outside
+    // [current, declared maximum], changing nothing.
     unsafe {
-        match mem_prefix(inst) {
-            Some(m) => {
-                let v = pages.min(ceiling).max((*m).cur_page_count);
-                (*m).max_page_count = v;
-                v
+        match mem_info(inst) {
+            Some(m) if !m.shared => {
+                let v = pages.min(ceiling).max(m.cur);
+                if super::inst_access::wcoro_memory_set_max_pages(inst, v) {
+                    v
+                } else {
+                    m.max
+                }
             }
+            Some(m) => m.max,
             None => 0,
         }
     }
@@ -204,8 +141,8 @@ pub(crate) fn set_memory_max(inst: sys::wasm_module_inst_t, pages: u32, ceiling:
 
 /// The default memory's maximum as WAMR set it.
 pub(crate) fn memory_max(inst: sys::wasm_module_inst_t) -> u32 {
-    // SAFETY: `inst` is live and verified (caller).
-    unsafe { mem_prefix(inst).map(|m| (*m).max_page_count).unwrap_or(0) }
+    // SAFETY: `inst` is live and not running (caller).
+    unsafe { mem_info(inst).map(|m| m.max).unwrap_or(0) }
 }
 
 /// One run of a [`MemoryImage`].
@@ -229,21 +166,18 @@ impl MemoryImage {
     /// Captures `inst`'s default memory; `None` if it is shared (other envs
     /// write it) or absent.
     pub(crate) fn capture(inst: sys::wasm_module_inst_t) -> Option<MemoryImage> {
-        // SAFETY: `inst` is live and verified (caller), not running; the
-        // slice covers exactly its current memory and is dropped before
-        // anything can call it.
+        // SAFETY: `inst` is live (caller), not running; the slice covers
+        // exactly its current memory and is dropped before anything can
+        // call it.
         let (bytes, pages) = unsafe {
-            let m = mem_prefix(inst)?;
-            if (*m).is_shared_memory != 0 {
-                return None;
-            }
+            let m = mem_info(inst)?;
             // Not always 64 KiB: WAMR shrinks the one page of a module that
             // never grows its memory to `__heap_base`.
-            let len = (*m).cur_page_count as usize * (*m).num_bytes_per_page as usize;
-            if (*m).memory_data.is_null() {
+            let len = m.cur as usize * m.page_bytes as usize;
+            if m.shared || m.base.is_null() {
                 return None;
             }
-            (std::slice::from_raw_parts((*m).memory_data, len), (*m).cur_page_count)
+            (std::slice::from_raw_parts(m.base, len), m.cur)
         };
         // Consecutive pages of one kind form one run.
         let mut runs: Vec<Run> = Vec::new();
@@ -280,18 +214,18 @@ impl MemoryImage {
     /// known to be all zero (just created), so zero runs are skipped.
     /// Fails (changing nothing) if the memory is shared or its size differs.
     pub(crate) fn apply(&self, inst: sys::wasm_module_inst_t, fresh: bool) -> std::result::Result<(), &'static str> {
-        // SAFETY: `inst` is live and verified (caller) and not running;
-        // every write below stays inside its current memory (same page
-        // count as the image, checked first).
+        // SAFETY: `inst` is live (caller) and not running; every write
+        // below stays inside its current memory (same page count as the
+        // image, checked first).
         unsafe {
-            let m = mem_prefix(inst).ok_or("no memory")?;
-            if (*m).is_shared_memory != 0 {
+            let m = mem_info(inst).ok_or("no memory")?;
+            if m.shared {
                 return Err("shared memory");
             }
-            if (*m).cur_page_count != self.pages {
+            if m.cur != self.pages {
                 return Err("memory size differs (it grew)");
             }
-            let base = (*m).memory_data;
+            let base = m.base;
             for run in &self.runs {
                 match run {
                     Run::Data { offset, bytes } => {

@@ -1,0 +1,97 @@
+/*
+ * inst_access.c — two accessors WAMR's public API lacks.
+ *
+ * Compiled by build.rs into the same archive as WAMR, against WAMR's internal
+ * headers and with the same defines (wamr/config.rs), so the struct layouts
+ * below are exactly those of the runtime it is linked with. Interpreter and
+ * AOT instances share the layout used here: AOTModuleInstance is
+ * `struct WASMModuleInstance`, and both kinds of memory instance are
+ * WASMMemoryInstance (core/iwasm/aot/aot_runtime.h, interpreter/wasm_runtime.h
+ * of WAMR 2.4.3). The Rust side is src/wamr/inst_access.rs.
+ */
+#include "wasm_runtime.h"
+#include "aot_runtime.h"
+
+/*
+ * The instance's globals area (`global_data`, `global_data_size` bytes): the
+ * values of its defined globals (WASMModuleInstance.global_data). Returns
+ * NULL and *size = 0 for an instance without globals or a NULL instance.
+ */
+uint8_t *
+wcoro_inst_global_data(wasm_module_inst_t inst, uint32_t *size)
+{
+    WASMModuleInstance *mi = (WASMModuleInstance *)inst;
+    if (size)
+        *size = 0;
+    if (!mi || !mi->global_data || mi->global_data_size == 0)
+        return NULL;
+    if (size)
+        *size = mi->global_data_size;
+    return mi->global_data;
+}
+
+/* The module's declared maximum for its first memory, in pages (WAMR's
+ * loader stores its default maximum when the module declares none). */
+static bool
+declared_max_pages(WASMModuleInstance *mi, uint32 *max)
+{
+#if WASM_ENABLE_INTERP != 0
+    if (mi->module_type == Wasm_Module_Bytecode) {
+        WASMModule *m = mi->module;
+        if (m->import_memory_count > 0) {
+            *max = m->import_memories[0].u.memory.mem_type.max_page_count;
+            return true;
+        }
+        if (m->memory_count > 0) {
+            *max = m->memories[0].max_page_count;
+            return true;
+        }
+        return false;
+    }
+#endif
+#if WASM_ENABLE_AOT != 0
+    if (mi->module_type == Wasm_Module_AoT) {
+        AOTModule *m = (AOTModule *)mi->module;
+        if (m->import_memory_count > 0) {
+            *max = m->import_memories[0].mem_type.max_page_count;
+            return true;
+        }
+        if (m->memory_count > 0) {
+            *max = m->memories[0].max_page_count;
+            return true;
+        }
+        return false;
+    }
+#endif
+    return false;
+}
+
+/*
+ * Sets how many pages the instance's default memory may grow to
+ * (WASMMemoryInstance.max_page_count, which `memory.grow` checks).
+ * Returns false and changes nothing if the instance has no memory, if its
+ * memory is shared (it was mapped at its maximum once, for every sharer), or
+ * if max_pages is below the current size or above the module's declared
+ * maximum. Must not race a call running on the instance.
+ */
+bool
+wcoro_memory_set_max_pages(wasm_module_inst_t inst, uint32_t max_pages)
+{
+    WASMModuleInstance *mi = (WASMModuleInstance *)inst;
+    WASMMemoryInstance *mem;
+    uint32 declared;
+
+    if (!mi || mi->memory_count == 0 || !mi->memories)
+        return false;
+    mem = mi->memories[0];
+    if (!mem || !declared_max_pages(mi, &declared))
+        return false;
+#if WASM_ENABLE_SHARED_MEMORY != 0
+    if (mem->is_shared_memory)
+        return false;
+#endif
+    if (max_pages < mem->cur_page_count || max_pages > declared)
+        return false;
+    mem->max_page_count = max_pages;
+    return true;
+}
