@@ -78,6 +78,11 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: String,
+    /// Share the port with other processes started with --reuse-port
+    /// (SO_REUSEPORT: the kernel spreads connections between them). Without
+    /// it a busy port is an error.
+    #[arg(long)]
+    reuse_port: bool,
     /// Dispatch mode.
     #[arg(long, value_enum, default_value = "direct")]
     mode: ModeArg,
@@ -195,6 +200,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     };
     let mut b = Server::builder(module)
         .listen(a.listen.clone())
+        .reuse_port(a.reuse_port)
         .mode(match a.mode {
             ModeArg::Direct => Mode::Direct,
             ModeArg::Queue => Mode::Queue,

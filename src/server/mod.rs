@@ -9,10 +9,11 @@
 //! # Ok::<(), wamr_coro::Error>(())
 //! ```
 //!
-//! Files: `listener.rs` accepts, `connection.rs` runs one connection's
+//! Files: `bind.rs` binds the port, `listener.rs` accepts, `connection.rs` runs one connection's
 //! coroutine (direct mode), `conn_host.rs` is the guest's way back to the
 //! socket, `queue.rs` is queue mode (one guest looping in `wait_msg`),
 //! `signals.rs` maps SIGINT/SIGTERM to a graceful stop.
+mod bind;
 mod conn_host;
 mod connection;
 mod listener;
@@ -184,6 +185,7 @@ pub struct ServerBuilder {
     pool_capacity: usize,
     limits: Limits,
     runner: QueueRunner,
+    reuse_port: bool,
 }
 
 /// Entry point: see [`Server::builder`].
@@ -204,6 +206,7 @@ impl Server {
             pool_capacity: 1024,
             limits: Limits::default(),
             runner: QueueRunner::Thread,
+            reuse_port: false,
         }
     }
 }
@@ -255,6 +258,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Share the port with other sockets that set it too (`SO_REUSEPORT`):
+    /// several processes serving one port, the kernel spreading connections
+    /// between them. Default false: a busy port is an error
+    /// ([`Error::AddrInUse`]).
+    pub fn reuse_port(mut self, yes: bool) -> Self {
+        self.reuse_port = yes;
+        self
+    }
+
     /// Validates the guest, binds, and starts accepting.
     pub fn start(self) -> Result<ServerHandle> {
         if self.limits.chunk_size == 0 || self.limits.output_limit == 0 || self.limits.max_connections == 0 {
@@ -289,8 +301,7 @@ impl ServerBuilder {
             Some(_) => Some(Watchdog::start(&registry).map_err(|e| Error::io("starting watchdog", e))?),
             None => None,
         };
-        let listener = may::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("binding {addr}"), e))?;
-        let local_addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?;
+        let bind::Bound { listener, local_addr, waker } = bind::bind(addr, self.reuse_port)?;
         let queue = (self.mode == Mode::Queue).then(|| queue::QueueShared::new(self.limits.queue_capacity));
         let shared = Arc::new(Shared {
             queue: queue.clone(),
@@ -325,6 +336,7 @@ impl ServerBuilder {
             shared,
             local_addr,
             acceptor: Mutex::new(Some(acceptor)),
+            waker: Mutex::new(Some(waker)),
             runner: Mutex::new(runner),
             _watchdog: watchdog,
         })
@@ -420,6 +432,8 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     acceptor: Mutex<Option<may::coroutine::JoinHandle<()>>>,
+    /// A second descriptor of the listening socket, to wake the acceptor.
+    waker: Mutex<Option<socket2::Socket>>,
     runner: Mutex<Option<RunnerHandle>>,
     _watchdog: Option<Watchdog>,
 }
@@ -463,8 +477,12 @@ impl ServerHandle {
         };
         let sh = &self.shared;
         sh.stopping.store(true, Ordering::Release);
-        // Wake the acceptor: it checks `stopping` after every accept.
-        let _ = std::net::TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        // Wake the acceptor (it checks `stopping` after every accept) by
+        // shutting the socket down, not by dialling the port: with
+        // SO_REUSEPORT a dial may reach another process.
+        if let Some(waker) = self.waker.lock().take() {
+            bind::wake_acceptor(&waker);
+        }
         let grace_end = Instant::now() + sh.limits.shutdown_grace;
         let hard_end = grace_end + Duration::from_secs(5);
         let mut swept = std::collections::HashSet::new();
