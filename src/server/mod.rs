@@ -13,7 +13,7 @@
 //! coroutine (direct mode), `conn_host.rs` is the guest's way back to the
 //! socket, `queue.rs` is queue mode (one guest looping in `wait_msg`),
 //! `signals.rs` maps SIGINT/SIGTERM to a graceful stop.
-mod bind;
+pub(crate) mod bind;
 mod conn_host;
 mod connection;
 mod listener;
