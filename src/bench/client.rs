@@ -124,6 +124,10 @@ impl Progress {
 
 fn closed_loop(spec: &ClientSpec) -> Result<ClientResult> {
     crate::coro::configure(spec.workers.max(1), 64 * 1024)?;
+    // may pins worker i to core i by default; the servers' workers are
+    // pinned the same way, and a client pinned onto the very cores its
+    // server is pinned to cannot move away from them (wrk is not pinned).
+    may::config().set_worker_pin(false);
     let progress = Arc::new(Progress::default());
     let ready = Arc::new(AtomicUsize::new(0));
     let go = Arc::new(AtomicBool::new(false));
@@ -142,6 +146,7 @@ fn closed_loop(spec: &ClientSpec) -> Result<ClientResult> {
                 while !stop.load(Ordering::Relaxed) {
                     conn.round(&progress);
                 }
+                progress.done.fetch_add(conn.unreported, Ordering::Relaxed);
                 conn.hist
             })
         })
@@ -185,6 +190,10 @@ struct Connection {
     stream: Option<may::net::TcpStream>,
     seq: u64,
     hist: Histogram<u64>,
+    /// Responses not yet added to the shared progress count (added in
+    /// batches: one shared counter bumped per response costs the client
+    /// cache-line traffic between its workers).
+    unreported: u64,
     out: Vec<u8>,
     expect: Vec<u8>,
     inbuf: Vec<u8>,
@@ -197,6 +206,7 @@ impl Connection {
             stream: None,
             seq,
             hist: new_histogram(),
+            unreported: 0,
             out: Vec::new(),
             expect: Vec::new(),
             inbuf: vec![0u8; 64 * 1024],
@@ -265,8 +275,12 @@ impl Connection {
             while checked < k && have >= (checked + 1) * each {
                 checked += 1;
                 let _ = self.hist.record(t.elapsed().as_micros().max(1) as u64);
-                progress.done.fetch_add(1, Ordering::Relaxed);
+                self.unreported += 1;
             }
+        }
+        if self.unreported >= 64 {
+            progress.done.fetch_add(self.unreported, Ordering::Relaxed);
+            self.unreported = 0;
         }
     }
 

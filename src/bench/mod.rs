@@ -267,7 +267,8 @@ fn closed_loop(cfg: &BenchConfig, target: Target, reference: &mut Option<(Protoc
     server.stop();
     let hist = client::decode_histogram(&result.histogram_hex)?;
     let req_s = result.requests as f64 / result.elapsed_s.max(1e-9);
-    let cpu_s = (after.cpu_s - before.cpu_s).max(0.0);
+    // CPU time comes in clock ticks (10 ms): keep two decimals.
+    let cpu_s = ((after.cpu_s - before.cpu_s).max(0.0) * 100.0).round() / 100.0;
     Ok(Run {
         name: target.name().into(),
         protocol: protocol.to_string(),
