@@ -17,7 +17,7 @@ start() { # sets ADDR and SERVER; the server's stdin is a fifo we hold open (EOF
 }
 stop() { kill -INT "$SERVER"; wait "$SERVER" || true; exec 9>&-; }
 ours() {
-  "$BIN" bench-client --spec "{\"addr\":\"$1\",\"conns\":$CONNS,\"protocol\":\"http\",\"expected\":$RESP,\"pipeline\":1,\"duration_s\":$SECS,\"workers\":2,\"hold\":false,\"source_ip\":null,\"open_threads\":0}" \
+  "$BIN" bench-client --spec "{\"addr\":\"$1\",\"conns\":$CONNS,\"protocol\":\"http\",\"expected\":$RESP,\"pipeline\":1,\"duration_s\":$SECS,\"workers\":2,\"hold\":false,\"open_threads\":0}" \
     | sed -n 's/^result //p' | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f req/s, %d errors" % (r["requests"]/r["elapsed_s"], r["errors"]))'
 }
 for server in native direct queue; do

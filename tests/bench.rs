@@ -104,7 +104,7 @@ fn wrong_response_bytes_are_counted_as_errors() {
     *expected.last_mut().unwrap() = b'?';
     let spec = serde_json::json!({
         "addr": addr, "conns": 2, "protocol": "http", "expected": expected, "pipeline": 1,
-        "duration_s": 0.3, "workers": 1, "hold": false, "source_ip": null, "open_threads": 0
+        "duration_s": 0.3, "workers": 1, "hold": false, "open_threads": 0
     });
     let out = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
         .args(["bench-client", "--spec", &spec.to_string()])

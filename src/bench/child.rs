@@ -102,9 +102,17 @@ impl Child {
     /// Sends `sig` and waits up to `timeout` for the exit; kills it past
     /// that. Returns whether it exited by itself with status 0.
     pub fn stop(mut self, sig: i32, timeout: Duration) -> bool {
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.signal(sig);
         self.wait(timeout)
+    }
+
+    /// Sends `sig` (if the process has not been reaped yet).
+    pub fn signal(&mut self, sig: i32) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child's pid, which has not been
+            // reaped (try_wait just saw it running), so it is not reused.
+            unsafe { libc::kill(self.child.id() as i32, sig) };
+        }
     }
 
     /// Waits up to `timeout` for the exit; kills it past that. Returns
@@ -161,5 +169,19 @@ impl Server {
     /// Graceful stop (SIGINT), bounded. Returns whether it exited cleanly.
     pub fn stop(self) -> bool {
         self.child.stop(libc::SIGINT, Duration::from_secs(20))
+    }
+
+    /// Stops several servers at once (each destroys its envs in parallel
+    /// with the others), bounded. Returns how many exited cleanly.
+    pub fn stop_all(servers: Vec<Server>) -> usize {
+        let mut servers = servers;
+        for s in &mut servers {
+            s.child.signal(libc::SIGINT);
+        }
+        let mut clean = 0;
+        for s in &mut servers {
+            clean += usize::from(s.child.wait(Duration::from_secs(30)));
+        }
+        clean
     }
 }

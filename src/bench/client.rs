@@ -9,8 +9,8 @@
 //! 10 s silence is an error: the connection is dropped and opened again.
 //!
 //! **Hold** (`hold: true`): `open_threads` threads open `conns` connections
-//! (blocking sockets, optionally from a given 127.0.0.x source address so
-//! that one address's ephemeral ports are not the limit), send one request
+//! (blocking sockets, optionally from given 127.x source addresses in turn,
+//! so that one address's ephemeral ports are not the limit), send one request
 //! on each, check its response, and keep every connection open until stdin
 //! closes.
 //!
@@ -48,8 +48,10 @@ pub struct ClientSpec {
     pub workers: usize,
     /// Hold connections instead of a closed loop.
     pub hold: bool,
-    /// Hold: source address to bind (None: the kernel picks).
-    pub source_ip: Option<IpAddr>,
+    /// Hold: source addresses to connect from, in turn (empty: the kernel
+    /// picks).
+    #[serde(default)]
+    pub source_ips: Vec<IpAddr>,
     /// Hold: threads opening connections at once.
     pub open_threads: usize,
 }
@@ -302,8 +304,12 @@ fn hold(spec: &ClientSpec) {
             let (spec, progress, next) = (spec.clone(), Arc::clone(&progress), Arc::clone(&next));
             std::thread::spawn(move || {
                 let mut held = Vec::new();
-                while next.fetch_add(1, Ordering::Relaxed) < spec.conns {
-                    match open_and_ask(&spec, held.len() as u64) {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= spec.conns {
+                        break;
+                    }
+                    match open_and_ask(&spec, i) {
                         Ok(s) => {
                             held.push(s);
                             progress.done.fetch_add(1, Ordering::Relaxed);
@@ -344,11 +350,11 @@ fn hold(spec: &ClientSpec) {
 
 /// Opens one connection, sends one request, checks its answer. `Err(true)`
 /// for wrong bytes.
-fn open_and_ask(spec: &ClientSpec, seq: u64) -> std::result::Result<std::net::TcpStream, bool> {
+fn open_and_ask(spec: &ClientSpec, i: usize) -> std::result::Result<std::net::TcpStream, bool> {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::for_address(spec.addr), Type::STREAM, None).map_err(|_| false)?;
     sock.set_linger(Some(Duration::ZERO)).map_err(|_| false)?;
-    if let Some(ip) = spec.source_ip {
+    if let Some(&ip) = spec.source_ips.get(i % spec.source_ips.len().max(1)) {
         // Choose the port at connect time, by the whole 4-tuple: bind(ip, 0)
         // alone searches for a port no other socket on `ip` holds, which
         // grows slow (and runs out) with tens of thousands of sockets.
@@ -377,7 +383,7 @@ fn open_and_ask(spec: &ClientSpec, seq: u64) -> std::result::Result<std::net::Tc
             spec.expected.clone()
         }
         Protocol::Echo => {
-            echo_message(seq, &mut req);
+            echo_message(i as u64, &mut req);
             req.clone()
         }
     };

@@ -224,7 +224,7 @@ fn closed_loop(cfg: &BenchConfig, target: Target, reference: &mut Option<(Protoc
         duration_s: cfg.duration_s,
         workers: cfg.client_workers,
         hold: false,
-        source_ip: None,
+        source_ips: Vec::new(),
         open_threads: 0,
     };
     let mut client = child::Child::spawn(
@@ -302,8 +302,10 @@ pub struct HoldPlan {
     pub servers: usize,
     /// Connections one server process may hold.
     pub per_server: u64,
-    /// Client processes, each from its own source address.
+    /// Client processes, each from its own source addresses.
     pub clients: usize,
+    /// Connections per source address at most.
+    pub per_source: usize,
     /// The limits that decided it, in words.
     pub why: String,
 }
@@ -312,8 +314,8 @@ pub struct HoldPlan {
 /// process holds at most what its descriptors (`RLIMIT_NOFILE`) and its
 /// memory mappings (`vm.max_map_count`) allow, with 20 % headroom because
 /// the kernel spreads connections over `SO_REUSEPORT` sockets by hash, not
-/// evenly; a client process at most its descriptors and one source
-/// address's ephemeral ports.
+/// evenly; a client process at most its descriptors, and a source address
+/// a seventh of its ephemeral ports.
 pub fn plan_hold(n: usize, target: Target) -> HoldPlan {
     let nofile = sys::raise_nofile_limit().unwrap_or(1024);
     let max_map = sys::sysctl("vm/max_map_count").unwrap_or(65_530);
@@ -322,16 +324,21 @@ pub fn plan_hold(n: usize, target: Target) -> HoldPlan {
     let by_maps = max_map.saturating_sub(4096) / target.maps_per_conn();
     let per_server = by_fds.min(by_maps).max(1);
     let servers = (n as u64 * 5).div_ceil(per_server * 4).max(1) as usize;
-    let per_client = nofile.saturating_sub(256).min(ports * 9 / 10).max(1);
+    let per_client = nofile.saturating_sub(256).max(1);
     let clients = (n as u64).div_ceil(per_client).max(1) as usize;
+    // The kernel picks a connection's source port by probing the range
+    // for a free 4-tuple: the fuller the range, the longer the search.
+    // Keep each source address's share to a seventh of its ports.
+    let per_source = (ports / 7).max(1) as usize;
     let why = format!(
         "{servers} server process(es) of ≤ {per_server} connections (RLIMIT_NOFILE {nofile} / {} fds per connection = {by_fds}; \
          vm.max_map_count {max_map} / {} mappings per connection = {by_maps}; 20 % headroom for the kernel's uneven spreading), \
-         {clients} client process(es) of ≤ {per_client} (RLIMIT_NOFILE {nofile}; {ports} ephemeral ports per source address)",
+         {clients} client process(es) of ≤ {per_client} (RLIMIT_NOFILE {nofile}), \
+         ≤ {per_source} connections per source address (a seventh of its {ports} ephemeral ports)",
         target.fds_per_conn(),
         target.maps_per_conn()
     );
-    HoldPlan { servers, per_server, clients, why }
+    HoldPlan { servers, per_server, clients, per_source, why }
 }
 
 fn hold(cfg: &BenchConfig, target: Target, n: usize, run_index: usize, reference: &mut Option<(Protocol, Vec<u8>)>) -> Result<HoldRun> {
@@ -350,14 +357,17 @@ fn hold(cfg: &BenchConfig, target: Target, n: usize, run_index: usize, reference
         .map(|s| Ok((sys::sample(s.child.pid())?, sys::mappings(s.child.pid())?)))
         .collect::<std::io::Result<_>>()
         .map_err(|e| Error::io("reading the servers' /proc", e))?;
-    // Each client from its own source address, a fresh block per run: no
+    // Each client from its own source addresses, a fresh block per run: no
     // port of an earlier run's connections is in the way.
-    let sources: Vec<IpAddr> =
-        (0..plan.clients).map(|c| IpAddr::V4(Ipv4Addr::new(127, 1 + run_index as u8, (c / 250) as u8, 1 + (c % 250) as u8))).collect();
+    let mut sources: Vec<IpAddr> = Vec::new();
     let t0 = Instant::now();
     let mut clients = Vec::new();
-    for (c, ip) in sources.iter().enumerate() {
+    for c in 0..plan.clients {
         let share = n / plan.clients + usize::from(c < n % plan.clients);
+        let ips: Vec<IpAddr> = (0..share.div_ceil(plan.per_source).clamp(1, 250))
+            .map(|j| IpAddr::V4(Ipv4Addr::new(127, 1 + run_index as u8, c as u8, 1 + j as u8)))
+            .collect();
+        sources.extend(&ips);
         let spec = ClientSpec {
             addr,
             conns: share,
@@ -367,7 +377,7 @@ fn hold(cfg: &BenchConfig, target: Target, n: usize, run_index: usize, reference
             duration_s: 0.0,
             workers: 1,
             hold: true,
-            source_ip: Some(*ip),
+            source_ips: ips,
             open_threads: 32,
         };
         clients.push(child::Child::spawn(
@@ -422,9 +432,7 @@ fn hold(cfg: &BenchConfig, target: Target, n: usize, run_index: usize, reference
     for c in &mut clients {
         c.wait(Duration::from_secs(30));
     }
-    for s in servers {
-        s.stop();
-    }
+    Server::stop_all(servers);
     Ok(HoldRun {
         name: target.name().into(),
         protocol: protocol.to_string(),
