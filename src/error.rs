@@ -208,6 +208,17 @@ pub enum Error {
     #[error("the env pool is closed")]
     PoolClosed,
 
+    /// The listen address is taken by another socket, and the server was not
+    /// asked to share it (`reuse_port`).
+    #[error(
+        "address {addr} is already in use (another process or server listens there): stop it, \
+         choose another --listen address, or start every server with --reuse-port to share the port deliberately"
+    )]
+    AddrInUse {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+    },
+
     /// Bad configuration value.
     #[error("invalid configuration: {0}")]
     Config(String),

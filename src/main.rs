@@ -28,9 +28,82 @@ enum LogFormat {
 enum Command {
     /// Serve MODULE (.wasm or .wat); without it, the embedded HTTP guest.
     Serve(ServeArgs),
-    /// Hold N private envs at once, one per coroutine, and report costs.
+    /// Hold N private envs at once, one per coroutine, and report their
+    /// costs (no sockets; for servers under load, use `bench`).
     Stress(StressArgs),
+    /// Load-test direct and queue mode against a native baseline (no
+    /// WebAssembly), each server in its own process: req/s, latency
+    /// percentiles, CPU, memory per connection; or, with --hold N, hold N
+    /// connections and report memory per connection.
+    Bench(BenchArgs),
+    /// (bench internal) The native baseline server.
+    #[command(hide = true)]
+    BenchNative {
+        /// JSON `NativeSpec`.
+        #[arg(long)]
+        spec: String,
+    },
+    /// (bench internal) A load-generator process.
+    #[command(hide = true)]
+    BenchClient {
+        /// JSON `ClientSpec`.
+        #[arg(long)]
+        spec: String,
+    },
 }
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchModeArg {
+    Direct,
+    Queue,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Auto,
+    Http,
+    Echo,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Guest module (.wasm or .wat). Default: the embedded HTTP responder.
+    module: Option<PathBuf>,
+    /// Which WebAssembly servers to measure (the native baseline always runs).
+    #[arg(long, value_enum, default_value = "all")]
+    mode: BenchModeArg,
+    /// Connections of the closed-loop load.
+    #[arg(long, default_value_t = 100)]
+    conns: usize,
+    /// Seconds per server.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// What the guest speaks: probed by default (HTTP/1.1 keep-alive or echo).
+    #[arg(long, value_enum, default_value = "auto")]
+    protocol: ProtocolArg,
+    /// Instead of a closed loop: open N connections, one request each, hold
+    /// them, and report memory per connection and time to open. Beyond one
+    /// process's limits, several servers share the port (--reuse-port).
+    #[arg(long)]
+    hold: Option<usize>,
+    /// Write the results as JSON to PATH.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// may worker threads per server process.
+    #[arg(long, default_value_t = 2)]
+    server_workers: usize,
+    /// may worker threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    client_workers: usize,
+    /// Show the servers' and load generators' stderr.
+    #[arg(long)]
+    verbose: bool,
+}
+
 
 #[derive(clap::Args)]
 struct StressArgs {
@@ -92,6 +165,11 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: String,
+    /// Share the port with other processes started with --reuse-port
+    /// (SO_REUSEPORT: the kernel spreads connections between them). Without
+    /// it a busy port is an error.
+    #[arg(long)]
+    reuse_port: bool,
     /// Dispatch mode.
     #[arg(long, value_enum, default_value = "direct")]
     mode: ModeArg,
@@ -169,6 +247,9 @@ struct ServeArgs {
     /// Drop WAMR's own messages instead of logging them.
     #[arg(long)]
     quiet_wamr: bool,
+    /// (bench internal) Answer `stats` lines on stdin; stop when it closes.
+    #[arg(long, hide = true)]
+    control_stdin: bool,
 }
 
 fn main() -> ExitCode {
@@ -188,9 +269,17 @@ fn main() -> ExitCode {
         }
         LogFormat::Json => fmt.json().init(),
     }
+    // Servers and load generators may hold many sockets: lift the soft
+    // descriptor limit to the hard one (children inherit it).
+    if let Err(e) = wamr_coro::server::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Stress(args) => stress(args),
+        Command::Bench(args) => bench(args),
+        Command::BenchNative { spec } => parse_spec(&spec).and_then(|s| wamr_coro::bench::native::serve(&s)),
+        Command::BenchClient { spec } => parse_spec(&spec).and_then(|s| wamr_coro::bench::client::run(&s)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,6 +288,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_spec<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, wamr_coro::Error> {
+    serde_json::from_str(json).map_err(|e| wamr_coro::Error::Config(format!("bad --spec: {e}")))
+}
+
+fn bench(a: BenchArgs) -> Result<(), wamr_coro::Error> {
+    use wamr_coro::bench::{protocol::Protocol, BenchConfig, Target};
+    let cfg = BenchConfig {
+        module: a.module,
+        targets: match a.mode {
+            BenchModeArg::Direct => vec![Target::Direct],
+            BenchModeArg::Queue => vec![Target::Queue],
+            BenchModeArg::All => vec![Target::Direct, Target::Queue],
+        },
+        protocol: match a.protocol {
+            ProtocolArg::Auto => None,
+            ProtocolArg::Http => Some(Protocol::Http),
+            ProtocolArg::Echo => Some(Protocol::Echo),
+        },
+        conns: a.conns,
+        duration_s: a.duration,
+        pipeline: a.pipeline,
+        hold: a.hold,
+        server_workers: a.server_workers,
+        client_workers: a.client_workers,
+        verbose: a.verbose,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = wamr_coro::bench::run(&cfg)?;
+    println!("{} — {}", report.date, report.machine);
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        let json = serde_json::to_string_pretty(&report).expect("serialisable");
+        std::fs::write(path, json).map_err(|e| wamr_coro::Error::Config(format!("writing {}: {e}", path.display())))?;
+    }
+    let errors: u64 = report.runs.iter().map(|r| r.errors).chain(report.holds.iter().map(|h| h.errors)).sum();
+    if errors > 0 {
+        return Err(wamr_coro::Error::Config(format!("{errors} errors during the bench (see the table)")));
+    }
+    Ok(())
 }
 
 fn source(s: SourceArg) -> EnvSource {
@@ -235,11 +365,6 @@ fn stress(a: StressArgs) -> Result<(), wamr_coro::Error> {
 }
 
 fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
-    // One descriptor per connection: take what the hard limit allows.
-    match wamr_coro::server::raise_fd_limit() {
-        Ok(n) => tracing::debug!(fd_limit = n, "file-descriptor limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
-    }
     Runtime::init(RuntimeConfig {
         envs_per_parent: a.envs_per_parent,
         log: if a.quiet_wamr { WamrLog::Silent } else { WamrLog::Tracing },
@@ -251,6 +376,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     };
     let mut b = Server::builder(module)
         .listen(a.listen.clone())
+        .reuse_port(a.reuse_port)
         .mode(match a.mode {
             ModeArg::Direct => Mode::Direct,
             ModeArg::Queue => Mode::Queue,
@@ -292,6 +418,21 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     }
     let server = Arc::new(b.start()?);
     println!("listening on {}", server.local_addr());
+    if a.control_stdin {
+        let (s, s2) = (Arc::clone(&server), Arc::clone(&server));
+        wamr_coro::bench::control::spawn(
+            move || {
+                let st = s.stats();
+                serde_json::json!({ "accepted": st.accepted, "open": st.open, "refused": st.refused, "live_envs": st.envs.live })
+            },
+            move || {
+                if !s2.is_stopping() {
+                    wamr_coro::bench::control::raise_sigterm();
+                }
+            },
+        )
+        .map_err(|e| wamr_coro::Error::Config(format!("starting the control thread: {e}")))?;
+    }
     // SIGHUP: load the module again (from its file) and serve new
     // connections with it; open ones finish on the old one.
     let reload = || {

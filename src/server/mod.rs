@@ -9,10 +9,11 @@
 //! # Ok::<(), wamr_coro::Error>(())
 //! ```
 //!
-//! Files: `listener.rs` accepts, `connection.rs` runs one connection's
+//! Files: `bind.rs` binds the port, `listener.rs` accepts, `connection.rs` runs one connection's
 //! coroutine (direct mode), `conn_host.rs` is the guest's way back to the
 //! socket, `queue.rs` is queue mode (per shard, a guest looping in `wait_msg`),
 //! `signals.rs` maps SIGINT/SIGTERM to a graceful stop.
+pub(crate) mod bind;
 mod conn_host;
 mod connection;
 mod generation;
@@ -250,6 +251,7 @@ pub struct ServerBuilder {
     limits: Limits,
     runner: QueueRunner,
     metrics_listen: Option<String>,
+    reuse_port: bool,
 }
 
 /// Entry point: see [`Server::builder`].
@@ -271,6 +273,7 @@ impl Server {
             limits: Limits::default(),
             runner: QueueRunner::Thread,
             metrics_listen: None,
+            reuse_port: false,
         }
     }
 }
@@ -330,6 +333,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Share the port with other sockets that set it too (`SO_REUSEPORT`):
+    /// several processes serving one port, the kernel spreading connections
+    /// between them. Default false: a busy port is an error
+    /// ([`Error::AddrInUse`]).
+    pub fn reuse_port(mut self, yes: bool) -> Self {
+        self.reuse_port = yes;
+        self
+    }
+
     /// Validates the guest, binds, and starts accepting.
     pub fn start(self) -> Result<ServerHandle> {
         if self.limits.chunk_size == 0 || self.limits.output_limit == 0 || self.limits.max_connections == 0 {
@@ -385,8 +397,7 @@ impl ServerBuilder {
             Some(_) => Some(Watchdog::start(&registry).map_err(|e| Error::io("starting watchdog", e))?),
             None => None,
         };
-        let listener = may::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("binding {addr}"), e))?;
-        let local_addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?;
+        let bind::Bound { listener, local_addr, waker } = bind::bind(addr, self.reuse_port)?;
         let shared = Arc::new(Shared {
             generations: generation::Generations::new(Arc::clone(&first), template),
             registry,
@@ -444,6 +455,7 @@ impl ServerBuilder {
             acceptor: Mutex::new(Some(acceptor)),
             runners: Mutex::new(runners),
             sweeper: Mutex::new(Some(sweeper)),
+            waker: Mutex::new(Some(waker)),
             _watchdog: watchdog,
             metrics,
         })
@@ -557,6 +569,8 @@ pub struct ServerHandle {
     acceptor: Mutex<Option<may::coroutine::JoinHandle<()>>>,
     runners: Mutex<Vec<RunnerHandle>>,
     sweeper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// A second descriptor of the listening socket, to wake the acceptor.
+    waker: Mutex<Option<socket2::Socket>>,
     _watchdog: Option<Watchdog>,
     metrics: Option<metrics::MetricsServer>,
 }
@@ -622,8 +636,12 @@ impl ServerHandle {
         };
         let sh = &self.shared;
         sh.stopping.store(true, Ordering::Release);
-        // Wake the acceptor: it checks `stopping` after every accept.
-        let _ = std::net::TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        // Wake the acceptor (it checks `stopping` after every accept) by
+        // shutting the socket down, not by dialling the port: with
+        // SO_REUSEPORT a dial may reach another process.
+        if let Some(waker) = self.waker.lock().take() {
+            bind::wake_acceptor(&waker);
+        }
         let grace_end = Instant::now() + sh.limits.shutdown_grace;
         let hard_end = grace_end + Duration::from_secs(5);
         let mut swept = std::collections::HashSet::new();

@@ -1,0 +1,138 @@
+//! The listening port: exclusive unless asked, shared with `--reuse-port`,
+//! and a `stop()` that does not depend on dialling its own port.
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{connect, read_n, HTTP_RESPONSE};
+use wamr_coro::server::{Mode, Server, ServerHandle};
+use wamr_coro::Error;
+
+fn http_server(listen: &str, reuse_port: bool) -> wamr_coro::Result<ServerHandle> {
+    common::setup();
+    Server::builder(wamr_coro::default_guest::module()?)
+        .listen(listen)
+        .mode(Mode::Direct)
+        .workers(2)
+        .limits(common::test_limits())
+        .reuse_port(reuse_port)
+        .start()
+}
+
+fn hello(addr: SocketAddr) {
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
+}
+
+#[test]
+fn a_second_exclusive_bind_fails_with_a_clear_error() {
+    let first = http_server("127.0.0.1:0", false).unwrap();
+    let addr = first.local_addr();
+    // Exclusive after exclusive, and shared after exclusive: both refused.
+    for reuse in [false, true] {
+        match http_server(&addr.to_string(), reuse) {
+            Err(Error::AddrInUse { addr: a }) => assert_eq!(a, addr),
+            other => panic!("second bind (reuse_port {reuse}) on {addr}: {other:?}"),
+        }
+    }
+    // Shared first, then exclusive: refused too.
+    let shared = http_server("127.0.0.1:0", true).unwrap();
+    let e = http_server(&shared.local_addr().to_string(), false).unwrap_err();
+    assert!(e.to_string().contains("already in use") && e.to_string().contains("--reuse-port"), "{e}");
+    // The first server still answers all the traffic.
+    hello(addr);
+    assert_eq!(first.stop().accepted, 1);
+
+    // The binary: exit non-zero, saying why, within a bounded time.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+        .args(["serve", "--listen", &shared.local_addr().to_string(), "--workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve on a busy port did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("already in use"), "{err}");
+    shared.stop();
+}
+
+#[test]
+fn reuse_port_servers_share_one_port() {
+    let a = http_server("127.0.0.1:0", true).unwrap();
+    let addr = a.local_addr();
+    let b = http_server(&addr.to_string(), true).unwrap();
+    assert_eq!(b.local_addr(), addr);
+    // The kernel hashes each connection's 4-tuple to one of the two: over
+    // 64 connections (fresh source ports) both get some (fails with
+    // probability 2^-63 if the spreading works).
+    for _ in 0..64 {
+        hello(addr);
+    }
+    let (sa, sb) = (a.stop(), b.stop());
+    assert_eq!(sa.accepted + sb.accepted, 64);
+    assert!(sa.accepted > 0 && sb.accepted > 0, "{} / {}", sa.accepted, sb.accepted);
+
+    // Two `serve --reuse-port` processes, too.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut children: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+                .args(["serve", "--listen", &listen, "--workers", "1", "--reuse-port"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), format!("listening on {listen}"));
+            c
+        })
+        .collect();
+    hello(listen.parse().unwrap());
+    for c in &mut children {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let _ = c.wait();
+    }
+}
+
+/// `stop()` used to wake its acceptor by dialling its own port; with another
+/// socket on the port (SO_REUSEPORT) the dial could land there, and stop()
+/// waited out its whole grace + hard deadline (7 s). Each round fails with
+/// probability 1/2 that way; four rounds.
+#[test]
+fn stop_is_prompt_while_another_socket_shares_the_port() {
+    for _ in 0..4 {
+        let server = http_server("127.0.0.1:0", true).unwrap();
+        let addr = server.local_addr();
+        hello(addr);
+        // Another listener on the port, that never accepts.
+        let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        other.set_reuse_address(true).unwrap();
+        other.set_reuse_port(true).unwrap();
+        other.bind(&addr.into()).unwrap();
+        other.listen(16).unwrap();
+        let t = Instant::now();
+        server.stop();
+        let took = t.elapsed();
+        // shutdown_grace is 2 s in test_limits; an idle server stops at once.
+        assert!(took < Duration::from_millis(1500), "stop took {took:?}");
+    }
+}
