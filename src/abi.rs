@@ -132,9 +132,7 @@ impl<H: AbiHost> AbiHost for WithConn<H> {
 impl Caller<'_> {
     /// The connection the calling guest is serving: in direct mode the
     /// env's connection (id and peer address); in queue mode the connection
-    /// of the event being handled, where the queue's [`AbiHost`] reports it
-    /// through [`AbiHost::connection`] (the queue host of this version does
-    /// not yet: `None`). `None` too for envs used as a library.
+    /// of the event being handled. `None` for envs used as a library.
     pub fn connection(&mut self) -> Option<ConnInfo> {
         host(self.data_any()).and_then(|h| h.connection())
     }

@@ -70,8 +70,12 @@ fn le(b: &[u8], i: usize) -> i32 {
 fn typed_host_function_reads_the_connection_over_a_real_socket() {
     register();
     let module = Module::from_wat(GUEST).unwrap();
-    for policy in [EnvPolicy::Connection, EnvPolicy::Message] {
-        let server = start(module.clone(), Mode::Direct, policy, test_limits());
+    for (mode, policy) in [
+        (Mode::Direct, EnvPolicy::Connection),
+        (Mode::Direct, EnvPolicy::Message),
+        (Mode::Queue, EnvPolicy::Connection),
+    ] {
+        let server = start(module.clone(), mode, policy, test_limits());
         let mut seen = Vec::new();
         for _ in 0..3 {
             let mut s = connect(server.local_addr());
@@ -87,7 +91,7 @@ fn typed_host_function_reads_the_connection_over_a_real_socket() {
             }
         }
         seen.dedup();
-        assert_eq!(seen.len(), 3, "three connections, three ids: {seen:?} ({policy:?})");
+        assert_eq!(seen.len(), 3, "three connections, three ids: {seen:?} ({mode:?} {policy:?})");
         let stats = server.stop();
         assert_eq!(stats.traps, 0);
     }

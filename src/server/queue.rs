@@ -87,6 +87,8 @@ struct Conn {
     open_gen: AtomicU64,
     /// `on_open` refused it (host loop): no `on_close`.
     refused: AtomicBool,
+    /// The client's address.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl Conn {
@@ -194,6 +196,7 @@ pub(super) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpS
         closed: AtomicBool::new(false),
         open_gen: AtomicU64::new(0),
         refused: AtomicBool::new(false),
+        peer: stream.peer_addr().ok(),
     });
     qs.conns.lock().insert(id, Arc::clone(&conn));
     let registration = Registration::new(sh, id, ip, &stream);
@@ -503,6 +506,14 @@ struct QueueHost {
     handed_out: Option<Instant>,
     /// The guest runs its own loop (`run`): only then may it wait.
     guest_loop: bool,
+    /// The connection of the event being handled (`Caller::connection`).
+    current: Arc<Mutex<Option<crate::abi::ConnInfo>>>,
+}
+
+/// Who `conn` is, for `Caller::connection`.
+fn conn_info(qs: &Shard, conn: i32) -> Option<crate::abi::ConnInfo> {
+    let peer = qs.conns.lock().get(&conn).and_then(|c| c.peer);
+    Some(crate::abi::ConnInfo { id: conn, peer })
 }
 
 impl QueueHost {
@@ -579,6 +590,7 @@ impl AbiHost for QueueHost {
                 }
             }
         };
+        *self.current.lock() = conn_info(&self.dispatcher.lock().qs, conn);
         let mut rec = [0u8; 8];
         rec[..4].copy_from_slice(&conn.to_le_bytes());
         rec[4..].copy_from_slice(&kind.to_le_bytes());
@@ -595,6 +607,10 @@ impl AbiHost for QueueHost {
 
     fn bad_log_pointer(&mut self) {
         self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn connection(&self) -> Option<crate::abi::ConnInfo> {
+        *self.current.lock()
     }
 }
 
@@ -636,6 +652,7 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::guest::Gues
         standby = guest.create_env().inspect_err(|e| tracing::warn!(error = %e, "no standby queue guest")).ok();
         let dispatcher = Arc::new(Mutex::new(Dispatcher::new(&qs, generation)));
         let interrupt = Arc::clone(env.exec_env().interrupt_handle());
+        let current = Arc::new(Mutex::new(None));
         env.set_host(Some(Box::new(QueueHost {
             dispatcher: Arc::clone(&dispatcher),
             sh: Arc::clone(&sh),
@@ -647,6 +664,7 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::guest::Gues
             last_data: None,
             handed_out: None,
             guest_loop: has_run,
+            current: Arc::clone(&current),
         })));
         let outcome = if has_run {
             // Not for `run` as a whole: wait_msg arms it per event.
@@ -660,7 +678,7 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::guest::Gues
                 }
             }
         } else {
-            host_loop(&sh, &dispatcher, &mut env)
+            host_loop(&sh, &dispatcher, &mut env, &current)
         };
         let Err(why) = outcome else { break };
         let closed = dispatcher.lock().abandon_generation();
@@ -718,10 +736,18 @@ fn pause(d: Duration) {
 }
 
 /// The loop `run` would have run, natively, for guests without `run`.
-fn host_loop(sh: &Shared, dispatcher: &Mutex<Dispatcher>, env: &mut GuestEnv) -> Result<(), String> {
+fn host_loop(
+    sh: &Shared,
+    dispatcher: &Mutex<Dispatcher>,
+    env: &mut GuestEnv,
+    current: &Mutex<Option<crate::abi::ConnInfo>>,
+) -> Result<(), String> {
     let cap = env.recv_buffer().1 as usize;
     loop {
         let next = dispatcher.lock().next(cap);
+        if let Next::Open(id) | Next::Data(id, _) | Next::Close(id) = &next {
+            *current.lock() = conn_info(&dispatcher.lock().qs, *id);
+        }
         let started = Instant::now();
         let result = match next {
             Next::Shutdown => return Ok(()),
