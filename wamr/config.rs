@@ -59,7 +59,7 @@ pub const WAMR_DEFINES: &[WamrDefine] = &[
     // native-stack guard pages are placed on the pthread stack, not on the
     // coroutine's mmap'd stack; calling init_thread_env inside a coroutine
     // walks down to the OS thread's stack and overflows the coroutine's
-    // (/work/shared/WAMR_NOTES.md). The native stack is instead bounded by
+    // (docs/wamr-notes.md). The native stack is instead bounded by
     // wasm_runtime_set_native_stack_boundary (src/wamr/stack.rs).
     d("WASM_DISABLE_HW_BOUND_CHECK", "1", "software-bound-checks"),
     d("WASM_DISABLE_STACK_HW_BOUND_CHECK", "1", ""),
@@ -67,7 +67,7 @@ pub const WAMR_DEFINES: &[WamrDefine] = &[
     // there, writes the linear memory base to GS on every call (for AOT/JIT
     // "segue"). valgrind cannot decode `wrgsbase` (SIGILL at the first guest
     // call) and a binary built on a kernel with FSGSBASE dies with SIGILL on
-    // one without it (WAMR_NOTES.md).
+    // one without it (docs/wamr-notes.md).
     d("WASM_DISABLE_WRITE_GS_BASE", "1", ""),
     d("WASM_DISABLE_WAKEUP_BLOCKING_OP", "0", ""),
     d("WASM_ENABLE_SHRUNK_MEMORY", "1", ""),

@@ -7,7 +7,7 @@
 //! * The env is held for the connection's life ([`EnvPolicy::Connection`])
 //!   or leased per callback ([`EnvPolicy::Message`]).
 //! * A guest fault (trap, budget overrun) closes this connection only; its
-//!   env is discarded and `on_close` is not called on it (GUEST_ABI.md).
+//!   env is discarded and `on_close` is not called on it (docs/guest-abi.md).
 //! * Otherwise `on_close` runs exactly once after `on_open` accepted: on
 //!   peer close, guest close, `on_recv` < 0, idle timeout, I/O error, stop.
 use std::io::{Read, Write};

@@ -13,7 +13,7 @@
 //!   fault in a spawned env *poisons its parent*: every sibling's next call
 //!   fails with [`Error::Poisoned`], no exception is ever cleared (clearing
 //!   raced with other traps and reported trapped calls as successes —
-//!   WAMR_NOTES.md), and the parent retires once its last child is gone.
+//!   docs/wamr-notes.md), and the parent retires once its last child is gone.
 //!
 //! Every call sets WAMR's native stack boundary for the calling coroutine or
 //! thread (see `stack.rs`) when the stack changed since the last call.

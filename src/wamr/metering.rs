@@ -1,7 +1,7 @@
 //! The deterministic instruction budget (WAMR's instruction metering).
 //!
 //! WAMR counts the fast interpreter's internal ops (a no-op call is about 2,
-//! one iteration of a tight loop about 4 — WAMR_NOTES.md) and stops a call
+//! one iteration of a tight loop about 4 — docs/wamr-notes.md) and stops a call
 //! whose count reaches its limit with "instruction limit exceeded". Unlike the
 //! time budget it needs no watchdog thread, and the same guest input always
 //! stops at the same place.
