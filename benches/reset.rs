@@ -19,7 +19,15 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use wamr_coro::*;
 
-const ROUNDS: usize = 2000;
+/// Rounds per guest and option under `cargo bench`; `cargo test
+/// --all-targets` runs this binary without `--bench`, as a quick smoke test.
+fn rounds() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        2000
+    } else {
+        20
+    }
+}
 
 fn guests() -> Vec<(String, Module)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -67,7 +75,7 @@ fn main() {
             let mut reset = Histogram::<u64>::new(3).unwrap();
             let mut full = Histogram::<u64>::new(3).unwrap();
             let mut env = guest.create_env().unwrap();
-            for _ in 0..ROUNDS {
+            for _ in 0..rounds() {
                 env.on_recv(1, &msg).unwrap();
                 let t = Instant::now();
                 env.reset().unwrap();
@@ -81,7 +89,7 @@ fn main() {
                 env.reset().unwrap();
             }
             let mut again = Histogram::<u64>::new(3).unwrap();
-            for _ in 0..ROUNDS {
+            for _ in 0..rounds() {
                 env.on_recv(1, &msg).unwrap();
                 let t = Instant::now();
                 drop(env);
