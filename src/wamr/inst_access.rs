@@ -32,6 +32,31 @@ pub struct MemoryPages {
     pub shared: bool,
 }
 
+/// `inst`'s default memory as WAMR's public getters describe it, with its
+/// base address; `None` without one.
+///
+/// # Safety
+/// `inst` is a live module instance with no call in flight on another thread.
+pub(super) unsafe fn default_memory(inst: sys::wasm_module_inst_t) -> Option<(MemoryPages, *mut u8)> {
+    // SAFETY: per the contract; WAMR returns NULL when there is no memory
+    // and the getters only read the memory instance.
+    unsafe {
+        let mem = sys::wasm_runtime_get_default_memory(inst);
+        if mem.is_null() {
+            return None;
+        }
+        Some((
+            MemoryPages {
+                current: sys::wasm_memory_get_cur_page_count(mem) as u32,
+                max: sys::wasm_memory_get_max_page_count(mem) as u32,
+                page_bytes: sys::wasm_memory_get_bytes_per_page(mem),
+                shared: sys::wasm_memory_get_shared(mem),
+            },
+            sys::wasm_memory_get_base_address(mem) as *mut u8,
+        ))
+    }
+}
+
 impl ExecEnv {
     /// The instance's globals area: the current values of the module's
     /// defined globals, laid out by WAMR (imported globals are not in it).
@@ -54,20 +79,8 @@ impl ExecEnv {
     /// Current and maximum size of the default memory, or `None` if the
     /// instance has none.
     pub fn memory_pages(&self) -> Option<MemoryPages> {
-        // SAFETY: `inst` is alive; WAMR returns NULL when there is no memory
-        // and the getters only read the memory instance.
-        unsafe {
-            let mem = sys::wasm_runtime_get_default_memory(self.inst);
-            if mem.is_null() {
-                return None;
-            }
-            Some(MemoryPages {
-                current: sys::wasm_memory_get_cur_page_count(mem) as u32,
-                max: sys::wasm_memory_get_max_page_count(mem) as u32,
-                page_bytes: sys::wasm_memory_get_bytes_per_page(mem),
-                shared: sys::wasm_memory_get_shared(mem),
-            })
-        }
+        // SAFETY: `inst` is alive and owned by this env.
+        unsafe { default_memory(self.inst) }.map(|(pages, _)| pages)
     }
 
     /// Sets how many pages the default memory may grow to (`memory.grow`

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 pub const WASM_PAGE: u64 = 65536;
 const OS_PAGE: usize = 4096;
 
-/// The default memory as WAMR's public getters describe it.
+/// The default memory's size, limit and base address.
 struct MemInfo {
     cur: u32,
     max: u32,
@@ -46,20 +46,9 @@ struct MemInfo {
 /// # Safety
 /// `inst` is a live module instance with no call in flight on another thread.
 unsafe fn mem_info(inst: sys::wasm_module_inst_t) -> Option<MemInfo> {
-    // SAFETY: per the contract; the getters only read the memory instance.
-    unsafe {
-        let mem = sys::wasm_runtime_get_default_memory(inst);
-        if mem.is_null() {
-            return None;
-        }
-        Some(MemInfo {
-            cur: sys::wasm_memory_get_cur_page_count(mem) as u32,
-            max: sys::wasm_memory_get_max_page_count(mem) as u32,
-            page_bytes: sys::wasm_memory_get_bytes_per_page(mem),
-            base: sys::wasm_memory_get_base_address(mem) as *mut u8,
-            shared: sys::wasm_memory_get_shared(mem),
-        })
-    }
+    // SAFETY: per the contract.
+    let (p, base) = unsafe { super::inst_access::default_memory(inst) }?;
+    Some(MemInfo { cur: p.current, max: p.max, page_bytes: p.page_bytes, base, shared: p.shared })
 }
 
 /// `inst`'s globals block (`global_data`, `global_data_size`).
