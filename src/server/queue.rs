@@ -315,7 +315,7 @@ fn wait_for_output_room(sh: &Shared, conn: &Conn) -> bool {
 /// nothing for `idle_timeout` is cut off, like one that sends nothing.
 ///
 /// # Safety
-/// `fd` stays open until this function returns.
+/// SAFETY contract: `fd` stays open until this function returns.
 unsafe fn writer(
     sh: Arc<Shared>,
     fd: std::os::fd::RawFd,
@@ -351,7 +351,7 @@ unsafe fn writer(
 /// nothing for `idle_timeout`.
 ///
 /// # Safety
-/// `fd` is open for the call.
+/// SAFETY contract: `fd` is open for the call.
 unsafe fn write_all(sh: &Shared, fd: std::os::fd::RawFd, mut bytes: &[u8]) -> bool {
     let mut nap = Duration::from_millis(1);
     let mut stalled_since: Option<Instant> = None;

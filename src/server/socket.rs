@@ -74,7 +74,7 @@ pub(crate) fn sweep_idle(sh: &Shared) {
 /// Runs `f` on a std view of `fd` that does not close it.
 ///
 /// # Safety
-/// `fd` is an open socket for the duration of the call.
+/// SAFETY contract: `fd` is an open socket for the duration of the call.
 unsafe fn with_fd<R>(fd: RawFd, f: impl FnOnce(&std::net::TcpStream) -> R) -> R {
     // SAFETY: the caller keeps `fd` open; ManuallyDrop never closes it.
     let s = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
@@ -103,7 +103,7 @@ impl ConnEntry {
 /// fd and so must not wait in `may` (see the module docs).
 ///
 /// # Safety
-/// `fd` is an open socket for the call.
+/// SAFETY contract: `fd` is an open socket for the call.
 pub(crate) unsafe fn write_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     use std::io::Write;
     // SAFETY: the caller keeps `fd` open; may made the socket non-blocking,
@@ -114,7 +114,7 @@ pub(crate) unsafe fn write_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usiz
 /// Shuts `fd` down both ways (errors ignored: it may be shut already).
 ///
 /// # Safety
-/// `fd` is an open socket for the call.
+/// SAFETY contract: `fd` is an open socket for the call.
 pub(crate) unsafe fn shutdown_fd(fd: RawFd) {
     // SAFETY: the caller keeps `fd` open.
     unsafe { with_fd(fd, |s| s.shutdown(Shutdown::Both).ok()) };

@@ -36,7 +36,7 @@ pub struct MemoryPages {
 /// base address; `None` without one.
 ///
 /// # Safety
-/// `inst` is a live module instance with no call in flight on another thread.
+/// SAFETY contract: `inst` is a live module instance with no call in flight on another thread.
 pub(super) unsafe fn default_memory(inst: sys::wasm_module_inst_t) -> Option<(MemoryPages, *mut u8)> {
     // SAFETY: per the contract; WAMR returns NULL when there is no memory
     // and the getters only read the memory instance.

@@ -44,7 +44,7 @@ struct MemInfo {
 /// `inst`'s default memory, if it has one.
 ///
 /// # Safety
-/// `inst` is a live module instance with no call in flight on another thread.
+/// SAFETY contract: `inst` is a live module instance with no call in flight on another thread.
 unsafe fn mem_info(inst: sys::wasm_module_inst_t) -> Option<MemInfo> {
     // SAFETY: per the contract.
     let (p, base) = unsafe { super::inst_access::default_memory(inst) }?;
@@ -54,7 +54,7 @@ unsafe fn mem_info(inst: sys::wasm_module_inst_t) -> Option<MemInfo> {
 /// `inst`'s globals block (`global_data`, `global_data_size`).
 ///
 /// # Safety
-/// `inst` is a live module instance; the block stays valid while it lives.
+/// SAFETY contract: `inst` is a live module instance; the block stays valid while it lives.
 unsafe fn globals_block(inst: sys::wasm_module_inst_t) -> (*mut u8, usize) {
     let mut size = 0u32;
     // SAFETY: per the contract; the C accessor only reads two fields.
@@ -108,10 +108,10 @@ fn charge_pages(inst: sys::wasm_module_inst_t) -> u64 {
 /// instantiation (for a non-shared memory nothing larger is ever mapped
 /// ahead; WAMR grows it with `mremap`).
 pub(crate) fn set_memory_max(inst: sys::wasm_module_inst_t, pages: u32, ceiling: u32) -> u32 {
+    // The C accessor refuses shared memories and values outside [current,
+    // declared maximum], changing nothing.
     // SAFETY: `inst` is live, and no call is growing it now: callers run on
-    // the env's own thread, between calls or inside a host function of that
-    // env. The C accessor refuses shared memories and values outside
-    // [current, declared maximum], changing nothing.
+    // the env's own thread, between calls or inside one of its host calls.
     unsafe {
         match mem_info(inst) {
             Some(m) if !m.shared => {
@@ -232,7 +232,7 @@ impl MemoryImage {
 /// Zeroes `len` bytes at `at`, giving whole pages back to the kernel.
 ///
 /// # Safety
-/// `at..at+len` is writable anonymous private memory that nothing else uses.
+/// SAFETY contract: `at..at+len` is writable anonymous private memory that nothing else uses.
 unsafe fn zero_pages(at: *mut u8, len: usize) {
     if (at as usize) % OS_PAGE == 0 && len % OS_PAGE == 0 {
         // SAFETY: page-aligned range of the caller's private anonymous
