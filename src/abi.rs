@@ -77,6 +77,12 @@ pub trait AbiHost: Send {
     fn epoch(&self) -> Instant;
     /// Called when `log` got a bad pointer.
     fn bad_log_pointer(&mut self) {}
+    /// Whether a `log` line may be written now (a hostile client must not
+    /// flood the log through its guest): `Some(n)` with the lines suppressed
+    /// since the last one written, `None` to drop this one. Default: always.
+    fn log_allowed(&mut self) -> Option<u64> {
+        Some(0)
+    }
     /// The connection the env is serving now: direct mode, its connection;
     /// queue mode, the connection of the event being handled. Host
     /// functions read it through [`Caller::connection`]. Default: none.
@@ -123,6 +129,9 @@ impl<H: AbiHost> AbiHost for WithConn<H> {
     }
     fn bad_log_pointer(&mut self) {
         self.inner.bad_log_pointer()
+    }
+    fn log_allowed(&mut self) -> Option<u64> {
+        self.inner.log_allowed()
     }
     fn connection(&self) -> Option<ConnInfo> {
         Some(self.info)
@@ -185,11 +194,18 @@ pub(crate) fn register_imports() -> Result<()> {
         let text = mem.with_bytes(ptr, len, |b| b.map(|b| String::from_utf8_lossy(b).into_owned()));
         match text {
             Some(text) => {
+                // Each line names its connection (0: none) and is subject to
+                // the host's rate limit.
+                let (conn, allowed) = match host(data) {
+                    Some(h) => (h.connection().map_or(0, |c| c.id), h.log_allowed()),
+                    None => (0, Some(0)),
+                };
+                let Some(suppressed) = allowed else { return Ok(None) };
                 match level {
-                    0 => tracing::error!(target: "guest", "{text}"),
-                    1 => tracing::warn!(target: "guest", "{text}"),
-                    2 => tracing::info!(target: "guest", "{text}"),
-                    _ => tracing::debug!(target: "guest", "{text}"),
+                    0 => tracing::error!(target: "guest", conn, suppressed, "{text}"),
+                    1 => tracing::warn!(target: "guest", conn, suppressed, "{text}"),
+                    2 => tracing::info!(target: "guest", conn, suppressed, "{text}"),
+                    _ => tracing::debug!(target: "guest", conn, suppressed, "{text}"),
                 }
             }
             None => {

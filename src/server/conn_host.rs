@@ -26,6 +26,8 @@ pub(crate) struct ConnState {
     pub limit_hits: u64,
     /// `send`s / `log`s with bad pointers.
     pub bad_pointers: u64,
+    /// The connection's budget of guest log lines.
+    pub log_limit: super::ratelimit::LogLimit,
 }
 
 /// The [`AbiHost`] of an env while it serves one connection.
@@ -65,6 +67,10 @@ impl AbiHost for ConnHost {
 
     fn epoch(&self) -> Instant {
         self.epoch
+    }
+
+    fn log_allowed(&mut self) -> Option<u64> {
+        self.state.lock().log_limit.allow()
     }
 
     fn bad_log_pointer(&mut self) {

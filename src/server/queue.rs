@@ -508,6 +508,8 @@ struct QueueHost {
     guest_loop: bool,
     /// The connection of the event being handled (`Caller::connection`).
     current: Arc<Mutex<Option<crate::abi::ConnInfo>>>,
+    /// The guest's budget of log lines.
+    log_limit: super::ratelimit::LogLimit,
 }
 
 /// Who `conn` is, for `Caller::connection`.
@@ -612,6 +614,11 @@ impl AbiHost for QueueHost {
     fn connection(&self) -> Option<crate::abi::ConnInfo> {
         *self.current.lock()
     }
+
+    /// One budget for the shard's guest (its connections share an instance).
+    fn log_allowed(&mut self) -> Option<u64> {
+        self.log_limit.allow()
+    }
 }
 
 // ---- the runner ---------------------------------------------------------
@@ -665,6 +672,7 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::guest::Gues
             handed_out: None,
             guest_loop: has_run,
             current: Arc::clone(&current),
+            log_limit: super::ratelimit::LogLimit::new(),
         })));
         let outcome = if has_run {
             // Not for `run` as a whole: wait_msg arms it per event.

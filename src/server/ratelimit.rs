@@ -17,6 +17,12 @@ pub(crate) struct LogLimit {
     suppressed: AtomicU64,
 }
 
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit::new()
+    }
+}
+
 impl LogLimit {
     pub(crate) fn new() -> LogLimit {
         LogLimit { window: Mutex::new((Instant::now(), 0)), suppressed: AtomicU64::new(0) }
