@@ -45,18 +45,12 @@ impl LogLimit {
 }
 
 /// The server's rate-limited call sites.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct LogLimits {
     pub guest_fault: LogLimit,
     pub no_env: LogLimit,
     pub queue_fault: LogLimit,
     pub accept: LogLimit,
-}
-
-impl Default for LogLimits {
-    fn default() -> Self {
-        LogLimits { guest_fault: LogLimit::new(), no_env: LogLimit::new(), queue_fault: LogLimit::new(), accept: LogLimit::new() }
-    }
 }
 
 #[cfg(test)]
