@@ -9,7 +9,9 @@ use wamr_coro::server::{Mode, Server};
 use wamr_coro::Module;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter("info,may=warn").init();
+    // Colour only on a terminal: piped logs stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter("info,may=warn").with_ansi(ansi).with_writer(std::io::stderr).init();
 
     let guest = concat!(env!("CARGO_MANIFEST_DIR"), "/guests/echo.wat");
     let module = Module::from_file(guest)?;

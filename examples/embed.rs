@@ -48,7 +48,9 @@ const GUEST: &str = r#"
 "#;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter("info,may=warn").init();
+    // Colour only on a terminal: piped logs stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter("info,may=warn").with_ansi(ansi).with_writer(std::io::stderr).init();
     let self_test = std::env::args().any(|a| a == "--self-test");
 
     // 1. The runtime, and our import — registered before the module loads.

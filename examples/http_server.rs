@@ -8,7 +8,9 @@
 use wamr_coro::server::{Mode, Server};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter("info,may=warn").init();
+    // Colour only on a terminal: piped logs stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter("info,may=warn").with_ansi(ansi).with_writer(std::io::stderr).init();
 
     let server = std::sync::Arc::new(
         Server::builder(wamr_coro::default_guest::module()?)
