@@ -56,14 +56,11 @@ impl Target {
             Target::Queue => "queue",
         }
     }
-    /// Descriptors a server holds per connection (the connection, plus the
-    /// clones direct and queue mode keep to shut it down / write it).
+    /// Descriptors a server holds per connection: one in every mode (the
+    /// server shuts sockets down, and queue mode writes, through the
+    /// connection's own descriptor; see `server/socket.rs`).
     fn fds_per_conn(self) -> u64 {
-        match self {
-            Target::Native => 1,
-            Target::Direct => 2,
-            Target::Queue => 3,
-        }
+        1
     }
     /// Memory mappings per connection, rounded up from what hold runs
     /// measure (a coroutine stack and its guard page are two, a linear
