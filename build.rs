@@ -336,7 +336,7 @@ fn bind_wamr(wamr: &Path, out: &Path) {
         .allowlist_var("WASM_.*")
         .prepend_enum_name(false)
         .generate()
-        .expect("bindgen failed on wasm_export.h")
+        .expect("bindgen failed on wasm_export.h: bindgen needs libclang (Debian: apt-get install libclang-dev; ./x installs it)")
         .write_to_file(out.join("wamr_sys.rs"))
         .expect("writing wamr_sys.rs");
 }
@@ -349,7 +349,7 @@ fn bind_abi(out: &Path) {
         .allowlist_type("wcoro_event")
         .use_core()
         .generate()
-        .expect("bindgen failed on wamr/include/wamr_coro.h")
+        .expect("bindgen failed on wamr/include/wamr_coro.h: bindgen needs libclang (Debian: apt-get install libclang-dev; ./x installs it)")
         .write_to_file(out.join("abi_consts.rs"))
         .expect("writing abi_consts.rs");
 }
