@@ -417,6 +417,10 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
         b = b.metrics_listen(m.clone());
     }
     let server = Arc::new(b.start()?);
+    // Signals are ours before we say we listen: one sent right after the
+    // announcement must not find the default action (ending the process).
+    let watch = wamr_coro::server::signals::SignalWatch::install()
+        .map_err(|e| wamr_coro::Error::Config(format!("installing signal handlers: {e}")))?;
     println!("listening on {}", server.local_addr());
     if a.control_stdin {
         let (s, s2) = (Arc::clone(&server), Arc::clone(&server));
@@ -445,8 +449,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
             Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the old guest keeps serving"),
         }
     };
-    let sig = wamr_coro::server::signals::serve_signals(&server, reload)
-        .map_err(|e| wamr_coro::Error::Config(format!("installing signal handlers: {e}")))?;
+    let sig = watch.wait(&server, reload);
     if let Some(sig) = sig {
         tracing::info!(signal = sig, "stopping");
     }

@@ -225,3 +225,20 @@ fn serve_instruction_budget_stops_a_spinner_without_a_time_budget() {
     assert_eq!(code, 0);
     assert!(stats.contains("0 budget overruns, 1 instruction-budget overruns"), "{stats}");
 }
+
+#[test]
+fn a_signal_right_after_listening_is_handled_not_fatal() {
+    // The server must own SIGHUP/SIGTERM before it prints that it listens:
+    // a SIGHUP sent the moment the line appears found the default action
+    // once (the process died, a client got a reset).
+    for _ in 0..20 {
+        let (child, addr, out) = serve(&[]);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        let mut s = connect(addr);
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
+        let (code, _) = stop(child, out);
+        assert_eq!(code, 0);
+    }
+}

@@ -21,26 +21,47 @@ pub fn stop_on_signal(server: &Arc<ServerHandle>) -> std::io::Result<Option<i32>
 /// Like [`stop_on_signal`], and calls `on_reload` on every SIGHUP (the
 /// command line reloads the guest module from disk there, see
 /// [`ServerHandle::reload`]).
-pub fn serve_signals(server: &Arc<ServerHandle>, mut on_reload: impl FnMut()) -> std::io::Result<Option<i32>> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    let handle = signals.handle();
-    let mut got = None;
-    'wait: loop {
-        for sig in signals.pending() {
-            if sig == SIGHUP {
-                on_reload();
-            } else {
-                got = Some(sig);
-                break 'wait;
-            }
-        }
-        if server.is_stopping() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+pub fn serve_signals(server: &Arc<ServerHandle>, on_reload: impl FnMut()) -> std::io::Result<Option<i32>> {
+    Ok(SignalWatch::install()?.wait(server, on_reload))
+}
+
+/// SIGINT, SIGTERM and SIGHUP caught from [`install`](Self::install) on, so
+/// that a process can take them over *before* it announces that it is
+/// ready (a signal arriving in between would otherwise take its default
+/// action: end the process).
+pub struct SignalWatch {
+    signals: Signals,
+}
+
+impl SignalWatch {
+    /// Catches SIGINT, SIGTERM and SIGHUP from now on.
+    pub fn install() -> std::io::Result<SignalWatch> {
+        Ok(SignalWatch { signals: Signals::new([SIGINT, SIGTERM, SIGHUP])? })
     }
-    handle.close();
-    Ok(got)
+
+    /// Blocks until SIGINT or SIGTERM (returned), or until `server` stops
+    /// some other way (checked every 100 ms); calls `on_reload` on every
+    /// SIGHUP meanwhile. The handlers are removed before returning.
+    pub fn wait(mut self, server: &Arc<ServerHandle>, mut on_reload: impl FnMut()) -> Option<i32> {
+        let handle = self.signals.handle();
+        let mut got = None;
+        'wait: loop {
+            for sig in self.signals.pending() {
+                if sig == SIGHUP {
+                    on_reload();
+                } else {
+                    got = Some(sig);
+                    break 'wait;
+                }
+            }
+            if server.is_stopping() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        handle.close();
+        got
+    }
 }
 
 /// While the returned guard lives, a SIGINT or SIGTERM ends the process at
