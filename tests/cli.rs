@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use common::{connect, read_n, HTTP_RESPONSE};
 
 fn serve(args: &[&str]) -> (std::process::Child, std::net::SocketAddr, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--workers", "2"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wamr-coro"));
+    cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--workers", "2"]).args(args);
+    spawn_server(cmd)
+}
+
+/// Starts `cmd` (a server printing "listening on ADDR" first) and waits for
+/// that line.
+fn spawn_server(mut cmd: Command) -> (std::process::Child, std::net::SocketAddr, BufReader<std::process::ChildStdout>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -89,16 +90,9 @@ fn serve_module_file_and_clear_error_for_bad_module() {
 fn out_of_file_descriptors_refuses_and_recovers() {
     // A hard limit of 48 descriptors: the server cannot hold 80 connections.
     let script = format!("ulimit -n 48 && exec {} serve --listen 127.0.0.1:0 --workers 2", env!("CARGO_BIN_EXE_wamr-coro"));
-    let mut child = Command::new("bash")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script]);
+    let (child, addr, out) = spawn_server(cmd);
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..80 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use wamr_coro::abi::ModeReq;
 use wamr_coro::*;
+use common::Captured;
 
 /// A guest with a host import that yields the coroutine, plus trap and spin.
 const CORE_WAT: &str = r#"
@@ -451,20 +452,6 @@ fn memory_growth_is_capped() {
         let g = Guest::new(m.clone(), cfg, Registry::new()).unwrap();
         let mut env = g.create_env().unwrap();
         assert_eq!(env.on_recv(1, b"x").unwrap(), want, "cap {cap}");
-    }
-}
-
-/// Collects what a `tracing` fmt subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

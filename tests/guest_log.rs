@@ -3,23 +3,9 @@
 mod common;
 
 use std::io::Write;
-use std::sync::Arc;
 
 use common::*;
 use wamr_coro::server::{EnvPolicy, Mode};
-
-#[derive(Clone)]
-struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Logs "guest says hi" at info level, then answers one byte.
 const CHATTY: &str = r#"(module
@@ -34,7 +20,7 @@ const CHATTY: &str = r#"(module
 
 #[test]
 fn guest_log_lines_name_the_connection_and_a_flood_is_cut() {
-    let out = Captured(Arc::new(parking_lot::Mutex::new(Vec::new())));
+    let out = Captured::default();
     let writer = out.clone();
     tracing_subscriber::fmt()
         .with_writer(move || writer.clone())

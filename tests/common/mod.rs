@@ -151,3 +151,17 @@ pub fn any_guest(name: &str) -> Module {
         module(name)
     }
 }
+
+/// A `tracing` writer that keeps what it is given (for tests that read logs).
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
