@@ -25,6 +25,7 @@
 //! only around calls, so idle envs hold exactly their size.
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::inst_access::MemoryPages;
 use super::sys;
 use crate::error::{Error, Result};
 
@@ -32,23 +33,15 @@ use crate::error::{Error, Result};
 pub const WASM_PAGE: u64 = 65536;
 const OS_PAGE: usize = 4096;
 
-/// The default memory's size, limit and base address.
-struct MemInfo {
-    cur: u32,
-    max: u32,
-    page_bytes: u64,
-    base: *mut u8,
-    shared: bool,
-}
-
-/// `inst`'s default memory, if it has one.
+/// `inst`'s default memory (size, limit, page size, sharing) and its base
+/// address, if it has one.
 ///
 /// # Safety
-/// SAFETY contract: `inst` is a live module instance with no call in flight on another thread.
-unsafe fn mem_info(inst: sys::wasm_module_inst_t) -> Option<MemInfo> {
+/// SAFETY contract: `inst` is a live module instance with no call in flight
+/// on another thread.
+unsafe fn mem_info(inst: sys::wasm_module_inst_t) -> Option<(MemoryPages, *mut u8)> {
     // SAFETY: per the contract.
-    let (p, base) = unsafe { super::inst_access::default_memory(inst) }?;
-    Some(MemInfo { cur: p.current, max: p.max, page_bytes: p.page_bytes, base, shared: p.shared })
+    unsafe { super::inst_access::default_memory(inst) }
 }
 
 /// `inst`'s globals block (`global_data`, `global_data_size`).
@@ -98,7 +91,7 @@ pub(crate) fn restore_globals(inst: sys::wasm_module_inst_t, snap: &GlobalsSnaps
 /// (a shrunk memory has one page of another size).
 fn charge_pages(inst: sys::wasm_module_inst_t) -> u64 {
     // SAFETY: `inst` is live and not running (caller).
-    unsafe { mem_info(inst).map(|m| (m.cur as u64 * m.page_bytes).div_ceil(WASM_PAGE)).unwrap_or(0) }
+    unsafe { mem_info(inst).map(|(m, _)| (m.current as u64 * m.page_bytes).div_ceil(WASM_PAGE)).unwrap_or(0) }
 }
 
 /// Sets the default memory's maximum to `pages`, clamped to
@@ -114,15 +107,15 @@ pub(crate) fn set_memory_max(inst: sys::wasm_module_inst_t, pages: u32, ceiling:
     // the env's own thread, between calls or inside one of its host calls.
     unsafe {
         match mem_info(inst) {
-            Some(m) if !m.shared => {
-                let v = pages.min(ceiling).max(m.cur);
+            Some((m, _)) if !m.shared => {
+                let v = pages.min(ceiling).max(m.current);
                 if super::inst_access::wcoro_memory_set_max_pages(inst, v) {
                     v
                 } else {
                     m.max
                 }
             }
-            Some(m) => m.max,
+            Some((m, _)) => m.max,
             None => 0,
         }
     }
@@ -131,7 +124,7 @@ pub(crate) fn set_memory_max(inst: sys::wasm_module_inst_t, pages: u32, ceiling:
 /// The default memory's maximum as WAMR set it.
 pub(crate) fn memory_max(inst: sys::wasm_module_inst_t) -> u32 {
     // SAFETY: `inst` is live and not running (caller).
-    unsafe { mem_info(inst).map(|m| m.max).unwrap_or(0) }
+    unsafe { mem_info(inst).map(|(m, _)| m.max).unwrap_or(0) }
 }
 
 /// One run of a [`MemoryImage`].
@@ -159,14 +152,14 @@ impl MemoryImage {
         // exactly its current memory and is dropped before anything can
         // call it.
         let (bytes, pages) = unsafe {
-            let m = mem_info(inst)?;
+            let (m, base) = mem_info(inst)?;
             // Not always 64 KiB: WAMR shrinks the one page of a module that
             // never grows its memory to `__heap_base`.
-            let len = m.cur as usize * m.page_bytes as usize;
-            if m.shared || m.base.is_null() {
+            let len = m.current as usize * m.page_bytes as usize;
+            if m.shared || base.is_null() {
                 return None;
             }
-            (std::slice::from_raw_parts(m.base, len), m.cur)
+            (std::slice::from_raw_parts(base, len), m.current)
         };
         // Consecutive pages of one kind form one run.
         let mut runs: Vec<Run> = Vec::new();
@@ -207,14 +200,13 @@ impl MemoryImage {
         // below stays inside its current memory (same page count as the
         // image, checked first).
         unsafe {
-            let m = mem_info(inst).ok_or("no memory")?;
+            let (m, base) = mem_info(inst).ok_or("no memory")?;
             if m.shared {
                 return Err("shared memory");
             }
-            if m.cur != self.pages {
+            if m.current != self.pages {
                 return Err("memory size differs (it grew)");
             }
-            let base = m.base;
             for run in &self.runs {
                 match run {
                     Run::Data { offset, bytes } => {
