@@ -34,7 +34,7 @@
 //! (`envs_per_parent`, default 16). Spawned envs are spread across shard
 //! parents so the per-cluster cap, the O(n) in-cluster destroy and the blast
 //! radius stay bounded by `envs_per_parent`; a faulted shard is retired (see
-//! `wamr::instance`). A trap costs O(all live envs) in both sources: WAMR
+//! `wamr::parent`). A trap costs O(all live envs) in both sources: WAMR
 //! looks the trapping instance up in every cluster.
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -10,7 +10,7 @@
 //! `server/listener.rs` (accept) → `server/connection.rs` (one coroutine per
 //! connection, started by `coro.rs`) → `pool.rs` / `registry.rs` (its private
 //! exec env) → `guest.rs` (the guest's exports and receive buffer) →
-//! `wamr/instance.rs` (the call into WAMR) → `abi.rs` (the guest's
+//! `wamr/exec_env.rs` (the call into WAMR) → `abi.rs` (the guest's
 //! `send`/`close` imports) → `server/conn_host.rs` (back to the connection,
 //! which writes the socket). Queue mode replaces the per-connection call with
 //! `server/queue.rs` and its event ring, `ring.rs`.
@@ -39,7 +39,7 @@ pub use pool::{EnvPool, Lease, PoolStats};
 pub use registry::{Registry, RegistryStats};
 pub use abi::ConnInfo;
 pub use wamr::host::{Caller, HostError, HostFunc, HostPlainReturn, HostResult, HostReturn, HostValue, IntoHostFunc};
-pub use wamr::instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
+pub use wamr::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
 pub use wamr::memory::GuestMemory;
 pub use wamr::module::{Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType};
 pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};

@@ -50,7 +50,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use parking_lot::Mutex;
 
-use super::instance::{HostData, Val};
+use super::exec_env::HostData;
+use super::value::Val;
 use super::memory::GuestMemory;
 use super::module::{FuncType, ValType};
 use super::sys;

@@ -9,7 +9,7 @@
 //! They are methods of [`ExecEnv`] taking `&mut self`: a call into the guest
 //! also needs `&mut self`, so none can be in flight while they run, and the
 //! slice of globals cannot outlive the borrow.
-use super::instance::ExecEnv;
+use super::exec_env::ExecEnv;
 use super::sys;
 use crate::error::{Error, Result};
 

@@ -21,7 +21,8 @@
 //! count); for AOT guests the time budget is what stops a runaway call.
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use super::instance::{ExecEnv, InterruptHandle};
+use super::exec_env::ExecEnv;
+use super::interrupt::InterruptHandle;
 use super::sys;
 use crate::error::Error;
 

@@ -8,7 +8,11 @@
 //! | `runtime.rs` | the process-wide WAMR runtime: init once, settings, log routing |
 //! | `log.rs` | where WAMR's own printing goes (`tracing`, or nowhere) |
 //! | `module.rs` | a loaded module, its imports and exports, contract checks |
-//! | `instance.rs` | instances and exec envs: independent or spawned, calls, traps |
+//! | `exec_env.rs` | an instance and its exec env: creation, calls, traps, reset |
+//! | `parent.rs` | parent instances that private envs are spawned from (one cluster each) |
+//! | `func.rs` | an exported function of one instance |
+//! | `value.rs` | values passed to and returned from guest functions |
+//! | `interrupt.rs` | stopping a running call from another thread (budgets, shutdown) |
 //! | `inst_access.rs` | an instance's globals area and memory growth limit (WAMR internals) |
 //! | `build_info.rs` | the WAMR version, CVE fixes and features built in (`--version`) |
 //! | `sys.rs` | the raw bindings build.rs generates from WAMR's `wasm_export.h` |
@@ -21,13 +25,21 @@
 //! | `typed.rs` | calls typed by Rust types, checked once at lookup |
 
 pub use inst_access::MemoryPages;
-pub use instance::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
+pub use exec_env::{ExecEnv, InstanceConfig};
+pub use func::Func;
+pub use interrupt::InterruptHandle;
+pub use parent::ParentEnv;
+pub use value::Val;
 pub use module::Module;
 
 pub mod build_info;
 pub mod host;
 pub mod inst_access;
-pub mod instance;
+pub mod exec_env;
+pub mod func;
+pub mod interrupt;
+pub mod parent;
+pub mod value;
 pub(crate) mod log;
 pub mod memory;
 pub mod metering;

@@ -123,7 +123,7 @@ impl Runtime {
             // Process-wide, owned here: counts memory.grow refused by an
             // env's cap or the guest-memory budget (state.rs).
             sys::wasm_runtime_set_enlarge_mem_error_callback(
-                Some(super::instance::on_grow_refused),
+                Some(super::exec_env::on_grow_refused),
                 std::ptr::null_mut(),
             );
         }

@@ -12,7 +12,8 @@
 //! ```
 use std::marker::PhantomData;
 
-use super::instance::{ExecEnv, Func};
+use super::exec_env::ExecEnv;
+use super::func::Func;
 use super::module::{FuncType, Module, ValType};
 use crate::error::{Error, Result};
 

@@ -19,78 +19,19 @@
 //! thread (see `stack.rs`) when the stack changed since the last call.
 use std::cell::Cell;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
+use super::func::Func;
+use super::interrupt::{InterruptHandle, BUDGET};
 use super::memory::GuestMemory;
-use super::module::{FuncType, Module, ValType};
+use super::module::{Module, ValType};
+use super::parent::ParentEnv;
 use super::sys;
+use super::value::Val;
 use super::{error_text, ERROR_BUF_LEN};
 use crate::error::{Error, Result};
-
-/// A WebAssembly value.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Val {
-    /// i32
-    I32(i32),
-    /// i64
-    I64(i64),
-    /// f32
-    F32(f32),
-    /// f64
-    F64(f64),
-}
-
-impl Val {
-    /// The value's type.
-    pub fn ty(&self) -> ValType {
-        match self {
-            Val::I32(_) => ValType::I32,
-            Val::I64(_) => ValType::I64,
-            Val::F32(_) => ValType::F32,
-            Val::F64(_) => ValType::F64,
-        }
-    }
-
-    /// The value as i32, if it is one.
-    pub fn i32(&self) -> Option<i32> {
-        match *self {
-            Val::I32(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// The value as i64, if it is one.
-    pub fn i64(&self) -> Option<i64> {
-        match *self {
-            Val::I64(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// Encodes into a 64-bit slot (WAMR's raw-native layout).
-    pub(crate) fn to_slot(self) -> u64 {
-        match self {
-            Val::I32(v) => v as u32 as u64,
-            Val::I64(v) => v as u64,
-            Val::F32(v) => v.to_bits() as u64,
-            Val::F64(v) => v.to_bits(),
-        }
-    }
-
-    /// Decodes from a 64-bit slot.
-    pub(crate) fn from_slot(ty: ValType, slot: u64) -> Val {
-        match ty {
-            ValType::I64 => Val::I64(slot as i64),
-            ValType::F32 => Val::F32(f32::from_bits(slot as u32)),
-            ValType::F64 => Val::F64(f64::from_bits(slot)),
-            _ => Val::I32(slot as u32 as i32),
-        }
-    }
-}
 
 /// Per-instance settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,125 +55,7 @@ impl Default for InstanceConfig {
     }
 }
 
-/// An exported function of one particular instance.
-#[derive(Debug, Clone)]
-pub struct Func {
-    raw: sys::wasm_function_inst_t,
-    inst: sys::wasm_module_inst_t,
-    name: Arc<str>,
-    ty: FuncType,
-}
-
-// SAFETY: a function instance is immutable data of its module instance; the
-// pointer is only dereferenced by WAMR during a call on an env of that same
-// instance, which ExecEnv::call checks (`inst` must match).
-unsafe impl Send for Func {}
-// SAFETY: see Send.
-unsafe impl Sync for Func {}
-
-impl Func {
-    /// The export's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    /// The signature.
-    pub fn ty(&self) -> &FuncType {
-        &self.ty
-    }
-}
-
-/// Lets another thread stop a running call (`wasm_runtime_terminate`) without
-/// racing the env's destruction or a later call.
-#[derive(Debug)]
-pub struct InterruptHandle {
-    state: Mutex<InterruptState>,
-    hit: AtomicBool,
-    /// Why the last terminate happened: BUDGET or SHUTDOWN.
-    reason: std::sync::atomic::AtomicU8,
-    /// Set by `doom`: every later call fails, so the holder drops the env.
-    doomed: AtomicBool,
-    /// The instruction budget and its re-arm request (metering.rs).
-    pub(super) metering: super::metering::Metering,
-}
-
-const BUDGET: u8 = 1;
-const SHUTDOWN: u8 = 2;
-
-#[derive(Debug)]
-struct InterruptState {
-    /// The instance while the env is alive; 0 once it is destroyed.
-    inst: usize,
-    /// Whether a call is in flight.
-    in_call: bool,
-    /// Deadline of the call in flight, if it has a budget.
-    deadline: Option<Instant>,
-    /// The budget that deadline came from, for the error message.
-    budget: Duration,
-}
-
-impl InterruptHandle {
-    /// Terminates the call in flight if its deadline has passed. Returns
-    /// whether it did. Safe to call from any thread at any time.
-    pub fn expire_if_due(&self, now: Instant) -> bool {
-        let mut st = self.state.lock();
-        match st.deadline {
-            Some(d) if d <= now && st.in_call => self.terminate_locked(&mut st, BUDGET),
-            _ => false,
-        }
-    }
-
-    /// Terminates the call in flight, whatever its budget (used at shutdown
-    /// for guests that do not return). Returns whether a call was stopped.
-    pub fn terminate_in_flight(&self) -> bool {
-        let mut st = self.state.lock();
-        st.in_call && self.terminate_locked(&mut st, SHUTDOWN)
-    }
-
-    /// Arms (or, with `None`, disarms) a deadline for the call in flight, from
-    /// inside it: queue mode's `wait_msg` gives the guest `budget` to handle
-    /// each event. The env must have been created without a per-call budget.
-    pub fn set_deadline(&self, budget: Option<Duration>) {
-        let mut st = self.state.lock();
-        st.deadline = budget.map(|b| Instant::now() + b);
-        st.budget = budget.unwrap_or_default();
-    }
-
-    fn terminate_locked(&self, st: &mut InterruptState, reason: u8) -> bool {
-        if st.inst == 0 {
-            return false;
-        }
-        self.reason.store(reason, Ordering::Release);
-        self.hit.store(true, Ordering::Release);
-        st.deadline = None;
-        st.in_call = false;
-        // ExecEnv::drop zeroes `inst` under this lock before destroying it.
-        // SAFETY: so a non-zero `inst` is alive; wasm_runtime_terminate only
-        // sets flags (on a spawned env's siblings too; the parent keeps them).
-        unsafe { sys::wasm_runtime_terminate(st.inst as sys::wasm_module_inst_t) };
-        true
-    }
-
-    /// Whether a call is in flight.
-    pub fn in_call(&self) -> bool {
-        self.state.lock().in_call
-    }
-
-    /// Whether [`doom`](Self::doom) was called.
-    pub fn is_doomed(&self) -> bool {
-        self.doomed.load(Ordering::Acquire)
-    }
-
-    /// Marks the env for destruction: a call in flight is terminated and
-    /// every later call fails with [`Error::Poisoned`], so whoever holds the
-    /// env drops it. (The env belongs to its holder; this asks, it does not
-    /// free under it.)
-    pub fn doom(&self) {
-        self.doomed.store(true, Ordering::Release);
-        self.terminate_in_flight();
-    }
-}
-
-enum Owner {
+pub(super) enum Owner {
     /// Independent: we own the instance and destroy it.
     Instance { _module: Module },
     /// Spawned from this parent; WAMR destroys the instance with the env.
@@ -315,19 +138,8 @@ impl ExecEnv {
         Ok(ExecEnv::wrap(raw, inst, Owner::Instance { _module: module.clone() }))
     }
 
-    fn wrap(raw: sys::wasm_exec_env_t, inst: sys::wasm_module_inst_t, owner: Owner) -> ExecEnv {
-        let interrupt = Arc::new(InterruptHandle {
-            state: Mutex::new(InterruptState {
-                inst: inst as usize,
-                in_call: false,
-                deadline: None,
-                budget: Duration::ZERO,
-            }),
-            hit: AtomicBool::new(false),
-            reason: std::sync::atomic::AtomicU8::new(0),
-            doomed: AtomicBool::new(false),
-            metering: Default::default(),
-        });
+    pub(super) fn wrap(raw: sys::wasm_exec_env_t, inst: sys::wasm_module_inst_t, owner: Owner) -> ExecEnv {
+        let interrupt = Arc::new(InterruptHandle::new(inst));
         let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt) });
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
         // user data points into a Box that lives exactly as long as it.
@@ -494,8 +306,8 @@ impl ExecEnv {
             return Err(Error::Poisoned(why));
         }
         if self.interrupt.doomed.load(Ordering::Acquire) {
-            self.poisoned = Some("destroyed by Registry::destroy_all".into());
-            return Err(Error::Poisoned("destroyed by Registry::destroy_all".into()));
+            self.poisoned = Some("destroyed: its holder was asked to drop it".into());
+            return Err(Error::Poisoned("destroyed: its holder was asked to drop it".into()));
         }
         self.bind_stack()?;
         if let Some(a) = self.data.account.as_mut() {
@@ -705,102 +517,5 @@ impl Drop for ExecEnv {
                 parent.children.fetch_sub(1, Ordering::AcqRel);
             }
         }
-    }
-}
-
-/// A parent instance that envs are spawned from (one WAMR cluster).
-pub struct ParentEnv {
-    env: Mutex<ExecEnv>,
-    lock: Mutex<()>,
-    children: std::sync::atomic::AtomicUsize,
-    capacity: usize,
-    poison: Mutex<Option<String>>,
-    poisoned: AtomicBool,
-}
-
-impl std::fmt::Debug for ParentEnv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParentEnv")
-            .field("children", &self.children())
-            .field("capacity", &self.capacity)
-            .field("poisoned", &self.poisoned())
-            .finish()
-    }
-}
-
-impl ParentEnv {
-    /// Creates a parent for `module`. Fails with a clear message if the
-    /// module lacks what spawning needs.
-    pub fn new(module: &Module, cfg: InstanceConfig) -> Result<Arc<ParentEnv>> {
-        module.check_spawnable()?;
-        let env = ExecEnv::new(module, cfg)?;
-        let capacity = super::runtime::Runtime::get()?.config().envs_per_parent as usize;
-        Ok(Arc::new(ParentEnv {
-            env: Mutex::new(env),
-            lock: Mutex::new(()),
-            children: 0.into(),
-            capacity,
-            poison: Mutex::new(None),
-            poisoned: AtomicBool::new(false),
-        }))
-    }
-
-    /// Spawns a private env (`wasm_runtime_spawn_exec_env`).
-    pub fn spawn(self: &Arc<Self>) -> Result<ExecEnv> {
-        if let Some(why) = self.poisoned() {
-            return Err(Error::Poisoned(why));
-        }
-        let _g = self.lock.lock();
-        if self.children.load(Ordering::Acquire) >= self.capacity {
-            return Err(Error::TooManyEnvs { what: "envs_per_parent", limit: self.capacity });
-        }
-        let parent = self.env.lock();
-        // SAFETY: the parent env is alive (owned by self) and spawns are
-        // serialised by `lock`. The parent env is never called, so no call
-        // is in flight on it.
-        let raw = unsafe { sys::wasm_runtime_spawn_exec_env(parent.raw) };
-        if raw.is_null() {
-            return Err(Error::ExecEnv(
-                "wasm_runtime_spawn_exec_env returned NULL (aux stack slots exhausted, or the \
-                 cluster has a pending exception)"
-                    .into(),
-            ));
-        }
-        // SAFETY: `raw` is a live spawned env.
-        let inst = unsafe { sys::wasm_runtime_get_module_inst(raw) };
-        self.children.fetch_add(1, Ordering::AcqRel);
-        Ok(ExecEnv::wrap(raw, inst, Owner::Spawned { parent: Arc::clone(self) }))
-    }
-
-    /// A copy of the parent's memory (`None` if shared or absent). The
-    /// parent is never called, so this is the module's initial memory.
-    pub(crate) fn capture_memory(&self) -> Option<super::state::MemoryImage> {
-        self.env.lock().capture_memory()
-    }
-
-    /// Envs currently spawned from this parent.
-    pub fn children(&self) -> usize {
-        self.children.load(Ordering::Acquire)
-    }
-
-    /// How many children fit (WAMR's `max_thread_num`).
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Why the cluster is unusable, if it is.
-    pub fn poisoned(&self) -> Option<String> {
-        if !self.poisoned.load(Ordering::Acquire) {
-            return None;
-        }
-        self.poison.lock().clone()
-    }
-
-    fn poison(&self, why: &str) {
-        let mut p = self.poison.lock();
-        if p.is_none() {
-            *p = Some(format!("a sibling in the same cluster failed: {why}"));
-        }
-        self.poisoned.store(true, Ordering::Release);
     }
 }

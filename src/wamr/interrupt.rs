@@ -1,0 +1,117 @@
+//! Stopping a running call from another thread: call budgets (the
+//! watchdog), shutdown, and dooming an env its holder must drop.
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::sys;
+
+/// Lets another thread stop a running call (`wasm_runtime_terminate`) without
+/// racing the env's destruction or a later call.
+#[derive(Debug)]
+pub struct InterruptHandle {
+    pub(super) state: Mutex<InterruptState>,
+    pub(super) hit: AtomicBool,
+    /// Why the last terminate happened: BUDGET or SHUTDOWN.
+    pub(super) reason: AtomicU8,
+    /// Set by `doom`: every later call fails, so the holder drops the env.
+    pub(super) doomed: AtomicBool,
+    /// The instruction budget and its re-arm request (metering.rs).
+    pub(super) metering: super::metering::Metering,
+}
+
+/// `reason`: the call ran past its deadline.
+pub(super) const BUDGET: u8 = 1;
+/// `reason`: stopped at shutdown or by `doom`.
+const SHUTDOWN: u8 = 2;
+
+#[derive(Debug)]
+pub(super) struct InterruptState {
+    /// The instance while the env is alive; 0 once it is destroyed.
+    pub(super) inst: usize,
+    /// Whether a call is in flight.
+    pub(super) in_call: bool,
+    /// Deadline of the call in flight, if it has a budget.
+    pub(super) deadline: Option<Instant>,
+    /// The budget that deadline came from, for the error message.
+    pub(super) budget: Duration,
+}
+
+impl InterruptHandle {
+    /// A handle for a live instance, no call in flight.
+    pub(super) fn new(inst: sys::wasm_module_inst_t) -> InterruptHandle {
+        InterruptHandle {
+            state: Mutex::new(InterruptState {
+                inst: inst as usize,
+                in_call: false,
+                deadline: None,
+                budget: Duration::ZERO,
+            }),
+            hit: AtomicBool::new(false),
+            reason: AtomicU8::new(0),
+            doomed: AtomicBool::new(false),
+            metering: Default::default(),
+        }
+    }
+
+    /// Terminates the call in flight if its deadline has passed. Returns
+    /// whether it did. Safe to call from any thread at any time.
+    pub fn expire_if_due(&self, now: Instant) -> bool {
+        let mut st = self.state.lock();
+        match st.deadline {
+            Some(d) if d <= now && st.in_call => self.terminate_locked(&mut st, BUDGET),
+            _ => false,
+        }
+    }
+
+    /// Terminates the call in flight, whatever its budget (used at shutdown
+    /// for guests that do not return). Returns whether a call was stopped.
+    pub fn terminate_in_flight(&self) -> bool {
+        let mut st = self.state.lock();
+        st.in_call && self.terminate_locked(&mut st, SHUTDOWN)
+    }
+
+    /// Arms (or, with `None`, disarms) a deadline for the call in flight, from
+    /// inside it: queue mode's `wait_msg` gives the guest `budget` to handle
+    /// each event. The env must have been created without a per-call budget.
+    pub fn set_deadline(&self, budget: Option<Duration>) {
+        let mut st = self.state.lock();
+        st.deadline = budget.map(|b| Instant::now() + b);
+        st.budget = budget.unwrap_or_default();
+    }
+
+    fn terminate_locked(&self, st: &mut InterruptState, reason: u8) -> bool {
+        if st.inst == 0 {
+            return false;
+        }
+        self.reason.store(reason, Ordering::Release);
+        self.hit.store(true, Ordering::Release);
+        st.deadline = None;
+        st.in_call = false;
+        // ExecEnv::drop zeroes `inst` under this lock before destroying it.
+        // SAFETY: so a non-zero `inst` is alive; wasm_runtime_terminate only
+        // sets flags (on a spawned env's siblings too; the parent keeps them).
+        unsafe { sys::wasm_runtime_terminate(st.inst as sys::wasm_module_inst_t) };
+        true
+    }
+
+    /// Whether a call is in flight.
+    pub fn in_call(&self) -> bool {
+        self.state.lock().in_call
+    }
+
+    /// Whether [`doom`](Self::doom) was called.
+    pub fn is_doomed(&self) -> bool {
+        self.doomed.load(Ordering::Acquire)
+    }
+
+    /// Marks the env for destruction: a call in flight is terminated and
+    /// every later call fails with [`Error::Poisoned`], so whoever holds the
+    /// env drops it. (The env belongs to its holder; this asks, it does not
+    /// free under it.)
+    pub fn doom(&self) {
+        self.doomed.store(true, Ordering::Release);
+        self.terminate_in_flight();
+    }
+}
