@@ -19,7 +19,6 @@ use crate::error::Result;
 use crate::wamr::host::{Caller, HostFunc};
 use crate::wamr::memory::GuestMemory;
 use crate::wamr::module::{FuncType, Module, ValType};
-use crate::wamr::runtime::Runtime;
 use crate::wamr::Val;
 
 #[allow(non_camel_case_types, dead_code, clippy::all)]
@@ -167,62 +166,93 @@ fn i32_arg(args: &[Val], i: usize) -> i32 {
     args[i].i32().unwrap_or(0)
 }
 
-/// Registers `env.send`, `env.close`, `env.wait_msg`, `env.log`, `env.now_ms`.
-/// Called once by `Runtime::init`.
-pub(crate) fn register_imports() -> Result<()> {
+/// The guest ABI's imports, handed to the FFI layer through its
+/// [`BUILTIN_IMPORTS`](crate::wamr::host::BUILTIN_IMPORTS) slice: `Runtime::init`
+/// registers them with WAMR before anything can load a module, and the FFI
+/// layer never names this module.
+#[linkme::distributed_slice(crate::wamr::host::BUILTIN_IMPORTS)]
+static ABI_IMPORTS: fn() -> Vec<HostFunc> = imports;
+
+/// `env.send`, `env.close`, `env.wait_msg`, `env.log`, `env.now_ms`.
+fn imports() -> Vec<HostFunc> {
     use ValType::{I32, I64};
-    let rt = Runtime::get()?;
-    rt.register(HostFunc::new("env", "send", &[I32, I32, I32], &[I32], |caller: &mut Caller<'_>, args| {
-        let (conn, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
-        let (mem, data) = caller.split();
-        let Some(h) = host(data) else { return Ok(Some(Val::I32(ERR_UNKNOWN_CONN))) };
-        Ok(Some(Val::I32(mem.with_bytes(ptr, len, |bytes| h.send(conn, bytes.ok_or(()))))))
-    }))?;
-    rt.register(HostFunc::new("env", "close", &[I32], &[I32], |caller: &mut Caller<'_>, args| {
-        let (_, data) = caller.split();
-        let Some(h) = host(data) else { return Ok(Some(Val::I32(ERR_UNKNOWN_CONN))) };
-        Ok(Some(Val::I32(h.close(i32_arg(args, 0)))))
-    }))?;
-    rt.register(HostFunc::new("env", "wait_msg", &[I32, I32, I32], &[I32], |caller: &mut Caller<'_>, args| {
-        let (mut mem, data) = caller.split();
-        let Some(h) = host(data) else { return Ok(Some(Val::I32(ERR_NOT_IN_THIS_MODE))) };
-        Ok(Some(Val::I32(h.wait_msg(&mut mem, i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2)))))
-    }))?;
-    rt.register(HostFunc::new("env", "log", &[I32, I32, I32], &[], |caller: &mut Caller<'_>, args| {
-        let (level, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
-        let (mem, data) = caller.split();
-        let text = mem.with_bytes(ptr, len, |b| b.map(|b| String::from_utf8_lossy(b).into_owned()));
-        match text {
-            Some(text) => {
-                // Each line names its connection (0: none) and is subject to
-                // the host's rate limit.
-                let (conn, allowed) = match host(data) {
-                    Some(h) => (h.connection().map_or(0, |c| c.id), h.log_allowed()),
-                    None => (0, Some(0)),
+    vec![
+        HostFunc::new(
+            "env",
+            "send",
+            &[I32, I32, I32],
+            &[I32],
+            |caller: &mut Caller<'_>, args| {
+                let (conn, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
+                let (mem, data) = caller.split();
+                let Some(h) = host(data) else {
+                    return Ok(Some(Val::I32(ERR_UNKNOWN_CONN)));
                 };
-                let Some(suppressed) = allowed else { return Ok(None) };
-                match level {
-                    0 => tracing::error!(target: "guest", conn, suppressed, "{text}"),
-                    1 => tracing::warn!(target: "guest", conn, suppressed, "{text}"),
-                    2 => tracing::info!(target: "guest", conn, suppressed, "{text}"),
-                    _ => tracing::debug!(target: "guest", conn, suppressed, "{text}"),
+                Ok(Some(Val::I32(
+                    mem.with_bytes(ptr, len, |bytes| h.send(conn, bytes.ok_or(()))),
+                )))
+            },
+        ),
+        HostFunc::new("env", "close", &[I32], &[I32], |caller: &mut Caller<'_>, args| {
+            let (_, data) = caller.split();
+            let Some(h) = host(data) else {
+                return Ok(Some(Val::I32(ERR_UNKNOWN_CONN)));
+            };
+            Ok(Some(Val::I32(h.close(i32_arg(args, 0)))))
+        }),
+        HostFunc::new(
+            "env",
+            "wait_msg",
+            &[I32, I32, I32],
+            &[I32],
+            |caller: &mut Caller<'_>, args| {
+                let (mut mem, data) = caller.split();
+                let Some(h) = host(data) else {
+                    return Ok(Some(Val::I32(ERR_NOT_IN_THIS_MODE)));
+                };
+                Ok(Some(Val::I32(h.wait_msg(
+                    &mut mem,
+                    i32_arg(args, 0),
+                    i32_arg(args, 1),
+                    i32_arg(args, 2),
+                ))))
+            },
+        ),
+        HostFunc::new("env", "log", &[I32, I32, I32], &[], |caller: &mut Caller<'_>, args| {
+            let (level, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
+            let (mem, data) = caller.split();
+            let text = mem.with_bytes(ptr, len, |b| b.map(|b| String::from_utf8_lossy(b).into_owned()));
+            match text {
+                Some(text) => {
+                    // Each line names its connection (0: none) and is subject to
+                    // the host's rate limit.
+                    let (conn, allowed) = match host(data) {
+                        Some(h) => (h.connection().map_or(0, |c| c.id), h.log_allowed()),
+                        None => (0, Some(0)),
+                    };
+                    let Some(suppressed) = allowed else { return Ok(None) };
+                    match level {
+                        0 => tracing::error!(target: "guest", conn, suppressed, "{text}"),
+                        1 => tracing::warn!(target: "guest", conn, suppressed, "{text}"),
+                        2 => tracing::info!(target: "guest", conn, suppressed, "{text}"),
+                        _ => tracing::debug!(target: "guest", conn, suppressed, "{text}"),
+                    }
+                }
+                None => {
+                    BAD_LOG_POINTERS.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = host(data) {
+                        h.bad_log_pointer();
+                    }
                 }
             }
-            None => {
-                BAD_LOG_POINTERS.fetch_add(1, Ordering::Relaxed);
-                if let Some(h) = host(data) {
-                    h.bad_log_pointer();
-                }
-            }
-        }
-        Ok(None)
-    }))?;
-    rt.register(HostFunc::new("env", "now_ms", &[], &[I64], |caller: &mut Caller<'_>, _| {
-        let (_, data) = caller.split();
-        let epoch = host(data).map(|h| h.epoch()).unwrap_or_else(process_epoch);
-        Ok(Some(Val::I64(epoch.elapsed().as_millis() as i64)))
-    }))?;
-    Ok(())
+            Ok(None)
+        }),
+        HostFunc::new("env", "now_ms", &[], &[I64], |caller: &mut Caller<'_>, _| {
+            let (_, data) = caller.split();
+            let epoch = host(data).map(|h| h.epoch()).unwrap_or_else(process_epoch);
+            Ok(Some(Val::I64(epoch.elapsed().as_millis() as i64)))
+        }),
+    ]
 }
 
 /// Signatures of the guest's exports, per the contract.
@@ -298,11 +328,29 @@ pub fn supports_abi_version(version: i32) -> bool {
 pub fn guest_abi_version(module: &Module) -> Result<Option<i32>> {
     use crate::wamr::module::ExportKind;
     use crate::Error;
-    let Some(export) = module.export("wcoro_abi_version") else { return Ok(None) };
-    let host = format!("{} (minor versions up to {})", version_text(ABI_VERSION as i64), ABI_VERSION_MINOR);
-    let refuse = |guest: String| Error::AbiVersion { guest, host: host.clone() };
-    if !matches!(export.kind, ExportKind::Global { ty: ValType::I32, mutable: false }) {
-        return Err(refuse(format!("`wcoro_abi_version` as {:?}, not an immutable i32 global", export.kind)));
+    let Some(export) = module.export("wcoro_abi_version") else {
+        return Ok(None);
+    };
+    let host = format!(
+        "{} (minor versions up to {})",
+        version_text(ABI_VERSION as i64),
+        ABI_VERSION_MINOR
+    );
+    let refuse = |guest: String| Error::AbiVersion {
+        guest,
+        host: host.clone(),
+    };
+    if !matches!(
+        export.kind,
+        ExportKind::Global {
+            ty: ValType::I32,
+            mutable: false
+        }
+    ) {
+        return Err(refuse(format!(
+            "`wcoro_abi_version` as {:?}, not an immutable i32 global",
+            export.kind
+        )));
     }
     let global = module
         .exported_global("wcoro_abi_version")
@@ -328,7 +376,10 @@ pub fn check_guest(module: &Module, mode: ModeReq) -> Result<GuestExports> {
     use crate::Error;
     guest_abi_version(module)?;
     match module.export("memory") {
-        Some(crate::wamr::module::Export { kind: crate::wamr::module::ExportKind::Memory { .. }, .. }) => {}
+        Some(crate::wamr::module::Export {
+            kind: crate::wamr::module::ExportKind::Memory { .. },
+            ..
+        }) => {}
         _ => {
             return Err(Error::MissingExport {
                 name: "memory".into(),

@@ -537,7 +537,13 @@ pub unsafe extern "C" fn wcoro_register_native(
         }
         Ok(rtypes.first().map(|t| Val::from_slot(*t, out)))
     });
-    if let Err(e) = super::runtime::Runtime::get().and_then(|rt| rt.register(hf)) {
+    // WAMR keeps natives in memory it allocates: it must be initialised
+    // (the built-in C natives register from inside `Runtime::init`).
+    if !super::runtime::wamr_initialised() {
+        tracing::error!("wcoro_register_native {module}.{name}: call Runtime::init first");
+        return -1;
+    }
+    if let Err(e) = register(hf) {
         tracing::error!("wcoro_register_native: {e}");
         return -1;
     }
@@ -577,14 +583,27 @@ extern "C" {
     fn wcoro_register_c_natives() -> libc::c_int;
 }
 
+/// Host functions the layers above the FFI layer build into every runtime
+/// (the guest ABI's `env.*` imports, `crate::abi`). Each entry returns its
+/// functions; [`register_builtin_natives`] registers them during
+/// `Runtime::init`, before any module can load. A distributed slice
+/// (`linkme`) lets those layers add entries without this layer naming them.
+#[linkme::distributed_slice]
+pub static BUILTIN_IMPORTS: [fn() -> Vec<HostFunc>];
+
 /// Registers the runtime's built-in natives: the C natives of
-/// `wamr/src/natives.c` (module `wcoro_c`). The guest ABI's own imports are
-/// registered by `crate::abi` on top of this same mechanism.
-pub(crate) fn register_builtin_natives(_rt: &super::runtime::Runtime) -> Result<()> {
+/// `wamr/src/natives.c` (module `wcoro_c`), then every [`BUILTIN_IMPORTS`]
+/// entry. Runs inside `Runtime::init`, before the runtime is published.
+pub(crate) fn register_builtin_natives() -> Result<()> {
     // SAFETY: plain C function; it calls back into wcoro_register_native.
     let rc = unsafe { wcoro_register_c_natives() };
     if rc != 0 {
         return Err(Error::RuntimeInit("registering the C natives failed".into()));
     }
-    crate::abi::register_imports()
+    for entry in BUILTIN_IMPORTS {
+        for func in entry() {
+            register(func)?;
+        }
+    }
+    Ok(())
 }

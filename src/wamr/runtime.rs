@@ -23,6 +23,7 @@
 //! costs nothing.
 use std::ffi::CString;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -75,7 +76,18 @@ pub struct Runtime {
     config: RuntimeConfig,
 }
 
+/// The runtime, once [`Runtime::init`] has finished (its lock is held for
+/// the whole of init, so nobody sees a runtime whose built-in imports are
+/// not registered yet).
 static RUNTIME: Mutex<Option<&'static Runtime>> = Mutex::new(None);
+
+/// Set once `wasm_runtime_full_init` succeeded (WAMR may allocate).
+static WAMR_INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// Whether WAMR itself is initialised (possibly still inside `init`).
+pub(crate) fn wamr_initialised() -> bool {
+    WAMR_INITIALISED.load(Ordering::Acquire)
+}
 
 impl Runtime {
     /// Initialises WAMR with `config`, or returns the runtime if it was
@@ -115,6 +127,7 @@ impl Runtime {
         if !ok {
             return Err(Error::RuntimeInit("wasm_runtime_full_init returned false".into()));
         }
+        WAMR_INITIALISED.store(true, Ordering::Release);
         // SAFETY: plain setters of WAMR globals, called after init and before
         // any cluster exists (we still hold the lock; no env was created yet).
         unsafe {
@@ -127,10 +140,11 @@ impl Runtime {
                 std::ptr::null_mut(),
             );
         }
+        // Still under the lock: a concurrent `get` waits until the built-in
+        // imports exist, so no module can load without them.
+        super::host::register_builtin_natives()?;
         let rt: &'static Runtime = Box::leak(Box::new(Runtime { config }));
         *slot = Some(rt);
-        drop(slot);
-        super::host::register_builtin_natives(rt)?;
         Ok(rt)
     }
 
