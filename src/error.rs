@@ -223,6 +223,15 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// The server is stopping and takes no new work (e.g. a reload).
+    #[error("the server is stopping")]
+    Stopping,
+
+    /// The `bench` tool's own failures: a child server or load generator
+    /// misbehaved, or the run found errors.
+    #[error("bench: {0}")]
+    Bench(String),
+
     /// Socket errors.
     #[error("{context}: {source}")]
     Io {

@@ -51,6 +51,7 @@ use crate::wamr::{ExecEnv, InstanceConfig, Module, ParentEnv};
 
 /// Where a guest's envs come from. See the module docs for the trade-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum EnvSource {
     /// An independent instance per env: traps stay in one env.
     #[default]

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod coro;
 pub mod default_guest;

@@ -5,8 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use wamr_coro::server::{EnvPolicy, Limits, Mode, Server};
-use wamr_coro::{EnvSource, Module, Runtime, RuntimeConfig, WamrLog};
+use wamr_coro::server::{EnvPolicy, Limits, Mode, QueueRunner, Server, DEFAULT_POOL_CAPACITY};
+use wamr_coro::{EnvSource, Error, Module, Runtime, RuntimeConfig, WamrLog};
+
+// Every default below comes from the library (`Limits::default()`,
+// `RuntimeConfig::default()`, …) and every choice is a library enum: the
+// command line states no default of its own.
+fn limits() -> Limits {
+    Limits::default()
+}
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
 
 #[derive(Parser)]
 #[command(name = "wamr-coro", version, about = "WebAssembly guests serving TCP on may coroutines (WAMR)")]
@@ -116,46 +126,17 @@ struct StressArgs {
     #[arg(long, default_value_t = 2)]
     calls: usize,
     /// Where envs come from.
-    #[arg(long, value_enum, default_value = "instance")]
-    source: SourceArg,
+    #[arg(long, value_enum, default_value_t)]
+    source: EnvSource,
     /// may worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Receive buffer per env, bytes.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = limits().chunk_size as u32)]
     chunk_size: u32,
     /// Envs per spawn parent (WAMR max_thread_num).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = RuntimeConfig::default().envs_per_parent)]
     envs_per_parent: u32,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
-    Direct,
-    Queue,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum RunnerArg {
-    Thread,
-    Coroutine,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PolicyArg {
-    /// One env per connection, reset to the module's initial state before
-    /// another connection gets it: private state (the default).
-    Connection,
-    /// SHARED STATE: an env per callback from a pool, never reset, so a
-    /// callback sees what other connections left in guest memory. Only for
-    /// guests that keep no per-client data.
-    Message,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum SourceArg {
-    Instance,
-    Spawn,
 }
 
 #[derive(clap::Args)]
@@ -171,59 +152,60 @@ struct ServeArgs {
     #[arg(long)]
     reuse_port: bool,
     /// Dispatch mode.
-    #[arg(long, value_enum, default_value = "direct")]
-    mode: ModeArg,
+    #[arg(long, value_enum, default_value_t)]
+    mode: Mode,
     /// Queue mode: run the guest on a dedicated thread or in a coroutine.
-    #[arg(long, value_enum, default_value = "thread")]
-    runner: RunnerArg,
+    #[arg(long, value_enum, default_value_t)]
+    runner: QueueRunner,
     /// Queue mode: events the ring holds at most.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = limits().queue_capacity)]
     queue_capacity: usize,
     /// Queue mode: guest instances (shards), each with its own ring and
     /// runner; a fault costs one shard's connections. 0 = one per worker.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = limits().queue_shards)]
     queue_shards: usize,
     /// Env per connection, or leased per message (stateless guests only).
-    #[arg(long, value_enum, default_value = "connection")]
-    policy: PolicyArg,
+    #[arg(long, value_enum, default_value_t)]
+    policy: EnvPolicy,
     /// Where envs come from: independent instances, or spawned (clustered).
-    #[arg(long, value_enum, default_value = "instance")]
-    source: SourceArg,
+    #[arg(long, value_enum, default_value_t)]
+    source: EnvSource,
     /// may worker threads (default: number of CPUs).
     #[arg(long)]
     workers: Option<usize>,
     /// Coroutine stack size in KiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = wamr_coro::coro::DEFAULT_STACK_BYTES / 1024)]
     stack_kib: usize,
     /// Open connections at most.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = limits().max_connections)]
     max_connections: usize,
     /// Open connections from one client address at most (0 = no limit).
-    #[arg(long, default_value_t = 2_500)]
+    #[arg(long, default_value_t = limits().max_connections_per_ip)]
     max_connections_per_ip: usize,
     /// Close a connection that delivers fewer bytes than this in an
     /// idle-timeout window (0 = off): against clients trickling bytes.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = limits().min_recv_bytes)]
     min_recv_bytes: usize,
     /// Bytes a connection may have queued by `send`.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = limits().output_limit)]
     output_limit: usize,
     /// Bytes per on_recv at most.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = limits().chunk_size)]
     chunk_size: usize,
     /// Close connections idle this long (ms).
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = ms(limits().idle_timeout))]
     idle_timeout_ms: u64,
     /// Terminate guest calls running longer (ms); 0 = unlimited.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = limits().call_budget.map_or(0, ms))]
     call_budget_ms: u64,
     /// Stop guest calls (queue mode with `run`: per event) after this many
     /// WAMR-counted instructions, like a budget overrun; 0 = unlimited.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64))]
+    #[arg(long, default_value_t = limits().instruction_budget.unwrap_or(0),
+          value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64))]
     instruction_budget: u32,
     /// Linear memory per env at most, in 64 KiB pages (0 = module's maximum).
     /// A module whose initial memory is larger is refused at start.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = limits().max_memory_pages)]
     max_memory_pages: u32,
     /// Linear memory of all envs together at most, in MiB (default: half the
     /// machine's memory). Past it memory.grow returns -1 and new envs are
@@ -231,10 +213,10 @@ struct ServeArgs {
     #[arg(long)]
     max_guest_memory_mib: Option<u64>,
     /// Idle envs kept for reuse.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULT_POOL_CAPACITY)]
     pool: usize,
     /// Envs per spawn parent (WAMR max_thread_num).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = RuntimeConfig::default().envs_per_parent)]
     envs_per_parent: u32,
     /// Serve Prometheus metrics at /metrics and a health check at /healthz
     /// (200 while accepting, 503 while draining) on this address.
@@ -242,7 +224,7 @@ struct ServeArgs {
     metrics_listen: Option<String>,
     /// At stop, how long callbacks in flight may run before they are
     /// terminated (ms). A second SIGINT/SIGTERM exits at once.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = ms(limits().shutdown_grace))]
     shutdown_grace_ms: u64,
     /// Drop WAMR's own messages instead of logging them.
     #[arg(long)]
@@ -290,11 +272,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_spec<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, wamr_coro::Error> {
-    serde_json::from_str(json).map_err(|e| wamr_coro::Error::Config(format!("bad --spec: {e}")))
+fn parse_spec<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
+    serde_json::from_str(json).map_err(|e| Error::Bench(format!("bad --spec: {e}")))
 }
 
-fn bench(a: BenchArgs) -> Result<(), wamr_coro::Error> {
+fn bench(a: BenchArgs) -> Result<(), Error> {
     use wamr_coro::bench::{protocol::Protocol, BenchConfig, Target};
     let cfg = BenchConfig {
         module: a.module,
@@ -322,23 +304,16 @@ fn bench(a: BenchArgs) -> Result<(), wamr_coro::Error> {
     print!("{}", report.table());
     if let Some(path) = &a.json {
         let json = serde_json::to_string_pretty(&report).expect("serialisable");
-        std::fs::write(path, json).map_err(|e| wamr_coro::Error::Config(format!("writing {}: {e}", path.display())))?;
+        std::fs::write(path, json).map_err(|e| Error::Io { context: format!("writing {}", path.display()), source: e })?;
     }
     let errors: u64 = report.runs.iter().map(|r| r.errors).chain(report.holds.iter().map(|h| h.errors)).sum();
     if errors > 0 {
-        return Err(wamr_coro::Error::Config(format!("{errors} errors during the bench (see the table)")));
+        return Err(Error::Bench(format!("{errors} errors during the bench (see the table)")));
     }
     Ok(())
 }
 
-fn source(s: SourceArg) -> EnvSource {
-    match s {
-        SourceArg::Instance => EnvSource::Instance,
-        SourceArg::Spawn => EnvSource::Spawn,
-    }
-}
-
-fn stress(a: StressArgs) -> Result<(), wamr_coro::Error> {
+fn stress(a: StressArgs) -> Result<(), Error> {
     Runtime::init(RuntimeConfig { envs_per_parent: a.envs_per_parent, ..RuntimeConfig::default() })?;
     wamr_coro::coro::configure(a.workers, wamr_coro::coro::DEFAULT_STACK_BYTES)?;
     let module = match &a.module {
@@ -350,13 +325,13 @@ fn stress(a: StressArgs) -> Result<(), wamr_coro::Error> {
         &wamr_coro::stress::StressConfig {
             coroutines: a.coroutines,
             calls: a.calls,
-            source: source(a.source),
+            source: a.source,
             chunk_size: a.chunk_size,
         },
     )?;
     println!("{report}");
     if report.errors > 0 || report.live_after > 0 {
-        return Err(wamr_coro::Error::Config(format!(
+        return Err(Error::Bench(format!(
             "stress run had {} errors, {} envs left alive",
             report.errors, report.live_after
         )));
@@ -364,7 +339,7 @@ fn stress(a: StressArgs) -> Result<(), wamr_coro::Error> {
     Ok(())
 }
 
-fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
+fn serve(a: ServeArgs) -> Result<(), Error> {
     Runtime::init(RuntimeConfig {
         envs_per_parent: a.envs_per_parent,
         log: if a.quiet_wamr { WamrLog::Silent } else { WamrLog::Tracing },
@@ -377,19 +352,10 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     let mut b = Server::builder(module)
         .listen(a.listen.clone())
         .reuse_port(a.reuse_port)
-        .mode(match a.mode {
-            ModeArg::Direct => Mode::Direct,
-            ModeArg::Queue => Mode::Queue,
-        })
-        .queue_runner(match a.runner {
-            RunnerArg::Thread => wamr_coro::server::QueueRunner::Thread,
-            RunnerArg::Coroutine => wamr_coro::server::QueueRunner::Coroutine,
-        })
-        .policy(match a.policy {
-            PolicyArg::Connection => EnvPolicy::Connection,
-            PolicyArg::Message => EnvPolicy::Message,
-        })
-        .env_source(source(a.source))
+        .mode(a.mode)
+        .queue_runner(a.runner)
+        .policy(a.policy)
+        .env_source(a.source)
         .stack_bytes(a.stack_kib * 1024)
         .pool_capacity(a.pool)
         .limits(Limits {
@@ -420,7 +386,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     // Signals are ours before we say we listen: one sent right after the
     // announcement must not find the default action (ending the process).
     let watch = wamr_coro::server::signals::SignalWatch::install()
-        .map_err(|e| wamr_coro::Error::Config(format!("installing signal handlers: {e}")))?;
+        .map_err(|e| Error::Io { context: "installing signal handlers".into(), source: e })?;
     println!("listening on {}", server.local_addr());
     if a.control_stdin {
         let (s, s2) = (Arc::clone(&server), Arc::clone(&server));
@@ -435,7 +401,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
                 }
             },
         )
-        .map_err(|e| wamr_coro::Error::Config(format!("starting the control thread: {e}")))?;
+        .map_err(|e| Error::Io { context: "starting the control thread".into(), source: e })?;
     }
     // SIGHUP: load the module again (from its file) and serve new
     // connections with it; open ones finish on the old one.
@@ -455,7 +421,7 @@ fn serve(a: ServeArgs) -> Result<(), wamr_coro::Error> {
     }
     // A second SIGINT/SIGTERM while draining: exit now.
     let _hurry = wamr_coro::server::signals::exit_on_second_signal()
-        .map_err(|e| wamr_coro::Error::Config(format!("installing signal handlers: {e}")))?;
+        .map_err(|e| Error::Io { context: "installing signal handlers".into(), source: e })?;
     let stats = server.stop();
     println!("{stats}");
     Ok(())

@@ -64,11 +64,11 @@ impl Child {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    return Err(Error::Config(format!("{}: no `{prefix}` line within {timeout:?}", self.what)))
+                    return Err(Error::Bench(format!("{}: no `{prefix}` line within {timeout:?}", self.what)))
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-                    return Err(Error::Config(format!(
+                    return Err(Error::Bench(format!(
                         "{} ended ({status}) before printing `{prefix}` (run it by hand to see why)",
                         self.what
                     )));
@@ -90,7 +90,7 @@ impl Child {
     /// Writes one line to its stdin.
     pub fn send_line(&mut self, line: &str) -> Result<()> {
         let what = &self.what;
-        let stdin = self.stdin.as_mut().ok_or_else(|| Error::Config(format!("{what}: stdin closed")))?;
+        let stdin = self.stdin.as_mut().ok_or_else(|| Error::Bench(format!("{what}: stdin closed")))?;
         writeln!(stdin, "{line}").and_then(|_| stdin.flush()).map_err(|e| Error::io(format!("writing to {what}"), e))
     }
 
@@ -155,7 +155,7 @@ impl Server {
     pub fn start(what: impl Into<String>, args: &[String], show_stderr: bool) -> Result<Server> {
         let mut child = Child::spawn(what, args, show_stderr)?;
         let line = child.expect_line("listening on ", Duration::from_secs(60))?;
-        let addr = line.parse().map_err(|_| Error::Config(format!("{}: bad address {line:?}", child.what)))?;
+        let addr = line.parse().map_err(|_| Error::Bench(format!("{}: bad address {line:?}", child.what)))?;
         Ok(Server { child, addr })
     }
 
@@ -163,7 +163,7 @@ impl Server {
     pub fn stats(&mut self) -> Result<serde_json::Value> {
         self.child.send_line("stats")?;
         let line = self.child.expect_line("stats ", Duration::from_secs(10))?;
-        serde_json::from_str(&line).map_err(|e| Error::Config(format!("{}: bad stats line: {e}", self.child.what)))
+        serde_json::from_str(&line).map_err(|e| Error::Bench(format!("{}: bad stats line: {e}", self.child.what)))
     }
 
     /// Graceful stop (SIGINT), bounded. Returns whether it exited cleanly.

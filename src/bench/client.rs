@@ -87,10 +87,10 @@ pub fn new_histogram() -> Histogram<u64> {
 pub fn decode_histogram(hex: &str) -> Result<Histogram<u64>> {
     let bytes: Option<Vec<u8>> =
         (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
-    let bytes = bytes.ok_or_else(|| Error::Config("bench client: bad histogram encoding".into()))?;
+    let bytes = bytes.ok_or_else(|| Error::Bench("bench client: bad histogram encoding".into()))?;
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
-        .map_err(|e| Error::Config(format!("bench client: bad histogram: {e:?}")))
+        .map_err(|e| Error::Bench(format!("bench client: bad histogram: {e:?}")))
 }
 
 fn encode_histogram(h: &Histogram<u64>) -> String {
@@ -168,7 +168,7 @@ fn closed_loop(spec: &ClientSpec) -> Result<ClientResult> {
     let mut all = new_histogram();
     for h in handles {
         match h.join() {
-            Ok(h) => all.add(h).map_err(|e| Error::Config(format!("merging histograms: {e:?}")))?,
+            Ok(h) => all.add(h).map_err(|e| Error::Bench(format!("merging histograms: {e:?}")))?,
             Err(_) => {
                 progress.errors.fetch_add(1, Ordering::Relaxed);
             }

@@ -187,7 +187,7 @@ fn check_protocol(cfg: &BenchConfig, target: Target, addr: SocketAddr, reference
         }
         (Target::Native, _) => {}
         (_, Some(r)) if *r != got => {
-            return Err(Error::Config(format!("the {} server answers differently from the first one", target.name())))
+            return Err(Error::Bench(format!("the {} server answers differently from the first one", target.name())))
         }
         (_, None) => *reference = Some(got.clone()),
         _ => {}
@@ -243,7 +243,7 @@ fn closed_loop(cfg: &BenchConfig, target: Target, reference: &mut Option<(Protoc
                 pb.set_message(format!("{:.0} req/s, {errors} errors", done as f64 / secs.max(0.1)));
             } else if let Some(json) = line.strip_prefix("result ") {
                 cpu_end = sys::sample(pid).ok();
-                got = Some(serde_json::from_str(json).map_err(|e| Error::Config(format!("load client result: {e}")))?);
+                got = Some(serde_json::from_str(json).map_err(|e| Error::Bench(format!("load client result: {e}")))?);
             }
         }
         if let Some(r) = got {
@@ -251,10 +251,10 @@ fn closed_loop(cfg: &BenchConfig, target: Target, reference: &mut Option<(Protoc
             break r;
         }
         if client.has_exited() && client.pending_lines().is_empty() {
-            return Err(Error::Config("the load client ended without a result (run with --verbose)".into()));
+            return Err(Error::Bench("the load client ended without a result (run with --verbose)".into()));
         }
         if Instant::now() > deadline {
-            return Err(Error::Config("the load client did not finish in time".into()));
+            return Err(Error::Bench("the load client did not finish in time".into()));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -393,16 +393,16 @@ fn hold(cfg: &BenchConfig, target: Target, n: usize, run_index: usize, reference
                 if let Some(p) = line.strip_prefix("progress ") {
                     done[i] = p.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0);
                 } else if let Some(json) = line.strip_prefix("result ") {
-                    results[i] = Some(serde_json::from_str(json).map_err(|e| Error::Config(format!("hold client result: {e}")))?);
+                    results[i] = Some(serde_json::from_str(json).map_err(|e| Error::Bench(format!("hold client result: {e}")))?);
                 }
             }
             if results[i].is_none() && c.has_exited() {
-                return Err(Error::Config("a hold client ended without a result (run with --verbose)".into()));
+                return Err(Error::Bench("a hold client ended without a result (run with --verbose)".into()));
             }
         }
         pb.set_position(done.iter().sum());
         if Instant::now() > deadline {
-            return Err(Error::Config("hold clients did not finish opening within 600 s".into()));
+            return Err(Error::Bench("hold clients did not finish opening within 600 s".into()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -91,7 +91,7 @@ pub fn probe(addr: SocketAddr, want: Option<Protocol>) -> Result<(Protocol, Vec<
         }
     }
     let shown = String::from_utf8_lossy(&got[..got.len().min(120)]).into_owned();
-    Err(Error::Config(format!(
+    Err(Error::Bench(format!(
         "probing {addr}: the server answered neither HTTP with a Content-Length nor an echo of the request \
          ({} bytes: {shown:?}); pass --protocol to say which it speaks",
         got.len()

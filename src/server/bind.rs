@@ -54,7 +54,7 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> Result<Bound> {
         .local_addr()
         .ok()
         .and_then(|a| a.as_socket())
-        .ok_or_else(|| Error::Config(format!("no local address for the socket bound to {addr}")))?;
+        .ok_or_else(|| io("reading the local address of the socket bound to", std::io::Error::other("not an IP socket")))?;
     let waker = socket.try_clone().map_err(|e| io("duplicating the socket of", e))?;
     let fd = socket.into_raw_fd();
     // `from_raw_fd` panics if may cannot register the socket with its event
@@ -66,7 +66,12 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> Result<Bound> {
         // and released with `into_raw_fd`; ownership passes to the listener.
         unsafe { <may::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) }
     })
-    .map_err(|_| Error::Config(format!("may could not register the listener on {addr} with its event loop")))?;
+    .map_err(|_| {
+        io(
+            "registering with may's event loop the listener on",
+            std::io::Error::other("epoll_ctl failed (ENOMEM or fs.epoll.max_user_watches)"),
+        )
+    })?;
     Ok(Bound { listener, local_addr, waker })
 }
 

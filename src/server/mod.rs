@@ -43,8 +43,13 @@ use crate::wamr::state::{MemoryBudget, MemoryBudgetStats};
 use crate::wamr::Module;
 use crate::watchdog::Watchdog;
 
+/// Idle envs a server keeps for reuse unless told otherwise
+/// ([`ServerBuilder::pool_capacity`]).
+pub const DEFAULT_POOL_CAPACITY: usize = 1024;
+
 /// How connections reach the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Mode {
     /// Each connection's coroutine calls the guest on its own env.
     #[default]
@@ -56,6 +61,7 @@ pub enum Mode {
 
 /// When a connection holds an env (direct mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum EnvPolicy {
     /// One env for the connection's whole life (default): guest state
     /// (globals, memory) persists between its callbacks, and every
@@ -63,7 +69,7 @@ pub enum EnvPolicy {
     /// reset first; see `pool.rs`).
     #[default]
     Connection,
-    /// **Shared state.** An env leased from the pool for each callback and
+    /// SHARED STATE: an env leased from the pool for each callback and
     /// returned after it, *without* a reset: idle connections cost no env,
     /// but a callback may run on an env that served other connections and
     /// sees whatever they left in memory and globals (only the receive
@@ -269,7 +275,7 @@ impl Server {
             source: EnvSource::Instance,
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             stack_bytes: crate::coro::DEFAULT_STACK_BYTES,
-            pool_capacity: 1024,
+            pool_capacity: DEFAULT_POOL_CAPACITY,
             limits: Limits::default(),
             runner: QueueRunner::Thread,
             metrics_listen: None,
@@ -594,7 +600,7 @@ impl ServerHandle {
     /// has closed.
     pub fn reload(&self, module: Module) -> Result<()> {
         if self.is_stopping() {
-            return Err(Error::Config("the server is stopping".into()));
+            return Err(Error::Stopping);
         }
         let gen = self.shared.generations.template().make(module, &self.shared.registry)?;
         let runners = generation::start_runners(&self.shared, &gen)?;

@@ -51,6 +51,7 @@ use crate::wamr::InterruptHandle;
 
 /// Where the queue guest runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum QueueRunner {
     /// A dedicated OS thread (default): a guest computing never occupies a
     /// `may` worker, so socket I/O keeps both workers.

@@ -107,6 +107,6 @@ impl ExecEnv {
             }
             Some(_) => format!("{max_pages} is above the module's declared maximum"),
         };
-        Err(Error::Config(format!("cannot set the memory limit to {max_pages} pages: {why}")))
+        Err(Error::ExecEnv(format!("cannot set the memory limit to {max_pages} pages: {why}")))
     }
 }
