@@ -121,7 +121,7 @@ fn budget(c: &mut Criterion) {
         Registry::new(),
     )
     .unwrap();
-    let _wd = wamr_coro::watchdog::Watchdog::start(guest.registry()).unwrap();
+    let _wd = wamr_coro::Watchdog::start(guest.registry()).unwrap();
     let mut g = c.benchmark_group("budget");
     g.sample_size(10);
     g.bench_function("spin_overrun_past_50ms_budget", |b| {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use may::sync::Semphore;
 use parking_lot::Mutex;
-use wamr_coro::ring::EventRing;
+use wamr_coro::internals::EventRing;
 
 /// The baseline: a VecDeque under a mutex, bounded by the same semaphores.
 struct MutexQueue<T> {

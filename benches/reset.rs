@@ -32,7 +32,7 @@ fn rounds() -> usize {
 fn guests() -> Vec<(String, Module)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut v = vec![
-        ("http.wat (default guest)".to_string(), wamr_coro::default_guest::module().unwrap()),
+        ("http.wat (default guest)".to_string(), wamr_coro::default_guest().unwrap()),
         ("remember.wat (keeps state)".to_string(), Module::from_file(root.join("guests/remember.wat")).unwrap()),
     ];
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-guests");

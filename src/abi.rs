@@ -11,7 +11,6 @@
 //! `UNKNOWN_CONN` from `send`/`close` and `NOT_IN_THIS_MODE` from `wait_msg`.
 //! The same host data tells embedders' host functions which connection they
 //! serve ([`Caller::connection`], [`ConnInfo`]).
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -99,44 +98,6 @@ pub struct ConnInfo {
     pub peer: Option<std::net::SocketAddr>,
 }
 
-/// An [`AbiHost`] that also knows its connection: wraps a host whose
-/// `connection()` is the default.
-pub(crate) struct WithConn<H> {
-    inner: H,
-    info: ConnInfo,
-}
-
-impl<H: AbiHost> WithConn<H> {
-    /// `inner`, serving the connection `info`.
-    pub(crate) fn new(inner: H, info: ConnInfo) -> Self {
-        WithConn { inner, info }
-    }
-}
-
-impl<H: AbiHost> AbiHost for WithConn<H> {
-    fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32 {
-        self.inner.send(conn, bytes)
-    }
-    fn close(&mut self, conn: i32) -> i32 {
-        self.inner.close(conn)
-    }
-    fn wait_msg(&mut self, mem: &mut GuestMemory<'_>, buf: i32, cap: i32, info: i32) -> i32 {
-        self.inner.wait_msg(mem, buf, cap, info)
-    }
-    fn epoch(&self) -> Instant {
-        self.inner.epoch()
-    }
-    fn bad_log_pointer(&mut self) {
-        self.inner.bad_log_pointer()
-    }
-    fn log_allowed(&mut self) -> Option<u64> {
-        self.inner.log_allowed()
-    }
-    fn connection(&self) -> Option<ConnInfo> {
-        Some(self.info)
-    }
-}
-
 impl Caller<'_> {
     /// The connection the calling guest is serving: in direct mode the
     /// env's connection (id and peer address); in queue mode the connection
@@ -148,10 +109,7 @@ impl Caller<'_> {
 
 /// The host data type the ABI imports look for (see
 /// [`ExecEnv::set_host_data`](crate::wamr::ExecEnv::set_host_data)).
-pub struct AbiSlot(pub Box<dyn AbiHost>);
-
-/// Bad pointers passed to `log` by envs without an [`AbiHost`], and in total.
-pub static BAD_LOG_POINTERS: AtomicU64 = AtomicU64::new(0);
+pub(crate) struct AbiSlot(pub(crate) Box<dyn AbiHost>);
 
 fn process_epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -239,7 +197,6 @@ fn imports() -> Vec<HostFunc> {
                     }
                 }
                 None => {
-                    BAD_LOG_POINTERS.fetch_add(1, Ordering::Relaxed);
                     if let Some(h) = host(data) {
                         h.bad_log_pointer();
                     }

@@ -3,12 +3,9 @@
 //! so that `curl` and `wrk` work against the server out of the box.
 
 /// WebAssembly text of the default guest.
-pub const HTTP_GUEST_WAT: &str = include_str!("../guests/http.wat");
+pub(crate) const HTTP_GUEST_WAT: &str = include_str!("../guests/http.wat");
 
-/// The body every response carries.
-pub const HTTP_GUEST_BODY: &str = "Hello from wamr-coro\n";
-
-/// Loads the default guest.
-pub fn module() -> crate::Result<crate::Module> {
+/// The guest `serve` runs when no module is given (`guests/http.wat`).
+pub fn default_guest() -> crate::Result<crate::Module> {
     crate::Module::from_wat(HTTP_GUEST_WAT)
 }

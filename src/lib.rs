@@ -5,7 +5,21 @@
 //! touch sockets: they receive bytes and answer through host imports (the
 //! guest ABI, `docs/guest-abi.md`, constants in `wamr/include/wamr_coro.h`).
 //!
-//! The data path, file by file:
+//! ## The public surface
+//!
+//! * Running guests: [`Runtime`] (WAMR, once per process), [`Module`],
+//!   [`Guest`] (a module's private envs, reset between users), [`ExecEnv`]
+//!   and its calls ([`Func`], [`TypedFunc`], [`Val`]), [`HostFunc`] (imports
+//!   written in Rust or C), [`GuestMemory`], [`Error`].
+//! * Serving connections: [`server`] ([`server::Server::builder`],
+//!   [`server::ServerHandle`], [`server::ServerStats`], limits, signals).
+//! * The guest contract's constants and checks: [`abi`].
+//! * Coroutines for embedders that drive envs themselves: [`coro`].
+//!
+//! Everything else is private. [`internals`] is not API: it exists for this
+//! crate's own command line, tests and benches.
+//!
+//! ## The data path, file by file
 //!
 //! `server/listener.rs` (accept) → `server/connection.rs` (one coroutine per
 //! connection, started by `coro.rs`) → `pool.rs` / `registry.rs` (its private
@@ -20,28 +34,30 @@
 #![warn(missing_docs)]
 
 pub mod abi;
-#[cfg(feature = "cli")]
-pub mod bench;
 pub mod coro;
-pub mod default_guest;
+mod default_guest;
 mod error;
-pub mod guest;
-pub mod pool;
-pub mod registry;
-pub mod ring;
+mod guest;
+mod pool;
+mod registry;
+mod ring;
 pub mod server;
-pub mod stress;
-pub mod wamr;
-pub mod watchdog;
+mod wamr;
+mod watchdog;
 
+pub use abi::ConnInfo;
+pub use default_guest::default_guest;
 pub use error::{Error, Result};
 pub use guest::{EnvSource, Guest, GuestConfig, GuestEnv};
 pub use pool::{EnvPool, Lease, PoolStats};
 pub use registry::{Registry, RegistryStats};
-pub use abi::ConnInfo;
 pub use wamr::host::{Caller, HostError, HostFunc, HostPlainReturn, HostResult, HostReturn, HostValue, IntoHostFunc};
-pub use wamr::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
 pub use wamr::memory::GuestMemory;
 pub use wamr::module::{Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType};
-pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};
 pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog};
+pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};
+pub use wamr::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
+pub use watchdog::Watchdog;
+
+#[doc(hidden)]
+pub mod internals;

@@ -238,7 +238,7 @@ fn main() -> ExitCode {
     // `--version` adds WAMR's version, security fixes and features.
     // clap wants a &'static str; this runs once per process.
     let long_version: &'static str =
-        Box::leak(wamr_coro::wamr::build_info::describe().trim_end().to_string().into_boxed_str());
+        Box::leak(wamr_coro::internals::wamr_build_info().trim_end().to_string().into_boxed_str());
     let matches = Cli::command().long_version(long_version).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -260,8 +260,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Stress(args) => stress(args),
         Command::Bench(args) => bench(args),
-        Command::BenchNative { spec } => parse_spec(&spec).and_then(|s| wamr_coro::bench::native::serve(&s)),
-        Command::BenchClient { spec } => parse_spec(&spec).and_then(|s| wamr_coro::bench::client::run(&s)),
+        Command::BenchNative { spec } => parse_spec(&spec).and_then(|s| wamr_coro::internals::bench::native::serve(&s)),
+        Command::BenchClient { spec } => parse_spec(&spec).and_then(|s| wamr_coro::internals::bench::client::run(&s)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,7 +277,7 @@ fn parse_spec<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
 }
 
 fn bench(a: BenchArgs) -> Result<(), Error> {
-    use wamr_coro::bench::{protocol::Protocol, BenchConfig, Target};
+    use wamr_coro::internals::bench::{protocol::Protocol, BenchConfig, Target};
     let cfg = BenchConfig {
         module: a.module,
         targets: match a.mode {
@@ -299,7 +299,7 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
         verbose: a.verbose,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let report = wamr_coro::bench::run(&cfg)?;
+    let report = wamr_coro::internals::bench::run(&cfg)?;
     println!("{} — {}", report.date, report.machine);
     print!("{}", report.table());
     if let Some(path) = &a.json {
@@ -318,11 +318,11 @@ fn stress(a: StressArgs) -> Result<(), Error> {
     wamr_coro::coro::configure(a.workers, wamr_coro::coro::DEFAULT_STACK_BYTES)?;
     let module = match &a.module {
         Some(path) => Module::from_file(path)?,
-        None => wamr_coro::default_guest::module()?,
+        None => wamr_coro::default_guest()?,
     };
-    let report = wamr_coro::stress::run(
+    let report = wamr_coro::internals::stress::run(
         module,
-        &wamr_coro::stress::StressConfig {
+        &wamr_coro::internals::stress::StressConfig {
             coroutines: a.coroutines,
             calls: a.calls,
             source: a.source,
@@ -347,7 +347,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     })?;
     let module = match &a.module {
         Some(path) => Module::from_file(path)?,
-        None => wamr_coro::default_guest::module()?,
+        None => wamr_coro::default_guest()?,
     };
     let mut b = Server::builder(module)
         .listen(a.listen.clone())
@@ -374,7 +374,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
             max_guest_memory: a
                 .max_guest_memory_mib
                 .map(|m| m << 20)
-                .unwrap_or_else(wamr_coro::wamr::state::MemoryBudget::default_bytes),
+                .unwrap_or(limits().max_guest_memory),
         });
     if let Some(w) = a.workers {
         b = b.workers(w);
@@ -390,14 +390,14 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     println!("listening on {}", server.local_addr());
     if a.control_stdin {
         let (s, s2) = (Arc::clone(&server), Arc::clone(&server));
-        wamr_coro::bench::control::spawn(
+        wamr_coro::internals::bench::control::spawn(
             move || {
                 let st = s.stats();
                 serde_json::json!({ "accepted": st.accepted, "open": st.open, "refused": st.refused, "live_envs": st.envs.live })
             },
             move || {
                 if !s2.is_stopping() {
-                    wamr_coro::bench::control::raise_sigterm();
+                    wamr_coro::internals::bench::control::raise_sigterm();
                 }
             },
         )
@@ -408,7 +408,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     let reload = || {
         let loaded = match &a.module {
             Some(path) => Module::from_file(path),
-            None => wamr_coro::default_guest::module(),
+            None => wamr_coro::default_guest(),
         };
         match loaded.and_then(|m| server.reload(m)) {
             Ok(()) => tracing::info!("SIGHUP: guest reloaded; new connections get it"),

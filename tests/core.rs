@@ -208,7 +208,7 @@ fn trap_in_spawned_env_poisons_exactly_its_shard() {
 fn budget_stops_spinning_guest_only() {
     let cfg = GuestConfig { call_budget: Some(Duration::from_millis(50)), chunk_size: 1024, ..Default::default() };
     let g = Guest::new(core_module(), cfg, Registry::new()).unwrap();
-    let _wd = wamr_coro::watchdog::Watchdog::start(g.registry()).unwrap();
+    let _wd = wamr_coro::Watchdog::start(g.registry()).unwrap();
     let m = g.module().clone();
     let mut spinner = g.create_env().unwrap();
     let mut healthy = g.create_env().unwrap();

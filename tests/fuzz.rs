@@ -277,7 +277,7 @@ fn the_event_ring_keeps_every_producers_order_and_loses_nothing() {
         let capacity = rng.gen_range(1..64);
         let producers = rng.gen_range(1..6);
         let per = rng.gen_range(1..3000);
-        let ring = Arc::new(wamr_coro::ring::EventRing::<(usize, usize)>::new(capacity));
+        let ring = Arc::new(wamr_coro::internals::EventRing::<(usize, usize)>::new(capacity));
         let handles: Vec<_> = (0..producers)
             .map(|p| {
                 let ring = Arc::clone(&ring);

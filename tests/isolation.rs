@@ -93,7 +93,7 @@ fn grown_memory_does_not_survive_into_the_next_connection() {
 #[test]
 fn spawned_envs_answer_with_the_modules_data_segments() {
     setup();
-    let server = start_with(wamr_coro::default_guest::module().unwrap(), EnvSource::Spawn, 16, test_limits());
+    let server = start_with(wamr_coro::default_guest().unwrap(), EnvSource::Spawn, 16, test_limits());
     for _ in 0..20 {
         let mut s = connect(server.local_addr());
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

@@ -13,7 +13,7 @@ use wamr_coro::Error;
 
 fn http_server(listen: &str, reuse_port: bool) -> wamr_coro::Result<ServerHandle> {
     common::setup();
-    Server::builder(wamr_coro::default_guest::module()?)
+    Server::builder(wamr_coro::default_guest()?)
         .listen(listen)
         .mode(Mode::Direct)
         .workers(2)

@@ -80,7 +80,7 @@ fn echo_500_connections_byte_exact() {
 
 fn http_keepalive_pipelined(guest: &str, mode: Mode, policy: EnvPolicy) {
     let m = match guest {
-        "default" => wamr_coro::default_guest::module().unwrap(),
+        "default" => wamr_coro::default_guest().unwrap(),
         other => any_guest(other),
     };
     let server = start(m, mode, policy, test_limits());
@@ -183,6 +183,8 @@ fn faults_beside_healthy(mode: Mode, policy: EnvPolicy) {
     let mut b = connect(addr);
     b.write_all(b"B").unwrap();
     assert_eq!(read_n(&mut b, 4).unwrap(), (-2i32).to_le_bytes());
+    // Counted at once (what /metrics shows), not when the connection closes.
+    assert!(server.stats().bad_pointers >= 1, "{mode:?}: not counted while open: {}", server.stats());
     echo_round(&mut b, b"still here");
     // Sending to another connection is UNKNOWN_CONN in direct mode.
     b.write_all(b"O").unwrap();
@@ -318,13 +320,13 @@ fn queue_slow_reader_stays_bounded_and_others_are_served() {
         (s, written)
     });
     // Meanwhile other connections are served byte-exact.
-    let rss0 = wamr_coro::stress::rss_bytes();
+    let rss0 = wamr_coro::internals::stress::rss_bytes();
     for i in 0..50 {
         let mut c = connect(addr);
         echo_round(&mut c, format!("other {i}").as_bytes());
     }
     let (_slow_conn, written) = slow.join().unwrap();
-    let grew = wamr_coro::stress::rss_bytes().saturating_sub(rss0);
+    let grew = wamr_coro::internals::stress::rss_bytes().saturating_sub(rss0);
     let stats = server.stats();
     assert!(stats.queue_depth <= 1024);
     // The client could not write everything: the server stopped reading

@@ -1,6 +1,6 @@
 //! The WAMR that build.rs compiles: its configuration, the accessors in
 //! `wamr/src/inst_access.c`, instruction metering, and the CVE regressions.
-use wamr_coro::wamr::MemoryPages;
+use wamr_coro::internals::MemoryPages;
 use wamr_coro::*;
 
 fn setup() {

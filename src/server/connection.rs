@@ -84,10 +84,6 @@ impl Conn {
         let _ = self.flush();
         let _ = self.stream.shutdown(Shutdown::Both);
         self.lease = None;
-        let st = self.state.lock();
-        let c = &self.sh.counters;
-        c.output_limit_hits.fetch_add(st.limit_hits, Ordering::Relaxed);
-        c.bad_pointers.fetch_add(st.bad_pointers, Ordering::Relaxed);
     }
 
     fn serve(&mut self) -> End {
@@ -145,16 +141,12 @@ impl Conn {
                     tracing::warn!(conn = self.id, error = %e, suppressed, "no env for connection");
                 }
             })?;
-            let info = crate::abi::ConnInfo { id: self.id, peer: self.stream.peer_addr().ok() };
-            lease.set_host(Some(Box::new(crate::abi::WithConn::new(
-                ConnHost {
-                    conn: self.id,
-                    state: Arc::clone(&self.state),
-                    output_limit: self.sh.limits.output_limit,
-                    epoch: self.sh.epoch,
-                },
-                info,
-            ))));
+            lease.set_host(Some(Box::new(ConnHost {
+                conn: self.id,
+                peer: self.stream.peer_addr().ok(),
+                state: Arc::clone(&self.state),
+                sh: Arc::clone(&self.sh),
+            })));
             self.lease = Some(lease);
         }
         let lease = self.lease.as_mut().expect("acquired above");

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::conn_host::{self, Outbox};
 use super::socket::{self, Activity, Progress, ReadBuf, Registration};
 use super::Shared;
 use crate::abi::{self, AbiHost, ERR_BAD_POINTER, ERR_UNKNOWN_CONN, ERR_WOULD_EXCEED_LIMIT};
@@ -499,7 +500,6 @@ struct QueueHost {
     sh: Arc<Shared>,
     interrupt: Arc<InterruptHandle>,
     budget: Option<Duration>,
-    output_limit: usize,
     /// The connection whose DATA `wait_msg` wrote last, and the guest range
     /// it wrote (`buf`, bytes): wiped before another connection's lands.
     last_data: Option<(i32, i32, i32)>,
@@ -527,29 +527,39 @@ impl QueueHost {
     }
 }
 
-impl AbiHost for QueueHost {
-    fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32 {
-        let Some(c) = self.conn(conn) else { return ERR_UNKNOWN_CONN };
-        let Ok(bytes) = bytes else {
-            self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
-            return ERR_BAD_POINTER;
-        };
-        if c.pending.load(Ordering::Acquire) + bytes.len() > self.output_limit {
-            self.sh.counters.output_limit_hits.fetch_add(1, Ordering::Relaxed);
-            return ERR_WOULD_EXCEED_LIMIT;
-        }
+impl Outbox for QueueHost {
+    type Conn = Arc<Conn>;
+
+    fn find(&self, conn: i32) -> Option<Arc<Conn>> {
+        self.conn(conn)
+    }
+
+    fn queued(&self, c: &Arc<Conn>) -> usize {
+        c.pending.load(Ordering::Acquire)
+    }
+
+    fn push(&mut self, c: &Arc<Conn>, bytes: &[u8]) -> bool {
         c.pending.fetch_add(bytes.len(), Ordering::AcqRel);
         if c.tx.send(Out::Data(bytes.to_vec())).is_err() {
             c.pending.fetch_sub(bytes.len(), Ordering::AcqRel);
-            return ERR_UNKNOWN_CONN;
+            return false;
         }
-        bytes.len() as i32
+        true
+    }
+
+    fn close(&mut self, c: &Arc<Conn>) {
+        c.close_writer();
+    }
+}
+
+impl AbiHost for QueueHost {
+    fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32 {
+        let sh = Arc::clone(&self.sh);
+        conn_host::send(self, &sh, conn, bytes)
     }
 
     fn close(&mut self, conn: i32) -> i32 {
-        let Some(c) = self.conn(conn) else { return ERR_UNKNOWN_CONN };
-        c.close_writer();
-        0
+        conn_host::close(self, conn)
     }
 
     fn wait_msg(&mut self, mem: &mut GuestMemory<'_>, buf: i32, cap: i32, info: i32) -> i32 {
@@ -609,7 +619,7 @@ impl AbiHost for QueueHost {
     }
 
     fn bad_log_pointer(&mut self) {
-        self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
+        conn_host::bad_log_pointer(&self.sh);
     }
 
     fn connection(&self) -> Option<crate::abi::ConnInfo> {
@@ -668,7 +678,6 @@ pub(super) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::guest::Gues
             // With the guest's own loop, wait_msg arms the budget per event;
             // the host loop's calls carry the env's per-call budget instead.
             budget: if has_run { sh.limits.call_budget } else { None },
-            output_limit: sh.limits.output_limit,
             last_data: None,
             handed_out: None,
             guest_loop: has_run,

@@ -15,7 +15,7 @@ pub fn enabled_features() -> impl Iterator<Item = &'static str> {
 pub fn describe() -> String {
     let fixes = if WAMR_CVE_FIXES.is_empty() { "none".to_string() } else { WAMR_CVE_FIXES.join(" ") };
     format!(
-        "{}\nWAMR {WAMR_VERSION}\nsecurity fixes: {fixes}\npatches: {}\nfeatures: {}\nleft out: {}\n",
+        "{}\nWAMR {WAMR_VERSION} (built from {WAMR_SOURCE})\nsecurity fixes: {fixes}\npatches: {}\nfeatures: {}\nleft out: {}\n",
         env!("CARGO_PKG_VERSION"),
         WAMR_PATCHES.join(" "),
         enabled_features().collect::<Vec<_>>().join(" "),

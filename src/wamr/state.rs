@@ -141,7 +141,6 @@ enum Run {
 pub struct MemoryImage {
     pages: u32,
     runs: Vec<Run>,
-    data_bytes: usize,
 }
 
 impl MemoryImage {
@@ -163,7 +162,6 @@ impl MemoryImage {
         };
         // Consecutive pages of one kind form one run.
         let mut runs: Vec<Run> = Vec::new();
-        let mut data_bytes = 0;
         let mut start = 0;
         let pages_zero: Vec<bool> = bytes.chunks(OS_PAGE).map(|p| p.iter().all(|&b| b == 0)).collect();
         for i in 1..=pages_zero.len() {
@@ -174,22 +172,16 @@ impl MemoryImage {
             if pages_zero[start] {
                 runs.push(Run::Zero { offset, len: end - offset });
             } else {
-                data_bytes += end - offset;
                 runs.push(Run::Data { offset, bytes: bytes[offset..end].into() });
             }
             start = i;
         }
-        Some(MemoryImage { pages, runs, data_bytes })
+        Some(MemoryImage { pages, runs })
     }
 
     /// Pages the image covers.
     pub fn pages(&self) -> u32 {
         self.pages
-    }
-
-    /// Bytes of the image that are not zero (what a reset copies).
-    pub fn data_bytes(&self) -> usize {
-        self.data_bytes
     }
 
     /// Makes `inst`'s memory equal to the image. `fresh`: the memory is
