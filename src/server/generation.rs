@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{queue, EnvPolicy, QueueRunner, RunnerHandle, Shared};
+use super::handle::RunnerHandle;
+use super::{queue, EnvPolicy, QueueRunner, Shared};
 use crate::error::{Error, Result};
 use crate::guest::{Guest, GuestConfig};
 use crate::pool::EnvPool;

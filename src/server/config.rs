@@ -1,0 +1,110 @@
+//! Server configuration: dispatch modes, env policies, limits and their
+//! defaults.
+use std::time::Duration;
+
+/// Idle envs a server keeps for reuse unless told otherwise
+/// ([`ServerBuilder::pool_capacity`]).
+pub const DEFAULT_POOL_CAPACITY: usize = 1024;
+
+/// How connections reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Mode {
+    /// Each connection's coroutine calls the guest on its own env.
+    #[default]
+    Direct,
+    /// Connection coroutines queue events; one guest instance takes them
+    /// with `wait_msg` (or the host's loop calls its handlers).
+    Queue,
+}
+
+/// When a connection holds an env (direct mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum EnvPolicy {
+    /// One env for the connection's whole life (default): guest state
+    /// (globals, memory) persists between its callbacks, and every
+    /// connection starts from the module's initial state (a reused env is
+    /// reset first; see `pool.rs`).
+    #[default]
+    Connection,
+    /// SHARED STATE: an env leased from the pool for each callback and
+    /// returned after it, *without* a reset: idle connections cost no env,
+    /// but a callback may run on an env that served other connections and
+    /// sees whatever they left in memory and globals (only the receive
+    /// buffer is wiped), and the next callback of the same connection may
+    /// run on another env. Only for guests that keep no per-client data.
+    Message,
+}
+
+/// Limits, each with its default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections at most; further ones are accepted and closed at
+    /// once, and counted as refused. Default 10,000.
+    pub max_connections: usize,
+    /// Open connections from one client address at most (0 = no limit);
+    /// further ones are refused like those past `max_connections`, so one
+    /// client cannot take every slot. Default 2,500 (a quarter of the
+    /// default `max_connections`).
+    pub max_connections_per_ip: usize,
+    /// A connection must deliver at least this many bytes in every
+    /// `idle_timeout` window, or it is closed (counted as `slow_closes`):
+    /// a client trickling a byte at a time never goes idle otherwise.
+    /// Default 0 (off).
+    pub min_recv_bytes: usize,
+    /// Bytes a connection may have queued by `send` and not yet written;
+    /// `send` past it returns `WOULD_EXCEED_LIMIT`. Default 1 MiB.
+    pub output_limit: usize,
+    /// Bytes per `on_recv` / `DATA` event at most. Default 64 KiB.
+    pub chunk_size: usize,
+    /// A connection with no input for this long, or whose client accepts no
+    /// output for this long, is closed. Default 60 s.
+    pub idle_timeout: Duration,
+    /// A guest call running longer is terminated; only its connection is
+    /// closed. Default 1 s. `None` = unlimited.
+    pub call_budget: Option<Duration>,
+    /// Instructions (WAMR's counted ops) a guest call may execute — in queue
+    /// mode with the guest's own `run` loop, per event — before it is stopped
+    /// like a budget overrun. Deterministic, needs no watchdog, independent
+    /// of `call_budget`. Interpreted guests only. Default `None` (unlimited).
+    pub instruction_budget: Option<u32>,
+    /// At stop, how long in-flight callbacks get to finish before they are
+    /// terminated. Default 2 s.
+    pub shutdown_grace: Duration,
+    /// Queue mode: events the ring holds at most (memory is bounded by
+    /// `queue_capacity * chunk_size` for payloads). Default 1024.
+    pub queue_capacity: usize,
+    /// Queue mode: guest instances, each with its own ring and runner; a
+    /// connection belongs to one for its life, and a fault costs only that
+    /// shard's connections. Default 0 = the number of `may` workers.
+    pub queue_shards: usize,
+    /// Linear memory per env at most, in 64 KiB pages: the guest's
+    /// `memory.grow` fails past it. Default 256 (16 MiB); 0 = the module's
+    /// own maximum. See [`GuestConfig::max_memory_pages`].
+    pub max_memory_pages: u32,
+    /// Linear memory of all envs together at most, bytes: a `memory.grow`
+    /// past it returns -1, a new env past it is refused (its connection is
+    /// closed). Both are counted. Default half the machine's memory.
+    pub max_guest_memory: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_ip: 2_500,
+            min_recv_bytes: 0,
+            output_limit: 1 << 20,
+            chunk_size: crate::abi::DEFAULT_CHUNK_SIZE,
+            idle_timeout: Duration::from_secs(60),
+            call_budget: Some(Duration::from_secs(1)),
+            instruction_budget: None,
+            shutdown_grace: Duration::from_secs(2),
+            queue_capacity: 1024,
+            queue_shards: 0,
+            max_memory_pages: 256,
+            max_guest_memory: crate::wamr::state::MemoryBudget::default_bytes(),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! A queue-mode connection: its reader coroutine (socket → events, with
+//! backpressure) and its writer coroutine (channel → socket).
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+
+
+use super::super::socket::{self, Activity, Progress, ReadBuf, Registration};
+use super::super::Shared;
+use super::runner::pause;
+use super::{Conn, Event, Out, Queue, Shard};
+
+
+/// Starts the reader and writer coroutines of an accepted connection.
+pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpStream, ip: std::net::IpAddr) {
+    let id = sh.next_conn_id();
+    let qs = queue.shard_of(id);
+    let (tx, rx) = may::sync::mpsc::channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let conn = Arc::new(Conn {
+        tx,
+        pending: Arc::clone(&pending),
+        inflight: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+        open_gen: AtomicU64::new(0),
+        refused: AtomicBool::new(false),
+        peer: stream.peer_addr().ok(),
+    });
+    qs.conns.lock().insert(id, Arc::clone(&conn));
+    let registration = Registration::new(sh, id, ip, &stream);
+    let (activity_r, activity_w) = (Arc::clone(registration.activity()), Arc::clone(registration.activity()));
+    // One fd: the reader owns the socket and outlives the writer, which
+    // writes through the same descriptor (see `writer`).
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let (done_tx, done_rx) = may::sync::mpsc::channel::<()>();
+    let (sh_w, sh_r, qs_r) = (Arc::clone(sh), Arc::clone(sh), Arc::clone(qs));
+    crate::coro::spawn(move || {
+        // SAFETY: the reader keeps the socket behind `fd` open until this
+        // coroutine has ended (it waits for `done_tx` to drop).
+        unsafe { writer(sh_w, fd, rx, pending, &activity_w) };
+        drop(done_tx);
+    });
+    crate::coro::spawn(move || {
+        let mut stream = stream;
+        reader(&sh_r, &qs_r, id, &conn, &mut stream, &activity_r);
+        // The socket stays open until the writer is done with it; a writer
+        // whose CLOSE never comes (the shard shut down) is told to stop.
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(Duration::from_millis(100)) {
+            if qs_r.shutdown.load(Ordering::Acquire) || sh_r.stopping.load(Ordering::Acquire) {
+                conn.close_writer();
+            }
+        }
+        // The registration goes before the socket closes (see socket.rs).
+        drop(registration);
+        drop(stream);
+    });
+}
+
+/// Queues `ev`, waiting while the ring is full (this is the backpressure:
+/// the reader stops reading), unless the runner has shut down for good.
+fn push(qs: &Shard, mut ev: Event) -> bool {
+    loop {
+        match qs.ring.push(ev, Duration::from_millis(100)) {
+            Ok(()) => return true,
+            Err(back) if !qs.shutdown.load(Ordering::Acquire) => ev = back,
+            Err(_) => return false,
+        }
+    }
+}
+
+pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &Conn, stream: &mut may::net::TcpStream, activity: &Activity) {
+    let _ = stream.set_nodelay(true);
+    // Idle reads are ended by the server's sweep (socket.rs).
+    if !push(qs, Event::Open(id)) {
+        return;
+    }
+    let mut buf = ReadBuf::new(sh.limits.chunk_size);
+    let mut progress = Progress::new(sh);
+    loop {
+        if !wait_for_output_room(sh, conn) {
+            sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        match stream.read(buf.space()) {
+            Ok(0) => {
+                if activity.idled() {
+                    sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
+            Ok(n) => {
+                sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                activity.touch(sh);
+                if !progress.received(n) {
+                    sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                conn.inflight.fetch_add(n, Ordering::AcqRel);
+                if !push(qs, Event::Data(id, buf.filled(n).to_vec())) {
+                    break;
+                }
+            }
+            Err(e) => {
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                    sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
+        }
+    }
+    push(qs, Event::Close(id));
+}
+
+/// Output backpressure: waits while the connection's pending output plus
+/// its queued input leave no room for the answer to one more chunk (an
+/// echo never exceeds the output limit then). False if no room came within
+/// the idle timeout (the client is not reading), or the connection closed.
+fn wait_for_output_room(sh: &Shared, conn: &Conn) -> bool {
+    let room = |c: &Conn| {
+        let used = c.pending.load(Ordering::Acquire) + c.inflight.load(Ordering::Acquire);
+        used == 0 || used + sh.limits.chunk_size <= sh.limits.output_limit
+    };
+    if room(conn) {
+        return true;
+    }
+    let deadline = Instant::now() + sh.limits.idle_timeout;
+    while !room(conn) {
+        if conn.closed.load(Ordering::Acquire) || Instant::now() >= deadline {
+            return false;
+        }
+        may::coroutine::sleep(Duration::from_millis(1));
+        // Leave may's timer thread (see Dispatcher::next).
+        may::coroutine::yield_now();
+    }
+    true
+}
+
+/// Writes what the guest sent to the connection, in order, until CLOSE.
+///
+/// It shares the reader's descriptor and writes without waiting in `may`
+/// (a `may` socket has one waiter slot, the reader's): a full send buffer
+/// is retried after a short sleep that grows to 16 ms. A client that takes
+/// nothing for `idle_timeout` is cut off, like one that sends nothing.
+///
+/// # Safety
+/// SAFETY contract: `fd` stays open until this function returns.
+unsafe fn writer(
+    sh: Arc<Shared>,
+    fd: std::os::fd::RawFd,
+    rx: may::sync::mpsc::Receiver<Out>,
+    pending: Arc<AtomicUsize>,
+    activity: &Activity,
+) {
+    let mut broken = false;
+    while let Ok(out) = rx.recv() {
+        match out {
+            Out::Data(bytes) => {
+                if !broken {
+                    // SAFETY: the caller keeps `fd` open.
+                    broken = !unsafe { write_all(&sh, fd, &bytes) };
+                    if broken {
+                        // SAFETY: as above.
+                        unsafe { socket::shutdown_fd(fd) };
+                    } else {
+                        sh.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        activity.touch(&sh);
+                    }
+                }
+                pending.fetch_sub(bytes.len(), Ordering::AcqRel);
+            }
+            Out::Close => break,
+        }
+    }
+    // SAFETY: as above.
+    unsafe { socket::shutdown_fd(fd) };
+}
+
+/// Writes all of `bytes`; false if the socket failed or the client took
+/// nothing for `idle_timeout`.
+///
+/// # Safety
+/// SAFETY contract: `fd` is open for the call.
+unsafe fn write_all(sh: &Shared, fd: std::os::fd::RawFd, mut bytes: &[u8]) -> bool {
+    let mut nap = Duration::from_millis(1);
+    let mut stalled_since: Option<Instant> = None;
+    while !bytes.is_empty() {
+        // SAFETY: the caller keeps `fd` open.
+        match unsafe { socket::write_nonblocking(fd, bytes) } {
+            Ok(0) => return false,
+            Ok(n) => {
+                bytes = &bytes[n..];
+                nap = Duration::from_millis(1);
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= sh.limits.idle_timeout {
+                    sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                pause(nap);
+                nap = (nap * 2).min(Duration::from_millis(16));
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}

@@ -1,0 +1,119 @@
+//! The one source of events for a shard's guest, whether it loops in
+//! `wait_msg` or the host loops for it.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use super::{Conn, Event, Shard};
+
+
+
+
+/// What the guest is handed next.
+pub(super) enum Next {
+    Open(i32),
+    Data(i32, Vec<u8>),
+    Close(i32),
+    Shutdown,
+}
+
+/// Picks the next event for the current instance: skips events of
+/// connections that belong to a crashed instance or that the guest closed,
+/// splits DATA longer than the guest's buffer, and says SHUTDOWN once the
+/// server stops and every connection's CLOSE has been handed out.
+pub(crate) struct Dispatcher {
+    pub(super) qs: Arc<Shard>,
+    pub(super) generation: u64,
+    /// The rest of a DATA event that did not fit the guest's buffer.
+    pub(super) rest: Option<(i32, Vec<u8>, usize)>,
+    /// The DATA event the guest is handling: its bytes count as the
+    /// connection's queued input until the guest asks for the next event
+    /// (by then its answer is in the pending output), so the reader's
+    /// backpressure never loses sight of them.
+    pub(super) handling: Option<(Arc<Conn>, usize)>,
+}
+
+impl Dispatcher {
+    pub(super) fn new(qs: &Arc<Shard>, generation: u64) -> Dispatcher {
+        Dispatcher { qs: Arc::clone(qs), generation, rest: None, handling: None }
+    }
+
+    pub(super) fn done_handling(&mut self) {
+        if let Some((c, n)) = self.handling.take() {
+            c.inflight.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    pub(super) fn next(&mut self, cap: usize) -> Next {
+        if let Some((conn, data, off)) = self.rest.take() {
+            let end = (off + cap).min(data.len());
+            let piece = data[off..end].to_vec();
+            if end < data.len() {
+                self.rest = Some((conn, data, end));
+            }
+            return Next::Data(conn, piece);
+        }
+        self.done_handling();
+        loop {
+            let Some(ev) = self.qs.ring.pop(Duration::from_millis(50)) else {
+                if self.qs.finished() {
+                    return Next::Shutdown;
+                }
+                // `may` resumes a coroutine whose timed wait expired on its
+                // timer thread; yield so the guest never runs there (a busy
+                // guest would stall every timer in the process).
+                if may::coroutine::is_coroutine() {
+                    may::coroutine::yield_now();
+                }
+                continue;
+            };
+            let conns = self.qs.conns.lock();
+            match ev {
+                Event::Open(id) => {
+                    if let Some(c) = conns.get(&id) {
+                        c.open_gen.store(self.generation, Ordering::Release);
+                        return Next::Open(id);
+                    }
+                }
+                Event::Data(id, data) => {
+                    let Some(c) = conns.get(&id) else { continue };
+                    if c.open_gen.load(Ordering::Acquire) != self.generation || c.closed.load(Ordering::Acquire) {
+                        c.inflight.fetch_sub(data.len(), Ordering::AcqRel);
+                        continue;
+                    }
+                    self.handling = Some((Arc::clone(c), data.len()));
+                    drop(conns);
+                    if data.len() > cap {
+                        let piece = data[..cap].to_vec();
+                        self.rest = Some((id, data, cap));
+                        return Next::Data(id, piece);
+                    }
+                    return Next::Data(id, data);
+                }
+                Event::Close(id) => {
+                    drop(conns);
+                    let Some(c) = self.qs.conns.lock().remove(&id) else { continue };
+                    c.close_writer();
+                    if c.open_gen.load(Ordering::Acquire) != self.generation || c.refused.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    return Next::Close(id);
+                }
+            }
+        }
+    }
+
+    /// Closes every connection the (crashed) current instance had opened.
+    pub(super) fn abandon_generation(&mut self) -> usize {
+        self.rest = None;
+        self.done_handling();
+        let conns = self.qs.conns.lock();
+        let mut n = 0;
+        for c in conns.values() {
+            if c.open_gen.load(Ordering::Acquire) == self.generation {
+                c.close_writer();
+                n += 1;
+            }
+        }
+        n
+    }
+}

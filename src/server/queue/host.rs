@@ -1,0 +1,154 @@
+//! The guest's imports in queue mode: `send`/`close` through the shared
+//! check order (`conn_host.rs`), and `wait_msg`.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::super::conn_host::{self, Outbox};
+use super::super::Shared;
+use crate::abi::{self, AbiHost, ERR_BAD_POINTER};
+use crate::wamr::memory::GuestMemory;
+use crate::wamr::InterruptHandle;
+use super::dispatch::{Dispatcher, Next};
+use super::{Conn, Out, Shard};
+
+
+/// The ABI host of the queue guest's env.
+pub(super) struct QueueHost {
+    pub(super) dispatcher: Arc<Mutex<Dispatcher>>,
+    pub(super) sh: Arc<Shared>,
+    pub(super) interrupt: Arc<InterruptHandle>,
+    pub(super) budget: Option<Duration>,
+    /// The connection whose DATA `wait_msg` wrote last, and the guest range
+    /// it wrote (`buf`, bytes): wiped before another connection's lands.
+    pub(super) last_data: Option<(i32, i32, i32)>,
+    /// When the event the guest is handling was handed out.
+    pub(super) handed_out: Option<Instant>,
+    /// The guest runs its own loop (`run`): only then may it wait.
+    pub(super) guest_loop: bool,
+    /// The connection of the event being handled (`Caller::connection`).
+    pub(super) current: Arc<Mutex<Option<crate::abi::ConnInfo>>>,
+    /// The guest's budget of log lines.
+    pub(super) log_limit: super::super::ratelimit::LogLimit,
+}
+
+/// Who `conn` is, for `Caller::connection`.
+pub(super) fn conn_info(qs: &Shard, conn: i32) -> Option<crate::abi::ConnInfo> {
+    let peer = qs.conns.lock().get(&conn).and_then(|c| c.peer);
+    Some(crate::abi::ConnInfo { id: conn, peer })
+}
+
+impl QueueHost {
+    fn conn(&self, id: i32) -> Option<Arc<Conn>> {
+        let d = self.dispatcher.lock();
+        let c = d.qs.conns.lock().get(&id).cloned()?;
+        (c.open_gen.load(Ordering::Acquire) == d.generation && !c.closed.load(Ordering::Acquire)).then_some(c)
+    }
+}
+
+impl Outbox for QueueHost {
+    type Conn = Arc<Conn>;
+
+    fn find(&self, conn: i32) -> Option<Arc<Conn>> {
+        self.conn(conn)
+    }
+
+    fn queued(&self, c: &Arc<Conn>) -> usize {
+        c.pending.load(Ordering::Acquire)
+    }
+
+    fn push(&mut self, c: &Arc<Conn>, bytes: &[u8]) -> bool {
+        c.pending.fetch_add(bytes.len(), Ordering::AcqRel);
+        if c.tx.send(Out::Data(bytes.to_vec())).is_err() {
+            c.pending.fetch_sub(bytes.len(), Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn close(&mut self, c: &Arc<Conn>) {
+        c.close_writer();
+    }
+}
+
+impl AbiHost for QueueHost {
+    fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32 {
+        let sh = Arc::clone(&self.sh);
+        conn_host::send(self, &sh, conn, bytes)
+    }
+
+    fn close(&mut self, conn: i32) -> i32 {
+        conn_host::close(self, conn)
+    }
+
+    fn wait_msg(&mut self, mem: &mut GuestMemory<'_>, buf: i32, cap: i32, info: i32) -> i32 {
+        // Only a guest's own `run` loop waits; inside a handler the host
+        // loop calls, taking events would steal them from that loop.
+        if !self.guest_loop {
+            return abi::ERR_NOT_IN_THIS_MODE;
+        }
+        // The guest is back for more: its time for the last event is over.
+        self.interrupt.set_deadline(None);
+        if let Some(t) = self.handed_out.take() {
+            self.sh.metrics.call_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        if mem.check(info, abi::EVENT_SIZE).is_none() || cap < 0 || mem.check(buf, cap).is_none() {
+            self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
+            return ERR_BAD_POINTER;
+        }
+        let next = self.dispatcher.lock().next(cap.max(1) as usize);
+        let (conn, kind, ret) = match next {
+            Next::Shutdown => return abi::ERR_SHUTDOWN,
+            Next::Open(c) => (c, abi::EVENT_OPEN, 0),
+            Next::Close(c) => (c, abi::EVENT_CLOSE, 0),
+            Next::Data(c, data) => {
+                if cap == 0 {
+                    // Nothing fits: hand back the whole chunk next time.
+                    self.dispatcher.lock().rest = Some((c, data, 0));
+                    (c, abi::EVENT_DATA, 0)
+                } else {
+                    if let Some((prev, pbuf, plen)) = self.last_data {
+                        if prev != c {
+                            mem.fill(pbuf, plen, 0);
+                        }
+                    }
+                    mem.write(buf, &data);
+                    let len = data.len() as i32;
+                    self.last_data = match self.last_data {
+                        Some((prev, pbuf, plen)) if prev == c && pbuf == buf => Some((c, buf, plen.max(len))),
+                        _ => Some((c, buf, len)),
+                    };
+                    (c, abi::EVENT_DATA, len)
+                }
+            }
+        };
+        *self.current.lock() = conn_info(&self.dispatcher.lock().qs, conn);
+        let mut rec = [0u8; 8];
+        rec[..4].copy_from_slice(&conn.to_le_bytes());
+        rec[4..].copy_from_slice(&kind.to_le_bytes());
+        mem.write(info, &rec);
+        self.interrupt.set_deadline(self.budget);
+        self.handed_out = Some(Instant::now());
+        self.interrupt.rearm_instructions();
+        ret
+    }
+
+    fn epoch(&self) -> Instant {
+        self.sh.epoch
+    }
+
+    fn bad_log_pointer(&mut self) {
+        conn_host::bad_log_pointer(&self.sh);
+    }
+
+    fn connection(&self) -> Option<crate::abi::ConnInfo> {
+        *self.current.lock()
+    }
+
+    /// One budget for the shard's guest (its connections share an instance).
+    fn log_allowed(&mut self) -> Option<u64> {
+        self.log_limit.allow()
+    }
+}

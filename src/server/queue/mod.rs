@@ -1,0 +1,188 @@
+//! Queue mode: network I/O entirely native, guest instances handling their
+//! connections through `wait_msg` (WAMR's Native_WaitMsg pattern, WAMR
+//! issue #3328).
+//!
+//! ```text
+//! reader coroutine ─ OPEN/DATA/CLOSE ─▶ shard's EventRing ─▶ shard runner: guest `run` ⇄ wait_msg
+//!                                                               │ send/close
+//! socket ◀── writer coroutine ◀── per-connection channel ◀──────┘
+//! ```
+//! * Connections are spread over `queue_shards` shards by id; each shard has
+//!   its own ring, connection table, runner and guest instance, so shards run
+//!   in parallel and a fault costs one shard's connections, not all.
+//! * Each connection has a reader coroutine (socket → events; a full ring
+//!   blocks it, so TCP pushes back on the client) and a writer coroutine
+//!   (channel → socket), so the guest never blocks on a slow client: its
+//!   `send` fails with `WOULD_EXCEED_LIMIT` once `output_limit` bytes are
+//!   pending for that connection. The reader stops reading while the
+//!   connection's pending output plus its queued input could not take
+//!   another chunk's answer, so a client that reads gets even a 10 MB echo
+//!   intact; `-3` is left for clients that do not read.
+//! * The runner owns the one exec env. With a `run` export the guest loops in
+//!   `wait_msg`; without it the host runs the same loop natively and calls
+//!   `on_open` / `on_recv` / `on_close`. Both take events from one
+//!   `Dispatcher` (`dispatch.rs`), so they behave identically.
+//! * The per-call budget applies to each event: `wait_msg` arms the deadline
+//!   when it hands an event to the guest and disarms it when the guest comes
+//!   back for the next one.
+//! * A trap, a budget overrun, or `run` returning before `SHUTDOWN` discards
+//!   the shard's instance, closes the connections it had been told about (by
+//!   OPEN), drops their remaining events, and hands the shard to a standby
+//!   instance made in advance. Only a crash loop (3 faults within a second)
+//!   backs off, and only that shard. During shutdown nothing restarts: the
+//!   shard drains its events without a guest.
+//! * Before a different connection's DATA lands in a receive buffer, the
+//!   bytes the previous one left there are wiped.
+//!
+//! Files: this one holds the shared structures (shards, connections,
+//! events); `conn.rs` the reader and writer coroutines of a connection;
+//! `dispatch.rs` the `Dispatcher` both loops take events from; `host.rs`
+//! the guest's imports in queue mode; `runner.rs` a shard's runner.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::ring::EventRing;
+
+mod conn;
+mod dispatch;
+mod host;
+mod runner;
+
+pub(super) use conn::start_conn;
+pub(super) use runner::run;
+
+/// Where the queue guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum QueueRunner {
+    /// A dedicated OS thread (default): a guest computing never occupies a
+    /// `may` worker, so socket I/O keeps both workers.
+    #[default]
+    Thread,
+    /// A `may` coroutine: cheaper wake-ups, but a busy guest holds a worker.
+    Coroutine,
+}
+
+/// One event from a connection.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Open(i32),
+    Data(i32, Vec<u8>),
+    Close(i32),
+}
+
+/// What goes to a connection's writer.
+enum Out {
+    Data(Vec<u8>),
+    Close,
+}
+
+/// A connection as queue mode sees it.
+struct Conn {
+    tx: may::sync::mpsc::Sender<Out>,
+    /// Bytes handed to the writer, not yet written.
+    pending: Arc<AtomicUsize>,
+    /// DATA bytes queued in the ring, not yet handed to the guest.
+    inflight: AtomicUsize,
+    /// The guest closed it, or its instance crashed: no more send/close.
+    closed: AtomicBool,
+    /// Generation of the instance that received its OPEN (0 = not yet).
+    open_gen: AtomicU64,
+    /// `on_open` refused it (host loop): no `on_close`.
+    refused: AtomicBool,
+    /// The client's address.
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl Conn {
+    fn close_writer(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Out::Close);
+        }
+    }
+}
+
+/// One shard: its ring, its connections, shared by their reader coroutines,
+/// its runner and the server handle.
+pub(crate) struct Shard {
+    pub ring: EventRing<Event>,
+    conns: Mutex<HashMap<i32, Arc<Conn>>>,
+    /// Set when every connection is closed and `wait_msg` may say SHUTDOWN.
+    pub shutdown: AtomicBool,
+    /// Set when a reload replaced this shard's guest: SHUTDOWN once its
+    /// last connection is gone.
+    retired: AtomicBool,
+    pub restarts: AtomicU64,
+}
+
+impl Shard {
+    fn new(capacity: usize) -> Arc<Shard> {
+        Arc::new(Shard {
+            ring: EventRing::new(capacity),
+            conns: Mutex::new(HashMap::new()),
+            shutdown: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            restarts: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the guest may be told SHUTDOWN: the server stops, or the
+    /// shard was retired and has no connection left; and nothing is queued.
+    fn finished(&self) -> bool {
+        self.ring.is_empty()
+            && (self.shutdown.load(Ordering::Acquire)
+                || (self.retired.load(Ordering::Acquire) && self.conns.lock().is_empty()))
+    }
+}
+
+/// Every shard of a queue-mode server.
+pub(crate) struct Queue {
+    pub shards: Vec<Arc<Shard>>,
+}
+
+impl Queue {
+    /// `n` shards (at least 1) of `capacity` events each.
+    pub(crate) fn new(n: usize, capacity: usize) -> Arc<Queue> {
+        Arc::new(Queue { shards: (0..n.max(1)).map(|_| Shard::new(capacity)).collect() })
+    }
+
+    /// The shard that serves connection `id` for its whole life.
+    fn shard_of(&self, id: i32) -> &Arc<Shard> {
+        &self.shards[id as u32 as usize % self.shards.len()]
+    }
+
+    /// Connections whose CLOSE their guest has not seen yet.
+    pub(crate) fn open_conns(&self) -> usize {
+        self.shards.iter().map(|s| s.conns.lock().len()).sum()
+    }
+
+    /// Events waiting, per shard.
+    pub(crate) fn depths(&self) -> Vec<u64> {
+        self.shards.iter().map(|s| s.ring.len() as u64).collect()
+    }
+
+    /// Instances replaced after a fault, all shards.
+    pub(crate) fn restarts(&self) -> u64 {
+        self.shards.iter().map(|s| s.restarts.load(Ordering::Relaxed)).sum()
+    }
+
+    /// A reload replaced this queue's guest: each shard's guest is told
+    /// SHUTDOWN once its last connection is gone.
+    pub(crate) fn retire(&self) {
+        for s in &self.shards {
+            s.retired.store(true, Ordering::Release);
+            s.ring.wake();
+        }
+    }
+
+    /// Lets every `wait_msg` answer SHUTDOWN once its ring is empty.
+    pub(crate) fn shut_down(&self) {
+        for s in &self.shards {
+            s.shutdown.store(true, Ordering::Release);
+            s.ring.wake();
+        }
+    }
+}
