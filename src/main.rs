@@ -122,6 +122,10 @@ struct BenchArgs {
     /// Soak: seed of the clients' random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Soak: run the server under this command (split at spaces), e.g.
+    /// "valgrind --error-exitcode=99" (scripts/leakcheck.sh).
+    #[arg(long)]
+    server_wrapper: Option<String>,
 }
 
 
@@ -332,6 +336,7 @@ fn bench(a: BenchArgs) -> Result<(), wamr_coro::Error> {
             plot: a.plot,
             server_workers: a.server_workers,
             seed: a.seed,
+            server_wrapper: a.server_wrapper.map(|w| w.split_whitespace().map(String::from).collect()).unwrap_or_default(),
             verbose: a.verbose,
         };
         return wamr_coro::bench::soak::run_cli(&cfg, a.json.as_deref());

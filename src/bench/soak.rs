@@ -96,6 +96,10 @@ pub struct SoakConfig {
     pub server_workers: usize,
     /// Seed of the clients' random choices.
     pub seed: u64,
+    /// Run the server under this program and its arguments (e.g.
+    /// valgrind; empty: directly). Its exit status decides
+    /// [`SoakRun::server_exit_clean`].
+    pub server_wrapper: Vec<String>,
     /// Show the server's stderr.
     pub verbose: bool,
 }
@@ -324,7 +328,7 @@ fn soak_one(cfg: &SoakConfig, target: Target, module: &Path) -> Result<SoakRun> 
         .map(String::from),
     );
     args.extend(SERVER_ARGS.iter().map(|s| s.to_string()));
-    let server = Server::start(format!("{} server", target.name()), &args, cfg.verbose)?;
+    let server = Server::start_wrapped(format!("{} server", target.name()), &cfg.server_wrapper, &args, cfg.verbose)?;
     let pid = server.child.pid();
     let addr = server.addr;
 
@@ -417,7 +421,8 @@ fn soak_one(cfg: &SoakConfig, target: Target, module: &Path) -> Result<SoakRun> 
     std::thread::sleep(Duration::from_millis(1100));
     stop_sampling.store(true, Ordering::Release);
     let _ = sampler.join();
-    let server_exit_clean = server.stop();
+    let server_exit_clean =
+        server.stop_within(if cfg.server_wrapper.is_empty() { Duration::from_secs(20) } else { Duration::from_secs(180) });
     let samples = std::mem::take(&mut *samples.lock().expect("sampler lock"));
 
     let mut healthy = healthy_tot.snapshot_healthy();
