@@ -105,7 +105,7 @@ struct BenchArgs {
     /// Soak instead: serve healthy and hostile clients this long per mode
     /// (e.g. 10m) on the soak guest, sampling RSS, descriptors and envs;
     /// fails on a lost byte, RSS drift or a leak (src/bench/soak.rs).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "hold")]
     soak: Option<Duration>,
     /// Soak: share of --conns that are hostile.
     #[arg(long, default_value_t = 0.1)]
