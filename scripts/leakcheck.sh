@@ -22,7 +22,8 @@
 # of a single frame over 16 KiB are not checked for definedness.)
 #
 # Environment: LEAKCHECK_DURATION (default 15s per mode), LEAKCHECK_KEEP=1
-# keeps the logs. Suppressions, each justified: scripts/valgrind.supp.
+# keeps the logs, LEAKCHECK_VALGRIND_ARGS adds memcheck options (e.g.
+# --show-leak-kinds=all --track-origins=yes). Suppressions, each justified: scripts/valgrind.supp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +40,7 @@ trap '[ "${LEAKCHECK_KEEP:-0}" = 1 ] && echo "logs kept in $out" || rm -rf "$out
 
 vg="valgrind --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
 --errors-for-leak-kinds=definite,indirect --max-stackframe=16384 --num-callers=30 \
---suppressions=$PWD/scripts/valgrind.supp --log-file=$out/memcheck-%p.log"
+--suppressions=$PWD/scripts/valgrind.supp --log-file=$out/memcheck-%p.log ${LEAKCHECK_VALGRIND_ARGS:-}"
 
 # RSS under valgrind is valgrind's: the drift limit is lifted, every other
 # soak check stays.
