@@ -57,7 +57,7 @@ fi
 for log in "${logs[@]}"; do
   summary="$(grep -E 'ERROR SUMMARY' "$log" || true)"
   echo "leakcheck: $(basename "$log"): ${summary#==*== }"
-  grep -E 'definitely lost:|indirectly lost:' "$log" | sed 's/^==[0-9]*== */    /'
+  grep -E 'definitely lost:|indirectly lost:' "$log" | sed 's/^==[0-9]*== */    /' || true
   if ! grep -q 'ERROR SUMMARY: 0 errors' "$log"; then
     echo "leakcheck: memcheck found errors:" >&2
     sed 's/^==[0-9]*== //' "$log" >&2

@@ -223,7 +223,7 @@ pub struct SoakRun {
     pub rss_window: usize,
     /// (end − ref) / ref.
     pub rss_drift: f64,
-    /// Smallest and largest RSS after warm-up, KiB.
+    /// Smallest RSS after warm-up, KiB.
     pub rss_min_kib: u64,
     /// Largest RSS after warm-up, KiB.
     pub rss_max_kib: u64,
