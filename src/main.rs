@@ -112,6 +112,30 @@ struct BenchArgs {
     /// Show the servers' and load generators' stderr.
     #[arg(long)]
     verbose: bool,
+    /// Soak instead: serve healthy and hostile clients this long per mode
+    /// (e.g. 10m) on the soak guest, sampling RSS, descriptors and envs;
+    /// fails on a lost byte, RSS drift or a leak (src/bench/soak.rs).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "hold")]
+    soak: Option<Duration>,
+    /// Soak: share of --conns that are hostile.
+    #[arg(long, default_value_t = 0.1)]
+    hostile_share: f64,
+    /// Soak: RSS drift allowed after warm-up, percent.
+    #[arg(long, default_value_t = 5.0)]
+    max_rss_drift: f64,
+    /// Soak: warm-up left out of the drift (default: a tenth, 1–60 s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warmup: Option<Duration>,
+    /// Soak: plot RSS, descriptors and envs over time to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Soak: seed of the clients' random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Soak: run the server under this command (split at spaces), e.g.
+    /// "valgrind --error-exitcode=99" (scripts/leakcheck.sh).
+    #[arg(long)]
+    server_wrapper: Option<String>,
 }
 
 
@@ -277,7 +301,28 @@ fn parse_spec<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
 }
 
 fn bench(a: BenchArgs) -> Result<(), Error> {
-    use wamr_coro::internals::bench::{protocol::Protocol, BenchConfig, Target};
+    use wamr_coro::internals::bench::{protocol::Protocol, soak::SoakConfig, BenchConfig, Target};
+    if let Some(duration) = a.soak {
+        let cfg = SoakConfig {
+            module: a.module,
+            targets: match a.mode {
+                BenchModeArg::Direct => vec![Target::Direct],
+                BenchModeArg::Queue => vec![Target::Queue],
+                BenchModeArg::All => vec![Target::Direct, Target::Queue],
+            },
+            duration,
+            warmup: a.warmup,
+            conns: a.conns,
+            hostile_share: a.hostile_share,
+            max_rss_drift: a.max_rss_drift / 100.0,
+            plot: a.plot,
+            server_workers: a.server_workers,
+            seed: a.seed,
+            server_wrapper: a.server_wrapper.map(|w| w.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+            verbose: a.verbose,
+        };
+        return wamr_coro::internals::bench::soak::run_cli(&cfg, a.json.as_deref());
+    }
     let cfg = BenchConfig {
         module: a.module,
         targets: match a.mode {

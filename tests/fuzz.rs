@@ -22,8 +22,10 @@ fn seed() -> u64 {
     std::env::var("WAMR_CORO_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_0001)
 }
 
+/// `default` rounds times `WAMR_CORO_FUZZ_ROUNDS` (1 if unset): one factor
+/// scales every test alike (`.ci/run` runs the file once more, longer).
 fn rounds(default: usize) -> usize {
-    std::env::var("WAMR_CORO_FUZZ_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    default * std::env::var("WAMR_CORO_FUZZ_ROUNDS").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(1)
 }
 
 /// Loads, and if that works instantiates, `bytes`: every outcome is fine
@@ -68,6 +70,9 @@ fn the_loader_survives_random_and_mutated_bytes() {
                 b
             }
         };
+        if let Ok(dir) = std::env::var("WAMR_CORO_FUZZ_DUMP") {
+            std::fs::write(format!("{dir}/last.wasm"), &bytes).unwrap();
+        }
         load_and_instantiate(&bytes);
     }
 }
@@ -187,7 +192,20 @@ fn host_imports_survive_random_pointers_lengths_and_ids() {
             let records = rng.gen_range(1..12);
             let mut msg = Vec::new();
             let mut ops = Vec::new();
-            for _ in 0..records {
+            for k in 0..records {
+                if round == 0 && k == 0 {
+                    // Found with seed 15 at 40x: a send of the guest's
+                    // memory from 0 through the end of the message in its
+                    // receive buffer (at 65536) ends with the message itself,
+                    // which once ended the read loop below too early. Every
+                    // run now starts with it: 16 bytes of this record and
+                    // 16 of the last, so the message is 32 bytes long.
+                    ops.push((0, 65536 + 16 * (records as i32 + 1)));
+                    for v in [0, 0, 0, 65536 + 16 * (records as i32 + 1)] {
+                        msg.extend_from_slice(&v.to_le_bytes());
+                    }
+                    continue;
+                }
                 let op = [0, 0, 0, 1, 2, 3, 7][rng.gen_range(0..7)];
                 // Connection ids: this one (0), or ones that never exist
                 // (never another live connection's, which queue mode may
@@ -225,10 +243,27 @@ fn host_imports_survive_random_pointers_lengths_and_ids() {
                 msg.extend_from_slice(&v.to_le_bytes());
             }
             s.write_all(&msg).unwrap();
-            // Everything up to the echo of `msg`, which ends the answer.
+            // Everything up to the echo of `msg`, which ends the answer. The
+            // bytes a send took from guest memory may themselves end with
+            // `msg` (it lies in the receive buffer): the answer is complete
+            // only when what precedes the echo adds up as well.
             let mut got = Vec::new();
             let mut buf = [0u8; 65536];
-            while !(got.len() >= msg.len() + 4 * records && got.ends_with(&msg)) {
+            let complete = |got: &[u8]| {
+                if got.len() < msg.len() + 4 * records || !got.ends_with(&msg) {
+                    return false;
+                }
+                let results = &got[got.len() - msg.len() - 4 * records..got.len() - msg.len()];
+                let accepted: i64 = ops
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (op, _))| (op, i32::from_le_bytes(results[4 * k..4 * k + 4].try_into().unwrap())))
+                    .filter(|(op, r)| **op == 0 && *r > 0)
+                    .map(|(_, r)| r as i64)
+                    .sum();
+                accepted == (got.len() - msg.len() - 4 * records) as i64
+            };
+            while !complete(&got) {
                 let n = s.read(&mut buf).unwrap_or_else(|e| panic!("{mode:?} round {round}: {e}; input {msg:?}"));
                 assert!(n > 0, "{mode:?} round {round}: closed; input {msg:?}");
                 got.extend_from_slice(&buf[..n]);
@@ -322,4 +357,85 @@ fn an_export_with_externref_in_its_signature_loads() {
     .unwrap();
     let f = m.exports().iter().find(|e| e.name == "f").unwrap();
     assert!(matches!(&f.kind, wamr_coro::ExportKind::Func(t) if t.params == [wamr_coro::ValType::Other]));
+}
+
+/// The ring as queue mode uses it: producers are `may` coroutines (the
+/// connections' readers), parked by the ring's semaphore when it is full;
+/// the consumer runs on a thread or in a coroutine (`--runner`) and takes
+/// events with `pop` and `try_pop` in turn. Nothing is lost, nothing
+/// reordered per producer, and the ring ends empty.
+#[test]
+fn the_event_ring_keeps_order_with_coroutine_producers() {
+    setup();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed() ^ 0x77);
+    for round in 0..rounds(20) {
+        let capacity = rng.gen_range(1..64);
+        let producers = rng.gen_range(1..16);
+        let per = rng.gen_range(1..2000);
+        let try_share = rng.gen_range(0..4u32);
+        let ring = Arc::new(wamr_coro::internals::EventRing::<(usize, usize)>::new(capacity));
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                let ring = Arc::clone(&ring);
+                wamr_coro::coro::spawn(move || {
+                    for i in 0..per {
+                        let mut v = (p, i);
+                        while let Err(back) = ring.push(v, Duration::from_millis(50)) {
+                            v = back;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let consumer_ring = Arc::clone(&ring);
+        let consume = move || -> Result<(), String> {
+            let mut next = vec![0usize; producers];
+            for n in 0..producers * per {
+                let got = match (n as u32) % 4 < try_share {
+                    true => consumer_ring.try_pop(),
+                    false => None,
+                };
+                let (p, i) = match got {
+                    Some(e) => e,
+                    None => consumer_ring.pop(Duration::from_secs(10)).ok_or("an event was lost")?,
+                };
+                if i != next[p] {
+                    return Err(format!("producer {p}: event {i} where {} was due", next[p]));
+                }
+                next[p] += 1;
+            }
+            Ok(())
+        };
+        let in_coroutine = rng.gen_bool(0.5);
+        let result = if in_coroutine { wamr_coro::coro::spawn(consume).join().unwrap() } else { consume() };
+        if let Err(e) = result {
+            panic!("round {round} (seed {}, capacity {capacity}, {producers} producers, coroutine consumer {in_coroutine}): {e}", seed());
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(ring.is_empty() && ring.try_pop().is_none());
+    }
+}
+
+/// Found by `the_loader_survives_random_and_mutated_bytes` (seed 14, 20×
+/// rounds): an atomic-prefix instruction whose sub-opcode is no atomic
+/// access aborted WAMR's loader in debug builds (an assertion) and read
+/// before a table in release builds. `wamr/patches/0200-unknown-atomic-opcode`
+/// refuses it with a clear error.
+#[test]
+fn an_unknown_atomic_opcode_is_refused_not_an_abort() {
+    setup();
+    for sub in [0x04u8, 0x0f, 0x4f, 0x7f] {
+        let bytes = [
+            0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+            0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
+            0x03, 0x02, 0x01, 0x00, // one function of type 0
+            0x05, 0x03, 0x01, 0x00, 0x01, // memory 1
+            // code: i32.const 0; 0xFE sub align=2 offset=0; end
+            0x0a, 0x0a, 0x01, 0x08, 0x00, 0x41, 0x00, 0xfe, sub, 0x02, 0x00, 0x0b,
+        ];
+        let e = Module::new(&bytes[..]).err().unwrap_or_else(|| panic!("0xfe {sub:02x} loaded")).to_string();
+        assert!(e.contains(&format!("unsupported opcode fe {sub:02x}")), "0xfe {sub:02x}: {e}");
+    }
 }

@@ -24,9 +24,23 @@ impl Child {
     /// Starts this binary with `args`; stderr goes to the bench's stderr
     /// only if `show_stderr`.
     pub fn spawn(what: impl Into<String>, args: &[String], show_stderr: bool) -> Result<Child> {
+        Child::spawn_wrapped(what, &[], args, show_stderr)
+    }
+
+    /// Like [`Child::spawn`], but runs this binary under `wrapper` (a
+    /// program and its arguments, e.g. valgrind) when it is not empty.
+    pub fn spawn_wrapped(what: impl Into<String>, wrapper: &[String], args: &[String], show_stderr: bool) -> Result<Child> {
         let what = what.into();
         let exe = std::env::current_exe().map_err(|e| Error::io("locating the wamr-coro binary", e))?;
-        let mut child = Command::new(exe)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -153,7 +167,12 @@ pub struct Server {
 impl Server {
     /// Starts a server child and waits for its `listening on` line.
     pub fn start(what: impl Into<String>, args: &[String], show_stderr: bool) -> Result<Server> {
-        let mut child = Child::spawn(what, args, show_stderr)?;
+        Server::start_wrapped(what, &[], args, show_stderr)
+    }
+
+    /// Like [`Server::start`], under `wrapper` (see [`Child::spawn_wrapped`]).
+    pub fn start_wrapped(what: impl Into<String>, wrapper: &[String], args: &[String], show_stderr: bool) -> Result<Server> {
+        let mut child = Child::spawn_wrapped(what, wrapper, args, show_stderr)?;
         let line = child.expect_line("listening on ", Duration::from_secs(60))?;
         let addr = line.parse().map_err(|_| Error::Bench(format!("{}: bad address {line:?}", child.what)))?;
         Ok(Server { child, addr })
@@ -168,7 +187,14 @@ impl Server {
 
     /// Graceful stop (SIGINT), bounded. Returns whether it exited cleanly.
     pub fn stop(self) -> bool {
-        self.child.stop(libc::SIGINT, Duration::from_secs(20))
+        self.stop_within(Duration::from_secs(20))
+    }
+
+    /// Graceful stop (SIGINT), waiting up to `timeout` (a server under
+    /// valgrind checks for leaks as it exits). Returns whether it exited
+    /// cleanly.
+    pub fn stop_within(self, timeout: Duration) -> bool {
+        self.child.stop(libc::SIGINT, timeout)
     }
 
     /// Stops several servers at once (each destroys its envs in parallel

@@ -22,6 +22,7 @@ pub mod control;
 pub mod native;
 pub mod protocol;
 pub mod report;
+pub mod soak;
 pub mod sys;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,0 +1,178 @@
+//! Overload, the cases other files do not cover yet (issue 14, item 4):
+//! queue mode with its ring full, and queue mode out of descriptors, each
+//! watched through `/metrics`, and each followed by recovery. (Connection
+//! limit: tests/server.rs `connections_past_the_limit_are_refused`; per
+//! address: tests/admission.rs; descriptors in direct mode: tests/cli.rs
+//! `out_of_file_descriptors_refuses_and_recovers`; guest-memory budget:
+//! tests/isolation.rs `the_global_guest_memory_budget_bounds_growth_and_new_envs`.)
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server};
+
+/// `/metrics` as name → value (labelled samples of one name summed).
+fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    wamr_coro::internals::bench::soak::parse_metrics(&text)
+}
+
+/// Echoes after a few hundred microseconds of work per event.
+const SLOW_ECHO: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global (export "__heap_base") i32 (i32.const 131072))
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (local $i i32)
+    (loop $spin (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 20000))))
+    (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
+
+#[test]
+fn a_full_queue_holds_readers_back_loses_nothing_and_drains() {
+    setup();
+    const CAPACITY: usize = 4;
+    let limits = Limits { queue_capacity: CAPACITY, chunk_size: 1024, queue_shards: 1, ..test_limits() };
+    let server = Server::builder(wamr_coro::Module::from_wat(SLOW_ECHO).unwrap())
+        .listen("127.0.0.1:0")
+        .mode(Mode::Queue)
+        .policy(EnvPolicy::Connection)
+        .workers(2)
+        .limits(limits)
+        .metrics_listen("127.0.0.1:0")
+        .start()
+        .unwrap();
+    let (addr, maddr) = (server.local_addr(), server.metrics_addr().unwrap());
+    // Watch the ring's depth through /metrics while 16 clients flood it.
+    let done = Arc::new(AtomicBool::new(false));
+    let max_depth = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (done, max_depth) = (Arc::clone(&done), Arc::clone(&max_depth));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+                let d = scrape(maddr).get("wamr_coro_queue_depth").copied().unwrap_or(0.0) as u64;
+                max_depth.fetch_max(d, Ordering::AcqRel);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let data: Vec<u8> = (0..128 * 1024).map(|j| (i * 13 + j % 251) as u8).collect();
+                let mut r = s.try_clone().unwrap();
+                let expect = data.clone();
+                let reader = std::thread::spawn(move || read_n(&mut r, expect.len()).map(|got| got == expect));
+                s.write_all(&data).unwrap();
+                reader.join().unwrap()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert!(c.join().unwrap().unwrap(), "an echo came back wrong under backpressure");
+    }
+    done.store(true, Ordering::Release);
+    watcher.join().unwrap();
+    // The ring was full, and never more than full: that is the memory bound
+    // (capacity × chunk size per shard).
+    assert_eq!(max_depth.load(Ordering::Acquire), CAPACITY as u64, "the ring never filled, or overfilled");
+    // Nothing was refused or dropped: a full queue pushes back on TCP.
+    let m = scrape(maddr);
+    assert_eq!(m["wamr_coro_connections_refused_total"], 0.0);
+    assert_eq!(m["wamr_coro_bytes_in_total"], m["wamr_coro_bytes_out_total"]);
+    assert_eq!(m["wamr_coro_bytes_in_total"], 16.0 * 128.0 * 1024.0);
+    // When the load drops, the queue is empty and a new client is answered
+    // at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape(maddr)["wamr_coro_queue_depth"] > 0.0 {
+        assert!(Instant::now() < deadline, "the queue never drained");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut late = connect(addr);
+    let t = Instant::now();
+    echo_round(&mut late, b"after the flood");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    drop(late);
+    let stats = server.stop();
+    assert_eq!(stats.envs.live, 0, "{stats}");
+}
+
+#[test]
+fn out_of_descriptors_in_queue_mode_refuses_counts_and_recovers() {
+    let maddr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A hard limit of 48 descriptors: the server cannot hold 80 connections.
+    let script = format!(
+        "ulimit -n 48 && exec {} serve {} --mode queue --listen 127.0.0.1:0 --workers 2 --metrics-listen {maddr}",
+        env!("CARGO_BIN_EXE_wamr-coro"),
+        guest_path("echo.wat").display()
+    );
+    let mut child = Command::new("bash").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..80u8 {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = [b'a' + i % 26; 3];
+        let answered = s.write_all(&msg).is_ok() && matches!(read_n(&mut s, 3), Ok(got) if got == msg);
+        if answered {
+            held.push(s);
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "80 connections fit in 48 descriptors?");
+    assert!(held.len() >= 20, "only {} connections served", held.len());
+    // Counted, and visible to an operator while it happens.
+    let m = scrape(maddr);
+    assert!(m["wamr_coro_connections_refused_total"] >= refused as f64, "refusals not counted: {m:?}");
+    assert_eq!(m["wamr_coro_connections_open"], held.len() as f64);
+    // The connections held are still served.
+    for s in held.iter_mut().take(5) {
+        echo_round(s, b"still served");
+    }
+    // When load drops, the server serves again and is back at rest.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if s.write_all(b"back").is_ok() && matches!(read_n(&mut s, 4), Ok(got) if got == b"back") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not recover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while scrape(maddr)["wamr_coro_connections_open"] > 0.0 {
+        assert!(Instant::now() < deadline, "connections never closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "server did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
