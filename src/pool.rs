@@ -42,7 +42,10 @@ pub struct PoolStats {
 #[derive(Debug)]
 pub struct EnvPool {
     guest: Arc<Guest>,
-    idle: ArrayQueue<GuestEnv>,
+    /// Boxed: a `GuestEnv` is a few hundred bytes, and moving it by value
+    /// through the queue and into the lease was most of the pool's own cost
+    /// (two `memcpy`s per acquire; callgrind, `benches/core.rs`).
+    idle: ArrayQueue<Box<GuestEnv>>,
     closed: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -97,7 +100,7 @@ impl EnvPool {
             return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let env = self.guest.create_env()?;
+        let env = Box::new(self.guest.create_env()?);
         Ok(Lease { env: Some(env), pool: Arc::clone(self) })
     }
 
@@ -115,7 +118,7 @@ impl EnvPool {
         true
     }
 
-    fn release(&self, mut env: GuestEnv) {
+    fn release(&self, mut env: Box<GuestEnv>) {
         if !self.reusable(&env) {
             return;
         }
@@ -171,7 +174,7 @@ impl EnvPool {
 /// the holder unwinds from a panic or is cancelled).
 #[derive(Debug)]
 pub struct Lease {
-    env: Option<GuestEnv>,
+    env: Option<Box<GuestEnv>>,
     pool: Arc<EnvPool>,
 }
 
