@@ -595,8 +595,8 @@ fn a_cap_above_the_module_maximum_is_clamped_without_a_wamr_warning() {
         .finish();
     let cfg = InstanceConfig { max_memory_pages: 256, ..Default::default() };
     let (shrunk_max, growable_max) = tracing::subscriber::with_default(subscriber, || {
-        let mut a = ExecEnv::new(&shrunk, cfg).unwrap();
-        let mut b = ExecEnv::new(&growable, cfg).unwrap();
+        let a = ExecEnv::new(&shrunk, cfg).unwrap();
+        let b = ExecEnv::new(&growable, cfg).unwrap();
         (a.memory_pages().unwrap().max, b.memory_pages().unwrap().max)
     });
     let text = String::from_utf8_lossy(&out.0.lock()).into_owned();

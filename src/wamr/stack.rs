@@ -69,11 +69,17 @@ pub(crate) struct BottomPage {
 }
 
 /// Gives back the current coroutine's bottom stack page (see
-/// [`BottomPage`]); `None` outside a coroutine started by `coro::spawn`, or
+/// [`BottomPage`]); `None` outside a coroutine started by `coro::spawn`,
 /// when its bottom is not page-aligned (a stack size that is not a whole
-/// number of pages).
+/// number of pages), or when `may` measures its use (an odd size in words).
 pub(crate) fn release_bottom_page() -> Option<BottomPage> {
     let b = current_bounds()?;
+    // An odd size in words asks `generator` to fill the whole stack with
+    // the sentinel and measure its use (printed when the coroutine ends):
+    // leave such stacks alone.
+    if may::coroutine::current().stack_size() & 1 == 1 {
+        return None;
+    }
     // The page must be far below anything live: the caller is the entry
     // frame, a few hundred bytes under the top.
     if b.low % PAGE != 0 || b.high.saturating_sub(b.low) < 4 * PAGE || sp() < b.low + 2 * PAGE {
