@@ -656,3 +656,40 @@ fn calls_use_the_whole_operand_stack_after_its_pages_are_released() {
         assert_eq!(env.call(&rec, &[Val::I32(lo)]).unwrap(), vec![Val::I32(lo)]);
     }
 }
+
+/// Envs kept in the pool's per-thread slots are counted as idle, served
+/// again to their thread, and destroyed by close and retire like the queue's:
+/// the registry's live count stays exact.
+#[test]
+fn pool_slots_keep_envs_per_thread_and_close_destroys_them() {
+    let g = guest(EnvSource::Instance);
+    let pool = EnvPool::new(Arc::clone(&g), 4);
+    // Four threads in turn: each takes an env (a miss unless its slot is one
+    // an earlier thread filled), gives it back (into its slot, or the queue
+    // if the slot is taken), and gets it again without a miss.
+    for _ in 0..4 {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || {
+            drop(pool.acquire().unwrap());
+            let before = pool.stats().misses;
+            drop(pool.acquire().unwrap());
+            assert_eq!(pool.stats().misses, before);
+        })
+        .join()
+        .unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!(s.hits + s.misses, 8);
+    assert!(s.misses >= 1 && s.idle == s.misses && s.idle == g.registry().live(), "{s:?}");
+    pool.retire();
+    assert_eq!((pool.stats().idle, g.registry().live()), (0, 0));
+    // A retired pool still serves, then destroys what comes back.
+    drop(pool.acquire().unwrap());
+    assert_eq!((pool.stats().idle, g.registry().live()), (0, 0));
+    let pool = EnvPool::new(Arc::clone(&g), 4);
+    drop((pool.acquire().unwrap(), pool.acquire().unwrap()));
+    assert_eq!(g.registry().live(), 2);
+    pool.close();
+    assert_eq!(g.registry().live(), 0);
+    assert!(matches!(pool.acquire(), Err(Error::PoolClosed)));
+}
