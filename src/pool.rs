@@ -1,10 +1,20 @@
 //! A bounded pool of ready envs, so that a connection does not pay for a
 //! fresh instance.
 //!
-//! [`EnvPool::acquire`] pops an idle env (lock-free, `crossbeam` ArrayQueue)
-//! or creates one; the returned [`Lease`] puts it back when dropped — unless
-//! the guest faulted (trap, budget overrun, poisoned shard), in which case the
-//! env is destroyed, or the pool is full or closed.
+//! [`EnvPool::acquire`] takes an idle env — first from its thread's slot
+//! (one env per slot, behind a lock only that thread normally takes), then
+//! from a shared lock-free queue (`crossbeam` ArrayQueue) — or creates one;
+//! the returned [`Lease`] puts it back when dropped (into the slot if it is
+//! empty, else into the queue) — unless the guest faulted (trap, budget
+//! overrun, poisoned shard), in which case the env is destroyed, or the pool
+//! is full or closed.
+//!
+//! The slots are the per-worker fast path: with two `may` workers taking
+//! and returning envs at once, the shared queue's head and tail and its hit
+//! counter bounced between the cores (`benches/core.rs`,
+//! `pool/acquire_release_no_reset_two_coroutines`). A coroutine may move to
+//! another worker between acquire and release; the env then lands in that
+//! worker's slot, which is just as good.
 //!
 //! Before an env goes back it is reset ([`GuestEnv::reset`]): linear memory
 //! and globals return to the state the env had when it was made, so the next
@@ -17,10 +27,12 @@
 //! [`EnvPool::new_shared_state`] makes a pool that does not reset (only the
 //! receive buffer is wiped): `EnvPolicy::Message` uses it, where an env
 //! serves one callback of any connection and state is shared by design.
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
 
 use crate::error::Result;
 use crate::guest::{Guest, GuestEnv};
@@ -42,7 +54,12 @@ pub struct PoolStats {
 #[derive(Debug)]
 pub struct EnvPool {
     guest: Arc<Guest>,
-    idle: ArrayQueue<GuestEnv>,
+    /// Boxed: a `GuestEnv` is a few hundred bytes, and moving it by value
+    /// through the queue and into the lease was most of the pool's own cost
+    /// (two `memcpy`s per acquire; callgrind, `benches/core.rs`).
+    idle: ArrayQueue<Box<GuestEnv>>,
+    /// One idle env per thread slot, ahead of `idle` (see the module docs).
+    slots: Box<[CachePadded<Slot>]>,
     closed: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -51,9 +68,29 @@ pub struct EnvPool {
     retired: AtomicBool,
 }
 
+/// A thread's place in the pool: at most one idle env, and the hits it
+/// served (summed by [`EnvPool::stats`]; a counter per slot so that the
+/// fast path touches no line another core writes).
+#[derive(Debug, Default)]
+struct Slot {
+    env: Mutex<Option<Box<GuestEnv>>>,
+    hits: AtomicU64,
+}
+
+/// This thread's slot index (threads numbered as they first use a pool).
+fn thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
+}
+
 impl EnvPool {
-    /// A pool keeping at most `capacity` idle envs (at least 1), each reset
-    /// to its initial state before it is reused.
+    /// A pool keeping at most `capacity` idle envs (at least 1) in its
+    /// shared queue, plus one in each thread slot (`may`'s workers plus
+    /// one, rounded up to a power of two), each reset to its initial state
+    /// before it is reused.
     pub fn new(guest: Arc<Guest>, capacity: usize) -> Arc<EnvPool> {
         Self::make(guest, capacity, true)
     }
@@ -65,9 +102,11 @@ impl EnvPool {
     }
 
     fn make(guest: Arc<Guest>, capacity: usize, reset: bool) -> Arc<EnvPool> {
+        let slots = (may::config().get_workers() + 1).next_power_of_two().min(64);
         Arc::new(EnvPool {
             guest,
             idle: ArrayQueue::new(capacity.max(1)),
+            slots: (0..slots).map(|_| CachePadded::new(Slot::default())).collect(),
             closed: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -87,6 +126,15 @@ impl EnvPool {
         if self.closed.load(Ordering::Acquire) {
             return Err(crate::Error::PoolClosed);
         }
+        let slot = self.slot();
+        // A separate statement: the slot's lock is released at its end.
+        let cached = slot.env.lock().take();
+        if let Some(env) = cached {
+            if self.reusable(&env) {
+                slot.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
+            }
+        }
         while let Some(env) = self.idle.pop() {
             // Its shard may have faulted, or destroy_all doomed it, while it
             // sat idle.
@@ -97,7 +145,7 @@ impl EnvPool {
             return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let env = self.guest.create_env()?;
+        let env = Box::new(self.guest.create_env()?);
         Ok(Lease { env: Some(env), pool: Arc::clone(self) })
     }
 
@@ -115,7 +163,7 @@ impl EnvPool {
         true
     }
 
-    fn release(&self, mut env: GuestEnv) {
+    fn release(&self, mut env: Box<GuestEnv>) {
         if !self.reusable(&env) {
             return;
         }
@@ -131,12 +179,38 @@ impl EnvPool {
         } else {
             env.wipe_recv_buffer();
         }
-        // A full pool drops (destroys) the env.
-        let _ = self.idle.push(env);
-        // `close` may have drained the queue between our check and the
-        // push: never leave an env behind in a closed pool.
+        let overflow = {
+            let mut s = self.slot().env.lock();
+            if s.is_none() {
+                *s = Some(env);
+                None
+            } else {
+                Some(env)
+            }
+        };
+        if let Some(env) = overflow {
+            // A full pool drops (destroys) the env.
+            let _ = self.idle.push(env);
+        }
+        // `close` may have drained the pool between our check and the
+        // store: never leave an env behind in a closed pool.
         if self.closed.load(Ordering::Acquire) || self.retired.load(Ordering::Acquire) {
-            while self.idle.pop().is_some() {}
+            self.drain();
+        }
+    }
+
+    fn slot(&self) -> &Slot {
+        // The slot count is a power of two.
+        &self.slots[thread_index() & (self.slots.len() - 1)]
+    }
+
+    /// Destroys every idle env: the queue's and the slots'.
+    fn drain(&self) {
+        while self.idle.pop().is_some() {}
+        for s in self.slots.iter() {
+            // Taken under the lock, destroyed after it.
+            let env = s.env.lock().take();
+            drop(env);
         }
     }
 
@@ -145,7 +219,7 @@ impl EnvPool {
     /// (shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        while self.idle.pop().is_some() {}
+        self.drain();
     }
 
     /// Stops keeping released envs (they are destroyed) and destroys the
@@ -153,15 +227,16 @@ impl EnvPool {
     /// serves its remaining connections and then goes with its last one.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        while self.idle.pop().is_some() {}
+        self.drain();
     }
 
     /// Counters.
     pub fn stats(&self) -> PoolStats {
+        let slotted = self.slots.iter().filter(|s| s.env.lock().is_some()).count();
         PoolStats {
-            hits: self.hits.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed) + self.slots.iter().map(|s| s.hits.load(Ordering::Relaxed)).sum::<u64>(),
             misses: self.misses.load(Ordering::Relaxed),
-            idle: self.idle.len() as u64,
+            idle: (self.idle.len() + slotted) as u64,
             discarded: self.discarded.load(Ordering::Relaxed),
         }
     }
@@ -171,7 +246,7 @@ impl EnvPool {
 /// the holder unwinds from a panic or is cancelled).
 #[derive(Debug)]
 pub struct Lease {
-    env: Option<GuestEnv>,
+    env: Option<Box<GuestEnv>>,
     pool: Arc<EnvPool>,
 }
 

@@ -536,3 +536,160 @@ fn typed_calls_check_the_signature_once() {
     let trap = env.typed::<(), ()>(&m, "trap").unwrap();
     assert!(matches!(env.call_typed(&trap, ()), Err(Error::Trap { .. })));
 }
+
+/// `coro::spawn` gives the bottom page of a coroutine's stack back while it
+/// runs (`generator`'s overflow sentinel would otherwise keep it resident:
+/// 4 KiB per held connection), and puts the sentinel back before `may`
+/// checks it — on return and when unwinding (`may` ends the process with
+/// "stack overflow detected" if it finds the sentinel gone).
+#[test]
+fn coroutine_bottom_stack_page_is_not_resident_while_it_runs() {
+    setup();
+    let resident = coro::spawn(|| {
+        let b = coro::current_bounds().expect("bounds recorded");
+        let mut vec = [0u8; 1];
+        // SAFETY: `low` is page-aligned and inside this coroutine's stack
+        // mapping (stack_bounds_match_proc_maps); mincore writes one byte.
+        let rc = unsafe { libc::mincore(b.low as *mut libc::c_void, 4096, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec[0] & 1 == 1
+    })
+    .join()
+    .unwrap();
+    assert!(!resident, "the bottom stack page is resident");
+    // Unwinding out of the coroutine restores the sentinel too; stacks go
+    // back to may's pool and serve again.
+    for _ in 0..50 {
+        assert!(coro::spawn(|| panic!("unwind through the entry frame")).join().is_err());
+        assert_eq!(coro::spawn(|| 7).join().unwrap(), 7);
+    }
+}
+
+/// WAMR's own clamp of `max_memory_pages` to the module's maximum logs a
+/// warning per instantiation (a formatted line, and ~3 KiB of the calling
+/// coroutine's stack that then stays resident); the cap is clamped before
+/// WAMR sees it, with the same result.
+#[test]
+fn a_cap_above_the_module_maximum_is_clamped_without_a_wamr_warning() {
+    setup();
+    // No memory.grow and __heap_base: WAMR shrinks the memory to one page
+    // of 256 KiB (maximum 1). The second module declares a maximum of 4.
+    let shrunk = Module::from_wat(
+        r#"(module (memory (export "memory") 5)
+             (global $sp (mut i32) (i32.const 65536))
+             (global (export "__data_end") i32 (i32.const 2048))
+             (global (export "__heap_base") i32 (i32.const 262144)))"#,
+    )
+    .unwrap();
+    let growable = Module::from_wat(
+        r#"(module (memory (export "memory") 1 4)
+             (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#,
+    )
+    .unwrap();
+    let out = Captured::default();
+    let w = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    let cfg = InstanceConfig { max_memory_pages: 256, ..Default::default() };
+    let (shrunk_max, growable_max) = tracing::subscriber::with_default(subscriber, || {
+        let a = ExecEnv::new(&shrunk, cfg).unwrap();
+        let b = ExecEnv::new(&growable, cfg).unwrap();
+        (a.memory_pages().unwrap().max, b.memory_pages().unwrap().max)
+    });
+    let text = String::from_utf8_lossy(&out.0.lock()).into_owned();
+    assert!(!text.contains("Cannot override max memory"), "{text:?}");
+    assert_eq!((shrunk_max, growable_max), (1, 4));
+    // Below the module's maximum the cap still applies.
+    let mut c = ExecEnv::new(&growable, InstanceConfig { max_memory_pages: 2, ..Default::default() }).unwrap();
+    let grow = c.func(&growable, "grow").unwrap();
+    assert_eq!(c.call(&grow, &[Val::I32(1)]).unwrap(), vec![Val::I32(1)]);
+    assert_eq!(c.call(&grow, &[Val::I32(1)]).unwrap(), vec![Val::I32(-1)]);
+}
+
+/// A new env's operand stack pages past the first are given back to the
+/// kernel (WAMR's memset made them resident); they read back as zeros, so
+/// calls that use the whole stack work as before, on fresh and reused envs.
+#[test]
+fn calls_use_the_whole_operand_stack_after_its_pages_are_released() {
+    setup();
+    let m = Module::from_wat(
+        r#"(module (memory (export "memory") 1)
+             (func $rec (export "rec") (param $n i32) (result i32)
+               (if (result i32) (i32.eqz (local.get $n))
+                 (then (i32.const 0))
+                 (else (i32.add (call $rec (i32.sub (local.get $n) (i32.const 1))) (i32.const 1))))))"#,
+    )
+    .unwrap();
+    let depth_ok = |n: i32| {
+        let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+        let rec = env.func(&m, "rec").unwrap();
+        match env.call(&rec, &[Val::I32(n)]) {
+            Ok(v) => {
+                assert_eq!(v, vec![Val::I32(n)]);
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("operand stack overflow"), "{e}");
+                false
+            }
+        }
+    };
+    // The deepest recursion the 16 KiB operand stack takes.
+    let (mut lo, mut hi) = (1, 1 << 16);
+    assert!(depth_ok(lo) && !depth_ok(hi));
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if depth_ok(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    assert!(lo >= 64, "only {lo} frames fit in 16 KiB");
+    // The same env, called at full depth again and again.
+    let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
+    let rec = env.func(&m, "rec").unwrap();
+    for _ in 0..3 {
+        assert_eq!(env.call(&rec, &[Val::I32(lo)]).unwrap(), vec![Val::I32(lo)]);
+    }
+}
+
+/// Envs kept in the pool's per-thread slots are counted as idle, served
+/// again to their thread, and destroyed by close and retire like the queue's:
+/// the registry's live count stays exact.
+#[test]
+fn pool_slots_keep_envs_per_thread_and_close_destroys_them() {
+    let g = guest(EnvSource::Instance);
+    let pool = EnvPool::new(Arc::clone(&g), 4);
+    // Four threads in turn: each takes an env (a miss unless its slot is one
+    // an earlier thread filled), gives it back (into its slot, or the queue
+    // if the slot is taken), and gets it again without a miss.
+    for _ in 0..4 {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || {
+            drop(pool.acquire().unwrap());
+            let before = pool.stats().misses;
+            drop(pool.acquire().unwrap());
+            assert_eq!(pool.stats().misses, before);
+        })
+        .join()
+        .unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!(s.hits + s.misses, 8);
+    assert!(s.misses >= 1 && s.idle == s.misses && s.idle == g.registry().live(), "{s:?}");
+    pool.retire();
+    assert_eq!((pool.stats().idle, g.registry().live()), (0, 0));
+    // A retired pool still serves, then destroys what comes back.
+    drop(pool.acquire().unwrap());
+    assert_eq!((pool.stats().idle, g.registry().live()), (0, 0));
+    let pool = EnvPool::new(Arc::clone(&g), 4);
+    drop((pool.acquire().unwrap(), pool.acquire().unwrap()));
+    assert_eq!(g.registry().live(), 2);
+    pool.close();
+    assert_eq!(g.registry().live(), 0);
+    assert!(matches!(pool.acquire(), Err(Error::PoolClosed)));
+}

@@ -102,6 +102,49 @@ impl std::fmt::Debug for ExecEnv {
     }
 }
 
+/// The per-env memory cap to give WAMR: `pages` (0 = the module's own), but
+/// never above the maximum WAMR's loader left the module's memory (1 for a
+/// memory it shrank to `__heap_base`). WAMR clamps to that maximum anyway,
+/// with a warning per instantiation that costs a formatted log line and
+/// ~3 KiB of the calling coroutine's stack, which then stays resident.
+fn clamp_max_pages(module: &Module, pages: u32) -> u32 {
+    let mut max = 0u32;
+    // SAFETY: the module is loaded (kept alive by `module`); the accessor
+    // only reads its memory descriptor and writes `max`.
+    let known = unsafe { super::inst_access::wcoro_module_max_pages(module.inner.raw, &mut max) };
+    if known && pages > max {
+        max
+    } else {
+        pages
+    }
+}
+
+/// Gives back the pages of a new env's wasm operand stack past its first
+/// one. WAMR zeroes the whole stack when it creates the env (a `memset` of
+/// `stack_size` bytes inside one `malloc` block), which makes all of it
+/// resident; a call uses only its start. `MADV_DONTNEED` on the whole pages
+/// inside the stack returns them, and they read back as zeros: exactly the
+/// state the `memset` left. The allocator's own bookkeeping lies outside the
+/// stack, at the start of the block, and is never touched.
+fn release_operand_stack(raw: sys::wasm_exec_env_t) {
+    let (mut bottom, mut top) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: `raw` is a live exec env; the accessor reads two of its fields.
+    unsafe { super::inst_access::wcoro_exec_env_operand_stack(raw, &mut bottom, &mut top) };
+    const PAGE: usize = 4096;
+    // Keep the first (partial or whole) page: the first frames land there.
+    let lo = (bottom as usize + PAGE) & !(PAGE - 1);
+    let hi = top as usize & !(PAGE - 1);
+    if bottom.is_null() || hi <= lo {
+        return;
+    }
+    // SAFETY: [lo, hi) is whole pages strictly inside the operand stack,
+    // which belongs to this env alone and holds zeros only (no call has run
+    // on it yet); after MADV_DONTNEED private anonymous pages read as zeros,
+    // and heap pages from malloc are private anonymous memory. A failure
+    // leaves the pages as they were (zeroed and resident).
+    unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+}
+
 impl ExecEnv {
     /// Instantiates `module` independently and creates its exec env.
     pub fn new(module: &Module, cfg: InstanceConfig) -> Result<ExecEnv> {
@@ -109,7 +152,7 @@ impl ExecEnv {
         let args = sys::InstantiationArgs {
             default_stack_size: cfg.stack_size,
             host_managed_heap_size: cfg.heap_size,
-            max_memory_pages: cfg.max_memory_pages,
+            max_memory_pages: clamp_max_pages(module, cfg.max_memory_pages),
         };
         // SAFETY: the module is loaded and kept alive by `Owner::Instance`;
         // `args` and `err` outlive the call, `err` is writable for its size.
@@ -139,6 +182,7 @@ impl ExecEnv {
     }
 
     pub(super) fn wrap(raw: sys::wasm_exec_env_t, inst: sys::wasm_module_inst_t, owner: Owner) -> ExecEnv {
+        release_operand_stack(raw);
         let interrupt = Arc::new(InterruptHandle::new(inst));
         let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt) });
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the

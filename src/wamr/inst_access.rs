@@ -1,5 +1,6 @@
-//! What WAMR's public API does not reach: an instance's globals area and the
-//! growth limit of its memory.
+//! What WAMR's public API does not reach: an instance's globals area, the
+//! growth limit of its memory, a module's memory maximum as WAMR's loader
+//! left it, and an exec env's operand stack.
 //!
 //! Both are read or written by `wamr/src/inst_access.c`, compiled against
 //! WAMR's internal headers with the same defines as WAMR itself (build.rs),
@@ -16,6 +17,8 @@ use crate::error::{Error, Result};
 extern "C" {
     pub(super) fn wcoro_inst_global_data(inst: sys::wasm_module_inst_t, size: *mut u32) -> *mut u8;
     pub(super) fn wcoro_memory_set_max_pages(inst: sys::wasm_module_inst_t, max_pages: u32) -> bool;
+    pub(super) fn wcoro_module_max_pages(module: sys::wasm_module_t, max_pages: *mut u32) -> bool;
+    pub(super) fn wcoro_exec_env_operand_stack(env: sys::wasm_exec_env_t, bottom: *mut *mut u8, top_boundary: *mut *mut u8);
 }
 
 /// Pages of an instance's default memory.

@@ -45,6 +45,78 @@ pub(crate) fn record_coroutine_bounds() {
     STACK.with(|s| s.set(Some(StackBounds { low, high })));
 }
 
+/// Bytes at the bottom of a coroutine stack that `generator` (under `may`)
+/// fills with a sentinel when it makes the stack, and reads when the
+/// coroutine ends to tell whether it overflowed (8 words).
+const SENTINEL_BYTES: usize = 64;
+const PAGE: usize = 4096;
+
+/// The bottom page of the current coroutine's stack, given back to the
+/// kernel while the coroutine runs; dropping it (the coroutine's entry
+/// frame returning or unwinding) puts the sentinel back.
+///
+/// `generator` writes its overflow sentinel into the lowest bytes of every
+/// stack, which makes the stack's bottom page resident: 4 KiB per coroutine,
+/// a third of an idle connection's stack pages, for bytes read once, when
+/// the coroutine ends. [`release_bottom_page`] saves those bytes and drops
+/// the page (`MADV_DONTNEED`: it reads back as zeros, with no RSS); the
+/// drop writes them back if the page is still all zero where they were —
+/// so a coroutine that really reached its bottom still leaves whatever it
+/// wrote there, and `may` reports the overflow as before.
+pub(crate) struct BottomPage {
+    at: usize,
+    saved: [u8; SENTINEL_BYTES],
+}
+
+/// Gives back the current coroutine's bottom stack page (see
+/// [`BottomPage`]); `None` outside a coroutine started by `coro::spawn`,
+/// when its bottom is not page-aligned (a stack size that is not a whole
+/// number of pages), or when `may` measures its use (an odd size in words).
+pub(crate) fn release_bottom_page() -> Option<BottomPage> {
+    let b = current_bounds()?;
+    // An odd size in words asks `generator` to fill the whole stack with
+    // the sentinel and measure its use (printed when the coroutine ends):
+    // leave such stacks alone.
+    if may::coroutine::current().stack_size() & 1 == 1 {
+        return None;
+    }
+    // The page must be far below anything live: the caller is the entry
+    // frame, a few hundred bytes under the top.
+    if b.low % PAGE != 0 || b.high.saturating_sub(b.low) < 4 * PAGE || sp() < b.low + 2 * PAGE {
+        return None;
+    }
+    let mut saved = [0u8; SENTINEL_BYTES];
+    // SAFETY: [low, low + PAGE) is the bottom page of this coroutine's own
+    // stack, mapped read-write (the guard page lies below `low`, checked by
+    // the `stack_bounds_match_proc_maps` test), and unused: the stack pointer
+    // is pages above it. Nothing else runs on this stack. After
+    // MADV_DONTNEED the private anonymous page reads back as zeros.
+    unsafe {
+        std::ptr::copy_nonoverlapping(b.low as *const u8, saved.as_mut_ptr(), SENTINEL_BYTES);
+        if libc::madvise(b.low as *mut libc::c_void, PAGE, libc::MADV_DONTNEED) != 0 {
+            return None;
+        }
+    }
+    Some(BottomPage { at: b.low, saved })
+}
+
+impl Drop for BottomPage {
+    fn drop(&mut self) {
+        // SAFETY: `at` is the bottom of the stack we are still running on
+        // (the guard lives in the coroutine's entry frame); the range is
+        // readable and writable and, unless the stack overflowed into it,
+        // unused.
+        unsafe {
+            let p = self.at as *mut u8;
+            let mut now = [0u8; SENTINEL_BYTES];
+            std::ptr::copy_nonoverlapping(p as *const u8, now.as_mut_ptr(), SENTINEL_BYTES);
+            if now.iter().all(|&x| x == 0) {
+                std::ptr::copy_nonoverlapping(self.saved.as_ptr(), p, SENTINEL_BYTES);
+            }
+        }
+    }
+}
+
 /// Bounds of the current coroutine's stack, if it was started by
 /// `coro::spawn`.
 pub fn current_bounds() -> Option<StackBounds> {

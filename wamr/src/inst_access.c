@@ -1,5 +1,5 @@
 /*
- * inst_access.c — two accessors WAMR's public API lacks.
+ * inst_access.c — accessors WAMR's public API lacks.
  *
  * Compiled by build.rs into the same archive as WAMR, against WAMR's internal
  * headers and with the same defines (wamr/config.rs), so the struct layouts
@@ -30,14 +30,15 @@ wcoro_inst_global_data(wasm_module_inst_t inst, uint32_t *size)
     return mi->global_data;
 }
 
-/* The module's declared maximum for its first memory, in pages (WAMR's
- * loader stores its default maximum when the module declares none). */
+/* The module's declared maximum for its first memory, in pages, as WAMR's
+ * loader left it (its default maximum when the module declares none; 1 for a
+ * memory it shrank to one page of __heap_base bytes). */
 static bool
-declared_max_pages(WASMModuleInstance *mi, uint32 *max)
+module_max_pages(WASMModuleCommon *module, uint32 *max)
 {
 #if WASM_ENABLE_INTERP != 0
-    if (mi->module_type == Wasm_Module_Bytecode) {
-        WASMModule *m = mi->module;
+    if (module->module_type == Wasm_Module_Bytecode) {
+        WASMModule *m = (WASMModule *)module;
         if (m->import_memory_count > 0) {
             *max = m->import_memories[0].u.memory.mem_type.max_page_count;
             return true;
@@ -50,8 +51,8 @@ declared_max_pages(WASMModuleInstance *mi, uint32 *max)
     }
 #endif
 #if WASM_ENABLE_AOT != 0
-    if (mi->module_type == Wasm_Module_AoT) {
-        AOTModule *m = (AOTModule *)mi->module;
+    if (module->module_type == Wasm_Module_AoT) {
+        AOTModule *m = (AOTModule *)module;
         if (m->import_memory_count > 0) {
             *max = m->import_memories[0].mem_type.max_page_count;
             return true;
@@ -84,7 +85,7 @@ wcoro_memory_set_max_pages(wasm_module_inst_t inst, uint32_t max_pages)
     if (!mi || mi->memory_count == 0 || !mi->memories)
         return false;
     mem = mi->memories[0];
-    if (!mem || !declared_max_pages(mi, &declared))
+    if (!mem || !module_max_pages((WASMModuleCommon *)mi->module, &declared))
         return false;
 #if WASM_ENABLE_SHARED_MEMORY != 0
     if (mem->is_shared_memory)
@@ -94,4 +95,33 @@ wcoro_memory_set_max_pages(wasm_module_inst_t inst, uint32_t max_pages)
         return false;
     mem->max_page_count = max_pages;
     return true;
+}
+
+/*
+ * The module's maximum for its first memory as WAMR will clamp an
+ * instantiation's `max_memory_pages` to (see module_max_pages). Returns false
+ * for a module without memory.
+ */
+bool
+wcoro_module_max_pages(wasm_module_t module, uint32_t *max_pages)
+{
+    uint32 max;
+    if (!module || !module_max_pages((WASMModuleCommon *)module, &max))
+        return false;
+    *max_pages = max;
+    return true;
+}
+
+/*
+ * The exec env's wasm operand stack: [*bottom, *top_boundary). WAMR zeroes
+ * it (memset) when it creates the env, which makes every page of it
+ * resident although a call uses only its start.
+ */
+void
+wcoro_exec_env_operand_stack(wasm_exec_env_t env, uint8_t **bottom,
+                             uint8_t **top_boundary)
+{
+    WASMExecEnv *e = (WASMExecEnv *)env;
+    *bottom = e->wasm_stack.bottom;
+    *top_boundary = e->wasm_stack.top_boundary;
 }
