@@ -65,6 +65,9 @@ fn metrics_match_the_traffic_and_health_reports_draining() {
         assert_eq!(sample(&text, "wamr_coro_bytes_in_total"), 151.0);
         assert_eq!(sample(&text, "wamr_coro_bytes_out_total"), 150.0);
         assert_eq!(sample(&text, "wamr_coro_traps_total"), 1.0);
+        // Both kinds of budget overrun are exported (none happened here).
+        assert_eq!(sample(&text, "wamr_coro_budget_overruns_total"), 0.0);
+        assert_eq!(sample(&text, "wamr_coro_instruction_budget_overruns_total"), 0.0);
         assert_eq!(sample(&text, "wamr_coro_connections_open"), 0.0);
         assert_eq!(sample(&text, "wamr_coro_envs_live"), st.envs.live as f64);
         // Every callback or event was timed: 15 echoes + the trap at least.

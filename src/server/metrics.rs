@@ -62,7 +62,7 @@ impl Collector for StatsCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s: ServerStats = self.0.stats();
         let p = "wamr_coro_";
-        let counters: [(&str, &str, u64); 24] = [
+        let counters: [(&str, &str, u64); 25] = [
             ("connections_accepted", "Connections accepted and served", s.accepted),
             ("connections_refused", "Connections refused (limits, on_open < 0, no descriptors, no memory)", s.refused),
             ("connections_closed", "Connections closed", s.closed),
@@ -70,6 +70,11 @@ impl Collector for StatsCollector {
             ("bytes_out", "Bytes written to clients", s.bytes_out),
             ("traps", "Guest traps", s.traps),
             ("budget_overruns", "Guest calls stopped for overrunning the time budget", s.budget_overruns),
+            (
+                "instruction_budget_overruns",
+                "Guest calls stopped for overrunning the instruction budget",
+                s.instruction_budget_overruns,
+            ),
             ("output_limit_hits", "send calls refused by the per-connection output limit", s.output_limit_hits),
             ("bad_pointers", "Bad guest pointers passed to the host", s.bad_pointers),
             ("idle_closes", "Connections closed for idleness", s.idle_closes),
