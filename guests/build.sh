@@ -38,7 +38,11 @@ done
 # target dir of their own keeps this build off the lock of the cargo that
 # runs the tests.
 if [ "${SKIP_RUST_GUEST:-}" != 1 ]; then
+  # Shipped as .wasm: small, without the host's debug info.
   cargo build --quiet --release --target wasm32-unknown-unknown --examples \
+    --config 'profile.release.package.wamr-coro-guest.opt-level="s"' \
+    --config 'profile.release.package.wamr-coro-guest.debug=false' \
+    --config 'profile.release.package.wamr-coro-guest.strip=true' \
     --manifest-path "$here/../guest-sdk/Cargo.toml" --target-dir "$out/rust-target"
   cp "$out/rust-target/wasm32-unknown-unknown/release/examples/echo.wasm" "$out/rust_echo.wasm"
   cp "$out/rust-target/wasm32-unknown-unknown/release/examples/http.wasm" "$out/rust_http.wasm"

@@ -28,7 +28,7 @@ use crate::pool::{EnvPool, Lease};
 pub(super) fn start(shared: &Arc<Shared>, pool: &Arc<EnvPool>, stream: may::net::TcpStream, ip: std::net::IpAddr) {
     let id = shared.next_conn_id();
     let registration = Registration::new(shared, id, ip, &stream);
-    let conn = Conn::new(Arc::clone(shared), Arc::clone(pool), id, registration, stream);
+    let conn = DirectConn::new(Arc::clone(shared), Arc::clone(pool), id, registration, stream);
     crate::coro::spawn(move || conn.run());
 }
 
@@ -41,7 +41,7 @@ enum End {
     NoOnClose,
 }
 
-struct Conn {
+struct DirectConn {
     // Field order matters: the registration goes (and with it the table's
     // view of the fd) before the socket closes.
     registration: Registration,
@@ -55,9 +55,9 @@ struct Conn {
     lease: Option<Lease>,
 }
 
-impl Conn {
-    fn new(sh: Arc<Shared>, pool: Arc<EnvPool>, id: i32, registration: Registration, stream: may::net::TcpStream) -> Conn {
-        Conn {
+impl DirectConn {
+    fn new(sh: Arc<Shared>, pool: Arc<EnvPool>, id: i32, registration: Registration, stream: may::net::TcpStream) -> DirectConn {
+        DirectConn {
             registration,
             sh,
             pool,

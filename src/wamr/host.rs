@@ -356,7 +356,7 @@ impl<'a> Caller<'a> {
     }
 }
 
-struct Registered {
+struct RegisteredFunc {
     func: HostFunc,
     cmodule: CString,
 }
@@ -387,12 +387,12 @@ pub(crate) fn register(func: HostFunc) -> Result<()> {
     let csig = super::runtime::cstring(&sig)?;
     let cmodule = super::runtime::cstring(&func.module)?;
     let ty = func.ty.clone();
-    let reg: &'static Registered = Box::leak(Box::new(Registered { func, cmodule }));
+    let reg: &'static RegisteredFunc = Box::leak(Box::new(RegisteredFunc { func, cmodule }));
     let symbol: &'static mut [sys::NativeSymbol] = Box::leak(Box::new([sys::NativeSymbol {
         symbol: cname.into_raw(),
         func_ptr: trampoline as *mut libc::c_void,
         signature: csig.into_raw(),
-        attachment: reg as *const Registered as *mut libc::c_void,
+        attachment: reg as *const RegisteredFunc as *mut libc::c_void,
     }]));
     // NAMES' lock serialises registrations.
     // SAFETY: the symbol array, its strings and the module name are leaked
@@ -415,7 +415,7 @@ pub(crate) fn register(func: HostFunc) -> Result<()> {
 /// The one raw native behind every host function.
 unsafe extern "C" fn trampoline(env: sys::wasm_exec_env_t, args: *mut u64) {
     // SAFETY: WAMR passes the attachment we registered: a leaked Registered.
-    let reg = unsafe { &*(sys::wasm_runtime_get_function_attachment(env) as *const Registered) };
+    let reg = unsafe { &*(sys::wasm_runtime_get_function_attachment(env) as *const RegisteredFunc) };
     let ty = &reg.func.ty;
     // SAFETY: `env` is the calling env, alive during the call.
     let inst = unsafe { sys::wasm_runtime_get_module_inst(env) };

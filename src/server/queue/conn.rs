@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::super::socket::{self, Activity, Progress, ReadBuf, Registration};
 use super::super::Shared;
 use super::runner::pause;
-use super::{Conn, Event, Out, Queue, Shard};
+use super::{QueueConn, Event, Out, Queue, Shard};
 
 
 /// Starts the reader and writer coroutines of an accepted connection.
@@ -19,7 +19,7 @@ pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may
     let qs = queue.shard_of(id);
     let (tx, rx) = may::sync::mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
-    let conn = Arc::new(Conn {
+    let conn = Arc::new(QueueConn {
         tx,
         pending: Arc::clone(&pending),
         inflight: AtomicUsize::new(0),
@@ -70,7 +70,7 @@ fn push(qs: &Shard, mut ev: Event) -> bool {
     }
 }
 
-pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &Conn, stream: &mut may::net::TcpStream, activity: &Activity) {
+pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream: &mut may::net::TcpStream, activity: &Activity) {
     let _ = stream.set_nodelay(true);
     // Idle reads are ended by the server's sweep (socket.rs).
     if !push(qs, Event::Open(id)) {
@@ -117,8 +117,8 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &Conn, stream: &mut
 /// its queued input leave no room for the answer to one more chunk (an
 /// echo never exceeds the output limit then). False if no room came within
 /// the idle timeout (the client is not reading), or the connection closed.
-fn wait_for_output_room(sh: &Shared, conn: &Conn) -> bool {
-    let room = |c: &Conn| {
+fn wait_for_output_room(sh: &Shared, conn: &QueueConn) -> bool {
+    let room = |c: &QueueConn| {
         let used = c.pending.load(Ordering::Acquire) + c.inflight.load(Ordering::Acquire);
         used == 0 || used + sh.limits.chunk_size <= sh.limits.output_limit
     };

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use super::{Conn, Event, Shard};
+use super::{QueueConn, Event, Shard};
 
 
 
@@ -29,7 +29,7 @@ pub(crate) struct Dispatcher {
     /// connection's queued input until the guest asks for the next event
     /// (by then its answer is in the pending output), so the reader's
     /// backpressure never loses sight of them.
-    pub(super) handling: Option<(Arc<Conn>, usize)>,
+    pub(super) handling: Option<(Arc<QueueConn>, usize)>,
 }
 
 impl Dispatcher {

@@ -12,7 +12,7 @@ use crate::abi::{self, AbiHost, ERR_BAD_POINTER};
 use crate::wamr::memory::GuestMemory;
 use crate::wamr::InterruptHandle;
 use super::dispatch::{Dispatcher, Next};
-use super::{Conn, Out, Shard};
+use super::{QueueConn, Out, Shard};
 
 
 /// The ABI host of the queue guest's env.
@@ -41,7 +41,7 @@ pub(super) fn conn_info(qs: &Shard, conn: i32) -> Option<crate::abi::ConnInfo> {
 }
 
 impl QueueHost {
-    fn conn(&self, id: i32) -> Option<Arc<Conn>> {
+    fn conn(&self, id: i32) -> Option<Arc<QueueConn>> {
         let d = self.dispatcher.lock();
         let c = d.qs.conns.lock().get(&id).cloned()?;
         (c.open_gen.load(Ordering::Acquire) == d.generation && !c.closed.load(Ordering::Acquire)).then_some(c)
@@ -49,17 +49,17 @@ impl QueueHost {
 }
 
 impl Outbox for QueueHost {
-    type Conn = Arc<Conn>;
+    type Conn = Arc<QueueConn>;
 
-    fn find(&self, conn: i32) -> Option<Arc<Conn>> {
+    fn find(&self, conn: i32) -> Option<Arc<QueueConn>> {
         self.conn(conn)
     }
 
-    fn queued(&self, c: &Arc<Conn>) -> usize {
+    fn queued(&self, c: &Arc<QueueConn>) -> usize {
         c.pending.load(Ordering::Acquire)
     }
 
-    fn push(&mut self, c: &Arc<Conn>, bytes: &[u8]) -> bool {
+    fn push(&mut self, c: &Arc<QueueConn>, bytes: &[u8]) -> bool {
         c.pending.fetch_add(bytes.len(), Ordering::AcqRel);
         if c.tx.send(Out::Data(bytes.to_vec())).is_err() {
             c.pending.fetch_sub(bytes.len(), Ordering::AcqRel);
@@ -68,7 +68,7 @@ impl Outbox for QueueHost {
         true
     }
 
-    fn close(&mut self, c: &Arc<Conn>) {
+    fn close(&mut self, c: &Arc<QueueConn>) {
         c.close_writer();
     }
 }

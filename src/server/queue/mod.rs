@@ -81,7 +81,7 @@ enum Out {
 }
 
 /// A connection as queue mode sees it.
-struct Conn {
+struct QueueConn {
     tx: may::sync::mpsc::Sender<Out>,
     /// Bytes handed to the writer, not yet written.
     pending: Arc<AtomicUsize>,
@@ -97,7 +97,7 @@ struct Conn {
     peer: Option<std::net::SocketAddr>,
 }
 
-impl Conn {
+impl QueueConn {
     fn close_writer(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = self.tx.send(Out::Close);
@@ -109,7 +109,7 @@ impl Conn {
 /// its runner and the server handle.
 pub(crate) struct Shard {
     pub ring: EventRing<Event>,
-    conns: Mutex<HashMap<i32, Arc<Conn>>>,
+    conns: Mutex<HashMap<i32, Arc<QueueConn>>>,
     /// Set when every connection is closed and `wait_msg` may say SHUTDOWN.
     pub shutdown: AtomicBool,
     /// Set when a reload replaced this shard's guest: SHUTDOWN once its
