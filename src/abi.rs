@@ -5,7 +5,7 @@
 //!
 //! The imports (`env.send`, `env.close`, `env.wait_msg`, `env.log`,
 //! `env.now_ms`) are ordinary [`HostFunc`]s. Each finds what it acts on in
-//! the calling env's host data: an [`AbiSlot`] holding the server's
+//! the calling env's host data: an `AbiSlot` holding the server's
 //! [`AbiHost`] for that env (direct mode: one connection; queue mode: the
 //! queue). An env without one (a bare `ExecEnv` used as a library) gets
 //! `UNKNOWN_CONN` from `send`/`close` and `NOT_IN_THIS_MODE` from `wait_msg`.

@@ -19,7 +19,7 @@ pub use crate::wamr::stack::{current_bounds, StackBounds};
 
 /// Default coroutine stack: 256 KiB. WAMR plus a host import used about
 /// 3 KiB; host imports that format logs or write sockets use more, and
-/// [`wamr::stack::GUARD`](crate::wamr::stack::GUARD) is reserved below.
+/// WAMR's stack guard (`wamr/stack.rs`, `GUARD`) is reserved below.
 pub const DEFAULT_STACK_BYTES: usize = 256 * 1024;
 
 /// Sets `may`'s worker count and default coroutine stack size. Process-wide;

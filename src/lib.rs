@@ -31,7 +31,7 @@
 //!
 //! Layers: `wamr/` is the only code that calls WAMR (raw FFI wrapped in RAII
 //! handles); everything else is safe Rust on top of it.
-#![warn(missing_docs)]
+#![warn(missing_docs, unnameable_types)]
 
 pub mod abi;
 pub mod coro;
@@ -55,6 +55,7 @@ pub use wamr::host::{Caller, HostError, HostFunc, HostPlainReturn, HostResult, H
 pub use wamr::memory::GuestMemory;
 pub use wamr::module::{Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType};
 pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog};
+pub use wamr::state::{MemoryBudget, MemoryBudgetStats};
 pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};
 pub use wamr::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
 pub use watchdog::Watchdog;

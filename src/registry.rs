@@ -59,7 +59,7 @@ impl Registry {
     }
 
     /// Records a new env; the returned entry unregisters it when dropped.
-    pub fn register(self: &Arc<Self>, handle: Arc<InterruptHandle>) -> RegistryEntry {
+    pub(crate) fn register(self: &Arc<Self>, handle: Arc<InterruptHandle>) -> RegistryEntry {
         let mut s = self.slots.lock();
         let key = match s.free.pop() {
             Some(k) => {
@@ -165,16 +165,9 @@ impl Registry {
 
 /// Membership of one env in a [`Registry`]; dropping it unregisters the env.
 #[derive(Debug)]
-pub struct RegistryEntry {
+pub(crate) struct RegistryEntry {
     registry: Arc<Registry>,
     key: usize,
-}
-
-impl RegistryEntry {
-    /// The registry this entry belongs to.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
 }
 
 impl Drop for RegistryEntry {

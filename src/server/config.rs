@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Idle envs a server keeps for reuse unless told otherwise
-/// ([`ServerBuilder::pool_capacity`]).
+/// ([`ServerBuilder::pool_capacity`](super::ServerBuilder::pool_capacity)).
 pub const DEFAULT_POOL_CAPACITY: usize = 1024;
 
 /// How connections reach the guest.
@@ -81,7 +81,7 @@ pub struct Limits {
     pub queue_shards: usize,
     /// Linear memory per env at most, in 64 KiB pages: the guest's
     /// `memory.grow` fails past it. Default 256 (16 MiB); 0 = the module's
-    /// own maximum. See [`GuestConfig::max_memory_pages`].
+    /// own maximum. See [`GuestConfig::max_memory_pages`](crate::GuestConfig::max_memory_pages).
     pub max_memory_pages: u32,
     /// Linear memory of all envs together at most, bytes: a `memory.grow`
     /// past it returns -1, a new env past it is refused (its connection is

@@ -107,7 +107,7 @@ impl InterruptHandle {
     }
 
     /// Marks the env for destruction: a call in flight is terminated and
-    /// every later call fails with [`Error::Poisoned`], so whoever holds the
+    /// every later call fails with [`Error::Poisoned`](crate::Error::Poisoned), so whoever holds the
     /// env drops it. (The env belongs to its holder; this asks, it does not
     /// free under it.)
     pub fn doom(&self) {
