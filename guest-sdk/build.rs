@@ -42,6 +42,18 @@ fn parse_int(v: &str) -> Option<i64> {
 }
 
 fn main() {
+    // What `--source spawn` needs besides `alloc`: rustc's wasm32 linker
+    // exported `__heap_base` and `__data_end` by itself up to Rust 1.95 and
+    // no longer does (seen with 1.99 on a fresh machine), so ask for them.
+    // `rustc-link-arg` reaches every linked target of this package, i.e. the
+    // SDK's own cdylib examples (`rustc-link-arg-examples` and
+    // `-cdylib` did not reach them); a guest crate of its own passes the
+    // same two flags (see the crate docs).
+    if env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("wasm32") {
+        for sym in ["__heap_base", "__data_end"] {
+            println!("cargo:rustc-link-arg=--export={sym}");
+        }
+    }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let header = manifest.join("../wamr/include/wamr_coro.h");
     println!("cargo:rerun-if-changed={}", header.display());

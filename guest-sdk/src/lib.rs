@@ -22,8 +22,16 @@
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-unknown-unknown`.
-//! rustc's linker exports `memory`, `__heap_base` and `__data_end` (what
-//! `--source spawn` needs besides `alloc`).
+//! rustc's linker exports `memory`; `--source spawn` also needs
+//! `__heap_base` and `__data_end`, which newer Rust releases (1.99 here;
+//! 1.95 still did) no longer export by themselves. Ask for them in the
+//! guest crate's `.cargo/config.toml` (the SDK's own examples get them from
+//! its build script):
+//!
+//! ```toml
+//! [target.wasm32-unknown-unknown]
+//! rustflags = ["-C", "link-arg=--export=__heap_base", "-C", "link-arg=--export=__data_end"]
+//! ```
 //!
 //! The crate is `no_std`; on wasm32 without the `std` feature it provides the
 //! panic handler (a panic traps the guest, which the host treats as a fault:
