@@ -379,6 +379,8 @@ const COMPILER_DEFINES: &[(&str, &str)] = &[
     // The proposals the runtime build (wamr/config.rs) runs, no more: an AOT
     // file compiled for a feature the runtime lacks would fail at load.
     ("WASM_ENABLE_BULK_MEMORY", "1"),
+    ("WASM_ENABLE_BULK_MEMORY_OPT", "1"),
+    ("WASM_ENABLE_CALL_INDIRECT_OVERLONG", "1"),
     ("WASM_ENABLE_REF_TYPES", "1"),
     ("WASM_ENABLE_SHARED_MEMORY", "1"),
     ("WASM_ENABLE_THREAD_MGR", "1"),

@@ -15,7 +15,9 @@
  * software bound checks and native stack bound checks on (the runtime has no
  * hardware bound checks; the stack check is what makes deep recursion a
  * clean trap on a coroutine stack), bulk memory, reference types, thread
- * manager (shared memory atomics), no SIMD. Without --cpu the code is for
+ * manager (shared memory atomics; with wamr/patches/0200 also the terminate
+ * check in loops of every module, which the host's time budget needs), no
+ * SIMD. Without --cpu the code is for
  * the host CPU (its name and features, as LLVM detects them).
  *
  * Exit status 0 on success; otherwise 1 with one line on stderr.
@@ -83,6 +85,8 @@ main(int argc, char **argv)
     option.stack_bounds_checks = 1;
     option.enable_aux_stack_check = true;
     option.enable_bulk_memory = true;
+    option.enable_bulk_memory_opt = true;
+    option.enable_call_indirect_overlong = true;
     option.enable_ref_types = true;
     option.enable_thread_mgr = true;
     option.enable_simd = false;
