@@ -44,7 +44,6 @@
 //! target (for `native`, this machine's CPU model and flags). Entries are
 //! written to a temporary file and renamed, so a reader never sees half a
 //! file; an entry WAMR cannot load is compiled again.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,6 +244,7 @@ pub fn compile(input: &[u8], target: Target) -> Result<Vec<u8>> {
 /// cannot be executed, from a copy in `scratch`).
 #[cfg(wamr_aotc)]
 fn run_compiler(args: &[std::ffi::OsString], scratch: &Path) -> Result<std::process::Output> {
+    use std::io::Write;
     use std::os::fd::{FromRawFd, OwnedFd};
     let io = |context: &str, source: std::io::Error| Error::Io { context: context.into(), source };
     // SAFETY: memfd_create takes a NUL-terminated name and flags and returns
