@@ -50,6 +50,7 @@ fn main() {
     bind_wamr(&wamr, &out);
     bind_abi(&out);
     build_natives();
+    build_compiler(&wamr, &out);
 }
 
 /// Where WAMR's source is: `$WAMR_SRC_DIR`, else the `wasm-micro-runtime`
@@ -362,4 +363,171 @@ fn build_natives() {
         .extra_warnings(true)
         .flag_if_supported("-std=c11")
         .compile("wamr_coro_c");
+}
+
+/// WAMR's sources the AOT compiler driver links, besides the runtime ones:
+/// its copy of the runtime is the one WAMR's own `wamr-compiler` CMake
+/// builds (classic interpreter's loader, the AOT loader with a dummy
+/// relocator, no fast interpreter).
+const COMPILER_DEFINES: &[(&str, &str)] = &[
+    ("WASM_ENABLE_WAMR_COMPILER", "1"),
+    ("WASM_ENABLE_INTERP", "1"),
+    ("WASM_ENABLE_FAST_INTERP", "0"),
+    ("WASM_ENABLE_AOT", "1"),
+    ("WASM_ENABLE_JIT", "0"),
+    ("WASM_ENABLE_FAST_JIT", "0"),
+    // The proposals the runtime build (wamr/config.rs) runs, no more: an AOT
+    // file compiled for a feature the runtime lacks would fail at load.
+    ("WASM_ENABLE_BULK_MEMORY", "1"),
+    ("WASM_ENABLE_BULK_MEMORY_OPT", "1"),
+    ("WASM_ENABLE_CALL_INDIRECT_OVERLONG", "1"),
+    ("WASM_ENABLE_REF_TYPES", "1"),
+    ("WASM_ENABLE_SHARED_MEMORY", "1"),
+    ("WASM_ENABLE_THREAD_MGR", "1"),
+    ("WASM_ENABLE_SIMD", "0"),
+    ("WASM_ENABLE_GC", "0"),
+    ("WASM_ENABLE_MEMORY64", "0"),
+    ("WASM_ENABLE_TAIL_CALL", "0"),
+    ("WASM_ENABLE_EXTENDED_CONST_EXPR", "0"),
+    ("WASM_ENABLE_MULTI_MODULE", "0"),
+    ("WASM_ENABLE_SHRUNK_MEMORY", "1"),
+    // `compile` carries the original module's facts in a custom section
+    // (src/wamr/aot.rs); the compiler's loader must keep it to emit it.
+    ("WASM_ENABLE_LOAD_CUSTOM_SECTION", "1"),
+    ("WASM_DISABLE_HW_BOUND_CHECK", "1"),
+    ("WASM_DISABLE_STACK_HW_BOUND_CHECK", "1"),
+    ("WASM_DISABLE_WRITE_GS_BASE", "1"),
+    ("WASM_HAVE_MREMAP", "1"),
+    ("BH_MALLOC", "wasm_runtime_malloc"),
+    ("BH_FREE", "wasm_runtime_free"),
+    ("_GNU_SOURCE", "1"),
+    ("NDEBUG", "1"),
+];
+
+/// The LLVM `llvm-config` to build the AOT compiler with:
+/// `$WAMR_CORO_LLVM_CONFIG`, else `llvm-config-14`, else `llvm-config`,
+/// with its major version; `None` when there is none (or when
+/// `WAMR_CORO_NO_AOT_COMPILER=1`).
+fn find_llvm_config() -> Option<(String, String)> {
+    println!("cargo:rerun-if-env-changed=WAMR_CORO_LLVM_CONFIG");
+    println!("cargo:rerun-if-env-changed=WAMR_CORO_NO_AOT_COMPILER");
+    if env::var("WAMR_CORO_NO_AOT_COMPILER").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    let candidates = match env::var("WAMR_CORO_LLVM_CONFIG") {
+        Ok(c) => vec![c],
+        Err(_) => vec!["llvm-config-14".to_string(), "llvm-config".to_string()],
+    };
+    candidates.into_iter().find_map(|c| {
+        let out = Command::new(&c).arg("--version").output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let major: u32 = version.split('.').next()?.parse().ok()?;
+        // WAMR 2.4.3's compiler has LLVM_VERSION_MAJOR conditionals from 14 up.
+        (major >= 14).then_some((c, version))
+    })
+}
+
+fn llvm_config(cfg: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new(cfg).args(args).output().unwrap_or_else(|e| panic!("{cfg}: {e}"));
+    assert!(out.status.success(), "{cfg} {args:?} failed");
+    String::from_utf8(out.stdout).unwrap().split_whitespace().map(str::to_string).collect()
+}
+
+/// Builds `$OUT_DIR/wamr-coro-aotc`, the AOT compiler driver
+/// (`wamr/src/aotc.c` with WAMR's compiler and a compiler-configured copy
+/// of WAMR, linked against LLVM), which `wamr-coro compile` runs. It is a
+/// separate executable because WAMR's compiler defines change the layout of
+/// WAMR's internal structs: it cannot be linked with the runtime build.
+///
+/// Without LLVM (no `llvm-config-14`/`llvm-config`), the build goes on
+/// without it and `compile` says what to install. With LLVM present, a
+/// failure here fails the build (set `WAMR_CORO_NO_AOT_COMPILER=1` to skip).
+fn build_compiler(wamr: &Path, out: &Path) {
+    println!("cargo::rustc-check-cfg=cfg(wamr_aotc)");
+    let Some((cfg, version)) = find_llvm_config() else {
+        println!(
+            "cargo:warning=LLVM (llvm-config-14) not found: building without the AOT compiler \
+             (`wamr-coro compile` will say what to install; Debian: apt-get install llvm-14-dev)"
+        );
+        return;
+    };
+    let (platform, arch, invoke, _) = target_parts();
+    let objdir = out.join("aotc");
+    fs::create_dir_all(&objdir).unwrap();
+    let llvm_inc = llvm_config(&cfg, &["--includedir"]).remove(0);
+    let base = |cpp: bool| {
+        let mut b = cc::Build::new();
+        b.cargo_metadata(false)
+            .out_dir(&objdir)
+            .opt_level(2)
+            .debug(false)
+            .warnings(false)
+            .define(platform, None)
+            .define(arch, None)
+            .include(&llvm_inc)
+            .include(wamr.join("core/iwasm/compilation"))
+            .define("__STDC_CONSTANT_MACROS", None)
+            .define("__STDC_FORMAT_MACROS", None)
+            .define("__STDC_LIMIT_MACROS", None);
+        for (name, value) in COMPILER_DEFINES {
+            b.define(name, Some(*value));
+        }
+        for inc in WAMR_INCLUDES {
+            b.include(wamr.join(inc));
+        }
+        if cpp {
+            b.cpp(true).flag("-std=c++17").flag("-fno-rtti").flag("-fno-exceptions");
+        } else {
+            b.flag("-std=gnu99");
+        }
+        b
+    };
+    let list = |dir: &str, ext: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(wamr.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut c = base(false);
+    for src in WAMR_SOURCES {
+        let src = match *src {
+            "core/iwasm/interpreter/wasm_interp_fast.c" => "core/iwasm/interpreter/wasm_interp_classic.c",
+            s => s,
+        };
+        c.file(wamr.join(src));
+    }
+    c.file(wamr.join(invoke))
+        .file(wamr.join("core/iwasm/aot/arch/aot_reloc_dummy.c"))
+        .file("wamr/src/aotc.c");
+    for f in list("core/iwasm/compilation", "c").into_iter().chain(list("core/iwasm/compilation/simd", "c")) {
+        c.file(f);
+    }
+    let mut objects = c.compile_intermediates();
+    let mut cpp = base(true);
+    for f in list("core/iwasm/compilation", "cpp") {
+        cpp.file(f);
+    }
+    objects.extend(cpp.compile_intermediates());
+
+    let exe = out.join("wamr-coro-aotc");
+    let cxx = cpp.get_compiler();
+    let mut link = Command::new(cxx.path());
+    link.args(&objects).arg("-o").arg(&exe).arg("-Wl,--gc-sections");
+    let libdir = llvm_config(&cfg, &["--libdir"]).remove(0);
+    link.args(llvm_config(&cfg, &["--ldflags"]))
+        .args(llvm_config(&cfg, &["--libs"]))
+        .args(llvm_config(&cfg, &["--system-libs"]))
+        .arg(format!("-Wl,-rpath,{libdir}"))
+        .args(["-lm", "-ldl", "-lpthread"]);
+    let status = link.status().unwrap_or_else(|e| panic!("running the linker {:?}: {e}", cxx.path()));
+    assert!(status.success(), "linking wamr-coro-aotc against LLVM {version} failed ({link:?})");
+    println!("cargo:rustc-cfg=wamr_aotc");
+    println!("cargo:rustc-env=WAMR_CORO_AOTC={}", exe.display());
+    println!("cargo:rustc-env=WAMR_CORO_AOTC_LLVM={version}");
 }

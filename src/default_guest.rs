@@ -3,7 +3,7 @@
 //! so that `curl` and `wrk` work against the server out of the box.
 
 /// WebAssembly text of the default guest.
-pub(crate) const HTTP_GUEST_WAT: &str = include_str!("../guests/http.wat");
+pub const HTTP_GUEST_WAT: &str = include_str!("../guests/http.wat");
 
 /// The guest `serve` runs when no module is given (`guests/http.wat`).
 pub fn default_guest() -> crate::Result<crate::Module> {

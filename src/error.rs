@@ -43,6 +43,11 @@ pub enum Error {
     #[error("WAMR could not load the module: {0}")]
     Load(String),
 
+    /// AOT compilation failed, or is not available in this build
+    /// (`wamr-coro compile`, `serve --aot`).
+    #[error("AOT compilation: {0}")]
+    Compile(String),
+
     /// The module imports a function no host provides.
     #[error("module imports {module}.{name}, which no host function provides (register it before loading)")]
     UnlinkedImport {

@@ -46,6 +46,7 @@ mod wamr;
 mod watchdog;
 
 pub use abi::ConnInfo;
+pub use wamr::aot;
 pub use default_guest::default_guest;
 pub use error::{Error, Result};
 pub use guest::{EnvSource, Guest, GuestConfig, GuestEnv};

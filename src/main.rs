@@ -38,6 +38,9 @@ enum LogFormat {
 enum Command {
     /// Serve MODULE (.wasm or .wat); without it, the embedded HTTP guest.
     Serve(ServeArgs),
+    /// Compile MODULE (.wasm or .wat) to an AOT file of native code (WAMR's
+    /// AOT compiler, LLVM) that `serve` loads like a module.
+    Compile(CompileArgs),
     /// Hold N private envs at once, one per coroutine, and report their
     /// costs (no sockets; for servers under load, use `bench`).
     Stress(StressArgs),
@@ -138,6 +141,17 @@ struct BenchArgs {
     server_wrapper: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// The module to compile (.wasm or .wat).
+    module: PathBuf,
+    /// The AOT file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// CPU to generate code for.
+    #[arg(long, value_enum, default_value_t)]
+    target: wamr_coro::aot::Target,
+}
 
 #[derive(clap::Args)]
 struct StressArgs {
@@ -253,6 +267,16 @@ struct ServeArgs {
     /// Drop WAMR's own messages instead of logging them.
     #[arg(long)]
     quiet_wamr: bool,
+    /// Compile the module (AOT) at start, through the cache.
+    #[arg(long)]
+    aot: bool,
+    /// With --aot: CPU to generate code for.
+    #[arg(long, value_enum, default_value_t)]
+    aot_target: wamr_coro::aot::Target,
+    /// With --aot: where compiled modules are cached (default:
+    /// $XDG_CACHE_HOME/wamr-coro/aot).
+    #[arg(long)]
+    aot_cache: Option<PathBuf>,
     /// (bench internal) Answer `stats` lines on stdin; stop when it closes.
     #[arg(long, hide = true)]
     control_stdin: bool,
@@ -282,6 +306,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Compile(args) => compile(args),
         Command::Stress(args) => stress(args),
         Command::Bench(args) => bench(args),
         Command::BenchNative { spec } => parse_spec(&spec).and_then(|s| wamr_coro::internals::bench::native::serve(&s)),
@@ -384,16 +409,55 @@ fn stress(a: StressArgs) -> Result<(), Error> {
     Ok(())
 }
 
+fn compile(a: CompileArgs) -> Result<(), Error> {
+    let input = std::fs::read(&a.module)
+        .map_err(|source| Error::ReadModule { path: a.module.clone(), source })?;
+    let aot = wamr_coro::aot::compile(&input, a.target)?;
+    std::fs::write(&a.output, &aot).map_err(|source| Error::Io {
+        context: format!("writing {}", a.output.display()),
+        source,
+    })?;
+    println!("{} -> {} ({} bytes, target {})", a.module.display(), a.output.display(), aot.len(), a.target);
+    Ok(())
+}
+
+/// `serve`'s module: the file (compiled first with --aot), or the embedded
+/// HTTP guest.
+fn load_module(a: &ServeArgs) -> Result<Module, Error> {
+    let bytes = match &a.module {
+        Some(path) => std::fs::read(path).map_err(|source| Error::ReadModule { path: path.clone(), source })?,
+        None => wamr_coro::internals::DEFAULT_GUEST_WAT.as_bytes().to_vec(),
+    };
+    if a.aot {
+        let dir = a.aot_cache.clone().unwrap_or_else(wamr_coro::aot::default_cache_dir);
+        wamr_coro::aot::load_compiled(&bytes, a.aot_target, &dir)
+    } else {
+        Module::new(bytes)
+    }
+}
+
 fn serve(a: ServeArgs) -> Result<(), Error> {
     Runtime::init(RuntimeConfig {
         envs_per_parent: a.envs_per_parent,
         log: if a.quiet_wamr { WamrLog::Silent } else { WamrLog::Tracing },
         ..RuntimeConfig::default()
     })?;
-    let module = match &a.module {
-        Some(path) => Module::from_file(path)?,
-        None => wamr_coro::default_guest()?,
-    };
+    let module = load_module(&a)?;
+    if module.is_aot() && a.instruction_budget > 0 {
+        // WAMR 2.4.3 meters only its interpreters.
+        if a.call_budget_ms == 0 {
+            return Err(Error::Config(
+                "--instruction-budget cannot stop AOT-compiled code (WAMR does not meter it) and \
+                 --call-budget-ms is 0: give AOT guests a time budget"
+                    .into(),
+            ));
+        }
+        tracing::warn!(
+            call_budget_ms = a.call_budget_ms,
+            "--instruction-budget does not apply to AOT-compiled code (WAMR does not meter it); \
+             the time budget still does"
+        );
+    }
     let mut b = Server::builder(module)
         .listen(a.listen.clone())
         .reuse_port(a.reuse_port)
@@ -451,10 +515,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     // SIGHUP: load the module again (from its file) and serve new
     // connections with it; open ones finish on the old one.
     let reload = || {
-        let loaded = match &a.module {
-            Some(path) => Module::from_file(path),
-            None => wamr_coro::default_guest(),
-        };
+        let loaded = load_module(&a);
         match loaded.and_then(|m| server.reload(m)) {
             Ok(()) => tracing::info!("SIGHUP: guest reloaded; new connections get it"),
             Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the old guest keeps serving"),

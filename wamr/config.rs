@@ -47,6 +47,11 @@ pub const WAMR_DEFINES: &[WamrDefine] = &[
     d("WASM_ENABLE_EXTENDED_CONST_EXPR", "0", ""),
     d("WASM_ENABLE_MULTI_MODULE", "0", ""),
     d("WASM_ENABLE_MINI_LOADER", "0", ""),
+    // Keeps custom sections readable (wasm_runtime_get_custom_section): an
+    // AOT file made by `wamr-coro compile` carries its original wasm in one,
+    // from which the host reads what it checks and scans (src/wamr/aot.rs).
+    // Module-side only: instance layouts do not change.
+    d("WASM_ENABLE_LOAD_CUSTOM_SECTION", "1", "custom-sections"),
     // Spawned exec envs (wasm_runtime_spawn_exec_env) need the thread manager.
     d("WASM_ENABLE_THREAD_MGR", "1", "thread-mgr"),
     // wasm_runtime_set_instruction_count_limit: the deterministic budget.

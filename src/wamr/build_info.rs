@@ -15,11 +15,15 @@ pub fn enabled_features() -> impl Iterator<Item = &'static str> {
 pub fn describe() -> String {
     let fixes = if WAMR_CVE_FIXES.is_empty() { "none".to_string() } else { WAMR_CVE_FIXES.join(" ") };
     format!(
-        "{}\nWAMR {WAMR_VERSION} (built from {WAMR_SOURCE})\nsecurity fixes: {fixes}\npatches: {}\nfeatures: {}\nleft out: {}\n",
+        "{}\nWAMR {WAMR_VERSION} (built from {WAMR_SOURCE})\nsecurity fixes: {fixes}\npatches: {}\nfeatures: {}\nleft out: {}\naot compiler: {}\n",
         env!("CARGO_PKG_VERSION"),
         WAMR_PATCHES.join(" "),
         enabled_features().collect::<Vec<_>>().join(" "),
         WAMR_DISABLED.join(" "),
+        match super::aot::compiler_llvm_version() {
+            Some(v) => format!("WAMR's, with LLVM {v} (`wamr-coro compile`)"),
+            None => "not built (LLVM was not found at build time)".to_string(),
+        },
     )
 }
 

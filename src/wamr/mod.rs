@@ -7,7 +7,8 @@
 //! |---|---|
 //! | `runtime.rs` | the process-wide WAMR runtime: init once, settings, log routing |
 //! | `log.rs` | where WAMR's own printing goes (`tracing`, or nowhere) |
-//! | `module.rs` | a loaded module, its imports and exports, contract checks |
+//! | `module.rs` | a loaded module (wasm, wat or AOT), its imports and exports, contract checks |
+//! | `aot.rs` | compiled guests: the embedded AOT compiler, `compile`, the AOT cache |
 //! | `exec_env.rs` | an instance and its exec env: creation, calls, traps, reset |
 //! | `parent.rs` | parent instances that private envs are spawned from (one cluster each) |
 //! | `func.rs` | an exported function of one instance |
@@ -32,6 +33,7 @@ pub use parent::ParentEnv;
 pub use value::Val;
 pub use module::Module;
 
+pub mod aot;
 pub mod build_info;
 pub mod host;
 pub mod inst_access;

@@ -254,6 +254,7 @@ pub(crate) struct ModuleInner {
     imports: Vec<Import>,
     facts: super::scan::ModuleFacts,
     globals: std::result::Result<Vec<ExportedGlobal>, String>,
+    aot: bool,
 }
 
 // WAMR instantiates from a loaded module on any thread (spawn does so from
@@ -288,7 +289,8 @@ impl fmt::Debug for Module {
 }
 
 impl Module {
-    /// Loads a module from `.wasm` bytes or `.wat` text (detected by content).
+    /// Loads a module from `.wasm` bytes, `.wat` text or an AOT file made by
+    /// `wamr-coro compile` (detected by content; see [`Module::from_aot`]).
     pub fn new(bytes: impl AsRef<[u8]>) -> Result<Module> {
         let bytes = bytes.as_ref();
         if bytes.len() > MAX_MODULE_BYTES {
@@ -299,6 +301,8 @@ impl Module {
         }
         if bytes.starts_with(b"\0asm") {
             Module::from_binary(bytes)
+        } else if bytes.starts_with(super::aot::AOT_MAGIC) {
+            Module::from_aot(bytes)
         } else {
             let text = std::str::from_utf8(bytes)
                 .map_err(|_| Error::Load("neither a wasm binary (no \\0asm magic) nor UTF-8 text".into()))?;
@@ -312,7 +316,7 @@ impl Module {
         Module::from_binary(&bin)
     }
 
-    /// Loads a module from a `.wasm` or `.wat` file.
+    /// Loads a module from a `.wasm`, `.wat` or `.aot` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Module> {
         let path = path.as_ref();
         let bytes = std::fs::read(path)
@@ -322,9 +326,33 @@ impl Module {
 
     /// Loads a module from a wasm binary.
     pub fn from_binary(bytes: &[u8]) -> Result<Module> {
+        if bytes.starts_with(super::aot::AOT_MAGIC) {
+            return Err(Error::Load("this is an AOT file: load it with Module::new or Module::from_aot".into()));
+        }
+        Module::load(bytes, false)
+    }
+
+    /// Loads an AOT file made by `wamr-coro compile` (src/wamr/aot.rs). It
+    /// must carry its original wasm in the custom section
+    /// [`super::aot::WASM_SECTION`]: the host scans that wasm for what it
+    /// checks (imports, exports, the ABI version, reset safety), and refuses
+    /// an AOT file without it (plain `wamrc` output) or whose imports and
+    /// exports differ from that wasm's.
+    ///
+    /// An AOT file is native code this process will execute: load only
+    /// files you trust (compile untrusted wasm yourself).
+    pub fn from_aot(bytes: &[u8]) -> Result<Module> {
+        Module::load(bytes, true)
+    }
+
+    /// Whether the module was loaded from an AOT file (compiled code: WAMR's
+    /// instruction metering does not count it).
+    pub fn is_aot(&self) -> bool {
+        self.inner.aot
+    }
+
+    fn load(bytes: &[u8], aot: bool) -> Result<Module> {
         super::runtime::Runtime::get()?;
-        // Read before WAMR sees the bytes (it may patch its copy in place).
-        let globals = read_exported_globals(bytes);
         let len = u32::try_from(bytes.len())
             .map_err(|_| Error::Load("module larger than 4 GiB".into()))?;
         let mut copy: Box<[u8]> = bytes.into();
@@ -343,12 +371,33 @@ impl Module {
         if raw.is_null() {
             return Err(Error::Load(error_text(&err)));
         }
-        // Scanned before WAMR sees the buffer (its loader may patch it).
-        let facts = super::scan::scan(bytes);
-        let mut inner =
-            ModuleInner { raw, _bytes: copy, exports: Vec::new(), imports: Vec::new(), facts, globals };
+        // From here `raw` is owned by `inner`, which unloads it on drop.
+        let mut inner = ModuleInner {
+            raw,
+            _bytes: copy,
+            exports: Vec::new(),
+            imports: Vec::new(),
+            facts: super::scan::ModuleFacts::default(),
+            globals: Ok(Vec::new()),
+            aot,
+        };
+        // The wasm to scan: the input itself (read before WAMR saw it, from
+        // the caller's buffer: WAMR may patch its copy in place), or the
+        // one an AOT file carries.
+        let embedded;
+        let wasm: &[u8] = if inner.aot {
+            embedded = aot_wasm_section(raw)?;
+            &embedded
+        } else {
+            bytes
+        };
+        inner.facts = super::scan::scan(wasm);
+        inner.globals = read_exported_globals(wasm);
         inner.exports = read_exports(raw, &inner.facts);
         inner.imports = read_imports(raw);
+        if inner.aot {
+            check_aot_matches(&inner, wasm)?;
+        }
         if let Some(missing) = inner.imports.iter().find(|i| !i.linked) {
             let declared = inner
                 .facts
@@ -471,6 +520,74 @@ impl Module {
         }
         Ok(())
     }
+}
+
+/// The original wasm an AOT module carries (a copy of the custom section
+/// [`super::aot::WASM_SECTION`]). It is trusted as much as the AOT file's
+/// code (which `compile` made from it); `check_aot_matches` catches a
+/// section that does not belong to the code.
+fn aot_wasm_section(raw: sys::wasm_module_t) -> Result<Vec<u8>> {
+    let name = std::ffi::CString::new(super::aot::WASM_SECTION).expect("no NUL in the section name");
+    let mut len = 0u32;
+    // SAFETY: `raw` is a loaded module; `name` is NUL-terminated; WAMR
+    // writes the section's length and returns a pointer into the module's
+    // own memory (valid while it is loaded), or NULL.
+    let ptr = unsafe { sys::wasm_runtime_get_custom_section(raw, name.as_ptr(), &mut len) };
+    if ptr.is_null() {
+        return Err(Error::Load(format!(
+            "this AOT file carries no {:?} section, so its imports, exports, ABI version and reset \
+             safety cannot be checked; make AOT files with `wamr-coro compile` (not plain wamrc)",
+            super::aot::WASM_SECTION
+        )));
+    }
+    // SAFETY: WAMR reported `len` readable bytes at `ptr`, owned by the
+    // loaded module; we copy them before anything can unload it.
+    let wasm = unsafe { std::slice::from_raw_parts(ptr, len as usize) }.to_vec();
+    if !wasm.starts_with(b"\0asm") {
+        return Err(Error::Load(format!(
+            "the {:?} section of this AOT file holds no wasm module",
+            super::aot::WASM_SECTION
+        )));
+    }
+    Ok(wasm)
+}
+
+/// An AOT module's imports and exports (WAMR's view of the compiled code)
+/// must be those of the wasm it carries (what the host checked and scanned).
+fn check_aot_matches(inner: &ModuleInner, wasm: &[u8]) -> Result<()> {
+    let mut imports: Vec<(String, String)> = Vec::new();
+    let mut exports: Vec<String> = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(|e| Error::Load(format!("the wasm this AOT file carries: {e}")))? {
+            wasmparser::Payload::ImportSection(r) => {
+                for imp in r.into_imports() {
+                    let imp = imp.map_err(|e| Error::Load(e.to_string()))?;
+                    imports.push((imp.module.to_string(), imp.name.to_string()));
+                }
+            }
+            wasmparser::Payload::ExportSection(r) => {
+                for e in r {
+                    exports.push(e.map_err(|e| Error::Load(e.to_string()))?.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut compiled_imports: Vec<(String, String)> =
+        inner.imports.iter().map(|i| (i.module.clone(), i.name.clone())).collect();
+    let mut compiled_exports: Vec<String> = inner.exports.iter().map(|e| e.name.clone()).collect();
+    for v in [&mut imports, &mut compiled_imports] {
+        v.sort_unstable();
+    }
+    for v in [&mut exports, &mut compiled_exports] {
+        v.sort_unstable();
+    }
+    if imports != compiled_imports || exports != compiled_exports {
+        return Err(Error::Load(
+            "this AOT file's imports or exports differ from those of the wasm it carries".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Largest module accepted (binary or text).

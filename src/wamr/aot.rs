@@ -1,0 +1,438 @@
+//! Compiled guests (AOT): `wamr-coro compile` and the `serve --aot` cache.
+//!
+//! **The compiler is a separate executable.** WAMR's AOT compiler
+//! (`core/iwasm/compilation`, built with `WASM_ENABLE_WAMR_COMPILER=1`)
+//! changes the layout of WAMR's internal structs, so it cannot be linked
+//! into this binary's runtime build. build.rs builds `wamr-coro-aotc`
+//! (`wamr/src/aotc.c`, a compiler-configured copy of WAMR, LLVM 14) when
+//! LLVM is installed, and this binary *embeds* it: [`compile`] writes it to
+//! an anonymous memory file (`memfd_create`) and executes that. One file to
+//! install (`cargo install` copies only the binary), nothing to find at run
+//! time but LLVM's shared library, no stale compiler next to a newer binary.
+//! Where the kernel refuses to execute a memfd, the compiler is written once
+//! to the cache directory instead. A build without LLVM has no compiler, and
+//! [`compile`] says what to install.
+//!
+//! **An AOT file carries its wasm.** The host reads facts from a module's
+//! wasm that WAMR does not expose (memory sizes, `memory.grow`, reset
+//! safety, import and export signatures, the exported ABI-version global:
+//! `scan.rs`, `module.rs`). An AOT file has no wasm, so [`compile`] appends
+//! the input module to itself as the custom section [`WASM_SECTION`] and has
+//! the compiler emit that section into the AOT file; [`super::Module`] reads
+//! it back at load (`wasm_runtime_get_custom_section`) and scans it like a
+//! wasm module, then checks that WAMR's view of the compiled module (its
+//! imports and exports) matches. An AOT file without the section (made by
+//! plain `wamrc`) is refused with a message saying how to make one: without
+//! its wasm the host could check neither the guest ABI nor reset safety.
+//!
+//! **Trust.** An AOT file is native code that this process maps executable
+//! and runs: load only AOT files you (or this binary's `compile`) made.
+//! Hostile *wasm* is safe to compile; a hostile *AOT file* is not safe to
+//! load, whatever checks precede it.
+//!
+//! **Compile options** (fixed in `aotc.c`): software bound checks and
+//! native-stack bound checks on (the runtime has no hardware bound checks,
+//! and the stack check is what makes deep recursion on a coroutine stack a
+//! trap: `stack.rs`), the proposals the runtime build enables, opt level 3.
+//! [`Target::Native`] compiles for this machine's CPU (LLVM's host CPU name
+//! and features); [`Target::Portable`] for generic x86-64 (or aarch64),
+//! which runs on any CPU of the architecture.
+//!
+//! **The cache** ([`compile_cached`]) keys a compiled module by SHA-256 over
+//! the input's wasm bytes, the compiler's identity (this crate's version,
+//! WAMR's and LLVM's versions, a hash of the embedded compiler) and the
+//! target (for `native`, this machine's CPU model and flags). Entries are
+//! written to a temporary file and renamed, so a reader never sees half a
+//! file; an entry WAMR cannot load is compiled again.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Name of the custom section holding the original wasm module in an AOT
+/// file made by [`compile`].
+pub const WASM_SECTION: &str = "wamr-coro.wasm";
+
+/// The magic bytes of a WAMR AOT file.
+pub const AOT_MAGIC: &[u8; 4] = b"\0aot";
+
+/// What machine code to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Target {
+    /// This machine's CPU, with all its features (fastest; may not run on
+    /// an older CPU).
+    #[default]
+    Native,
+    /// The architecture's baseline (x86-64 without extensions, or generic
+    /// aarch64): runs on any CPU of the architecture.
+    Portable,
+}
+
+impl Target {
+    fn compiler_args(self) -> Vec<&'static str> {
+        match (self, std::env::consts::ARCH) {
+            (Target::Native, _) => vec![],
+            (Target::Portable, "x86_64") => vec!["--arch=x86_64", "--cpu=x86-64"],
+            (Target::Portable, _) => vec!["--arch=aarch64v8", "--cpu=generic"],
+        }
+    }
+
+    /// What the compiled code depends on, for the cache key.
+    fn identity(self) -> String {
+        match self {
+            Target::Native => {
+                let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+                let pick = |key: &str| {
+                    info.lines().find(|l| l.starts_with(key)).unwrap_or_default().to_string()
+                };
+                format!("native\n{}\n{}\n{}", pick("model name"), pick("flags"), pick("Features"))
+            }
+            Target::Portable => format!("portable-{}", std::env::consts::ARCH),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Native => "native",
+            Target::Portable => "portable",
+        })
+    }
+}
+
+#[cfg(wamr_aotc)]
+static COMPILER: &[u8] = include_bytes!(env!("WAMR_CORO_AOTC"));
+
+/// The LLVM version the embedded compiler was built with; `None` if this
+/// build has no AOT compiler (LLVM was not installed at build time).
+pub fn compiler_llvm_version() -> Option<&'static str> {
+    #[cfg(wamr_aotc)]
+    return Some(env!("WAMR_CORO_AOTC_LLVM"));
+    #[cfg(not(wamr_aotc))]
+    None
+}
+
+/// Whether this build can compile ([`compiler_llvm_version`] is `Some`).
+pub fn compiler_available() -> bool {
+    compiler_llvm_version().is_some()
+}
+
+fn unavailable() -> Error {
+    Error::Compile(
+        "this wamr-coro was built without the AOT compiler, because LLVM was not found at build \
+         time. Install LLVM 14's development files (Debian/Ubuntu: `apt-get install llvm-14-dev`, \
+         which provides llvm-config-14; or set WAMR_CORO_LLVM_CONFIG to another llvm-config) and \
+         build again (`cargo build --release`, or `./x`)"
+            .into(),
+    )
+}
+
+/// `wasm` bytes of `input` (a wasm binary or WebAssembly text); an AOT file
+/// is refused.
+fn to_wasm(input: &[u8]) -> Result<Vec<u8>> {
+    if input.starts_with(AOT_MAGIC) {
+        return Err(Error::Compile("the input is already an AOT file".into()));
+    }
+    if input.starts_with(b"\0asm") {
+        return Ok(input.to_vec());
+    }
+    wat::parse_bytes(input)
+        .map(|c| c.into_owned())
+        .map_err(|e| Error::Wat(super::module::excerpt(&e.to_string(), 400)))
+}
+
+/// `wasm` with itself appended as the custom section [`WASM_SECTION`].
+/// Refuses a module that already has such a section: the facts the host
+/// trusts must be the module's own.
+fn with_wasm_section(wasm: &[u8]) -> Result<Vec<u8>> {
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(wasmparser::Payload::CustomSection(c)) if c.name() == WASM_SECTION => {
+                return Err(Error::Compile(format!(
+                    "the module already has a custom section named {WASM_SECTION:?}"
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Error::Compile(format!("not a valid wasm binary: {e}"))),
+        }
+    }
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut payload = Vec::with_capacity(wasm.len() + 32);
+    leb(WASM_SECTION.len(), &mut payload);
+    payload.extend_from_slice(WASM_SECTION.as_bytes());
+    payload.extend_from_slice(wasm);
+    let mut out = Vec::with_capacity(wasm.len() + payload.len() + 8);
+    out.extend_from_slice(wasm);
+    out.push(0); // custom section id
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// A private scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wamr-coro-aot-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir).map_err(|source| Error::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Compiles a module (wasm binary or WebAssembly text) into an AOT file's
+/// bytes for `target`, carrying the module's wasm ([`WASM_SECTION`]).
+pub fn compile(input: &[u8], target: Target) -> Result<Vec<u8>> {
+    if !compiler_available() {
+        return Err(unavailable());
+    }
+    let wasm = with_wasm_section(&to_wasm(input)?)?;
+    let scratch = Scratch::new()?;
+    let (inp, out) = (scratch.0.join("in.wasm"), scratch.0.join("out.aot"));
+    std::fs::write(&inp, &wasm)
+        .map_err(|source| Error::Io { context: format!("writing {}", inp.display()), source })?;
+    let mut args: Vec<std::ffi::OsString> = vec![inp.into(), out.clone().into()];
+    args.push(format!("--emit-section={WASM_SECTION}").into());
+    args.extend(target.compiler_args().into_iter().map(Into::into));
+    let output = run_compiler(&args, &scratch.0)?;
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        return Err(Error::Compile(format!(
+            "the compiler failed ({}): {}",
+            output.status,
+            super::module::excerpt(if text.is_empty() { &stdout } else { &text }, 2000)
+        )));
+    }
+    let aot = std::fs::read(&out)
+        .map_err(|source| Error::Io { context: format!("reading {}", out.display()), source })?;
+    if !aot.starts_with(AOT_MAGIC) {
+        return Err(Error::Compile("the compiler wrote no AOT file".into()));
+    }
+    Ok(aot)
+}
+
+/// Runs the embedded compiler with `args`, from a memfd (or, where that
+/// cannot be executed, from a copy in `scratch`).
+#[cfg(wamr_aotc)]
+fn run_compiler(args: &[std::ffi::OsString], scratch: &Path) -> Result<std::process::Output> {
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let io = |context: &str, source: std::io::Error| Error::Io { context: context.into(), source };
+    // SAFETY: memfd_create takes a NUL-terminated name and flags and returns
+    // a new descriptor (or -1), which we own from here on.
+    let fd = unsafe { libc::memfd_create(c"wamr-coro-aotc".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd >= 0 {
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut file = std::fs::File::from(owned);
+        file.write_all(COMPILER).map_err(|e| io("writing the compiler to a memfd", e))?;
+        match Command::new(format!("/proc/self/fd/{fd}")).args(args).output() {
+            Ok(out) => return Ok(out),
+            Err(e) => tracing::debug!(error = %e, "cannot execute the compiler from a memfd; using a file"),
+        }
+        drop(file);
+    }
+    let exe = scratch.join("wamr-coro-aotc");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&exe)
+            .map_err(|e| io("writing the compiler", e))?;
+        f.write_all(COMPILER).map_err(|e| io("writing the compiler", e))?;
+    }
+    Command::new(&exe).args(args).output().map_err(|e| io("running the AOT compiler", e))
+}
+
+#[cfg(not(wamr_aotc))]
+fn run_compiler(_args: &[std::ffi::OsString], _scratch: &Path) -> Result<std::process::Output> {
+    Err(unavailable())
+}
+
+/// The compiler's identity for cache keys: crate, WAMR and LLVM versions
+/// and a hash of the embedded compiler.
+fn compiler_identity() -> String {
+    #[cfg(wamr_aotc)]
+    let hash = {
+        static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        HASH.get_or_init(|| hex(&Sha256::digest(COMPILER))).clone()
+    };
+    #[cfg(not(wamr_aotc))]
+    let hash = String::new();
+    format!(
+        "{} wamr {} llvm {} aotc {hash}",
+        env!("CARGO_PKG_VERSION"),
+        super::build_info::WAMR_VERSION,
+        compiler_llvm_version().unwrap_or("none")
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/wamr-coro/aot`, else
+/// `$HOME/.cache/wamr-coro/aot`, else one under the temporary directory.
+pub fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("wamr-coro").join("aot")
+}
+
+/// The cache file for `wasm` compiled for `target`.
+fn cache_path(dir: &Path, wasm: &[u8], target: Target) -> PathBuf {
+    let mut h = Sha256::new();
+    for part in [compiler_identity().as_bytes(), target.identity().as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(wasm);
+    dir.join(format!("{}.aot", hex(&h.finalize())))
+}
+
+/// What [`compile_cached`] did.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// The AOT file's bytes.
+    pub aot: Vec<u8>,
+    /// Where they are cached.
+    pub path: PathBuf,
+    /// Whether they came from the cache (no compilation).
+    pub hit: bool,
+}
+
+/// [`compile`], cached in `dir` (see the module docs for the key).
+pub fn compile_cached(input: &[u8], target: Target, dir: &Path) -> Result<Cached> {
+    if !compiler_available() {
+        return Err(unavailable());
+    }
+    let wasm = to_wasm(input)?;
+    let path = cache_path(dir, &wasm, target);
+    if let Ok(aot) = std::fs::read(&path) {
+        if aot.starts_with(AOT_MAGIC) {
+            return Ok(Cached { aot, path, hit: true });
+        }
+    }
+    let aot = compile(&wasm, target)?;
+    store(dir, &path, &aot)?;
+    Ok(Cached { aot, path, hit: false })
+}
+
+/// Drops a cache entry (one WAMR could not load).
+pub fn evict(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+fn store(dir: &Path, path: &Path, aot: &[u8]) -> Result<()> {
+    let io = |what: &str, p: &Path, source| Error::Io { context: format!("{what} {}", p.display()), source };
+    std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&tmp, aot).map_err(|e| io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("renaming into", path, e)
+    })
+}
+
+/// `serve --aot`: compiles `input` (wasm or text; an AOT file is loaded as
+/// it is) through the cache in `dir` and loads the result. A cached entry
+/// WAMR cannot load is evicted and compiled again, once.
+pub fn load_compiled(input: &[u8], target: Target, dir: &Path) -> Result<super::Module> {
+    if input.starts_with(AOT_MAGIC) {
+        return super::Module::new(input);
+    }
+    let started = std::time::Instant::now();
+    let cached = compile_cached(input, target, dir)?;
+    match super::Module::new(&cached.aot) {
+        Ok(m) => {
+            tracing::info!(
+                path = %cached.path.display(),
+                cache_hit = cached.hit,
+                ms = started.elapsed().as_millis() as u64,
+                %target,
+                "guest AOT-compiled"
+            );
+            Ok(m)
+        }
+        Err(e) if cached.hit => {
+            tracing::warn!(error = %e, path = %cached.path.display(), "cached AOT file does not load; compiling again");
+            evict(&cached.path);
+            let again = compile_cached(input, target, dir)?;
+            super::Module::new(&again.aot)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wasm_section_holds_the_module_itself() {
+        let wasm = wat::parse_str("(module (memory 1) (export \"memory\" (memory 0)))").unwrap();
+        let with = with_wasm_section(&wasm).unwrap();
+        let mut found = None;
+        for p in wasmparser::Parser::new(0).parse_all(&with) {
+            if let wasmparser::Payload::CustomSection(c) = p.unwrap() {
+                assert_eq!(c.name(), WASM_SECTION);
+                found = Some(c.data().to_vec());
+            }
+        }
+        assert_eq!(found.as_deref(), Some(&wasm[..]));
+        // A module claiming a section of that name is refused.
+        let err = with_wasm_section(&with).unwrap_err().to_string();
+        assert!(err.contains("already has a custom section"), "{err}");
+    }
+
+    #[test]
+    fn cache_keys_differ_by_input_and_target() {
+        let d = Path::new("/c");
+        let a = cache_path(d, b"\0asm\x01\0\0\0", Target::Native);
+        assert_eq!(a, cache_path(d, b"\0asm\x01\0\0\0", Target::Native));
+        assert_ne!(a, cache_path(d, b"\0asm\x01\0\0\0", Target::Portable));
+        assert_ne!(a, cache_path(d, b"\0asm\x01\0\0\0\0", Target::Native));
+    }
+
+    #[test]
+    fn an_aot_file_is_not_compiled_again() {
+        let err = to_wasm(b"\0aot\x05\0\0\0").unwrap_err().to_string();
+        assert!(err.contains("already an AOT file"), "{err}");
+    }
+}

@@ -1,0 +1,496 @@
+//! Compiled guests (AOT): the same guests as the interpreter's tests,
+//! compiled by `wamr-coro compile`'s compiler, served in both modes and from
+//! both env sources, byte-exact; traps, budgets, deep recursion on a
+//! coroutine stack, reset; the CLI's `compile`, `serve X.aot` and
+//! `serve --aot` with its cache.
+//!
+//! The tests skip, loudly, only when this build has no AOT compiler (LLVM
+//! was not installed at build time). `.ci/run` installs LLVM and sets
+//! `WAMR_CORO_REQUIRE_AOT=1`, which turns the skip into a failure.
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server, ServerHandle};
+use wamr_coro::aot::{self, Target};
+use wamr_coro::{EnvSource, Guest, GuestConfig, Module, Registry};
+
+/// False (after a loud message) when the compiler is missing and that is
+/// allowed; panics when `WAMR_CORO_REQUIRE_AOT=1`.
+fn compiler() -> bool {
+    if aot::compiler_available() {
+        return true;
+    }
+    assert!(
+        std::env::var("WAMR_CORO_REQUIRE_AOT").as_deref() != Ok("1"),
+        "WAMR_CORO_REQUIRE_AOT=1 but this build has no AOT compiler (install llvm-14-dev)"
+    );
+    eprintln!("\n*** SKIPPED: this build has no AOT compiler (LLVM not found at build time; apt-get install llvm-14-dev) ***\n");
+    false
+}
+
+/// The AOT-compiled form of a guest named like `common::any_guest`.
+fn aot_bytes(name: &str) -> Vec<u8> {
+    setup();
+    let path = if let Some(n) = name.strip_prefix("c:") {
+        built_guests_dir().join(format!("{n}.wasm"))
+    } else {
+        guest_path(name)
+    };
+    aot::compile(&std::fs::read(&path).unwrap(), Target::Native).unwrap()
+}
+
+fn aot_module(name: &str) -> Module {
+    let m = Module::new(aot_bytes(name)).unwrap();
+    assert!(m.is_aot());
+    m
+}
+
+fn start_aot(m: Module, mode: Mode, source: EnvSource, limits: Limits) -> ServerHandle {
+    Server::builder(m)
+        .listen("127.0.0.1:0")
+        .mode(mode)
+        .policy(EnvPolicy::Connection)
+        .env_source(source)
+        .workers(2)
+        .limits(limits)
+        .start()
+        .unwrap()
+}
+
+fn variants() -> Vec<(Mode, EnvSource)> {
+    vec![(Mode::Direct, EnvSource::Instance), (Mode::Direct, EnvSource::Spawn), (Mode::Queue, EnvSource::Instance)]
+}
+
+#[test]
+fn echo_guests_compiled_echo_byte_exact_in_both_modes() {
+    if !compiler() {
+        return;
+    }
+    use rand::{Rng, SeedableRng};
+    for guest in ["echo.wat", "c:echo", "echo_run.wat"] {
+        for (mode, source) in variants() {
+            if guest == "echo_run.wat" && mode == Mode::Direct {
+                continue;
+            }
+            let server = start_aot(aot_module(guest), mode, source, test_limits());
+            let addr = server.local_addr();
+            let threads: Vec<_> = (0..40u64)
+                .map(|i| {
+                    std::thread::spawn(move || {
+                        let mut rng = rand::rngs::StdRng::seed_from_u64(i);
+                        let mut s = connect(addr);
+                        for _ in 0..10 {
+                            let len = rng.gen_range(1..=64 * 1024);
+                            let msg: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                            echo_round(&mut s, &msg);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap_or_else(|_| panic!("{guest} {mode:?} {source:?}: a connection failed"));
+            }
+            let stats = server.stop();
+            assert_eq!(stats.bytes_in, stats.bytes_out, "{guest} {mode:?}: {stats}");
+            assert_eq!(stats.traps, 0);
+            assert_eq!(stats.envs.live, 0);
+        }
+    }
+}
+
+#[test]
+fn http_guests_compiled_answer_keepalive_pipelined_and_split() {
+    if !compiler() {
+        return;
+    }
+    for guest in ["http.wat", "c:http"] {
+        for (mode, source) in variants() {
+            let server = start_aot(aot_module(guest), mode, source, test_limits());
+            let mut s = connect(server.local_addr());
+            let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+            for _ in 0..3 {
+                s.write_all(req).unwrap();
+                assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE, "{guest} {mode:?}");
+            }
+            s.write_all(&req.repeat(5)).unwrap();
+            assert_eq!(read_n(&mut s, HTTP_RESPONSE.len() * 5).unwrap(), HTTP_RESPONSE.repeat(5));
+            for b in req.iter() {
+                s.write_all(&[*b]).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
+            drop(s);
+            assert_eq!(server.stop().envs.live, 0);
+        }
+    }
+}
+
+/// The CPU-bound benchmark guest answers the same bytes compiled and
+/// interpreted (its answer is a function of the request's bytes).
+#[test]
+fn cpu_guest_compiled_answers_like_the_interpreter() {
+    if !compiler() {
+        return;
+    }
+    let answers = |m: Module, mode: Mode| -> Vec<Vec<u8>> {
+        let server = start_aot(m, mode, EnvSource::Instance, test_limits());
+        let mut s = connect(server.local_addr());
+        let out = (0..20)
+            .map(|i| {
+                s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes()).unwrap();
+                read_n(&mut s, 73).unwrap()
+            })
+            .collect();
+        server.stop();
+        out
+    };
+    let interp = answers(module("cpu.wat"), Mode::Direct);
+    assert!(interp[0].starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_ne!(interp[0], interp[1], "answers depend on the request");
+    for mode in [Mode::Direct, Mode::Queue] {
+        assert_eq!(answers(aot_module("cpu.wat"), mode), interp, "{mode:?}");
+    }
+    // Portable code answers the same.
+    let portable = Module::new(aot::compile(guest_text("cpu.wat").as_bytes(), Target::Portable).unwrap()).unwrap();
+    assert_eq!(answers(portable, Mode::Direct), interp);
+}
+
+#[test]
+fn compiled_faults_close_only_their_connection() {
+    if !compiler() {
+        return;
+    }
+    for (mode, source) in [(Mode::Direct, EnvSource::Instance), (Mode::Queue, EnvSource::Instance)] {
+        let server = Arc::new(start_aot(aot_module("faulty.wat"), mode, source, test_limits()));
+        let addr = server.local_addr();
+        let queue = mode == Mode::Queue;
+        let stop = Arc::new(AtomicBool::new(false));
+        let healthy: Vec<_> = (0..4)
+            .map(|i| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut s = connect(addr);
+                    let (mut n, mut reconnects) = (0u64, 0u64);
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let msg = format!("healthy {i} message {n}");
+                        match s.write_all(msg.as_bytes()).and_then(|_| read_n(&mut s, msg.len())) {
+                            Ok(got) => assert_eq!(got, msg.as_bytes(), "corrupted echo"),
+                            Err(e) if queue => {
+                                assert!(reconnects < 10, "too many reconnects: {e}");
+                                reconnects += 1;
+                                s = connect(addr);
+                                continue;
+                            }
+                            Err(e) => panic!("healthy connection {i} broke: {e}"),
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut t = connect(addr);
+        t.write_all(b"T").unwrap();
+        assert!(closed_by_peer(&mut t, Duration::from_secs(5)), "trap did not close its connection");
+        echo_round(&mut connect(addr), b"after the trap");
+        // Compiled code that spins is stopped by the time budget (AOT code
+        // checks WAMR's suspend flags in loops: compiled with the thread
+        // manager on).
+        let mut sp = connect(addr);
+        sp.write_all(b"S").unwrap();
+        assert!(closed_by_peer(&mut sp, Duration::from_secs(10)), "compiled spinner was not stopped");
+        let mut b = connect(addr);
+        b.write_all(b"B").unwrap();
+        assert_eq!(read_n(&mut b, 4).unwrap(), (-2i32).to_le_bytes());
+        echo_round(&mut b, b"still here");
+        stop.store(true, Ordering::Relaxed);
+        for h in healthy {
+            assert!(h.join().expect("a healthy connection lost data") > 0);
+        }
+        let server = Arc::try_unwrap(server).ok().unwrap();
+        let stats = server.stop();
+        assert_eq!(stats.traps, 1, "{mode:?}: {stats}");
+        assert_eq!(stats.budget_overruns, 1, "{mode:?}: {stats}");
+        assert_eq!(stats.envs.live, 0);
+    }
+}
+
+/// Recursion `depth` deep (from the message's first 4 bytes, LE), with a
+/// few locals per frame; answers "ok". An unbounded depth must end in
+/// WAMR's native stack check, never past the coroutine's stack.
+const RECURSE: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "ok")
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func $r (param $n i32) (param $a i64) (param $b i64) (result i64)
+    (if (result i64) (i32.eqz (local.get $n))
+      (then (local.get $a))
+      (else (i64.add (i64.mul (local.get $b) (i64.const 3))
+        (call $r (i32.sub (local.get $n) (i32.const 1))
+                 (i64.add (local.get $a) (local.get $b))
+                 (i64.xor (local.get $a) (i64.extend_i32_u (local.get $n))))))))
+  (func (export "on_recv") (param $conn i32) (param $ptr i32) (param $len i32) (result i32)
+    (drop (call $r (i32.load (local.get $ptr)) (i64.const 1) (i64.const 2)))
+    (drop (call $send (local.get $conn) (i32.const 16) (i32.const 2)))
+    (i32.const 0)))"#;
+
+#[test]
+fn compiled_deep_recursion_traps_cleanly_and_the_server_keeps_serving() {
+    if !compiler() {
+        return;
+    }
+    let m = Module::new(aot::compile(RECURSE.as_bytes(), Target::Native).unwrap()).unwrap();
+    for mode in [Mode::Direct, Mode::Queue] {
+        let server = start_aot(m.clone(), mode, EnvSource::Instance, test_limits());
+        let addr = server.local_addr();
+        // A modest depth runs.
+        let mut ok = connect(addr);
+        ok.write_all(&100u32.to_le_bytes()).unwrap();
+        assert_eq!(read_n(&mut ok, 2).unwrap(), b"ok");
+        for round in 0..3 {
+            let mut deep = connect(addr);
+            deep.write_all(&100_000_000u32.to_le_bytes()).unwrap();
+            assert!(closed_by_peer(&mut deep, Duration::from_secs(10)), "{mode:?} round {round}: not closed");
+            let mut again = connect(addr);
+            again.write_all(&1000u32.to_le_bytes()).unwrap();
+            assert_eq!(read_n(&mut again, 2).unwrap(), b"ok", "{mode:?}: server stopped serving");
+        }
+        if mode == Mode::Direct {
+            // Direct mode: the connection that did not recurse is intact.
+            ok.write_all(&10u32.to_le_bytes()).unwrap();
+            assert_eq!(read_n(&mut ok, 2).unwrap(), b"ok");
+        }
+        let stats = server.stop();
+        assert_eq!(stats.traps, 3, "{mode:?}: {stats}");
+        assert_eq!(stats.envs.live, 0);
+    }
+}
+
+/// Native stack an AOT call uses on a coroutine stack: the stack below the
+/// caller is painted, the call runs, and the lowest changed byte is the
+/// peak. Printed (docs/BENCHMARKS.md quotes it) and checked to leave the
+/// coroutine stack's guard untouched.
+#[test]
+fn compiled_calls_native_stack_use() {
+    if !compiler() {
+        return;
+    }
+    #[inline(never)]
+    fn measure(env: &mut wamr_coro::GuestEnv, msg: &[u8]) -> usize {
+        let b = wamr_coro::coro::current_bounds().expect("coroutine bounds");
+        let sp = {
+            let x = 0u8;
+            std::hint::black_box(&x) as *const u8 as usize
+        };
+        // Paint from the guard's top up to just below this frame's locals.
+        let (lo, hi) = (b.low + wamr_coro::internals::STACK_GUARD, (sp - 256) & !7);
+        for a in (lo..hi).step_by(8) {
+            // SAFETY: [lo, hi) is this coroutine's own stack below the
+            // current frame: unused, mapped, writable.
+            unsafe { std::ptr::write_volatile(a as *mut u64, 0x5a5a_5a5a_5a5a_5a5a) };
+        }
+        env.on_recv(1, msg).unwrap();
+        let mut a = lo;
+        // SAFETY: as above; reading our own stack.
+        while a < hi && unsafe { std::ptr::read_volatile(a as *const u64) } == 0x5a5a_5a5a_5a5a_5a5a {
+            a += 8;
+        }
+        sp - a
+    }
+    setup();
+    let mut report = Vec::new();
+    for (name, kind, msg) in [
+        ("cpu.wat", "aot", &b"GET / HTTP/1.1\r\n\r\n"[..]),
+        ("cpu.wat", "interp", &b"GET / HTTP/1.1\r\n\r\n"[..]),
+        ("http.wat", "aot", &b"GET / HTTP/1.1\r\n\r\n"[..]),
+        ("c:echo", "aot", &b"hello"[..]),
+    ] {
+        let m = if kind == "aot" { aot_module(name) } else { module(name) };
+        let g = Guest::new(m, GuestConfig::default(), Registry::new()).unwrap();
+        let used = wamr_coro::coro::spawn(move || {
+            let mut env = g.create_env().unwrap();
+            measure(&mut env, msg)
+        })
+        .join()
+        .unwrap();
+        report.push(format!("{name} ({kind}): {used} bytes"));
+        assert!(used < wamr_coro::coro::DEFAULT_STACK_BYTES - wamr_coro::internals::STACK_GUARD, "{name}: {used}");
+    }
+    eprintln!("native stack per call (host frames below the caller included): {}", report.join("; "));
+}
+
+#[test]
+fn compiled_envs_are_reset_between_connections() {
+    if !compiler() {
+        return;
+    }
+    for source in [EnvSource::Instance, EnvSource::Spawn] {
+        let server = Server::builder(aot_module("remember.wat"))
+            .listen("127.0.0.1:0")
+            .env_source(source)
+            .pool_capacity(1)
+            .workers(2)
+            .limits(test_limits())
+            .start()
+            .unwrap();
+        let fresh = [&[0u8, 3][..], b"none"].concat();
+        for i in 0..10u64 {
+            let mut a = connect(server.local_addr());
+            a.write_all(format!("secret-{i}").as_bytes()).unwrap();
+            assert_eq!(read_n(&mut a, 6).unwrap(), fresh);
+            drop(a);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while server.stats().closed < 2 * i + 1 {
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let mut b = connect(server.local_addr());
+            b.write_all(b"hello").unwrap();
+            assert_eq!(read_n(&mut b, 6).unwrap(), fresh, "{source:?} round {i}: saw an earlier connection's state");
+            drop(b);
+            while server.stats().closed < 2 * i + 2 {
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let stats = server.stop();
+        assert!(stats.pool.hits >= 15, "envs were not reused, so nothing was tested: {stats}");
+        assert!(stats.env_resets >= 15, "{stats}");
+    }
+}
+
+#[test]
+fn an_aot_file_without_its_wasm_is_refused_clearly() {
+    if !compiler() {
+        return;
+    }
+    setup();
+    let good = aot_bytes("echo.wat");
+    // Rename the section: WAMR still loads the code, but the host cannot
+    // check it.
+    let at = good.windows(aot::WASM_SECTION.len()).position(|w| w == aot::WASM_SECTION.as_bytes()).unwrap();
+    let mut bad = good.clone();
+    bad[at] = b'X';
+    let err = Module::new(&bad).unwrap_err().to_string();
+    assert!(err.contains("wamr-coro compile"), "{err}");
+    // Truncated files are WAMR's to refuse.
+    assert!(Module::new(&good[..good.len() / 2]).is_err());
+}
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wamr-coro"))
+}
+
+/// Starts `serve ARGS`, returns the child and the address it listens on.
+fn serve(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let Some(addr) = line.trim().strip_prefix("listening on ").map(str::to_string) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("serve did not start: {line:?} {}", String::from_utf8_lossy(&out.stderr))
+    };
+    (child, addr)
+}
+
+fn stop(mut child: std::process::Child) -> String {
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn http_get(addr: &str) -> Vec<u8> {
+    let mut s = connect(addr.parse().unwrap());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    read_n(&mut s, HTTP_RESPONSE.len()).unwrap()
+}
+
+#[test]
+fn cli_compile_then_serve_and_serve_aot_with_its_cache() {
+    if !compiler() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aot-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("http.aot");
+    let st = Command::new(bin())
+        .args(["compile", guest_path("http.wat").to_str().unwrap(), "-o", out.to_str().unwrap(), "--target", "portable"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(std::fs::read(&out).unwrap().starts_with(b"\0aot"));
+    for mode in ["direct", "queue"] {
+        let (child, addr) = serve(&[out.to_str().unwrap(), "--mode", mode]);
+        assert_eq!(http_get(&addr), HTTP_RESPONSE, "{mode}");
+        stop(child);
+    }
+    // serve --aot: the first start compiles into the cache, the second
+    // finds it there.
+    let cache = dir.join("cache");
+    let args = [guest_path("http.wat").to_str().unwrap().to_string(), "--aot".into(), "--aot-cache".into(), cache.to_str().unwrap().into()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for expect_hit in [false, true] {
+        let (child, addr) = serve(&args);
+        assert_eq!(http_get(&addr), HTTP_RESPONSE);
+        let log = stop(child);
+        assert!(log.contains(&format!("cache_hit={expect_hit}")), "{log}");
+    }
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cli_instruction_budget_with_aot_keeps_the_time_budget() {
+    if !compiler() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aot-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("faulty.aot");
+    std::fs::write(&out, aot_bytes("faulty.wat")).unwrap();
+    let p = out.to_str().unwrap();
+    // Said at start; a spinning compiled guest is still stopped, by time.
+    let (child, addr) = serve(&[p, "--instruction-budget", "1000", "--call-budget-ms", "100"]);
+    let mut s = connect(addr.parse().unwrap());
+    s.write_all(b"S").unwrap();
+    assert!(closed_by_peer(&mut s, Duration::from_secs(10)));
+    let mut e = connect(addr.parse().unwrap());
+    echo_round(&mut e, b"still serving");
+    let log = stop(child);
+    assert!(log.contains("does not apply to AOT-compiled code"), "{log}");
+    // With no time budget at all, a compiled guest would run unbounded:
+    // refused at start.
+    let st = Command::new(bin())
+        .args(["serve", p, "--instruction-budget", "1000", "--call-budget-ms", "0", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("give AOT guests a time budget"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
