@@ -153,98 +153,6 @@ impl ExportedGlobal {
     pub const POINTEE_LEN: usize = 16;
 }
 
-/// Reads the exported globals of a binary; `Err` if `wasmparser` cannot
-/// parse it (WAMR validates the module separately).
-fn read_exported_globals(bytes: &[u8]) -> std::result::Result<Vec<ExportedGlobal>, String> {
-    use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, TypeRef};
-    fn const_of(expr: &wasmparser::ConstExpr<'_>) -> Option<i64> {
-        let mut ops = expr.get_operators_reader();
-        let v = match ops.read().ok()? {
-            Operator::I32Const { value } => value as i64,
-            Operator::I64Const { value } => value,
-            _ => return None,
-        };
-        matches!(ops.read().ok()?, Operator::End).then_some(v)
-    }
-    let mut imported = 0u32;
-    let mut globals = Vec::new();
-    let mut exports = Vec::new();
-    let mut segments = Vec::new();
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| e.to_string())? {
-            Payload::ImportSection(r) => {
-                for imp in r.into_imports() {
-                    if matches!(imp.map_err(|e| e.to_string())?.ty, TypeRef::Global(_)) {
-                        imported += 1;
-                    }
-                }
-            }
-            Payload::GlobalSection(r) => {
-                for g in r {
-                    let g = g.map_err(|e| e.to_string())?;
-                    globals.push((g.ty, const_of(&g.init_expr)));
-                }
-            }
-            Payload::ExportSection(r) => {
-                for e in r {
-                    let e = e.map_err(|e| e.to_string())?;
-                    if e.kind == ExternalKind::Global {
-                        exports.push((e.name.to_string(), e.index));
-                    }
-                }
-            }
-            Payload::DataSection(r) => {
-                for d in r {
-                    let d = d.map_err(|e| e.to_string())?;
-                    if let DataKind::Active { memory_index: 0, offset_expr } = d.kind {
-                        if let Some(off) = const_of(&offset_expr) {
-                            segments.push((off as u32 as u64, d.data));
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let pointee = |addr: i64| -> Option<Vec<u8>> {
-        let (start, end) = (addr as u32 as u64, addr as u32 as u64 + ExportedGlobal::POINTEE_LEN as u64);
-        let mut out = vec![None; ExportedGlobal::POINTEE_LEN];
-        // Later segments overwrite earlier ones, as at instantiation.
-        for (off, data) in &segments {
-            for a in start.max(*off)..end.min(off + data.len() as u64) {
-                out[(a - start) as usize] = Some(data[(a - off) as usize]);
-            }
-        }
-        let covered: Vec<u8> = out.into_iter().map_while(|b| b).collect();
-        (!covered.is_empty()).then_some(covered)
-    };
-    Ok(exports
-        .into_iter()
-        .map(|(name, index)| {
-            let def = index.checked_sub(imported).and_then(|i| globals.get(i as usize));
-            let (ty, mutable, init) = match def {
-                Some((t, init)) => (val_type(t.content_type), t.mutable, *init),
-                None => (ValType::Other, false, None),
-            };
-            let pointee = match (ty, init) {
-                (ValType::I32, Some(a)) => pointee(a),
-                _ => None,
-            };
-            ExportedGlobal { name, ty, mutable, init, pointee }
-        })
-        .collect())
-}
-
-fn val_type(t: wasmparser::ValType) -> ValType {
-    match t {
-        wasmparser::ValType::I32 => ValType::I32,
-        wasmparser::ValType::I64 => ValType::I64,
-        wasmparser::ValType::F32 => ValType::F32,
-        wasmparser::ValType::F64 => ValType::F64,
-        _ => ValType::Other,
-    }
-}
-
 pub(crate) struct ModuleInner {
     pub(crate) raw: sys::wasm_module_t,
     // WAMR refers into this buffer for the module's lifetime. Never read
@@ -253,7 +161,6 @@ pub(crate) struct ModuleInner {
     exports: Vec<Export>,
     imports: Vec<Import>,
     facts: super::scan::ModuleFacts,
-    globals: std::result::Result<Vec<ExportedGlobal>, String>,
     aot: bool,
 }
 
@@ -378,7 +285,6 @@ impl Module {
             exports: Vec::new(),
             imports: Vec::new(),
             facts: super::scan::ModuleFacts::default(),
-            globals: Ok(Vec::new()),
             aot,
         };
         // The wasm to scan: the input itself (read before WAMR saw it, from
@@ -392,7 +298,6 @@ impl Module {
             bytes
         };
         inner.facts = super::scan::scan(wasm);
-        inner.globals = read_exported_globals(wasm);
         inner.exports = read_exports(raw, &inner.facts);
         inner.imports = read_imports(raw);
         if inner.aot {
@@ -448,7 +353,7 @@ impl Module {
     /// constant initial value). `Err` carries why the binary could not be
     /// read for this (WAMR accepted it, `wasmparser` did not).
     pub fn exported_global(&self, name: &str) -> std::result::Result<Option<&ExportedGlobal>, &str> {
-        match &self.inner.globals {
+        match &self.inner.facts.exported_globals {
             Ok(g) => Ok(g.iter().find(|g| g.name == name)),
             Err(e) => Err(e),
         }

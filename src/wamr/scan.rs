@@ -13,12 +13,17 @@
 //!   connection instead.
 //! * The signature of every imported function, so an import whose name the
 //!   host provides with another signature is reported as exactly that.
-use wasmparser::{Operator, Parser, Payload, TypeRef, ValType as WpValType};
+//! * Every exported global with its constant initial value and, for an i32
+//!   that points into an active data segment, the bytes there (how the ABI
+//!   version record of C and Rust guests is found).
+//!
+//! One pass over the binary answers all of it.
+use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, TypeRef, ValType as WpValType};
 
-use super::module::{FuncType, ValType};
+use super::module::{ExportedGlobal, FuncType, ValType};
 
 /// What the scan found.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct ModuleFacts {
     /// Initial pages of memory 0 (defined or imported), if there is one.
     pub initial_pages: Option<u64>,
@@ -34,6 +39,34 @@ pub(crate) struct ModuleFacts {
     /// assert on reference-typed results in debug builds, so exports are
     /// typed from here.)
     pub func_exports: Vec<(String, FuncType)>,
+    /// Every exported global; `Err` (the parser's message) if the binary
+    /// could not be read.
+    pub exported_globals: Result<Vec<ExportedGlobal>, String>,
+}
+
+impl Default for ModuleFacts {
+    fn default() -> Self {
+        ModuleFacts {
+            initial_pages: None,
+            max_pages: None,
+            grows_memory: false,
+            mutates_tables_or_segments: false,
+            func_imports: Vec::new(),
+            func_exports: Vec::new(),
+            exported_globals: Ok(Vec::new()),
+        }
+    }
+}
+
+/// An `i32.const` or `i64.const` constant expression's value.
+fn const_of(expr: &wasmparser::ConstExpr<'_>) -> Option<i64> {
+    let mut ops = expr.get_operators_reader();
+    let v = match ops.read().ok()? {
+        Operator::I32Const { value } => value as i64,
+        Operator::I64Const { value } => value,
+        _ => return None,
+    };
+    matches!(ops.read().ok()?, Operator::End).then_some(v)
 }
 
 fn val(t: WpValType) -> ValType {
@@ -53,7 +86,12 @@ pub(crate) fn scan(bytes: &[u8]) -> ModuleFacts {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(error = %e, "module scan failed; assuming the worst");
-            ModuleFacts { grows_memory: true, mutates_tables_or_segments: true, ..ModuleFacts::default() }
+            ModuleFacts {
+                grows_memory: true,
+                mutates_tables_or_segments: true,
+                exported_globals: Err(e.to_string()),
+                ..ModuleFacts::default()
+            }
         }
     }
 }
@@ -63,6 +101,13 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
     let mut types: Vec<FuncType> = Vec::new();
     // Type of every function in the index space: imports, then definitions.
     let mut funcs: Vec<u32> = Vec::new();
+    // For the exported globals: imported globals come first in the index
+    // space; then each defined global's type and constant initial value,
+    // the global exports, and the active segments of memory 0.
+    let mut imported_globals = 0u32;
+    let mut globals = Vec::new();
+    let mut global_exports = Vec::new();
+    let mut segments = Vec::new();
     let type_of = |types: &[FuncType], idx: u32| types.get(idx as usize).cloned().unwrap_or_else(|| FuncType::new(&[ValType::Other], &[]));
     for payload in Parser::new(0).parse_all(bytes) {
         match payload? {
@@ -86,6 +131,7 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
                             f.initial_pages = Some(m.initial);
                             f.max_pages = m.maximum;
                         }
+                        TypeRef::Global(_) => imported_globals += 1,
                         _ => {}
                     }
                 }
@@ -98,9 +144,11 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
             Payload::ExportSection(r) => {
                 for e in r {
                     let e = e?;
-                    if e.kind == wasmparser::ExternalKind::Func {
+                    if e.kind == ExternalKind::Func {
                         let ty = funcs.get(e.index as usize).map(|t| type_of(&types, *t));
                         f.func_exports.push((e.name.to_string(), ty.unwrap_or_else(|| type_of(&types, u32::MAX))));
+                    } else if e.kind == ExternalKind::Global {
+                        global_exports.push((e.name.to_string(), e.index));
                     }
                 }
             }
@@ -110,6 +158,22 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
                     if f.initial_pages.is_none() {
                         f.initial_pages = Some(m.initial);
                         f.max_pages = m.maximum;
+                    }
+                }
+            }
+            Payload::GlobalSection(r) => {
+                for g in r {
+                    let g = g?;
+                    globals.push((g.ty, const_of(&g.init_expr)));
+                }
+            }
+            Payload::DataSection(r) => {
+                for d in r {
+                    let d = d?;
+                    if let DataKind::Active { memory_index: 0, offset_expr } = d.kind {
+                        if let Some(off) = const_of(&offset_expr) {
+                            segments.push((off as u32 as u64, d.data));
+                        }
                     }
                 }
             }
@@ -132,6 +196,34 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
             _ => {}
         }
     }
+    // The bytes an i32 global points at, as the active segments leave them
+    // (later segments overwrite earlier ones, as at instantiation).
+    let pointee = |addr: i64| -> Option<Vec<u8>> {
+        let (start, end) = (addr as u32 as u64, addr as u32 as u64 + ExportedGlobal::POINTEE_LEN as u64);
+        let mut out = vec![None; ExportedGlobal::POINTEE_LEN];
+        for (off, data) in &segments {
+            for a in start.max(*off)..end.min(off + data.len() as u64) {
+                out[(a - start) as usize] = Some(data[(a - off) as usize]);
+            }
+        }
+        let covered: Vec<u8> = out.into_iter().map_while(|b| b).collect();
+        (!covered.is_empty()).then_some(covered)
+    };
+    f.exported_globals = Ok(global_exports
+        .into_iter()
+        .map(|(name, index)| {
+            let def = index.checked_sub(imported_globals).and_then(|i| globals.get(i as usize));
+            let (ty, mutable, init) = match def {
+                Some((t, init)) => (val(t.content_type), t.mutable, *init),
+                None => (ValType::Other, false, None),
+            };
+            let pointee = match (ty, init) {
+                (ValType::I32, Some(a)) => pointee(a),
+                _ => None,
+            };
+            ExportedGlobal { name, ty, mutable, init, pointee }
+        })
+        .collect());
     Ok(f)
 }
 
