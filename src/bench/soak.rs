@@ -696,7 +696,17 @@ fn wait_idle(pid: u32, metrics: SocketAddr, like: Option<Idle>, timeout: Duratio
     let deadline = Instant::now() + timeout;
     let mut stable_since: Option<(Instant, Idle)> = None;
     loop {
-        let s = sample(pid, metrics)?;
+        // A slow scrape (a server under valgrind translates the metrics
+        // code on its first run, for seconds) is retried until the deadline.
+        let s = match sample(pid, metrics) {
+            Ok(s) => s,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "scrape failed; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let now = Idle { fds: s.fds, envs_in_use: s.envs_in_use(), envs_live: s.envs_live, open: s.open, rss_kib: s.rss_kib };
         let at_rest = match like {
             Some(b) => now.open == 0 && now.fds == b.fds && now.envs_in_use <= b.envs_in_use,
