@@ -137,11 +137,11 @@ fn release_operand_stack(raw: sys::wasm_exec_env_t) {
     if bottom.is_null() || hi <= lo {
         return;
     }
-    // SAFETY: [lo, hi) is whole pages strictly inside the operand stack,
-    // which belongs to this env alone and holds zeros only (no call has run
-    // on it yet); after MADV_DONTNEED private anonymous pages read as zeros,
-    // and heap pages from malloc are private anonymous memory. A failure
+    // [lo, hi) is whole pages strictly inside the operand stack, which
+    // belongs to this env alone and holds zeros only (no call has run on it
+    // yet); heap pages from malloc are private anonymous memory. A failure
     // leaves the pages as they were (zeroed and resident).
+    // SAFETY: so after MADV_DONTNEED they read as the same zeros.
     unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
 }
 

@@ -86,11 +86,11 @@ pub(crate) fn release_bottom_page() -> Option<BottomPage> {
         return None;
     }
     let mut saved = [0u8; SENTINEL_BYTES];
-    // SAFETY: [low, low + PAGE) is the bottom page of this coroutine's own
-    // stack, mapped read-write (the guard page lies below `low`, checked by
-    // the `stack_bounds_match_proc_maps` test), and unused: the stack pointer
-    // is pages above it. Nothing else runs on this stack. After
-    // MADV_DONTNEED the private anonymous page reads back as zeros.
+    // [low, low + PAGE) is the bottom page of this coroutine's own stack,
+    // mapped read-write (the guard page lies below `low`, checked by the
+    // `stack_bounds_match_proc_maps` test), and unused: the stack pointer is
+    // pages above it. Nothing else runs on this stack.
+    // SAFETY: so reading it and dropping it (it reads back as zeros) is sound.
     unsafe {
         std::ptr::copy_nonoverlapping(b.low as *const u8, saved.as_mut_ptr(), SENTINEL_BYTES);
         if libc::madvise(b.low as *mut libc::c_void, PAGE, libc::MADV_DONTNEED) != 0 {
@@ -102,10 +102,10 @@ pub(crate) fn release_bottom_page() -> Option<BottomPage> {
 
 impl Drop for BottomPage {
     fn drop(&mut self) {
-        // SAFETY: `at` is the bottom of the stack we are still running on
-        // (the guard lives in the coroutine's entry frame); the range is
-        // readable and writable and, unless the stack overflowed into it,
-        // unused.
+        // `at` is the bottom of the stack we are still running on (the guard
+        // lives in the coroutine's entry frame).
+        // SAFETY: the range is readable and writable and, unless the stack
+        // overflowed into it, unused.
         unsafe {
             let p = self.at as *mut u8;
             let mut now = [0u8; SENTINEL_BYTES];
