@@ -327,14 +327,15 @@ fn parse_spec<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
 
 fn bench(a: BenchArgs) -> Result<(), Error> {
     use wamr_coro::internals::bench::{protocol::Protocol, soak::SoakConfig, BenchConfig, Target};
+    let targets = match a.mode {
+        BenchModeArg::Direct => vec![Target::Direct],
+        BenchModeArg::Queue => vec![Target::Queue],
+        BenchModeArg::All => vec![Target::Direct, Target::Queue],
+    };
     if let Some(duration) = a.soak {
         let cfg = SoakConfig {
             module: a.module,
-            targets: match a.mode {
-                BenchModeArg::Direct => vec![Target::Direct],
-                BenchModeArg::Queue => vec![Target::Queue],
-                BenchModeArg::All => vec![Target::Direct, Target::Queue],
-            },
+            targets,
             duration,
             warmup: a.warmup,
             conns: a.conns,
@@ -350,11 +351,7 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
     }
     let cfg = BenchConfig {
         module: a.module,
-        targets: match a.mode {
-            BenchModeArg::Direct => vec![Target::Direct],
-            BenchModeArg::Queue => vec![Target::Queue],
-            BenchModeArg::All => vec![Target::Direct, Target::Queue],
-        },
+        targets,
         protocol: match a.protocol {
             ProtocolArg::Auto => None,
             ProtocolArg::Http => Some(Protocol::Http),
