@@ -10,7 +10,7 @@
 //!   env is discarded and `on_close` is not called on it (docs/guest-abi.md).
 //! * Otherwise `on_close` runs exactly once after `on_open` accepted: on
 //!   peer close, guest close, `on_recv` < 0, idle timeout, I/O error, stop.
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::conn_host::{ConnHost, ConnState};
-use super::socket::{Progress, ReadBuf, Registration};
+use super::socket::{Reader, Registration};
 use super::{EnvPolicy, Shared};
 use crate::error::Result;
 use crate::guest::GuestEnv;
@@ -69,7 +69,6 @@ impl DirectConn {
     }
 
     fn run(mut self) {
-        let _ = self.stream.set_nodelay(true);
         // A client that sends nothing, or reads nothing, for idle_timeout is
         // gone: without the write timeout one that never reads would hold
         // this coroutine and its env forever.
@@ -98,30 +97,11 @@ impl DirectConn {
         if self.flush().is_err() || self.state.lock().closed_by_guest {
             return End::Close;
         }
-        let mut buf = ReadBuf::new(self.sh.limits.chunk_size);
-        let mut progress = Progress::new(&self.sh);
+        let mut reader = Reader::new(&self.sh);
         loop {
-            let n = match self.stream.read(buf.space()) {
-                Ok(0) => {
-                    if self.registration.activity().idled() {
-                        self.sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return End::Close;
-                }
-                Ok(n) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    self.sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
-                    return End::Close;
-                }
-                Err(_) => return End::Close,
-            };
-            self.sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            self.registration.activity().touch(&self.sh);
-            if !progress.received(n) {
-                self.sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
+            let Ok(data) = reader.next(&self.sh, &mut self.stream, self.registration.activity()) else {
                 return End::Close;
-            }
-            let data = buf.filled(n);
+            };
             let r = match self.callback(|env, id| env.on_recv(id, data)) {
                 Ok(r) => r,
                 Err(_) => return End::NoOnClose,

@@ -157,9 +157,12 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// Registers `stream` (admitted from `ip` by [`admit`]) as `id`.
+    /// Registers `stream` (admitted from `ip` by [`admit`]) as `id`, and
+    /// sets it up the same in both modes (no Nagle delay: answers go out as
+    /// the guest sends them).
     pub(crate) fn new(shared: &Arc<Shared>, id: i32, ip: IpAddr, stream: &may::net::TcpStream) -> Registration {
         use std::os::fd::AsRawFd;
+        let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity { last_ms: AtomicU64::new(0), idled: AtomicBool::new(false) });
         activity.touch(shared);
         shared.conns.lock().insert(id, ConnEntry { fd: stream.as_raw_fd(), activity: Arc::clone(&activity) });
@@ -188,11 +191,77 @@ impl Drop for Registration {
     }
 }
 
+/// Why a connection's reads ended. The reader has counted it already
+/// (idle and slow closes in the server's counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadEnd {
+    /// The client closed its side, or the socket was shut down (by stop(),
+    /// or by the idle sweep, which is counted as [`ReadEnd::Idle`]).
+    Eof,
+    /// Nothing arrived for `idle_timeout`.
+    Idle,
+    /// Too few bytes arrived per `idle_timeout` window (a trickling client).
+    Slow,
+    /// The socket failed.
+    Failed,
+}
+
+/// A connection's read side, the same in both modes: the buffer, the
+/// minimum-progress rule, the activity stamp the idle sweep reads, and the
+/// counters (`bytes_in`, idle and slow closes). The modes differ only in
+/// what they do with each chunk.
+pub(crate) struct Reader {
+    buf: ReadBuf,
+    progress: Progress,
+}
+
+impl Reader {
+    pub(crate) fn new(sh: &Shared) -> Reader {
+        Reader { buf: ReadBuf::new(sh.limits.chunk_size), progress: Progress::new(sh) }
+    }
+
+    /// Waits for the next chunk (at most `chunk_size` bytes), or says why
+    /// reads have ended.
+    pub(crate) fn next(
+        &mut self,
+        sh: &Shared,
+        stream: &mut may::net::TcpStream,
+        activity: &Activity,
+    ) -> Result<&[u8], ReadEnd> {
+        use std::io::Read;
+        let n = match stream.read(self.buf.space()) {
+            Ok(0) if activity.idled() => return Err(counted(sh, ReadEnd::Idle)),
+            Ok(0) => return Err(ReadEnd::Eof),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(counted(sh, ReadEnd::Idle))
+            }
+            Err(_) => return Err(ReadEnd::Failed),
+        };
+        sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch(sh);
+        if !self.progress.received(n) {
+            return Err(counted(sh, ReadEnd::Slow));
+        }
+        Ok(self.buf.filled(n))
+    }
+}
+
+/// Counts an idle or slow end in the server's counters.
+fn counted(sh: &Shared, end: ReadEnd) -> ReadEnd {
+    match end {
+        ReadEnd::Idle => sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed),
+        ReadEnd::Slow => sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed),
+        ReadEnd::Eof | ReadEnd::Failed => 0,
+    };
+    end
+}
+
 /// A connection's read buffer: starts at [`ReadBuf::INITIAL`] bytes and
 /// doubles, up to the chunk size, whenever a read fills it, so idle
 /// connections cost 1 KiB and bulk transfers still read a whole chunk at a
 /// time (after six doublings, once per connection).
-pub(crate) struct ReadBuf {
+struct ReadBuf {
     buf: Vec<u8>,
     max: usize,
 }
@@ -201,19 +270,19 @@ impl ReadBuf {
     /// Bytes a new buffer starts with: a typical HTTP request head fits.
     /// (4 KiB before: one whole resident page per idle connection, an
     /// eighth of the 32 KiB per-connection target of issue 15.)
-    pub(crate) const INITIAL: usize = 1024;
+    const INITIAL: usize = 1024;
 
-    pub(crate) fn new(max: usize) -> ReadBuf {
+    fn new(max: usize) -> ReadBuf {
         ReadBuf { buf: vec![0u8; max.min(Self::INITIAL)], max }
     }
 
     /// Where to read into.
-    pub(crate) fn space(&mut self) -> &mut [u8] {
+    fn space(&mut self) -> &mut [u8] {
         &mut self.buf
     }
 
     /// The `n` bytes just read; grows the buffer if they filled it.
-    pub(crate) fn filled(&mut self, n: usize) -> &[u8] {
+    fn filled(&mut self, n: usize) -> &[u8] {
         if n == self.buf.len() && n < self.max {
             let grown = (n * 2).min(self.max);
             // Keep the data: the caller reads it through the returned slice.
@@ -227,7 +296,7 @@ impl ReadBuf {
 /// `min_recv_bytes` in every `idle_timeout` window (a trickle of one byte
 /// a second otherwise holds a slot forever, since each byte resets the idle
 /// timer).
-pub(crate) struct Progress {
+struct Progress {
     min: usize,
     window: Duration,
     since: Instant,
@@ -235,7 +304,7 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    pub(crate) fn new(sh: &Shared) -> Progress {
+    fn new(sh: &Shared) -> Progress {
         Progress {
             min: sh.limits.min_recv_bytes,
             window: sh.limits.idle_timeout,
@@ -245,7 +314,7 @@ impl Progress {
     }
 
     /// Records `n` bytes received; false if the window closed with too few.
-    pub(crate) fn received(&mut self, n: usize) -> bool {
+    fn received(&mut self, n: usize) -> bool {
         if self.min == 0 {
             return true;
         }

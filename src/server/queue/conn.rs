@@ -1,17 +1,13 @@
 //! A queue-mode connection: its reader coroutine (socket → events, with
 //! backpressure) and its writer coroutine (channel → socket).
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
-
-use super::super::socket::{self, Activity, Progress, ReadBuf, Registration};
+use super::super::socket::{self, Activity, Reader, Registration};
 use super::super::Shared;
 use super::runner::pause;
 use super::{QueueConn, Event, Out, Queue, Shard};
-
 
 /// Starts the reader and writer coroutines of an accepted connection.
 pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpStream, ip: std::net::IpAddr) {
@@ -71,43 +67,20 @@ fn push(qs: &Shard, mut ev: Event) -> bool {
 }
 
 pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream: &mut may::net::TcpStream, activity: &Activity) {
-    let _ = stream.set_nodelay(true);
     // Idle reads are ended by the server's sweep (socket.rs).
     if !push(qs, Event::Open(id)) {
         return;
     }
-    let mut buf = ReadBuf::new(sh.limits.chunk_size);
-    let mut progress = Progress::new(sh);
+    let mut reader = Reader::new(sh);
     loop {
         if !wait_for_output_room(sh, conn) {
             sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
             break;
         }
-        match stream.read(buf.space()) {
-            Ok(0) => {
-                if activity.idled() {
-                    sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
-                }
-                break;
-            }
-            Ok(n) => {
-                sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                activity.touch(sh);
-                if !progress.received(n) {
-                    sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                conn.inflight.fetch_add(n, Ordering::AcqRel);
-                if !push(qs, Event::Data(id, buf.filled(n).to_vec())) {
-                    break;
-                }
-            }
-            Err(e) => {
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-                    sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
-                }
-                break;
-            }
+        let Ok(data) = reader.next(sh, stream, activity) else { break };
+        conn.inflight.fetch_add(data.len(), Ordering::AcqRel);
+        if !push(qs, Event::Data(id, data.to_vec())) {
+            break;
         }
     }
     push(qs, Event::Close(id));
