@@ -12,7 +12,6 @@ mod common;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,18 +113,7 @@ fn http_guests_compiled_answer_keepalive_pipelined_and_split() {
         for (mode, source) in variants() {
             let server = start_aot(aot_module(guest), mode, source, test_limits());
             let mut s = connect(server.local_addr());
-            let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-            for _ in 0..3 {
-                s.write_all(req).unwrap();
-                assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE, "{guest} {mode:?}");
-            }
-            s.write_all(&req.repeat(5)).unwrap();
-            assert_eq!(read_n(&mut s, HTTP_RESPONSE.len() * 5).unwrap(), HTTP_RESPONSE.repeat(5));
-            for b in req.iter() {
-                s.write_all(&[*b]).unwrap();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
+            http_keepalive_pipelined_split(&mut s, &format!("{guest} {mode:?}"));
             drop(s);
             assert_eq!(server.stop().envs.live, 0);
         }
@@ -171,50 +159,13 @@ fn compiled_faults_close_only_their_connection() {
         let server = Arc::new(start_aot(aot_module("faulty.wat"), mode, source, test_limits()));
         let addr = server.local_addr();
         let queue = mode == Mode::Queue;
-        let stop = Arc::new(AtomicBool::new(false));
-        let healthy: Vec<_> = (0..4)
-            .map(|i| {
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    let mut s = connect(addr);
-                    let (mut n, mut reconnects) = (0u64, 0u64);
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        let msg = format!("healthy {i} message {n}");
-                        match s.write_all(msg.as_bytes()).and_then(|_| read_n(&mut s, msg.len())) {
-                            Ok(got) => assert_eq!(got, msg.as_bytes(), "corrupted echo"),
-                            Err(e) if queue => {
-                                assert!(reconnects < 10, "too many reconnects: {e}");
-                                reconnects += 1;
-                                s = connect(addr);
-                                continue;
-                            }
-                            Err(e) => panic!("healthy connection {i} broke: {e}"),
-                        }
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
+        let healthy = echoers(addr, 4, queue);
         std::thread::sleep(Duration::from_millis(50));
-        let mut t = connect(addr);
-        t.write_all(b"T").unwrap();
-        assert!(closed_by_peer(&mut t, Duration::from_secs(5)), "trap did not close its connection");
-        echo_round(&mut connect(addr), b"after the trap");
-        // Compiled code that spins is stopped by the time budget (AOT code
-        // checks WAMR's suspend flags in loops: compiled with the thread
-        // manager on).
-        let mut sp = connect(addr);
-        sp.write_all(b"S").unwrap();
-        assert!(closed_by_peer(&mut sp, Duration::from_secs(10)), "compiled spinner was not stopped");
-        let mut b = connect(addr);
-        b.write_all(b"B").unwrap();
-        assert_eq!(read_n(&mut b, 4).unwrap(), (-2i32).to_le_bytes());
+        // Compiled code that spins is stopped by the time budget too.
+        let mut b = trap_spin_bad_pointer(addr);
         echo_round(&mut b, b"still here");
-        stop.store(true, Ordering::Relaxed);
-        for h in healthy {
-            assert!(h.join().expect("a healthy connection lost data") > 0);
+        for n in healthy.finish() {
+            assert!(n > 0);
         }
         let server = Arc::try_unwrap(server).ok().unwrap();
         let stats = server.stop();
@@ -413,13 +364,8 @@ fn serve(args: &[&str]) -> (std::process::Child, String) {
 }
 
 fn stop(mut child: std::process::Child) -> String {
-    // SAFETY: sending SIGTERM to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "serve did not stop");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    signal(&child, libc::SIGTERM);
+    wait_exit(&mut child, Duration::from_secs(10), "serve did not stop");
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

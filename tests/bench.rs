@@ -4,7 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -117,9 +117,5 @@ fn wrong_response_bytes_are_counted_as_errors() {
     assert_eq!(result["errors"], result["wrong_bytes"], "{result}");
     // Closing its stdin stops the native server.
     drop(server.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "native server did not stop when stdin closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_exit(&mut server, Duration::from_secs(20), "native server did not stop when stdin closed");
 }

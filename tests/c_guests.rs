@@ -7,7 +7,7 @@ use std::io::Write;
 use common::*;
 use wamr_coro::abi::ModeReq;
 use wamr_coro::server::{EnvPolicy, Mode};
-use wamr_coro::{EnvSource, Error, Guest, GuestConfig, Registry};
+use wamr_coro::{EnvSource, Error, Guest, GuestConfig, Module, Registry};
 
 fn fnv1a(bytes: &[u8]) -> u32 {
     let mut h: u32 = 2166136261;
@@ -27,6 +27,21 @@ fn read_line(s: &mut std::net::TcpStream) -> String {
         }
         line.push(b);
     }
+}
+
+/// The error `Guest::new` gives for `m` under `config`.
+fn refused(m: Module, config: GuestConfig) -> Error {
+    Guest::new(m, config, Registry::new()).unwrap_err()
+}
+
+/// `wamr-coro serve path` must fail; its stderr.
+fn serve_fails(path: &std::path::Path) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+        .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -77,19 +92,13 @@ fn c_natives_check_guest_pointers() {
 
 #[test]
 fn c_guests_that_break_the_contract_get_clear_errors() {
-    let reg = Registry::new;
     // Missing on_recv.
-    let e = Guest::new(built_guest("bad_no_on_recv"), GuestConfig::default(), reg()).unwrap_err();
+    let e = refused(built_guest("bad_no_on_recv"), GuestConfig::default());
     assert!(matches!(&e, Error::MissingExport { name, .. } if name == "on_recv"), "{e}");
-    let e = Guest::new(
-        built_guest("bad_no_on_recv"),
-        GuestConfig { mode: ModeReq::Queue, ..Default::default() },
-        reg(),
-    )
-    .unwrap_err();
+    let e = refused(built_guest("bad_no_on_recv"), GuestConfig { mode: ModeReq::Queue, ..Default::default() });
     assert!(e.to_string().contains("run") && e.to_string().contains("on_recv"), "{e}");
     // Wrong signature: both sides are named.
-    let e = Guest::new(built_guest("bad_signature"), GuestConfig::default(), reg()).unwrap_err();
+    let e = refused(built_guest("bad_signature"), GuestConfig::default());
     match &e {
         Error::WrongSignature { name, expected, found } => {
             assert_eq!(name, "on_recv");
@@ -102,24 +111,14 @@ fn c_guests_that_break_the_contract_get_clear_errors() {
     // named error for spawned envs. (Its `alloc` serves 1 KiB: Guest::new
     // makes one env, so a chunk size it cannot serve is a start-up error.)
     let small = GuestConfig { chunk_size: 1024, ..Default::default() };
-    assert!(Guest::new(built_guest("bad_no_heap_base"), small, reg()).is_ok());
-    let e = Guest::new(built_guest("bad_no_heap_base"), GuestConfig::default(), reg()).unwrap_err();
+    assert!(Guest::new(built_guest("bad_no_heap_base"), small, Registry::new()).is_ok());
+    let e = refused(built_guest("bad_no_heap_base"), GuestConfig::default());
     assert!(matches!(e, Error::GuestAlloc { .. }), "{e}");
-    let e = Guest::new(
-        built_guest("bad_no_heap_base"),
-        GuestConfig { source: EnvSource::Spawn, ..Default::default() },
-        reg(),
-    )
-    .unwrap_err();
+    let e = refused(built_guest("bad_no_heap_base"), GuestConfig { source: EnvSource::Spawn, ..Default::default() });
     assert!(e.to_string().contains("__heap_base") && e.to_string().contains("__data_end"), "{e}");
     // And through the binary, as a user would meet it.
     let path = built_guests_dir().join("bad_signature.wasm");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
-        .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = serve_fails(&path);
     assert!(err.contains("export `on_recv` has signature (i32, i32) -> (i32), expected (i32, i32, i32) -> (i32)"), "{err}");
 }
 
@@ -174,41 +173,28 @@ fn abi_version_mismatch_is_a_clear_error() {
     assert_eq!(wamr_coro::abi::guest_abi_version(&v10).unwrap(), Some(0x0100));
     // A guest written for 2.0: refused at start, naming both versions.
     let wat = guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0200))"#);
-    let e = Guest::new(wamr_coro::Module::from_wat(&wat).unwrap(), GuestConfig::default(), Registry::new()).unwrap_err();
+    let e = refused(wamr_coro::Module::from_wat(&wat).unwrap(), GuestConfig::default());
     assert!(matches!(e, Error::AbiVersion { .. }), "{e}");
     assert_eq!(
         e.to_string(),
         "guest ABI version mismatch: the guest declares 2.0 (0x0200); this host supports 1.1 (0x0101) (minor versions up to 1)"
     );
     // A newer minor, a mutable global, a record with a newer version.
-    let e = Guest::new(
-        wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0102))"#)).unwrap(),
-        GuestConfig::default(),
-        Registry::new(),
-    )
-    .unwrap_err();
+    let newer = guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0102))"#);
+    let e = refused(wamr_coro::Module::from_wat(&newer).unwrap(), GuestConfig::default());
     assert!(e.to_string().contains("declares 1.2 (0x0102)"), "{e}");
-    let e = Guest::new(
-        wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") (mut i32) (i32.const 0x0101))"#)).unwrap(),
-        GuestConfig::default(),
-        Registry::new(),
-    )
-    .unwrap_err();
+    let mutable = guest(r#"(global (export "wcoro_abi_version") (mut i32) (i32.const 0x0101))"#);
+    let e = refused(wamr_coro::Module::from_wat(&mutable).unwrap(), GuestConfig::default());
     assert!(e.to_string().contains("not an immutable i32 global"), "{e}");
     let rec = guest(
         r#"(global (export "wcoro_abi_version") i32 (i32.const 1024))
            (data (i32.const 1024) "wcoroabi\00\03\00\00")"#,
     );
-    let e = Guest::new(wamr_coro::Module::from_wat(&rec).unwrap(), GuestConfig::default(), Registry::new()).unwrap_err();
+    let e = refused(wamr_coro::Module::from_wat(&rec).unwrap(), GuestConfig::default());
     assert!(e.to_string().contains("declares 3.0 (0x0300)"), "{e}");
     // Through the binary, as a user meets it.
     let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("abi_v2.wat");
     std::fs::write(&path, &wat).unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
-        .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = serve_fails(&path);
     assert!(err.contains("the guest declares 2.0 (0x0200); this host supports 1.1 (0x0101)"), "{err}");
 }

@@ -2,26 +2,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{connect, read_n, HTTP_RESPONSE};
+use common::{connect, read_n, signal, spawn_server, wait_exit, HTTP_RESPONSE};
 
 fn serve(args: &[&str]) -> (std::process::Child, std::net::SocketAddr, BufReader<std::process::ChildStdout>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wamr-coro"));
     cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--workers", "2"]).args(args);
-    spawn_server(cmd)
-}
-
-/// Starts `cmd` (a server printing "listening on ADDR" first) and waits for
-/// that line.
-fn spawn_server(mut cmd: Command) -> (std::process::Child, std::net::SocketAddr, BufReader<std::process::ChildStdout>) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap();
-    (child, addr, out)
+    spawn_server(&mut cmd)
 }
 
 fn stop(child: std::process::Child, out: BufReader<std::process::ChildStdout>) -> (i32, String) {
@@ -29,16 +18,8 @@ fn stop(child: std::process::Child, out: BufReader<std::process::ChildStdout>) -
 }
 
 fn stop_with(mut child: std::process::Child, out: BufReader<std::process::ChildStdout>, sig: i32) -> (i32, String) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, sig) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "server did not exit after SIGINT");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    signal(&child, sig);
+    let status = wait_exit(&mut child, Duration::from_secs(20), "server did not exit after SIGINT");
     let rest: Vec<String> = out.lines().map_while(Result::ok).collect();
     (status.code().unwrap_or(-1), rest.join("\n"))
 }
@@ -92,7 +73,7 @@ fn out_of_file_descriptors_refuses_and_recovers() {
     let script = format!("ulimit -n 48 && exec {} serve --listen 127.0.0.1:0 --workers 2", env!("CARGO_BIN_EXE_wamr-coro"));
     let mut cmd = Command::new("bash");
     cmd.args(["-c", &script]);
-    let (child, addr, out) = spawn_server(cmd);
+    let (child, addr, out) = spawn_server(&mut cmd);
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..80 {
@@ -142,20 +123,11 @@ fn a_second_signal_while_draining_exits_at_once() {
     let mut spin = connect(addr);
     spin.write_all(b"S").unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     assert!(child.try_wait().unwrap().is_none(), "the first signal should drain, not exit");
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the second signal did not end the process");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(5), "the second signal did not end the process");
     assert_eq!(status.code(), Some(130));
 }
 
@@ -170,8 +142,7 @@ fn sighup_reloads_the_module_from_disk() {
     common::echo_round(&mut before, b"v1");
     // The default HTTP guest replaces the echo guest on disk.
     std::fs::copy(common::guest_path("http.wat"), &path).unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    signal(&child, libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut s = connect(addr);
@@ -193,8 +164,7 @@ fn sighup_reloads_the_module_from_disk() {
     common::echo_round(&mut before, b"still v1");
     // A broken file on disk: the reload fails, the server keeps serving.
     std::fs::write(&path, b"(module (func").unwrap();
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    signal(&child, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     let mut s = connect(addr);
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
@@ -227,8 +197,7 @@ fn a_signal_right_after_listening_is_handled_not_fatal() {
     // once (the process died, a client got a reset).
     for _ in 0..20 {
         let (child, addr, out) = serve(&[]);
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        signal(&child, libc::SIGHUP);
         let mut s = connect(addr);
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);

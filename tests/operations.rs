@@ -1,19 +1,15 @@
 //! Operating the server: metrics and health while it runs, signals.
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use wamr_coro::server::{EnvPolicy, Limits, Mode, Server};
+use wamr_coro::server::{EnvPolicy, Limits, Mode};
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = http_get_raw(addr, path);
     let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
@@ -31,15 +27,7 @@ fn metrics_match_the_traffic_and_health_reports_draining() {
     for mode in [Mode::Direct, Mode::Queue] {
         setup();
         let limits = Limits { call_budget: None, shutdown_grace: Duration::from_secs(2), ..test_limits() };
-        let server = Server::builder(module("faulty.wat"))
-            .listen("127.0.0.1:0")
-            .mode(mode)
-            .policy(EnvPolicy::Connection)
-            .workers(2)
-            .limits(limits)
-            .metrics_listen("127.0.0.1:0")
-            .start()
-            .unwrap();
+        let server = start_with_metrics(module("faulty.wat"), mode, EnvPolicy::Connection, limits);
         let maddr = server.metrics_addr().unwrap();
         assert_eq!(get(maddr, "/healthz"), (200, "ok\n".into()));
         // Traffic: 5 connections x 3 echoes of 10 bytes, then a trap.

@@ -7,53 +7,28 @@
 //! tests/isolation.rs `the_global_guest_memory_budget_bounds_growth_and_new_envs`.)
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wamr_coro::server::{EnvPolicy, Limits, Mode, Server};
+use wamr_coro::server::{EnvPolicy, Limits, Mode};
 
 /// `/metrics` as name → value (labelled samples of one name summed).
 fn scrape(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    wamr_coro::internals::bench::soak::parse_metrics(&text)
+    wamr_coro::internals::bench::soak::parse_metrics(&http_get_raw(addr, "/metrics"))
 }
-
-/// Echoes after a few hundred microseconds of work per event.
-const SLOW_ECHO: &str = r#"
-(module
-  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 3)
-  (global (export "__heap_base") i32 (i32.const 131072))
-  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
-  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
-    (local $i i32)
-    (loop $spin (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $spin (i32.lt_u (local.get $i) (i32.const 20000))))
-    (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
 
 #[test]
 fn a_full_queue_holds_readers_back_loses_nothing_and_drains() {
     setup();
     const CAPACITY: usize = 4;
     let limits = Limits { queue_capacity: CAPACITY, chunk_size: 1024, queue_shards: 1, ..test_limits() };
-    let server = Server::builder(wamr_coro::Module::from_wat(SLOW_ECHO).unwrap())
-        .listen("127.0.0.1:0")
-        .mode(Mode::Queue)
-        .policy(EnvPolicy::Connection)
-        .workers(2)
-        .limits(limits)
-        .metrics_listen("127.0.0.1:0")
-        .start()
-        .unwrap();
+    let m = wamr_coro::Module::from_wat(SLOW_ECHO_WAT).unwrap();
+    let server = start_with_metrics(m, Mode::Queue, EnvPolicy::Connection, limits);
     let (addr, maddr) = (server.local_addr(), server.metrics_addr().unwrap());
     // Watch the ring's depth through /metrics while 16 clients flood it.
     let done = Arc::new(AtomicBool::new(false));
@@ -71,15 +46,7 @@ fn a_full_queue_holds_readers_back_loses_nothing_and_drains() {
     };
     let clients: Vec<_> = (0..16)
         .map(|i| {
-            std::thread::spawn(move || {
-                let mut s = connect(addr);
-                let data: Vec<u8> = (0..128 * 1024).map(|j| (i * 13 + j % 251) as u8).collect();
-                let mut r = s.try_clone().unwrap();
-                let expect = data.clone();
-                let reader = std::thread::spawn(move || read_n(&mut r, expect.len()).map(|got| got == expect));
-                s.write_all(&data).unwrap();
-                reader.join().unwrap()
-            })
+            std::thread::spawn(move || echo_full_duplex(connect(addr), (0..128 * 1024).map(|j| (i * 13 + j % 251) as u8).collect()))
         })
         .collect();
     for c in clients {
@@ -120,11 +87,7 @@ fn out_of_descriptors_in_queue_mode_refuses_counts_and_recovers() {
         env!("CARGO_BIN_EXE_wamr-coro"),
         guest_path("echo.wat").display()
     );
-    let mut child = Command::new("bash").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap();
+    let (mut child, addr, _out) = spawn_server(Command::new("bash").args(["-c", &script]));
     let mut held = Vec::new();
     let mut refused = 0;
     for i in 0..80u8 {
@@ -164,15 +127,7 @@ fn out_of_descriptors_in_queue_mode_refuses_counts_and_recovers() {
         assert!(Instant::now() < deadline, "connections never closed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: kill(2) on our own child's pid, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "server did not exit after SIGINT");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    signal(&child, libc::SIGINT);
+    let status = wait_exit(&mut child, Duration::from_secs(20), "server did not exit after SIGINT");
     assert!(status.success(), "{status}");
 }

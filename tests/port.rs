@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connect, read_n, HTTP_RESPONSE};
+use common::{connect, read_n, signal, wait_exit, HTTP_RESPONSE};
 use wamr_coro::server::{Mode, Server, ServerHandle};
 use wamr_coro::Error;
 
@@ -54,14 +54,7 @@ fn a_second_exclusive_bind_fails_with_a_clear_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "serve on a busy port did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(20), "serve on a busy port did not exit");
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success());
@@ -107,8 +100,7 @@ fn reuse_port_servers_share_one_port() {
         .collect();
     hello(listen.parse().unwrap());
     for c in &mut children {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        signal(c, libc::SIGTERM);
         let _ = c.wait();
     }
 }

@@ -85,21 +85,8 @@ fn http_keepalive_pipelined(guest: &str, mode: Mode, policy: EnvPolicy) {
     };
     let server = start(m, mode, policy, test_limits());
     let mut s = connect(server.local_addr());
-    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    // Keep-alive: three sequential requests on one connection.
-    for _ in 0..3 {
-        s.write_all(req).unwrap();
-        assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
-    }
-    // Pipelined: five requests in one write.
-    s.write_all(&req.repeat(5)).unwrap();
-    assert_eq!(read_n(&mut s, HTTP_RESPONSE.len() * 5).unwrap(), HTTP_RESPONSE.repeat(5));
-    // Split: one request byte by byte, including the CRLF CRLF.
-    for b in req.iter() {
-        s.write_all(&[*b]).unwrap();
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
+    // Keep-alive, pipelined, split byte by byte.
+    http_keepalive_pipelined_split(&mut s, &format!("{guest} {mode:?} {policy:?}"));
     // "\r\n\r\r\n\r\n" style near-misses do not confuse it.
     s.write_all(b"GET / HTTP/1.1\r\nX: a\r\n\r").unwrap();
     std::thread::sleep(Duration::from_millis(5));
@@ -137,52 +124,12 @@ fn faults_beside_healthy(mode: Mode, policy: EnvPolicy) {
     // healthy client may see its connection closed (never a wrong byte),
     // and reconnects to a fresh instance.
     let queue = mode == Mode::Queue;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let healthy: Vec<_> = (0..8)
-        .map(|i| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut s = connect(addr);
-                let (mut n, mut reconnects) = (0u64, 0u64);
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let msg = format!("healthy {i} message {n}");
-                    let sent = s.write_all(msg.as_bytes());
-                    match sent.and_then(|_| read_n(&mut s, msg.len())) {
-                        Ok(got) => assert_eq!(got, msg.as_bytes(), "corrupted echo"),
-                        Err(e) if queue => {
-                            assert!(reconnects < 10, "too many reconnects: {e}");
-                            reconnects += 1;
-                            s = connect(addr);
-                            continue;
-                        }
-                        Err(e) => panic!("healthy connection {i} broke: {e}"),
-                    }
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
+    let healthy = echoers(addr, 8, queue);
     std::thread::sleep(Duration::from_millis(50));
 
-    // A trap closes its connection (direct: only that one).
-    let mut t = connect(addr);
-    t.write_all(b"T").unwrap();
-    assert!(closed_by_peer(&mut t, Duration::from_secs(5)), "trap did not close its connection");
-    // After a queue-mode restart, new connections are served.
-    echo_round(&mut connect(addr), b"after the trap");
-
-    // A spinning guest is stopped by the budget (200 ms) and closed. (How
-    // fast is measured by `cargo bench --bench core -- budget`, not here.)
-    let mut sp = connect(addr);
-    sp.write_all(b"S").unwrap();
-    assert!(closed_by_peer(&mut sp, Duration::from_secs(10)), "spinner was not stopped");
-
-    // A bad pointer gets -2 and the connection stays usable.
-    let mut b = connect(addr);
-    b.write_all(b"B").unwrap();
-    assert_eq!(read_n(&mut b, 4).unwrap(), (-2i32).to_le_bytes());
+    // A trap, a spinner stopped by the budget (200 ms), a bad pointer (-2;
+    // the connection stays usable).
+    let mut b = trap_spin_bad_pointer(addr);
     // Counted at once (what /metrics shows), not when the connection closes.
     assert!(server.stats().bad_pointers >= 1, "{mode:?}: not counted while open: {}", server.stats());
     echo_round(&mut b, b"still here");
@@ -195,9 +142,7 @@ fn faults_beside_healthy(mode: Mode, policy: EnvPolicy) {
     b.write_all(b"Close").unwrap();
     assert!(closed_by_peer(&mut b, Duration::from_secs(5)));
 
-    stop.store(true, Ordering::Relaxed);
-    for h in healthy {
-        let n = h.join().expect("a healthy connection lost data");
+    for n in healthy.finish() {
         assert!(n > 0);
     }
     let stats = server.stop();
@@ -342,19 +287,8 @@ fn queue_slow_reader_stays_bounded_and_others_are_served() {
 #[test]
 fn queue_full_ring_pushes_back_without_dropping() {
     // A tiny ring and a slow guest: readers must wait, nothing is dropped.
-    const SLOW_ECHO: &str = r#"
-    (module
-      (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
-      (memory (export "memory") 3)
-      (global (export "__heap_base") i32 (i32.const 131072))
-      (func (export "alloc") (param i32) (result i32) (i32.const 65536))
-      (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
-        (local $i i32)
-        (loop $spin (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br_if $spin (i32.lt_u (local.get $i) (i32.const 20000))))
-        (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
     setup();
-    let m = wamr_coro::Module::from_wat(SLOW_ECHO).unwrap();
+    let m = wamr_coro::Module::from_wat(SLOW_ECHO_WAT).unwrap();
     // One shard: the bound under test is that of one ring.
     let limits = Limits { queue_capacity: 4, chunk_size: 1024, queue_shards: 1, ..test_limits() };
     let server = Arc::new(start(m, Mode::Queue, EnvPolicy::Connection, limits));
@@ -372,15 +306,7 @@ fn queue_full_ring_pushes_back_without_dropping() {
     };
     let clients: Vec<_> = (0..4)
         .map(|i| {
-            std::thread::spawn(move || {
-                let mut s = connect(addr);
-                let data: Vec<u8> = (0..256 * 1024).map(|j| (i * 7 + j) as u8).collect();
-                let mut r = s.try_clone().unwrap();
-                let expect = data.clone();
-                let reader = std::thread::spawn(move || read_n(&mut r, expect.len()).map(|got| got == expect));
-                s.write_all(&data).unwrap();
-                reader.join().unwrap()
-            })
+            std::thread::spawn(move || echo_full_duplex(connect(addr), (0..256 * 1024).map(|j| (i * 7 + j) as u8).collect()))
         })
         .collect();
     for c in clients {
@@ -473,31 +399,14 @@ fn idle_connections_are_closed_with_on_close() {
 
 /// A guest with its own `run` loop that misbehaves on request: DATA starting
 /// with 'S' spins, 'T' traps, anything else is echoed.
-const FAULTY_RUN_WAT: &str = r#"
-(module
-  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
-  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 3)
-  (global (export "__heap_base") i32 (i32.const 196608))
-  (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0))
-  (func (export "run") (result i32)
-    (local $n i32) (local $c i32)
-    (loop $next
-      (local.set $n (call $wait (i32.const 65536) (i32.const 65536) (i32.const 1024)))
-      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
-      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
-        (then
-          (local.set $c (i32.load8_u (i32.const 65536)))
-          (if (i32.eq (local.get $c) (i32.const 83)) (then (loop $spin (br $spin))))
-          (if (i32.eq (local.get $c) (i32.const 84)) (then unreachable))
-          (drop (call $send (i32.load (i32.const 1024)) (i32.const 65536) (local.get $n)))))
-      (br $next))
-    (i32.const 0)))"#;
+fn faulty_run_wat() -> String {
+    run_loop_wat("(if (i32.eq (local.get $c) (i32.const 84)) (then unreachable))")
+}
 
 #[test]
 fn queue_guest_loop_budget_is_armed_per_event() {
     setup();
-    let m = wamr_coro::Module::from_wat(FAULTY_RUN_WAT).unwrap();
+    let m = wamr_coro::Module::from_wat(&faulty_run_wat()).unwrap();
     // One shard: every connection shares the instance that faults.
     let server = start(m, Mode::Queue, EnvPolicy::Connection, Limits { queue_shards: 1, ..test_limits() });
     let addr = server.local_addr();

@@ -1,14 +1,16 @@
 //! Shared test helpers: guests, servers on 127.0.0.1:0, clients with bounded
 //! waits.
 #![allow(dead_code)]
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
-use std::time::Duration;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use wamr_coro::server::{EnvPolicy, Limits, Mode, Server, ServerHandle};
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server, ServerBuilder, ServerHandle};
 use wamr_coro::{HostFunc, Module, Runtime, RuntimeConfig, ValType};
 
 pub fn guest_path(name: &str) -> PathBuf {
@@ -61,15 +63,29 @@ pub fn test_limits() -> Limits {
     }
 }
 
+/// The test server's builder: 127.0.0.1:0, two workers.
+fn builder(module: Module, mode: Mode, policy: EnvPolicy, limits: Limits) -> ServerBuilder {
+    Server::builder(module).listen("127.0.0.1:0").mode(mode).policy(policy).workers(2).limits(limits)
+}
+
 pub fn start(module: Module, mode: Mode, policy: EnvPolicy, limits: Limits) -> ServerHandle {
-    Server::builder(module)
-        .listen("127.0.0.1:0")
-        .mode(mode)
-        .policy(policy)
-        .workers(2)
-        .limits(limits)
-        .start()
-        .unwrap()
+    builder(module, mode, policy, limits).start().unwrap()
+}
+
+/// `start`, plus the metrics endpoint on its own 127.0.0.1:0.
+pub fn start_with_metrics(module: Module, mode: Mode, policy: EnvPolicy, limits: Limits) -> ServerHandle {
+    builder(module, mode, policy, limits).metrics_listen("127.0.0.1:0").start().unwrap()
+}
+
+/// The raw answer to `GET path` on a fresh connection (5 s timeouts).
+pub fn http_get_raw(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // One write: `write!` would send the pieces apart and wait on Nagle.
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
@@ -106,6 +122,169 @@ pub fn echo_round(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).unwrap();
     let got = read_n(s, msg.len()).unwrap();
     assert!(got == msg, "echo mismatch for {} bytes", msg.len());
+}
+
+/// Sends `req` on a new connection; true if the server closes it within `within`.
+pub fn closed_after(addr: SocketAddr, req: &[u8], within: Duration) -> bool {
+    let mut s = connect(addr);
+    s.write_all(req).unwrap();
+    closed_by_peer(&mut s, within)
+}
+
+/// faulty.wat's faults on fresh connections: 'T' traps, 'S' spins, 'B' gets -2 (that connection is returned).
+pub fn trap_spin_bad_pointer(addr: SocketAddr) -> TcpStream {
+    // A trap closes its connection (direct: only that one).
+    assert!(closed_after(addr, b"T", Duration::from_secs(5)), "trap did not close its connection");
+    // After a queue-mode restart, new connections are served.
+    echo_round(&mut connect(addr), b"after the trap");
+    // A spinning guest is stopped by the time budget and closed (AOT code
+    // checks WAMR's suspend flags in loops: compiled with the thread manager
+    // on). How fast is measured by `cargo bench --bench core -- budget`.
+    assert!(closed_after(addr, b"S", Duration::from_secs(10)), "spinner was not stopped");
+    // A bad pointer gets -2 and the connection stays open.
+    let mut b = connect(addr);
+    b.write_all(b"B").unwrap();
+    assert_eq!(read_n(&mut b, 4).unwrap(), (-2i32).to_le_bytes());
+    b
+}
+
+/// Writes `data` on `s` while another thread reads it back; true if byte-exact.
+pub fn echo_full_duplex(mut s: TcpStream, data: Vec<u8>) -> std::io::Result<bool> {
+    let mut r = s.try_clone().unwrap();
+    let expect = data.clone();
+    let reader = std::thread::spawn(move || read_n(&mut r, expect.len()).map(|got| got == expect));
+    s.write_all(&data).unwrap();
+    reader.join().unwrap()
+}
+
+/// HTTP on `s`: three keep-alive requests, five pipelined in one write, one split byte by byte.
+pub fn http_keepalive_pipelined_split(s: &mut TcpStream, what: &str) {
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    for _ in 0..3 {
+        s.write_all(req).unwrap();
+        assert_eq!(read_n(s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE, "{what}");
+    }
+    s.write_all(&req.repeat(5)).unwrap();
+    assert_eq!(read_n(s, HTTP_RESPONSE.len() * 5).unwrap(), HTTP_RESPONSE.repeat(5), "{what}");
+    // Including the CRLF CRLF.
+    for b in req.iter() {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(read_n(s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE, "{what}");
+}
+
+/// Echo clients beside faults, each echoing numbered messages until stopped (30 s at most).
+pub struct Echoers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<u64>>,
+}
+
+/// Starts `count` echo clients; with `reconnect` (queue mode) a broken one reopens, 10 times at most; a wrong byte fails.
+pub fn echoers(addr: SocketAddr, count: usize, reconnect: bool) -> Echoers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = (0..count)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let (mut n, mut reconnects) = (0u64, 0u64);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let msg = format!("healthy {i} message {n}");
+                    let sent = s.write_all(msg.as_bytes());
+                    match sent.and_then(|_| read_n(&mut s, msg.len())) {
+                        Ok(got) => assert_eq!(got, msg.as_bytes(), "corrupted echo"),
+                        Err(e) if reconnect => {
+                            assert!(reconnects < 10, "too many reconnects: {e}");
+                            reconnects += 1;
+                            s = connect(addr);
+                            continue;
+                        }
+                        Err(e) => panic!("healthy connection {i} broke: {e}"),
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    Echoers { stop, threads }
+}
+
+impl Echoers {
+    /// Stops the clients; each one's round count (panics if one failed).
+    pub fn finish(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|h| h.join().expect("a healthy connection lost data")).collect()
+    }
+}
+
+/// Polls `child` until it exits; panics with `what` after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `cmd` (a server printing "listening on ADDR" first) and waits for that line.
+pub fn spawn_server(cmd: &mut Command) -> (Child, SocketAddr, BufReader<ChildStdout>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap();
+    (child, addr, out)
+}
+
+/// Sends `sig` to our own child process.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Echoes each message after a few hundred microseconds of work.
+pub const SLOW_ECHO_WAT: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global (export "__heap_base") i32 (i32.const 131072))
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (local $i i32)
+    (loop $spin (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 20000))))
+    (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
+
+/// A queue guest with its own `run` loop: DATA 'S' spins, else `per_event` (WAT on `$c`, `$n`, `$i`) runs, then the echo.
+pub fn run_loop_wat(per_event: &str) -> String {
+    format!(
+        r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global (export "__heap_base") i32 (i32.const 196608))
+  (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "run") (result i32)
+    (local $n i32) (local $c i32) (local $i i32)
+    (loop $next
+      (local.set $n (call $wait (i32.const 65536) (i32.const 65536) (i32.const 1024)))
+      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
+      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+        (then
+          (local.set $c (i32.load8_u (i32.const 65536)))
+          (if (i32.eq (local.get $c) (i32.const 83)) (then (loop $spin (br $spin))))
+          {per_event}
+          (drop (call $send (i32.load (i32.const 1024)) (i32.const 65536) (local.get $n)))))
+      (br $next))
+    (i32.const 0)))"#
+    )
 }
 
 pub const HTTP_RESPONSE: &[u8] =
