@@ -7,8 +7,8 @@
 //! * [`push`](EventRing::push) waits for space, so a full queue stops the
 //!   pushing reader from reading its socket and TCP pushes back on the
 //!   client: nothing is dropped, memory stays bounded by `capacity` events.
-//! * [`pop`](EventRing::pop) parks the consumer without spinning while the
-//!   queue is empty.
+//! * [`pop`](EventRing::pop) parks the consumer while the queue is empty
+//!   (an OS-thread consumer after polling for 10 µs).
 //!
 //! `may`'s semaphores park a coroutine when called from one and the OS
 //! thread otherwise, so producers (coroutines) and the consumer (an OS
@@ -19,7 +19,12 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use may::sync::Semphore;
 
-/// A bounded MPMC queue that parks instead of spinning.
+/// How long [`EventRing::pop`] on an OS thread polls before it parks (the
+/// same window `may`'s workers poll their epoll for, vendor/README.md).
+pub(crate) const POLL_BEFORE_PARK: Duration = Duration::from_micros(10);
+
+/// A bounded MPMC queue whose consumer parks instead of spinning, after a
+/// brief poll (see [`EventRing::pop`]).
 pub struct EventRing<T> {
     ring: ArrayQueue<T>,
     items: Semphore,
@@ -55,7 +60,23 @@ impl<T> EventRing<T> {
     }
 
     /// Takes the oldest event, waiting up to `timeout` for one.
+    ///
+    /// A consumer on an OS thread (queue mode's default runner) first polls
+    /// for up to 10 µs, yielding its core between polls: under
+    /// load the next event is usually microseconds away, and a park costs a
+    /// futex sleep, a wake-up syscall in the producer and a context switch.
+    /// A coroutine consumer parks at once (a thread yield would hold up every
+    /// other coroutine on its worker).
     pub fn pop(&self, timeout: Duration) -> Option<T> {
+        if !may::coroutine::is_coroutine() {
+            let start = std::time::Instant::now();
+            while start.elapsed() < POLL_BEFORE_PARK {
+                if let Some(v) = self.try_pop() {
+                    return Some(v);
+                }
+                std::thread::yield_now();
+            }
+        }
         if !self.items.wait_timeout(timeout) {
             return None;
         }

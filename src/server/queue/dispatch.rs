@@ -3,10 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use super::{QueueConn, Event, Shard};
 
-
-
+use super::{Event, QueueConn, Shard};
 
 /// What the guest is handed next.
 pub(super) enum Next {
