@@ -448,10 +448,14 @@ fn llvm_config(cfg: &str, args: &[&str]) -> Vec<String> {
 fn build_compiler(wamr: &Path, out: &Path) {
     println!("cargo::rustc-check-cfg=cfg(wamr_aotc)");
     let Some((cfg, version)) = find_llvm_config() else {
-        println!(
-            "cargo:warning=LLVM (llvm-config-14) not found: building without the AOT compiler \
-             (`wamr-coro compile` will say what to install; Debian: apt-get install llvm-14-dev)"
-        );
+        if env::var("WAMR_CORO_NO_AOT_COMPILER").is_ok_and(|v| v == "1") {
+            println!("cargo:warning=WAMR_CORO_NO_AOT_COMPILER=1: building without the AOT compiler");
+        } else {
+            println!(
+                "cargo:warning=LLVM (llvm-config-14) not found: building without the AOT compiler \
+                 (`wamr-coro compile` will say what to install; Debian: apt-get install llvm-14-dev)"
+            );
+        }
         return;
     };
     let (platform, arch, invoke, _) = target_parts();

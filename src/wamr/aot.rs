@@ -45,7 +45,6 @@
 //! written to a temporary file and renamed, so a reader never sees half a
 //! file; an entry WAMR cannot load is compiled again.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
@@ -256,7 +255,7 @@ fn run_compiler(args: &[std::ffi::OsString], scratch: &Path) -> Result<std::proc
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut file = std::fs::File::from(owned);
         file.write_all(COMPILER).map_err(|e| io("writing the compiler to a memfd", e))?;
-        match Command::new(format!("/proc/self/fd/{fd}")).args(args).output() {
+        match std::process::Command::new(format!("/proc/self/fd/{fd}")).args(args).output() {
             Ok(out) => return Ok(out),
             Err(e) => tracing::debug!(error = %e, "cannot execute the compiler from a memfd; using a file"),
         }
@@ -273,7 +272,7 @@ fn run_compiler(args: &[std::ffi::OsString], scratch: &Path) -> Result<std::proc
             .map_err(|e| io("writing the compiler", e))?;
         f.write_all(COMPILER).map_err(|e| io("writing the compiler", e))?;
     }
-    Command::new(&exe).args(args).output().map_err(|e| io("running the AOT compiler", e))
+    std::process::Command::new(&exe).args(args).output().map_err(|e| io("running the AOT compiler", e))
 }
 
 #[cfg(not(wamr_aotc))]
