@@ -26,8 +26,11 @@
 //! exec env) → `guest.rs` (the guest's exports and receive buffer) →
 //! `wamr/exec_env.rs` (the call into WAMR) → `abi.rs` (the guest's
 //! `send`/`close` imports) → `server/conn_host.rs` (back to the connection,
-//! which writes the socket). Queue mode replaces the per-connection call with
-//! `server/queue.rs` and its event ring, `ring.rs`.
+//! which writes the socket). Both modes read through `server/socket.rs`.
+//! Queue mode replaces the per-connection call with `server/queue/`: the
+//! connection's reader (`conn.rs`) → its shard's event ring (`ring.rs`) →
+//! the shard's runner (`runner.rs`, events from `dispatch.rs`) → the guest's
+//! imports (`host.rs`) → the connection's writer (`conn.rs`).
 //!
 //! Layers: `wamr/` is the only code that calls WAMR (raw FFI wrapped in RAII
 //! handles); everything else is safe Rust on top of it.

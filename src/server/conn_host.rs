@@ -12,7 +12,7 @@
 //!   them after the callback returns, so a guest never blocks on a slow
 //!   client; `close` marks it closed, and the coroutine flushes, closes the
 //!   socket and calls `on_close`;
-//! * queue mode (`queue.rs`'s `QueueHost`): any connection of the shard's
+//! * queue mode (`queue/host.rs`'s `QueueHost`): any connection of the shard's
 //!   current guest instance; bytes go to that connection's writer.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
