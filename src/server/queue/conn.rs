@@ -15,8 +15,18 @@ pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may
     let qs = queue.shard_of(id);
     let (tx, rx) = may::sync::mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
+    let registration = Registration::new(sh, id, ip, &stream);
+    let (activity_r, activity_w) = (Arc::clone(registration.activity()), Arc::clone(registration.activity()));
+    // One fd: the reader owns the socket and outlives the writer, which
+    // writes through the same descriptor (see `writer`), as does the runner
+    // while the writer has nothing queued (`QueueHost::push`).
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let writer_gone = Arc::new(parking_lot::Mutex::new(false));
     let conn = Arc::new(QueueConn {
         tx,
+        fd,
+        activity: Arc::clone(registration.activity()),
+        writer_gone: Arc::clone(&writer_gone),
         pending: Arc::clone(&pending),
         inflight: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
@@ -25,17 +35,14 @@ pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may
         peer: stream.peer_addr().ok(),
     });
     qs.conns.lock().insert(id, Arc::clone(&conn));
-    let registration = Registration::new(sh, id, ip, &stream);
-    let (activity_r, activity_w) = (Arc::clone(registration.activity()), Arc::clone(registration.activity()));
-    // One fd: the reader owns the socket and outlives the writer, which
-    // writes through the same descriptor (see `writer`).
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (done_tx, done_rx) = may::sync::mpsc::channel::<()>();
     let (sh_w, sh_r, qs_r) = (Arc::clone(sh), Arc::clone(sh), Arc::clone(qs));
     crate::coro::spawn(move || {
         // SAFETY: the reader keeps the socket behind `fd` open until this
         // coroutine has ended (it waits for `done_tx` to drop).
         unsafe { writer(sh_w, fd, rx, pending, &activity_w) };
+        // From here the socket may close: no more direct writes.
+        *writer_gone.lock() = true;
         drop(done_tx);
     });
     crate::coro::spawn(move || {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::super::conn_host::{self, Outbox};
+use super::super::socket;
 use super::super::Shared;
 use crate::abi::{self, AbiHost, ERR_BAD_POINTER};
 use crate::wamr::memory::GuestMemory;
@@ -59,7 +60,29 @@ impl Outbox for QueueHost {
         c.pending.load(Ordering::Acquire)
     }
 
-    fn push(&mut self, c: &Arc<QueueConn>, bytes: &[u8]) -> bool {
+    fn push(&mut self, c: &Arc<QueueConn>, mut bytes: &[u8]) -> bool {
+        // Nothing queued for the writer: write what the socket takes now,
+        // without the channel hop and the writer's wake-up (an OS-thread
+        // runner would wake a may worker through its eventfd for each
+        // answer). The rest, if any, goes to the writer behind it, in order:
+        // later sends see it pending and queue too. A failed write leaves
+        // the bytes to the writer, whose own write fails the same way.
+        let gone = c.writer_gone.lock();
+        if !*gone && c.pending.load(Ordering::Acquire) == 0 {
+            // SAFETY: the socket stays open until the writer has ended and
+            // set `writer_gone`, which it cannot do while we hold its lock.
+            if let Ok(n) = unsafe { socket::write_nonblocking(c.fd, bytes) } {
+                if n > 0 {
+                    self.sh.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    c.activity.touch(&self.sh);
+                }
+                bytes = &bytes[n..];
+                if bytes.is_empty() {
+                    return true;
+                }
+            }
+        }
+        drop(gone);
         c.pending.fetch_add(bytes.len(), Ordering::AcqRel);
         if c.tx.send(Out::Data(bytes.to_vec())).is_err() {
             c.pending.fetch_sub(bytes.len(), Ordering::AcqRel);

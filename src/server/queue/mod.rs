@@ -12,7 +12,9 @@
 //!   in parallel and a fault costs one shard's connections, not all.
 //! * Each connection has a reader coroutine (socket → events; a full ring
 //!   blocks it, so TCP pushes back on the client) and a writer coroutine
-//!   (channel → socket), so the guest never blocks on a slow client: its
+//!   (channel → socket), so the guest never blocks on a slow client. When
+//!   the writer has nothing queued, `send` writes what the socket takes at
+//!   once, without waiting, and only the rest goes to the writer. The guest's
 //!   `send` fails with `WOULD_EXCEED_LIMIT` once `output_limit` bytes are
 //!   pending for that connection. The reader stops reading while the
 //!   connection's pending output plus its queued input could not take
@@ -83,6 +85,15 @@ enum Out {
 /// A connection as queue mode sees it.
 struct QueueConn {
     tx: may::sync::mpsc::Sender<Out>,
+    /// The socket's descriptor, for the runner's direct writes (see
+    /// `QueueHost::push`); open while `writer_gone` is false.
+    fd: std::os::fd::RawFd,
+    /// When the connection last made progress (the idle sweep reads it).
+    activity: Arc<super::socket::Activity>,
+    /// Set, under its lock, by the writer as it ends: after that the socket
+    /// may close, so the runner writes directly only under this lock while
+    /// it is false.
+    writer_gone: Arc<Mutex<bool>>,
     /// Bytes handed to the writer, not yet written.
     pending: Arc<AtomicUsize>,
     /// DATA bytes queued in the ring, not yet handed to the guest.
