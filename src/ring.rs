@@ -14,6 +14,7 @@
 //! thread otherwise, so producers (coroutines) and the consumer (an OS
 //! thread or a coroutine) can be mixed. Events of one producer keep their
 //! order (FIFO). `benches/queue.rs` measures it against a mutex queue.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -29,6 +30,8 @@ pub struct EventRing<T> {
     ring: ArrayQueue<T>,
     items: Semphore,
     space: Semphore,
+    /// The most events ever queued at once.
+    high_water: AtomicUsize,
 }
 
 impl<T> std::fmt::Debug for EventRing<T> {
@@ -41,7 +44,12 @@ impl<T> EventRing<T> {
     /// A queue of at most `capacity` events (at least 1).
     pub fn new(capacity: usize) -> EventRing<T> {
         let capacity = capacity.max(1);
-        EventRing { ring: ArrayQueue::new(capacity), items: Semphore::new(0), space: Semphore::new(capacity) }
+        EventRing {
+            ring: ArrayQueue::new(capacity),
+            items: Semphore::new(0),
+            space: Semphore::new(capacity),
+            high_water: AtomicUsize::new(0),
+        }
     }
 
     /// Appends `v`, waiting while the queue is full. Gives `v` back if the
@@ -55,6 +63,7 @@ impl<T> EventRing<T> {
             self.space.post();
             return Err(v);
         }
+        self.high_water.fetch_max(self.ring.len(), Ordering::Relaxed);
         self.items.post();
         Ok(())
     }
@@ -103,6 +112,12 @@ impl<T> EventRing<T> {
     /// returns `None` at once or after its next wait): used at shutdown.
     pub fn wake(&self) {
         self.items.post();
+    }
+
+    /// The most events ever queued at once (at most the capacity): whether
+    /// backpressure ever engaged, which sampling `len` can miss.
+    pub fn high_water(&self) -> usize {
+        self.high_water.load(Ordering::Relaxed)
     }
 
     /// Events queued now.

@@ -10,8 +10,6 @@ mod common;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -30,20 +28,7 @@ fn a_full_queue_holds_readers_back_loses_nothing_and_drains() {
     let m = wamr_coro::Module::from_wat(SLOW_ECHO_WAT).unwrap();
     let server = start_with_metrics(m, Mode::Queue, EnvPolicy::Connection, limits);
     let (addr, maddr) = (server.local_addr(), server.metrics_addr().unwrap());
-    // Watch the ring's depth through /metrics while 16 clients flood it.
-    let done = Arc::new(AtomicBool::new(false));
-    let max_depth = Arc::new(AtomicU64::new(0));
-    let watcher = {
-        let (done, max_depth) = (Arc::clone(&done), Arc::clone(&max_depth));
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-                let d = scrape(maddr).get("wamr_coro_queue_depth").copied().unwrap_or(0.0) as u64;
-                max_depth.fetch_max(d, Ordering::AcqRel);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    // 16 clients flood the ring of one shard, whose guest is slow.
     let clients: Vec<_> = (0..16)
         .map(|i| {
             std::thread::spawn(move || echo_full_duplex(connect(addr), (0..128 * 1024).map(|j| (i * 13 + j % 251) as u8).collect()))
@@ -52,13 +37,13 @@ fn a_full_queue_holds_readers_back_loses_nothing_and_drains() {
     for c in clients {
         assert!(c.join().unwrap().unwrap(), "an echo came back wrong under backpressure");
     }
-    done.store(true, Ordering::Release);
-    watcher.join().unwrap();
     // The ring was full, and never more than full: that is the memory bound
-    // (capacity × chunk size per shard).
-    assert_eq!(max_depth.load(Ordering::Acquire), CAPACITY as u64, "the ring never filled, or overfilled");
-    // Nothing was refused or dropped: a full queue pushes back on TCP.
+    // (capacity × chunk size per shard). The server's own high-water mark,
+    // not a sampled depth: sampling /metrics missed the full moments on a
+    // loaded machine about half the time.
     let m = scrape(maddr);
+    assert_eq!(m["wamr_coro_queue_depth_max"], CAPACITY as f64, "the ring never filled, or overfilled");
+    // Nothing was refused or dropped: a full queue pushes back on TCP.
     assert_eq!(m["wamr_coro_connections_refused_total"], 0.0);
     assert_eq!(m["wamr_coro_bytes_in_total"], m["wamr_coro_bytes_out_total"]);
     assert_eq!(m["wamr_coro_bytes_in_total"], 16.0 * 128.0 * 1024.0);

@@ -114,6 +114,13 @@ impl Collector for StatsCollector {
             let labels = [("shard", i.to_string())];
             ConstGauge::new(*d as i64).encode(fam.encode_family(&labels)?)?;
         }
+        let name = format!("{p}queue_depth_max");
+        let help = "Most events ever waiting at once, per queue shard (the queue capacity once backpressure engaged)";
+        let mut fam = e.encode_descriptor(&name, help, None, g.metric_type())?;
+        for (i, d) in s.queue_shard_depth_max.iter().enumerate() {
+            let labels = [("shard", i.to_string())];
+            ConstGauge::new(*d as i64).encode(fam.encode_family(&labels)?)?;
+        }
         let h = &self.0.metrics.call_seconds;
         h.encode(e.encode_descriptor(
             &format!("{p}guest_call_seconds"),

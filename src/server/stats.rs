@@ -57,6 +57,9 @@ pub struct ServerStats {
     pub queue_depth: u64,
     /// Queue mode: events waiting now, per shard.
     pub queue_shard_depths: Vec<u64>,
+    /// Queue mode: the most events ever waiting at once, per shard (equal
+    /// to `queue_capacity` once backpressure has engaged).
+    pub queue_shard_depth_max: Vec<u64>,
     /// Queue mode: guest instances replaced after a failure.
     pub queue_restarts: u64,
     /// Guest modules reloaded (SIGHUP / `ServerHandle::reload`).
@@ -145,6 +148,7 @@ impl Shared {
             guest_memory: self.generations.current().pool.guest().memory_budget().stats(),
             queue_depth: self.generations.queue_depths().iter().sum(),
             queue_shard_depths: self.generations.current().queue.as_ref().map(|q| q.depths()).unwrap_or_default(),
+            queue_shard_depth_max: self.generations.current().queue.as_ref().map(|q| q.high_waters()).unwrap_or_default(),
             queue_restarts: self.generations.queue_restarts(),
             reloads: self.generations.reloads(),
         }

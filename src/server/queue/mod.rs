@@ -175,6 +175,11 @@ impl Queue {
         self.shards.iter().map(|s| s.ring.len() as u64).collect()
     }
 
+    /// The most events ever waiting at once, per shard.
+    pub(crate) fn high_waters(&self) -> Vec<u64> {
+        self.shards.iter().map(|s| s.ring.high_water() as u64).collect()
+    }
+
     /// Instances replaced after a fault, all shards.
     pub(crate) fn restarts(&self) -> u64 {
         self.shards.iter().map(|s| s.restarts.load(Ordering::Relaxed)).sum()
