@@ -154,6 +154,11 @@ fn version_flag_prints_wamr_version_fixes_and_features() {
     } else {
         assert_eq!(fixes.split(' ').collect::<Vec<_>>(), want, "{text}");
     }
+    // The CVEs the tree was checked against, each with a cve_* test here.
+    let checked = text.lines().find_map(|l| l.strip_prefix("published CVEs checked: ")).expect(&text);
+    for id in ["CVE-2025-64713", "CVE-2026-54912", "CVE-2026-54913"] {
+        assert!(checked.contains(id), "{id} missing: {text}");
+    }
     let features = text.lines().find_map(|l| l.strip_prefix("features: ")).expect(&text);
     for f in ["fast-interp", "aot-loader", "thread-mgr", "shared-memory", "bulk-memory",
               "reference-types", "instruction-metering", "software-bound-checks"] {
