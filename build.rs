@@ -406,14 +406,9 @@ const COMPILER_DEFINES: &[(&str, &str)] = &[
 
 /// The LLVM `llvm-config` to build the AOT compiler with:
 /// `$WAMR_CORO_LLVM_CONFIG`, else `llvm-config-14`, else `llvm-config`,
-/// with its major version; `None` when there is none (or when
-/// `WAMR_CORO_NO_AOT_COMPILER=1`).
+/// with its major version; `None` when there is none.
 fn find_llvm_config() -> Option<(String, String)> {
     println!("cargo:rerun-if-env-changed=WAMR_CORO_LLVM_CONFIG");
-    println!("cargo:rerun-if-env-changed=WAMR_CORO_NO_AOT_COMPILER");
-    if env::var("WAMR_CORO_NO_AOT_COMPILER").is_ok_and(|v| v == "1") {
-        return None;
-    }
     let candidates = match env::var("WAMR_CORO_LLVM_CONFIG") {
         Ok(c) => vec![c],
         Err(_) => vec!["llvm-config-14".to_string(), "llvm-config".to_string()],
@@ -447,15 +442,16 @@ fn llvm_config(cfg: &str, args: &[&str]) -> Vec<String> {
 /// failure here fails the build (set `WAMR_CORO_NO_AOT_COMPILER=1` to skip).
 fn build_compiler(wamr: &Path, out: &Path) {
     println!("cargo::rustc-check-cfg=cfg(wamr_aotc)");
+    println!("cargo:rerun-if-env-changed=WAMR_CORO_NO_AOT_COMPILER");
+    if env::var("WAMR_CORO_NO_AOT_COMPILER").is_ok_and(|v| v == "1") {
+        println!("cargo:warning=WAMR_CORO_NO_AOT_COMPILER=1: building without the AOT compiler");
+        return;
+    }
     let Some((cfg, version)) = find_llvm_config() else {
-        if env::var("WAMR_CORO_NO_AOT_COMPILER").is_ok_and(|v| v == "1") {
-            println!("cargo:warning=WAMR_CORO_NO_AOT_COMPILER=1: building without the AOT compiler");
-        } else {
-            println!(
-                "cargo:warning=LLVM (llvm-config-14) not found: building without the AOT compiler \
-                 (`wamr-coro compile` will say what to install; Debian: apt-get install llvm-14-dev)"
-            );
-        }
+        println!(
+            "cargo:warning=LLVM (llvm-config-14) not found: building without the AOT compiler \
+             (`wamr-coro compile` will say what to install; Debian: apt-get install llvm-14-dev)"
+        );
         return;
     };
     let (platform, arch, invoke, _) = target_parts();
