@@ -48,21 +48,29 @@ fn setup() {
     });
 }
 
-/// Times `iters` calls of the module's `work` inside one coroutine.
-fn time_guest(m: &Module, iters: u64) -> Duration {
+/// Runs `f` with the module's `work` in a fresh env, inside one coroutine
+/// as the server would.
+fn with_work<R: Send + 'static>(m: &Module, f: impl FnOnce(&mut ExecEnv, &TypedFunc<i32, i32>) -> R + Send + 'static) -> R {
     let m = m.clone();
     coro::spawn(move || {
         let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
         let work = env.typed::<i32, i32>(&m, "work").unwrap();
-        let t = Instant::now();
-        for k in 0..iters {
-            let seed = (k as u32).wrapping_mul(2_654_435_761) as i32;
-            std::hint::black_box(env.call_typed(&work, seed).unwrap());
-        }
-        t.elapsed()
+        f(&mut env, &work)
     })
     .join()
     .unwrap()
+}
+
+/// Times `iters` calls of the module's `work`.
+fn time_guest(m: &Module, iters: u64) -> Duration {
+    with_work(m, move |env, work| {
+        let t = Instant::now();
+        for k in 0..iters {
+            let seed = (k as u32).wrapping_mul(2_654_435_761) as i32;
+            std::hint::black_box(env.call_typed(work, seed).unwrap());
+        }
+        t.elapsed()
+    })
 }
 
 fn cpu_work(c: &mut Criterion) {
@@ -72,17 +80,12 @@ fn cpu_work(c: &mut Criterion) {
     // The three must compute the same thing before their times mean anything.
     let want: Vec<u32> = (0..4u32).map(|s| work_native(s.wrapping_mul(2_654_435_761))).collect();
     let check = |m: &Module| {
-        let m = m.clone();
         let want = want.clone();
-        coro::spawn(move || {
-            let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
-            let work = env.typed::<i32, i32>(&m, "work").unwrap();
+        with_work(m, move |env, work| {
             for (s, w) in (0..4u32).zip(want) {
-                assert_eq!(env.call_typed(&work, s.wrapping_mul(2_654_435_761) as i32).unwrap() as u32, w);
+                assert_eq!(env.call_typed(work, s.wrapping_mul(2_654_435_761) as i32).unwrap() as u32, w);
             }
         })
-        .join()
-        .unwrap();
     };
     check(&interp);
     let compiled = if aot::compiler_available() {

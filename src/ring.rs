@@ -63,7 +63,12 @@ impl<T> EventRing<T> {
             self.space.post();
             return Err(v);
         }
-        self.high_water.fetch_max(self.ring.len(), Ordering::Relaxed);
+        // A load first: the mark rarely moves, and a read-modify-write on
+        // every push would bounce the line between the pushing cores.
+        let len = self.ring.len();
+        if len > self.high_water.load(Ordering::Relaxed) {
+            self.high_water.fetch_max(len, Ordering::Relaxed);
+        }
         self.items.post();
         Ok(())
     }

@@ -21,6 +21,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{ServerStats, Shared};
@@ -56,6 +57,16 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(v);
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// A gauge with one sample per queue shard, labelled `shard`.
+fn shard_gauge(e: &mut DescriptorEncoder, name: &str, help: &str, values: &[u64]) -> Result<(), std::fmt::Error> {
+    let mut fam = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (i, v) in values.iter().enumerate() {
+        let labels = [("shard", i.to_string())];
+        ConstGauge::new(*v as i64).encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl Collector for StatsCollector {
@@ -107,19 +118,16 @@ impl Collector for StatsCollector {
         for (name, help, v) in gauges {
             gauge(&mut e, &format!("{p}{name}"), help, v)?;
         }
-        let g = ConstGauge::new(0i64);
-        let name = format!("{p}queue_depth");
-        let mut fam = e.encode_descriptor(&name, "Events waiting, per queue shard", None, g.metric_type())?;
-        for (i, d) in s.queue_shard_depths.iter().enumerate() {
-            let labels = [("shard", i.to_string())];
-            ConstGauge::new(*d as i64).encode(fam.encode_family(&labels)?)?;
-        }
-        let name = format!("{p}queue_depth_max");
-        let help = "Most events ever waiting at once, per queue shard (the queue capacity once backpressure engaged)";
-        let mut fam = e.encode_descriptor(&name, help, None, g.metric_type())?;
-        for (i, d) in s.queue_shard_depth_max.iter().enumerate() {
-            let labels = [("shard", i.to_string())];
-            ConstGauge::new(*d as i64).encode(fam.encode_family(&labels)?)?;
+        let per_shard: [(&str, &str, &[u64]); 2] = [
+            ("queue_depth", "Events waiting, per queue shard", &s.queue_shard_depths),
+            (
+                "queue_depth_max",
+                "Most events ever waiting at once, per queue shard (the queue capacity once backpressure engaged)",
+                &s.queue_shard_depth_max,
+            ),
+        ];
+        for (name, help, values) in per_shard {
+            shard_gauge(&mut e, &format!("{p}{name}"), help, values)?;
         }
         let h = &self.0.metrics.call_seconds;
         h.encode(e.encode_descriptor(

@@ -126,6 +126,7 @@ impl Shared {
     pub(crate) fn stats(&self) -> ServerStats {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let generation = self.generations.current();
         ServerStats {
             accepted: l(&c.accepted),
             refused: l(&c.refused),
@@ -142,13 +143,13 @@ impl Shared {
             shutdown_cuts: l(&c.shutdown_cuts),
             slow_closes: l(&c.slow_closes),
             envs: self.registry.stats(),
-            pool: self.generations.current().pool.stats(),
+            pool: generation.pool.stats(),
             env_resets: self.generations.reset_counts().0,
             env_reset_refusals: self.generations.reset_counts().1,
-            guest_memory: self.generations.current().pool.guest().memory_budget().stats(),
+            guest_memory: generation.pool.guest().memory_budget().stats(),
             queue_depth: self.generations.queue_depths().iter().sum(),
-            queue_shard_depths: self.generations.current().queue.as_ref().map(|q| q.depths()).unwrap_or_default(),
-            queue_shard_depth_max: self.generations.current().queue.as_ref().map(|q| q.high_waters()).unwrap_or_default(),
+            queue_shard_depths: generation.queue.as_ref().map(|q| q.depths()).unwrap_or_default(),
+            queue_shard_depth_max: generation.queue.as_ref().map(|q| q.high_waters()).unwrap_or_default(),
             queue_restarts: self.generations.queue_restarts(),
             reloads: self.generations.reloads(),
         }

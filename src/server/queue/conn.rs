@@ -16,7 +16,7 @@ pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may
     let (tx, rx) = may::sync::mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
     let registration = Registration::new(sh, id, ip, &stream);
-    let (activity_r, activity_w) = (Arc::clone(registration.activity()), Arc::clone(registration.activity()));
+    let activity_w = Arc::clone(registration.activity());
     // One fd: the reader owns the socket and outlives the writer, which
     // writes through the same descriptor (see `writer`), as does the runner
     // while the writer has nothing queued (`QueueHost::push`).
@@ -47,7 +47,7 @@ pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may
     });
     crate::coro::spawn(move || {
         let mut stream = stream;
-        reader(&sh_r, &qs_r, id, &conn, &mut stream, &activity_r);
+        reader(&sh_r, &qs_r, id, &conn, &mut stream);
         // The socket stays open until the writer is done with it; a writer
         // whose CLOSE never comes (the shard shut down) is told to stop.
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(Duration::from_millis(100)) {
@@ -73,7 +73,7 @@ fn push(qs: &Shard, mut ev: Event) -> bool {
     }
 }
 
-pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream: &mut may::net::TcpStream, activity: &Activity) {
+pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream: &mut may::net::TcpStream) {
     // Idle reads are ended by the server's sweep (socket.rs).
     if !push(qs, Event::Open(id)) {
         return;
@@ -84,7 +84,7 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
             sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
             break;
         }
-        let Ok(data) = reader.next(sh, stream, activity) else { break };
+        let Ok(data) = reader.next(sh, stream, &conn.activity) else { break };
         conn.inflight.fetch_add(data.len(), Ordering::AcqRel);
         if !push(qs, Event::Data(id, data.to_vec())) {
             break;
