@@ -542,3 +542,69 @@ fn queue_coroutine_runner_serves_restarts_and_stops() {
     assert_eq!((stats.traps, stats.queue_restarts), (1, 1), "{stats}");
     assert_eq!(stats.envs.live, 0);
 }
+
+/// One connection that always has more input ready must not hold its worker:
+/// with one worker, a client streaming half a MiB through a guest that
+/// computes for a few hundred microseconds a chunk, a second client's
+/// message is answered while most of the stream is still unanswered.
+/// Without the coroutine's periodic yield (server/connection.rs) and the
+/// worker's poll between queued coroutines (vendor/may), the second client
+/// was not even accepted before the stream ended.
+#[test]
+fn a_streaming_connection_does_not_hold_its_worker() {
+    let dir = std::env::temp_dir().join(format!("wamr-coro-fair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let guest = dir.join("slow_echo.wat");
+    std::fs::write(&guest, SLOW_ECHO_WAT).unwrap();
+    let (mut child, addr, _out) = spawn_server(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+            .arg("serve")
+            .arg(&guest)
+            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--chunk-size", "4096", "--mode", "direct"]),
+    );
+
+    const TOTAL: usize = 512 * 1024;
+    let data: Vec<u8> = (0..TOTAL).map(|i| (i * 7 % 251) as u8).collect();
+    let a = connect(addr);
+    let echoed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let (mut a, echoed) = (a.try_clone().unwrap(), Arc::clone(&echoed));
+        std::thread::spawn(move || {
+            let mut got = Vec::with_capacity(TOTAL);
+            let mut buf = [0u8; 65536];
+            while got.len() < TOTAL {
+                match std::io::Read::read(&mut a, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                echoed.store(got.len(), Ordering::SeqCst);
+            }
+            got
+        })
+    };
+    let writer = {
+        let (mut a, data) = (a.try_clone().unwrap(), data.clone());
+        std::thread::spawn(move || a.write_all(&data).is_ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while echoed.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the stream is never answered");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let mut b = connect(addr);
+    b.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut b, 4).unwrap(), b"ping");
+    let at_answer = echoed.load(Ordering::SeqCst);
+
+    assert!(writer.join().unwrap(), "the stream was not taken");
+    let got = reader.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(got == data, "the stream came back wrong: {} of {TOTAL} bytes", got.len());
+    assert!(
+        at_answer < TOTAL / 2,
+        "the second client was answered only after {at_answer} of the first one's {TOTAL} bytes"
+    );
+}

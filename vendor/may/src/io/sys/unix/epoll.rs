@@ -121,9 +121,13 @@ impl Selector {
         let epoll = &single_selector.epoll;
 
         // Wait for epoll events for at most timeout_ms milliseconds
-        // (wamr-coro: after polling briefly, see `poll_then_wait`).
+        // (wamr-coro: after polling briefly, see `poll_then_wait`; and not
+        // at all while coroutines are queued, for the worker polls between
+        // them, see `RUN_BEFORE_POLL` in scheduler.rs).
         let n = match epoll.wait(events, EpollTimeout::ZERO)? {
-            0 if timeout_ms != EpollTimeout::ZERO => poll_then_wait(epoll, events, timeout_ms)?,
+            0 if timeout_ms != EpollTimeout::ZERO && !scheduler.has_queued_tasks(id) => {
+                poll_then_wait(epoll, events, timeout_ms)?
+            }
             n => n,
         };
         // println!("epoll_wait = {}", n);
