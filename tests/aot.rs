@@ -150,6 +150,76 @@ fn cpu_guest_compiled_answers_like_the_interpreter() {
     assert_eq!(answers(portable, Mode::Direct), interp);
 }
 
+/// Answers each 16-byte request (value, count: two little-endian i64s)
+/// with wasm's rotates of them: by the count, and by constants after a
+/// multiplication (the shape patch 0400 compiles to one rotate instruction).
+const ROTATE_WAT: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global (export "__heap_base") i32 (i32.const 131072))
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (local $v i64) (local $k i64) (local $v32 i32) (local $k32 i32)
+    (if (i32.ne (local.get $n) (i32.const 16)) (then (return (i32.const -1))))
+    (local.set $v (i64.load (local.get $p)))
+    (local.set $k (i64.load offset=8 (local.get $p)))
+    (local.set $v32 (i32.wrap_i64 (local.get $v)))
+    (local.set $k32 (i32.wrap_i64 (local.get $k)))
+    (i32.store (i32.const 1024) (i32.rotl (local.get $v32) (local.get $k32)))
+    (i32.store (i32.const 1028) (i32.rotr (local.get $v32) (local.get $k32)))
+    (i64.store (i32.const 1032) (i64.rotl (local.get $v) (local.get $k)))
+    (i64.store (i32.const 1040) (i64.rotr (local.get $v) (local.get $k)))
+    (i32.store (i32.const 1048) (i32.rotl (i32.mul (local.get $v32) (i32.const 0x9E3779B1)) (i32.const 7)))
+    (i64.store (i32.const 1052) (i64.rotr (i64.mul (local.get $v) (i64.const 0x9E3779B97F4A7C15)) (i64.const 33)))
+    (i32.store (i32.const 1060) (i32.rotl (local.get $v32) (i32.const 32)))
+    (i64.store (i32.const 1064) (i64.rotr (local.get $v) (i64.const -1)))
+    (call $send (local.get $c) (i32.const 1024) (i32.const 48))))"#;
+
+/// What `ROTATE_WAT` answers, computed by Rust.
+fn rotate_answer(v: u64, k: u64) -> Vec<u8> {
+    let (v32, k32) = (v as u32, k as u32);
+    let mut out = Vec::with_capacity(48);
+    out.extend(v32.rotate_left(k32 % 32).to_le_bytes());
+    out.extend(v32.rotate_right(k32 % 32).to_le_bytes());
+    out.extend(v.rotate_left((k % 64) as u32).to_le_bytes());
+    out.extend(v.rotate_right((k % 64) as u32).to_le_bytes());
+    out.extend(v32.wrapping_mul(0x9E37_79B1).rotate_left(7).to_le_bytes());
+    out.extend(v.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_right(33).to_le_bytes());
+    out.extend(v32.to_le_bytes());
+    out.extend(v.rotate_right(63).to_le_bytes());
+    out
+}
+
+/// rotl/rotr of i32 and i64 by every kind of count (zero, the width, past
+/// it, negative, high bits set) give wasm's answers compiled as well as
+/// interpreted: patch 0400 changed how the compiler emits them.
+#[test]
+fn compiled_rotates_match_wasm_semantics() {
+    if !compiler() {
+        return;
+    }
+    let values = [0u64, 1, 0x8000_0000_0000_0001, 0xDEAD_BEEF_CAFE_BABE, u64::MAX, 0x0123_4567_89AB_CDEF];
+    let counts = [0u64, 1, 7, 31, 32, 33, 63, 64, 65, u64::MAX, 0x1_0000_0021, 1 << 63];
+    let wasm = wat::parse_str(ROTATE_WAT).unwrap();
+    let portable = aot::compile(&wasm, Target::Portable).unwrap();
+    let native = aot::compile(&wasm, Target::Native).unwrap();
+    for (what, bytes) in [("interpreted", wasm), ("native AOT", native), ("portable AOT", portable)] {
+        let m = Module::new(bytes).unwrap();
+        let server = start_aot(m, Mode::Direct, EnvSource::Instance, test_limits());
+        let mut s = connect(server.local_addr());
+        for &v in &values {
+            for &k in &counts {
+                let mut req = v.to_le_bytes().to_vec();
+                req.extend(k.to_le_bytes());
+                s.write_all(&req).unwrap();
+                assert_eq!(read_n(&mut s, 48).unwrap(), rotate_answer(v, k), "{what}: value {v:#x}, count {k:#x}");
+            }
+        }
+        server.stop();
+    }
+}
+
 #[test]
 fn compiled_faults_close_only_their_connection() {
     if !compiler() {
