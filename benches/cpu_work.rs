@@ -7,6 +7,10 @@
 //! `$work`, exported here by editing the text, so the three run the same
 //! loop. Each call runs on a coroutine, as in the server. Without the AOT
 //! compiler (a build without LLVM) the compiled case is skipped with a note.
+//!
+//! `CPU_WORK_AOT=FILE` adds one more case: an AOT file of the same text
+//! (`cpu.wat` with `$work` exported as "work") made by another build's
+//! `wamr-coro compile`, so two compilers are compared in one run.
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -97,6 +101,13 @@ fn cpu_work(c: &mut Criterion) {
         eprintln!("cpu_work: no AOT compiler in this build; the compiled case is skipped");
         None
     };
+    let other = std::env::var_os("CPU_WORK_AOT").map(|path| {
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("CPU_WORK_AOT={path:?}: {e}"));
+        let m = Module::new(bytes).unwrap();
+        assert!(m.is_aot(), "CPU_WORK_AOT={path:?} is not an AOT file");
+        check(&m);
+        m
+    });
 
     let mut g = c.benchmark_group("cpu_work_5000_rounds");
     g.bench_function("native_rust", |b| {
@@ -110,6 +121,9 @@ fn cpu_work(c: &mut Criterion) {
     });
     if let Some(m) = &compiled {
         g.bench_function("wamr_aot", |b| b.iter_custom(|iters| time_guest(m, iters)));
+    }
+    if let Some(m) = &other {
+        g.bench_function("wamr_aot_file", |b| b.iter_custom(|iters| time_guest(m, iters)));
     }
     g.bench_function("wamr_interpreter", |b| b.iter_custom(|iters| time_guest(&interp, iters)));
     g.finish();
