@@ -1,5 +1,7 @@
 use std::io::{self, Read, Write};
 use std::net::{self, Shutdown, SocketAddr, ToSocketAddrs};
+#[cfg(unix)]
+use std::sync::atomic::Ordering;
 #[cfg(feature = "io_timeout")]
 use std::time::Duration;
 
@@ -219,17 +221,28 @@ impl Read for TcpStream {
         #[cfg(unix)]
         {
             self._io.reset();
-            // this is an earlier return try for nonblocking read
-            // it's useful for server but not necessary for client
-            match self.sys.read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) => {
-                    // raw_os_error is faster than kind
-                    let raw_err = e.raw_os_error();
-                    if raw_err == Some(libc::EAGAIN) || raw_err == Some(libc::EWOULDBLOCK) {
-                        // do nothing here
-                    } else {
-                        return Err(e);
+            // wamr-coro: skip the early try when the last read drained the
+            // socket and no read edge has come since: it could only say
+            // EAGAIN (one wasted syscall per request under
+            // request/response load). Resetting `io_flag` first means an
+            // edge delivered from here on still wakes the wait below.
+            if !self._io.known_drained() {
+                let edges = self._io.read_edges.load(Ordering::Acquire);
+                // this is an earlier return try for nonblocking read
+                // it's useful for server but not necessary for client
+                match self.sys.read(buf) {
+                    Ok(n) => {
+                        self._io.note_read(edges, buf.len(), n);
+                        return Ok(n);
+                    }
+                    Err(e) => {
+                        // raw_os_error is faster than kind
+                        let raw_err = e.raw_os_error();
+                        if raw_err == Some(libc::EAGAIN) || raw_err == Some(libc::EWOULDBLOCK) {
+                            // do nothing here
+                        } else {
+                            return Err(e);
+                        }
                     }
                 }
             }

@@ -146,6 +146,11 @@ impl Selector {
             let data = unsafe { &mut *(event.data() as *mut EventData) };
             let events = event.events().bits() as usize;
             // info!("select got event, data={:p}, events={}", data, events);
+            // wamr-coro: count read edges before publishing the flag, so a
+            // reader that sees the flag also sees the count move.
+            if events & super::READ_EDGE_BITS != 0 {
+                data.read_edges.fetch_add(1, Ordering::Release);
+            }
             data.io_flag.fetch_or(events, Ordering::Release);
 
             // first check the atomic co, this may be grab by the worker first

@@ -112,11 +112,29 @@ pub type TimerList = TimeOutList<TimerData>;
 #[cfg(feature = "io_timeout")]
 pub type TimerHandle = TimeoutHandle<TimerData>;
 
+/// wamr-coro: `EventData::drained_at` when the last read did not drain the
+/// socket (or nothing is known): the next read tries first.
+pub const NOT_DRAINED: usize = usize::MAX;
+
+/// wamr-coro: the epoll bits after which a read may find data (or EOF, or
+/// an error) that was not there before.
+pub const READ_EDGE_BITS: usize = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as usize;
+
 // event associated io data, must be construct in
 // each file handle, the epoll event.data would point to it
 pub struct EventData {
     pub fd: RawFd,
     pub io_flag: AtomicUsize,
+    /// wamr-coro: counts the events that can mean "readable" (in, read
+    /// hang-up, hang-up, error) the selector has delivered for this fd.
+    /// Unlike `io_flag`, nothing clears it: a write's `reset` must not hide
+    /// a read edge from `TcpStream::read`'s drained check.
+    pub read_edges: AtomicUsize,
+    /// wamr-coro: the `read_edges` count read just before a read that left
+    /// the socket drained (it returned less than it asked for), or
+    /// `NOT_DRAINED`. While the two are equal, no data has arrived since
+    /// and a read can wait for the next event without trying first.
+    pub drained_at: AtomicUsize,
     #[cfg(feature = "io_timeout")]
     pub timer: RefCell<Option<TimerHandle>>,
     pub co: AtomicOption<CoroutineImpl>,
@@ -130,6 +148,8 @@ impl EventData {
         EventData {
             fd,
             io_flag: AtomicUsize::new(0),
+            read_edges: AtomicUsize::new(0),
+            drained_at: AtomicUsize::new(NOT_DRAINED),
             #[cfg(feature = "io_timeout")]
             timer: RefCell::new(None),
             co: AtomicOption::none(),
@@ -141,6 +161,25 @@ impl EventData {
         TimerData {
             event_data: self as *const _ as *mut _,
         }
+    }
+
+    /// wamr-coro: whether the socket is known to hold no data: the last
+    /// read drained it and no read edge has been delivered since. A read
+    /// then waits for the next event instead of making a syscall that
+    /// would only say `EAGAIN`.
+    #[inline]
+    pub fn known_drained(&self) -> bool {
+        self.drained_at.load(Ordering::Relaxed) == self.read_edges.load(Ordering::Acquire)
+    }
+
+    /// wamr-coro: records what a read returned. `edges` is `read_edges` as
+    /// loaded before the read's syscall, so an edge delivered during the
+    /// syscall makes the record stale and the next read try first.
+    #[inline]
+    pub fn note_read(&self, edges: usize, asked: usize, got: usize) {
+        let drained = got > 0 && got < asked;
+        self.drained_at
+            .store(if drained { edges } else { NOT_DRAINED }, Ordering::Relaxed);
     }
 
     #[inline]

@@ -44,8 +44,14 @@ impl<'a> SocketRead<'a> {
             self.io_data.io_flag.store(0, Ordering::Relaxed);
 
             // finish the read operation
+            let edges = self.io_data.read_edges.load(Ordering::Acquire);
             match read(fd, self.buf) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    // wamr-coro: lets the next TcpStream::read skip its
+                    // early try if this read drained the socket.
+                    self.io_data.note_read(edges, self.buf.len(), n);
+                    return Ok(n);
+                }
                 Err(e) => {
                     if e == nix::errno::Errno::EAGAIN {
                         // do nothing

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Counts the system calls a server makes per HTTP request under wrk load, from the kernel's
+# syscall tracepoints (perf stat; needs perf and permission to read tracepoints, e.g. root).
+# What it answers: how many reads, writes and polls one request costs, e.g. before and after
+# a change to the read path, or against a peer server.
+#
+# usage: scripts/syscalls_per_request.sh CONNS DURATION_S COMMAND...
+#   COMMAND starts the server; {PORT} in it is replaced by a free port. Example:
+#   scripts/syscalls_per_request.sh 100 5 target/release/wamr-coro serve guests/http.wat --listen 127.0.0.1:{PORT}
+# prints: req/s, then each syscall (and context switches) per request
+set -u
+[ $# -ge 3 ] || { sed -n '2,10p' "$0"; exit 2; }
+conns=$1; dur=$2; shift 2
+command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 2; }
+command -v perf >/dev/null || { echo "install perf (apt-get install linux-perf)"; exit 2; }
+port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+cmd=("${@//\{PORT\}/$port}")
+"${cmd[@]}" >/dev/null 2>&1 & pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+for _ in $(seq 1 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" && break; sleep 0.1; done
+wrk -t1 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
+events=context-switches
+for s in read recvfrom readv write sendto writev sendmsg epoll_wait epoll_ctl sched_yield futex; do
+  events="$events,syscalls:sys_enter_$s"
+done
+out=$(mktemp)
+# perf counts for DURATION-1 s in the middle of a DURATION+1 s wrk run.
+wrk -t1 -c"$conns" -d"$((dur + 1))s" "http://127.0.0.1:$port/" >"$out.wrk" 2>&1 &
+sleep 1
+perf stat -x, -e "$events" -p "$pid" -- sleep "$((dur - 1))" 2>"$out"
+wait %2 2>/dev/null
+rps=$(awk '/Requests\/sec/ {print $2}' "$out.wrk")
+echo "req/s $rps"
+awk -F, -v rps="$rps" -v secs="$((dur - 1))" '$1 ~ /^[0-9]+$/ {
+  name = $3; sub(/^syscalls:sys_enter_/, "", name); printf "  %-18s %6.3f per request\n", name, $1 / (rps * secs) }' "$out"
+rm -f "$out" "$out.wrk"
