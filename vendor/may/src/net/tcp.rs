@@ -253,7 +253,8 @@ impl Read for TcpStream {
             buf,
             #[cfg(feature = "io_timeout")]
             self.read_timeout.get(),
-        );
+        )
+        .on_socket();
         yield_with_io(&reader, reader.is_coroutine);
         reader.done()
     }

@@ -10,7 +10,9 @@ use crate::coroutine_impl::co_cancel_data;
 use crate::coroutine_impl::{is_coroutine, CoroutineImpl, EventSource};
 use crate::io::AsIoData;
 use crate::yield_now::yield_with_io;
+use nix::sys::socket::{recv, MsgFlags};
 use nix::unistd::read;
+use std::os::fd::AsRawFd;
 
 pub struct SocketRead<'a> {
     io_data: &'a IoData,
@@ -18,6 +20,8 @@ pub struct SocketRead<'a> {
     #[cfg(feature = "io_timeout")]
     timeout: Option<Duration>,
     pub(crate) is_coroutine: bool,
+    /// wamr-coro: the fd is a socket: finish with `recv`, not `read`.
+    socket: bool,
 }
 
 impl<'a> SocketRead<'a> {
@@ -32,7 +36,17 @@ impl<'a> SocketRead<'a> {
             #[cfg(feature = "io_timeout")]
             timeout,
             is_coroutine: is_coroutine(),
+            socket: false,
         }
+    }
+
+    /// wamr-coro: the fd is a connected socket, so the read that finishes
+    /// the operation can be `recv(2)`, as the early try in
+    /// `TcpStream::read` already is: `read(2)` reaches the same socket code
+    /// through the VFS layer (`fdget_pos`, `vfs_read`), which costs more.
+    pub fn on_socket(mut self) -> Self {
+        self.socket = true;
+        self
     }
 
     pub fn done(&mut self) -> io::Result<usize> {
@@ -45,7 +59,12 @@ impl<'a> SocketRead<'a> {
 
             // finish the read operation
             let edges = self.io_data.read_edges.load(Ordering::Acquire);
-            match read(fd, self.buf) {
+            let got = if self.socket {
+                recv(fd.as_raw_fd(), self.buf, MsgFlags::empty())
+            } else {
+                read(fd, self.buf)
+            };
+            match got {
                 Ok(n) => {
                     // wamr-coro: lets the next TcpStream::read skip its
                     // early try if this read drained the socket.
