@@ -20,15 +20,11 @@ while [ $# -gt 0 ]; do
 done
 [ $# -ge 3 ] || { sed -n '2,12p' "$0"; exit 2; }
 conns=$1; dur=$2; shift 2
-command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 2; }
 command -v perf >/dev/null || { echo "install perf (apt-get install linux-perf)"; exit 2; }
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-cmd=("${@//\{PORT\}/$port}")
-"${cmd[@]}" >/dev/null 2>&1 & pid=$!
+. "$(dirname "$0")/under_load.sh"
 data=$(mktemp)
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$data" "$data.wrk"' EXIT
-for _ in $(seq 1 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" && break; sleep 0.1; done
-wrk -t1 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
+under_load_cleanup() { rm -f "$data" "$data.wrk"; }
+under_load_start "$conns" "$@"
 hz=4000
 # perf samples for DURATION-1 s in the middle of a DURATION+1 s wrk run.
 wrk -t1 -c"$conns" -d"$((dur + 1))s" "http://127.0.0.1:$port/" >"$data.wrk" 2>&1 &

@@ -11,14 +11,9 @@
 set -u
 [ $# -ge 3 ] || { sed -n '2,10p' "$0"; exit 2; }
 conns=$1; dur=$2; shift 2
-command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 2; }
 command -v perf >/dev/null || { echo "install perf (apt-get install linux-perf)"; exit 2; }
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-cmd=("${@//\{PORT\}/$port}")
-"${cmd[@]}" >/dev/null 2>&1 & pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
-for _ in $(seq 1 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" && break; sleep 0.1; done
-wrk -t1 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
+. "$(dirname "$0")/under_load.sh"
+under_load_start "$conns" "$@"
 events=context-switches
 for s in read recvfrom readv write sendto writev sendmsg epoll_wait epoll_ctl sched_yield futex; do
   events="$events,syscalls:sys_enter_$s"

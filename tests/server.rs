@@ -552,10 +552,7 @@ fn queue_coroutine_runner_serves_restarts_and_stops() {
 /// was not even accepted before the stream ended.
 #[test]
 fn a_streaming_connection_does_not_hold_its_worker() {
-    let dir = std::env::temp_dir().join(format!("wamr-coro-fair-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let guest = dir.join("slow_echo.wat");
-    std::fs::write(&guest, SLOW_ECHO_WAT).unwrap();
+    let (dir, guest) = guest_file("fair", "slow_echo.wat", SLOW_ECHO_WAT);
     let (mut child, addr, _out) = spawn_server(
         std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
             .arg("serve")
@@ -619,10 +616,7 @@ fn a_streaming_connection_does_not_hold_its_worker() {
 /// hour here), so the bounded read below fails.
 #[test]
 fn data_that_arrives_during_a_call_is_read_without_waiting_for_more() {
-    let dir = std::env::temp_dir().join(format!("wamr-coro-edges-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let guest = dir.join("slow_echo.wat");
-    std::fs::write(&guest, SLOW_ECHO_WAT).unwrap();
+    let (dir, guest) = guest_file("edges", "slow_echo.wat", SLOW_ECHO_WAT);
     for mode in ["direct", "queue"] {
         let (mut child, addr, _out) = spawn_server(
             std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))

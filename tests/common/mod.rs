@@ -17,6 +17,17 @@ pub fn guest_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guests").join(name)
 }
 
+/// Writes `wat` to a file named `name` in a fresh directory of its own
+/// (`tag` and the process id keep tests apart); returns the directory, for
+/// the caller to remove, and the file.
+pub fn guest_file(tag: &str, name: &str, wat: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("wamr-coro-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, wat).unwrap();
+    (dir, file)
+}
+
 pub fn guest_text(name: &str) -> String {
     std::fs::read_to_string(guest_path(name)).expect("guest source")
 }
