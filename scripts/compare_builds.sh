@@ -10,47 +10,35 @@
 #   the peers are built (cd KIT/peers && cargo build --release). ROUNDS (default 1): run the
 #   peer and every variant, in turn, this many times and print medians (this machine's
 #   requests/s drift by ±10 % between single runs; alternating rounds sees through that).
-# prints: name req/s p99 ratio-to-peer (and wrk's error line if any); with ROUNDS > 1, the
-#   median req/s and p99 of each, then every round's req/s
+# prints: name, median req/s, median p99 (µs), ratio to the peer's median req/s, every round's
+#   req/s when ROUNDS > 1, and wrk's error lines (non-2xx answers, socket errors) if any
 set -u
 [ $# -ge 4 ] || { sed -n '2,14p' "$0"; exit 2; }
 guest=$1; dur=$2; conns=$3; shift 3
 kit=${KIT:-$(dirname "$0")/../../shared/bench}
 peer="$kit/peers/target/release/wasmtime-host"
 [ -x "$peer" ] || { echo "build the peers first: (cd $kit/peers && cargo build --release)"; exit 2; }
-command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 2; }
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-run() { # name, command with {PORT}
-  local name=$1 cmd=$2 port pid out
-  port=$(free_port)
-  bash -c "exec ${cmd//\{PORT\}/$port}" >/dev/null 2>&1 & pid=$!
-  for _ in $(seq 1 100); do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" && break; sleep 0.1; done
-  wrk -t1 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
+. "$(dirname "$0")/under_load.sh"
+run() { # name, command with {PORT}: "name req/s p99 [wrk's error lines]"
+  local name=$1 cmd=$2 out
+  under_load_start "$conns" bash -c "exec $cmd"
   out=$(wrk -t1 -c"$conns" -d"${dur}s" --latency "http://127.0.0.1:$port/" 2>&1)
-  kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
+  under_load_stop
   echo "$name $(printf '%s\n' "$out" | awk '/Requests\/sec/ {print $2}') $(printf '%s\n' "$out" | awk '$1=="99%" {print $2}') $(printf '%s\n' "$out" | grep -E 'Non-2xx|Socket errors' | tr '\n' ' ')"
 }
+# Every line of $all is "index name req/s p99 [errors]"; index 0 is the peer.
+all=$(mktemp)
+under_load_cleanup() { rm -f "$all"; }
+trap under_load_cleanup EXIT
 rounds=${ROUNDS:-1}
-if [ "$rounds" -le 1 ]; then
-  base=$(run "wasmtime-peer-${PEER_WORKERS:-2}w" "$peer $guest {PORT} ${PEER_WORKERS:-2}")
-  echo "$base 1.00"
-  b=$(echo "$base" | awk '{print $2}')
-  for v in "$@"; do
-    IFS='|' read -r name bin flags <<<"$v"
-    r=$(run "$name" "$bin serve $guest $flags --listen 127.0.0.1:{PORT}")
-    echo "$r $(echo "$r" | awk -v b="$b" '{ if ($2 > 0 && b > 0) printf "%.2f", $2 / b; else print "?" }')"
-  done
-  exit 0
-fi
-# Alternating rounds: every line of $all is "index name req/s p99".
-all=$(mktemp); trap 'rm -f "$all"' EXIT
 for _ in $(seq 1 "$rounds"); do
-  echo "0 $(run "wasmtime-peer-${PEER_WORKERS:-2}w" "$peer $guest {PORT} ${PEER_WORKERS:-2}")" >>"$all"
+  # Not in $(...): under_load_start's exit trap would run when that subshell ends.
+  { printf '0 '; run "wasmtime-peer-${PEER_WORKERS:-2}w" "$peer $guest {PORT} ${PEER_WORKERS:-2}"; } >>"$all"
   i=0
   for v in "$@"; do
     i=$((i + 1))
     IFS='|' read -r name bin flags <<<"$v"
-    echo "$i $(run "$name" "$bin serve $guest $flags --listen 127.0.0.1:{PORT}")" >>"$all"
+    { printf '%s ' "$i"; run "$name" "$bin serve $guest $flags --listen 127.0.0.1:{PORT}"; } >>"$all"
   done
 done
 # p99 is printed by wrk with its unit: compare in microseconds.
@@ -61,6 +49,7 @@ for i in $(seq 0 $#); do
   name=$(awk -v i="$i" '$1 == i {print $2; exit}' "$all")
   rps=$(awk -v i="$i" '$1 == i {print $3}' "$all" | median)
   p99=$(awk -v i="$i" '$1 == i {print $4}' "$all" | to_us | median)
-  runs=$(awk -v i="$i" '$1 == i {printf "%s ", $3}' "$all")
-  echo "$name $rps ${p99}us $(awk -v r="$rps" -v b="$b" 'BEGIN { if (r > 0 && b > 0) printf "%.2f", r / b; else print "?" }') (rounds: $runs)"
+  runs=$([ "$rounds" -gt 1 ] && awk -v i="$i" '$1 == i {printf "%s ", $3}' "$all" | sed 's/^/(rounds: /; s/ $/)/')
+  errors=$(awk -v i="$i" '$1 == i && NF > 4 {$1 = $2 = $3 = $4 = ""; sub(/^ +/, ""); print}' "$all" | sort -u | tr '\n' ' ')
+  echo "$name $rps ${p99}us $(awk -v r="$rps" -v b="$b" 'BEGIN { if (r > 0 && b > 0) printf "%.2f", r / b; else print "?" }') $runs $errors"
 done

@@ -26,12 +26,7 @@ data=$(mktemp)
 under_load_cleanup() { rm -f "$data" "$data.wrk"; }
 under_load_start "$conns" "$@"
 hz=4000
-# perf samples for DURATION-1 s in the middle of a DURATION+1 s wrk run.
-wrk -t1 -c"$conns" -d"$((dur + 1))s" "http://127.0.0.1:$port/" >"$data.wrk" 2>&1 &
-sleep 1
-perf record -F $hz -g -p "$pid" -o "$data" -- sleep "$((dur - 1))" >/dev/null 2>&1
-wait %2 2>/dev/null
-rps=$(awk '/Requests\/sec/ {print $2}' "$data.wrk")
+under_load_measure "$conns" "$dur" "$data.wrk" perf record -F $hz -g -p "$pid" -o "$data" -- sleep "$((dur - 1))" >/dev/null 2>&1
 echo "req/s $rps; microseconds of CPU per request:"
 # --no-children: each sample counts once, in the function it hit.
 perf report -i "$data" --no-children --sort "$( [ $by = dso ] && echo dso || echo dso,symbol )" \

@@ -19,13 +19,8 @@ for s in read recvfrom readv write sendto writev sendmsg epoll_wait epoll_ctl sc
   events="$events,syscalls:sys_enter_$s"
 done
 out=$(mktemp)
-# perf counts for DURATION-1 s in the middle of a DURATION+1 s wrk run.
-wrk -t1 -c"$conns" -d"$((dur + 1))s" "http://127.0.0.1:$port/" >"$out.wrk" 2>&1 &
-sleep 1
-perf stat -x, -e "$events" -p "$pid" -- sleep "$((dur - 1))" 2>"$out"
-wait %2 2>/dev/null
-rps=$(awk '/Requests\/sec/ {print $2}' "$out.wrk")
+under_load_cleanup() { rm -f "$out" "$out.wrk"; }
+under_load_measure "$conns" "$dur" "$out.wrk" perf stat -x, -e "$events" -p "$pid" -- sleep "$((dur - 1))" 2>"$out"
 echo "req/s $rps"
 awk -F, -v rps="$rps" -v secs="$((dur - 1))" '$1 ~ /^[0-9]+$/ {
   name = $3; sub(/^syscalls:sys_enter_/, "", name); printf "  %-18s %6.3f per request\n", name, $1 / (rps * secs) }' "$out"
-rm -f "$out" "$out.wrk"
