@@ -226,8 +226,8 @@ impl Read for TcpStream {
             // EAGAIN (one wasted syscall per request under
             // request/response load). Resetting `io_flag` first means an
             // edge delivered from here on still wakes the wait below.
-            if !self._io.known_drained() {
-                let edges = self._io.read_edges.load(Ordering::Acquire);
+            let edges = self._io.read_edges.load(Ordering::Acquire);
+            if !self._io.is_drained_at(edges) {
                 // this is an earlier return try for nonblocking read
                 // it's useful for server but not necessary for client
                 match self.sys.read(buf) {

@@ -163,13 +163,14 @@ impl EventData {
         }
     }
 
-    /// wamr-coro: whether the socket is known to hold no data: the last
-    /// read drained it and no read edge has been delivered since. A read
-    /// then waits for the next event instead of making a syscall that
-    /// would only say `EAGAIN`.
+    /// wamr-coro: whether the socket is known to hold no data, given
+    /// `edges`, `read_edges` as just loaded: the last read drained it and no
+    /// read edge has been delivered since. A read then waits for the next
+    /// event instead of making a syscall that would only say `EAGAIN`; one
+    /// that does try records `edges` with `note_read`.
     #[inline]
-    pub fn known_drained(&self) -> bool {
-        self.drained_at.load(Ordering::Relaxed) == self.read_edges.load(Ordering::Acquire)
+    pub fn is_drained_at(&self, edges: usize) -> bool {
+        self.drained_at.load(Ordering::Relaxed) == edges
     }
 
     /// wamr-coro: records what a read returned. `edges` is `read_edges` as
