@@ -23,6 +23,7 @@ pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let writer_gone = Arc::new(parking_lot::Mutex::new(false));
     let conn = Arc::new(QueueConn {
+        id,
         tx,
         fd,
         activity: Arc::clone(registration.activity()),

@@ -35,6 +35,13 @@ impl Dispatcher {
         Dispatcher { qs: Arc::clone(qs), generation, rest: None, handling: None }
     }
 
+    /// The connection whose DATA the guest is handling, if it is `id`: what
+    /// `send` and `Caller::connection` look up on every request, found
+    /// without the shard's connection table (its lock and a hash lookup).
+    pub(super) fn handling(&self, id: i32) -> Option<&Arc<QueueConn>> {
+        self.handling.as_ref().map(|(c, _)| c).filter(|c| c.id == id)
+    }
+
     pub(super) fn done_handling(&mut self) {
         if let Some((c, n)) = self.handling.take() {
             c.inflight.fetch_sub(n, Ordering::AcqRel);

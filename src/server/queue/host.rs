@@ -13,7 +13,7 @@ use crate::abi::{self, AbiHost, ERR_BAD_POINTER};
 use crate::wamr::memory::GuestMemory;
 use crate::wamr::InterruptHandle;
 use super::dispatch::{Dispatcher, Next};
-use super::{QueueConn, Out, Shard};
+use super::{QueueConn, Out};
 
 
 /// The ABI host of the queue guest's env.
@@ -36,15 +36,21 @@ pub(super) struct QueueHost {
 }
 
 /// Who `conn` is, for `Caller::connection`.
-pub(super) fn conn_info(qs: &Shard, conn: i32) -> Option<crate::abi::ConnInfo> {
-    let peer = qs.conns.lock().get(&conn).and_then(|c| c.peer);
+pub(super) fn conn_info(d: &Dispatcher, conn: i32) -> Option<crate::abi::ConnInfo> {
+    let peer = match d.handling(conn) {
+        Some(c) => c.peer,
+        None => d.qs.conns.lock().get(&conn).and_then(|c| c.peer),
+    };
     Some(crate::abi::ConnInfo { id: conn, peer })
 }
 
 impl QueueHost {
     fn conn(&self, id: i32) -> Option<Arc<QueueConn>> {
         let d = self.dispatcher.lock();
-        let c = d.qs.conns.lock().get(&id).cloned()?;
+        let c = match d.handling(id) {
+            Some(c) => Arc::clone(c),
+            None => d.qs.conns.lock().get(&id).cloned()?,
+        };
         (c.open_gen.load(Ordering::Acquire) == d.generation && !c.closed.load(Ordering::Acquire)).then_some(c)
     }
 }
@@ -147,7 +153,7 @@ impl AbiHost for QueueHost {
                 }
             }
         };
-        *self.current.lock() = conn_info(&self.dispatcher.lock().qs, conn);
+        *self.current.lock() = conn_info(&self.dispatcher.lock(), conn);
         let mut rec = [0u8; 8];
         rec[..4].copy_from_slice(&conn.to_le_bytes());
         rec[4..].copy_from_slice(&kind.to_le_bytes());

@@ -84,6 +84,8 @@ enum Out {
 
 /// A connection as queue mode sees it.
 struct QueueConn {
+    /// The connection's id.
+    id: i32,
     tx: may::sync::mpsc::Sender<Out>,
     /// The socket's descriptor, for the runner's direct writes (see
     /// `QueueHost::push`); open while `writer_gone` is false.

@@ -142,7 +142,7 @@ fn host_loop(
     loop {
         let next = dispatcher.lock().next(cap);
         if let Next::Open(id) | Next::Data(id, _) | Next::Close(id) = &next {
-            *current.lock() = conn_info(&dispatcher.lock().qs, *id);
+            *current.lock() = conn_info(&dispatcher.lock(), *id);
         }
         let started = Instant::now();
         let result = match next {
