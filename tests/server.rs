@@ -658,3 +658,46 @@ fn data_that_arrives_during_a_call_is_read_without_waiting_for_more() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A guest call that never returns holds its `may` worker's thread, and
+/// with it, before `vendor/may`'s I/O stealing, every connection whose
+/// socket that worker's epoll watches (fd % workers): none of them was
+/// answered until the call ended, although the other worker was idle. Now
+/// the other worker takes that epoll's events once it has gone unpolled
+/// for 100 µs, and serves those connections while the call still runs.
+#[test]
+fn a_guest_call_that_never_returns_does_not_strand_its_workers_other_connections() {
+    setup();
+    // No call budget: only stop() ends the spinner, after the checks.
+    let limits = Limits { call_budget: None, shutdown_grace: Duration::from_millis(300), ..test_limits() };
+    let server = start(module("faulty.wat"), Mode::Direct, EnvPolicy::Connection, limits);
+    let addr = server.local_addr();
+    // Sockets on both workers' epolls (the test process has 2 workers).
+    let mut clients: Vec<_> = (0..16).map(|_| connect(addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        echo_round(c, format!("hello {i}").as_bytes());
+    }
+    let mut spinner = connect(addr);
+    spinner.write_all(b"S").unwrap();
+    let before = server.stats().bytes_in;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().bytes_in == before {
+        assert!(Instant::now() < deadline, "the server never read the spin request");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // Every client is answered while the spinner's call goes on.
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let msg = format!("client {i} round {round}");
+            c.write_all(msg.as_bytes()).unwrap();
+            let got = read_n(c, msg.len()).unwrap_or_else(|e| panic!("client {i} round {round} not answered: {e}"));
+            assert_eq!(got, msg.as_bytes());
+        }
+    }
+    assert_eq!(server.stats().open, 17, "the spinner is still in its call");
+    let stats = server.stop();
+    assert!(stats.shutdown_cuts >= 1, "{stats}");
+    assert_eq!(stats.envs.live, 0, "{stats}");
+}

@@ -1,7 +1,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 #[cfg(feature = "io_timeout")]
 use std::time::Duration;
@@ -27,6 +27,14 @@ struct SingleSelector {
     #[cfg(feature = "io_timeout")]
     timer_list: TimerList,
     free_ev: Queue<Arc<EventData>>,
+    /// wamr-coro: when the owning worker last polled (`now()`, ns).
+    polled_at: AtomicU64,
+    /// wamr-coro: when another worker last looked at this epoll for events
+    /// the owner has not collected (ns): at most one look per stall period (`steal`).
+    looked_at: AtomicU64,
+    /// wamr-coro: batches of this epoll's events other workers are handling;
+    /// the owner frees unused event data only while there are none.
+    stealers: AtomicUsize,
 }
 
 impl SingleSelector {
@@ -46,6 +54,9 @@ impl SingleSelector {
             free_ev: Queue::new(),
             #[cfg(feature = "io_timeout")]
             timer_list: TimerList::new(),
+            polled_at: AtomicU64::new(0),
+            looked_at: AtomicU64::new(0),
+            stealers: AtomicUsize::new(0),
         })
     }
 }
@@ -64,6 +75,24 @@ impl SingleSelector {
 /// meanwhile, removes nearly all of those sleeps. An idle server pays one
 /// such window per poll timeout (10 µs per 10 ms).
 const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(10);
+
+/// wamr-coro: how long a worker may leave its epoll unpolled before another
+/// worker with nothing queued takes its ready events (see `Selector::steal`).
+///
+/// Upstream only the worker that owns an epoll (fd % workers) collects its
+/// events. When that worker's thread is preempted (the load generator, or
+/// any other process, shares its core) or runs one long coroutine, every
+/// connection on its epoll waits for it, though the other worker may have
+/// time: with 2 workers and wrk on the same 2 cores, direct mode's p99 was
+/// 3.8 ms against a median of 0.35 ms and the Wasmtime peer's 1.4–2.4 ms.
+const STALL_NS: u64 = 100_000;
+/// wamr-coro: the same for a worker that has coroutines of its own queued.
+/// Taking another epoll's events then only reshuffles work between two busy
+/// workers; it pays when the owner has not polled for longer than any
+/// ordinary run of its queue (a preemption lasts milliseconds). With 100 µs
+/// here too, a guest computing for 75 µs a request lost 3–7 % of its
+/// requests/s and its p99 rose (vendor/README.md).
+const STALL_BUSY_NS: u64 = 500_000;
 
 /// wamr-coro: polls `epoll` (yielding the core between polls) for up to
 /// [`POLL_BEFORE_SLEEP`], then waits up to `timeout` as before. Wake-ups
@@ -119,6 +148,7 @@ impl Selector {
 
         let single_selector = &self.vec[id];
         let epoll = &single_selector.epoll;
+        single_selector.polled_at.store(crate::timeout_list::now(), Ordering::Relaxed);
 
         // Wait for epoll events for at most timeout_ms milliseconds
         // (wamr-coro: after polling briefly, see `poll_then_wait`; and not
@@ -133,8 +163,70 @@ impl Selector {
         // println!("epoll_wait = {}", n);
 
         // collect coroutines
-        for event in &events[..n] {
+        self.dispatch(scheduler, id, &events[..n], true);
+        if self.vec.len() > 1 {
+            let stall = if scheduler.has_queued_tasks(id) { STALL_BUSY_NS } else { STALL_NS };
+            self.steal(scheduler, id, events, stall);
+        }
+
+        // run all the local tasks
+        scheduler.run_queued_tasks(id);
+
+        // free the unused event_data
+        self.free_unused_event_data(id);
+
+        // deal with the timer list
+        #[cfg(feature = "io_timeout")]
+        let next_expire = single_selector
+            .timer_list
+            .schedule_timer(now(), &timeout_handler);
+        #[cfg(not(feature = "io_timeout"))]
+        let next_expire = None;
+        Ok(next_expire)
+    }
+
+    /// wamr-coro: takes the ready events of every other worker's epoll that
+    /// its owner has not polled for `stall` ns (its thread is preempted, or
+    /// busy in one long coroutine), and queues their coroutines on worker
+    /// `id`, looking at each such epoll at most once per `stall`.
+    ///
+    /// The events are handled exactly as the owner would (`dispatch`),
+    /// except the owner's eventfd wake-up, which is level-triggered and left
+    /// to the owner. An io timer armed for one of them is removed from this
+    /// thread, as upstream's `fast_schedule` already does from whichever
+    /// worker runs the coroutine. The event data stays alive: the owner
+    /// frees unused event data only while no batch of its epoll's events is
+    /// being handled elsewhere (`stealers`, see `free_unused_event_data`).
+    fn steal(&self, scheduler: &Scheduler, id: usize, events: &mut [SysEvent], stall: u64) {
+        let now = crate::timeout_list::now();
+        for k in 1..self.vec.len() {
+            let j = (id + k) % self.vec.len();
+            let victim = &self.vec[j];
+            if now.saturating_sub(victim.polled_at.load(Ordering::Relaxed)) < stall {
+                continue;
+            }
+            let looked = victim.looked_at.load(Ordering::Relaxed);
+            if now.saturating_sub(looked) < STALL_NS
+                || victim.looked_at.compare_exchange(looked, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            {
+                continue;
+            }
+            victim.stealers.fetch_add(1, Ordering::SeqCst);
+            if let Ok(n) = victim.epoll.wait(events, EpollTimeout::ZERO) {
+                self.dispatch(scheduler, id, &events[..n], false);
+            }
+            victim.stealers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn dispatch(&self, scheduler: &Scheduler, id: usize, events: &[SysEvent], own: bool) {
+        let single_selector = &self.vec[id];
+        for event in events {
             if event.data() == 0 {
+                if !own {
+                    // The owner's wake-up (level-triggered): it reads it.
+                    continue;
+                }
                 // this is just a wakeup event, ignore it
                 let mut buf = [0u8; 8];
                 // clear the eventfd, ignore the result
@@ -175,21 +267,6 @@ impl Selector {
             #[cfg(not(feature = "work_steal"))]
             crate::coroutine_impl::run_coroutine(co);
         }
-
-        // run all the local tasks
-        scheduler.run_queued_tasks(id);
-
-        // free the unused event_data
-        self.free_unused_event_data(id);
-
-        // deal with the timer list
-        #[cfg(feature = "io_timeout")]
-        let next_expire = single_selector
-            .timer_list
-            .schedule_timer(now(), &timeout_handler);
-        #[cfg(not(feature = "io_timeout"))]
-        let next_expire = None;
-        Ok(next_expire)
     }
 
     // this will post an os event so that we can wake up the event loop
@@ -274,8 +351,26 @@ impl Selector {
     // must free them before the next epoll_wait
     #[inline]
     fn free_unused_event_data(&self, id: usize) {
-        let free_ev = &self.vec[id].free_ev;
-        while !free_ev.bulk_pop().is_empty() {}
+        let single_selector = &self.vec[id];
+        let free_ev = &single_selector.free_ev;
+        let unused = free_ev.bulk_pop();
+        if unused.is_empty() {
+            return;
+        }
+        // wamr-coro: not while another worker handles a batch of this
+        // epoll's events (see `steal`): it may hold an event for one of
+        // these fds. The fds left the epoll before their data was queued,
+        // so before the pop above: a batch that starts after the check
+        // below cannot hold one. Until then they go back in the queue.
+        if single_selector.stealers.load(Ordering::SeqCst) != 0 {
+            for data in unused {
+                free_ev.push(data);
+            }
+            return;
+        }
+        // Only what was popped before the check: data queued since may
+        // belong to a batch that started after it.
+        drop(unused);
     }
 
     // register the io request to the timeout list
