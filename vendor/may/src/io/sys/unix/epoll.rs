@@ -188,7 +188,8 @@ impl Selector {
     /// wamr-coro: takes the ready events of every other worker's epoll that
     /// its owner has not polled for `stall` ns (its thread is preempted, or
     /// busy in one long coroutine), and queues their coroutines on worker
-    /// `id`, looking at each such epoll at most once per `stall`.
+    /// `id`, looking at each such epoll at most once per `STALL_NS`,
+    /// whichever worker looks.
     ///
     /// The events are handled exactly as the owner would (`dispatch`),
     /// except the owner's eventfd wake-up, which is level-triggered and left
@@ -348,7 +349,8 @@ impl Selector {
     }
 
     // we can't free the event data directly in the worker thread
-    // must free them before the next epoll_wait
+    // must free them before the next epoll_wait (wamr-coro: or later, while
+    // another worker handles a batch of this epoll's events)
     #[inline]
     fn free_unused_event_data(&self, id: usize) {
         let single_selector = &self.vec[id];
