@@ -267,13 +267,19 @@ struct ServeArgs {
     /// Drop WAMR's own messages instead of logging them.
     #[arg(long)]
     quiet_wamr: bool,
-    /// Compile the module (AOT) at start, through the cache.
-    #[arg(long)]
+    /// How the guest's code runs: compiled at start through the cache
+    /// (`aot`), WAMR's interpreter (`interp`), or `auto`: compiled when this
+    /// build has the compiler and no --instruction-budget is set (WAMR meters
+    /// only its interpreter), interpreted otherwise or if compiling fails.
+    #[arg(long, value_enum, default_value_t)]
+    engine: Engine,
+    /// The same as --engine aot.
+    #[arg(long, conflicts_with = "engine")]
     aot: bool,
-    /// With --aot: CPU to generate code for.
+    /// When compiling: CPU to generate code for.
     #[arg(long, value_enum, default_value_t)]
     aot_target: wamr_coro::aot::Target,
-    /// With --aot: where compiled modules are cached (default:
+    /// When compiling: where compiled modules are cached (default:
     /// $XDG_CACHE_HOME/wamr-coro/aot).
     #[arg(long)]
     aot_cache: Option<PathBuf>,
@@ -418,18 +424,50 @@ fn compile(a: CompileArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `serve`'s module: the file (compiled first with --aot), or the embedded
-/// HTTP guest.
+/// How `serve` runs the guest's code (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+enum Engine {
+    /// Compiled when it can be and nothing needs the interpreter.
+    #[default]
+    Auto,
+    /// Compiled ahead of time at start, through the cache; an error if it
+    /// cannot be.
+    Aot,
+    /// WAMR's fast interpreter.
+    Interp,
+}
+
+/// `serve`'s module: the file, or the embedded HTTP guest, compiled or
+/// interpreted as `--engine` says. An AOT file is loaded as it is.
 fn load_module(a: &ServeArgs) -> Result<Module, Error> {
     let bytes = match &a.module {
         Some(path) => std::fs::read(path).map_err(|source| Error::ReadModule { path: path.clone(), source })?,
         None => wamr_coro::internals::DEFAULT_GUEST_WAT.as_bytes().to_vec(),
     };
-    if a.aot {
+    let compiled = |bytes: &[u8]| {
         let dir = a.aot_cache.clone().unwrap_or_else(wamr_coro::aot::default_cache_dir);
-        wamr_coro::aot::load_compiled(&bytes, a.aot_target, &dir)
-    } else {
+        wamr_coro::aot::load_compiled(bytes, a.aot_target, &dir)
+    };
+    if bytes.starts_with(wamr_coro::aot::AOT_MAGIC) {
+        return Module::new(bytes);
+    }
+    let interpreted = |bytes: Vec<u8>, why: &str| {
+        tracing::info!(why, "guest interpreted");
         Module::new(bytes)
+    };
+    match if a.aot { Engine::Aot } else { a.engine } {
+        Engine::Aot => compiled(&bytes),
+        Engine::Interp => interpreted(bytes, "--engine interp"),
+        Engine::Auto if a.instruction_budget > 0 => {
+            interpreted(bytes, "--instruction-budget: WAMR meters only its interpreter")
+        }
+        Engine::Auto if !wamr_coro::aot::compiler_available() => {
+            interpreted(bytes, "this build has no AOT compiler (it was built without LLVM)")
+        }
+        Engine::Auto => compiled(&bytes).or_else(|e| {
+            tracing::warn!(error = %e, "cannot compile the guest; interpreting it");
+            interpreted(bytes, "compiling failed")
+        }),
     }
 }
 

@@ -510,3 +510,53 @@ fn cli_instruction_budget_with_aot_keeps_the_time_budget() {
     assert!(String::from_utf8_lossy(&st.stderr).contains("give AOT guests a time budget"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `serve` without an engine flag compiles (this build has the compiler),
+/// `--engine interp` interprets, `--instruction-budget` interprets (WAMR
+/// meters only its interpreter: compiled, this configuration would be
+/// refused at start), and a cache that cannot be written costs only the
+/// caching.
+#[test]
+fn cli_serve_compiles_by_default_and_interprets_when_told_or_metered() {
+    if !compiler() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aot-engine-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("cache");
+    let (http, cache) = (guest_path("http.wat"), cache.to_str().unwrap().to_string());
+    let (child, addr) = serve(&[http.to_str().unwrap(), "--aot-cache", &cache]);
+    assert_eq!(http_get(&addr), HTTP_RESPONSE);
+    let log = stop(child);
+    assert!(log.contains("guest AOT-compiled"), "{log}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+
+    let (child, addr) = serve(&[http.to_str().unwrap(), "--engine", "interp", "--aot-cache", &cache]);
+    assert_eq!(http_get(&addr), HTTP_RESPONSE);
+    let log = stop(child);
+    assert!(log.contains("guest interpreted") && log.contains("--engine interp"), "{log}");
+    assert!(!log.contains("AOT-compiled"), "{log}");
+
+    // A spinning guest with an instruction budget and no time budget: only
+    // the interpreter can stop it, so that is what runs.
+    let faulty = guest_path("faulty.wat");
+    let (child, addr) = serve(&[faulty.to_str().unwrap(), "--instruction-budget", "100000", "--call-budget-ms", "0"]);
+    let mut s = connect(addr.parse().unwrap());
+    s.write_all(b"S").unwrap();
+    assert!(closed_by_peer(&mut s, Duration::from_secs(10)));
+    let mut e = connect(addr.parse().unwrap());
+    echo_round(&mut e, b"still serving");
+    let log = stop(child);
+    assert!(log.contains("guest interpreted") && log.contains("WAMR meters only its interpreter"), "{log}");
+
+    // The cache's directory cannot be created under a file.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let bad = file.join("cache");
+    let (child, addr) = serve(&[http.to_str().unwrap(), "--aot-cache", bad.to_str().unwrap()]);
+    assert_eq!(http_get(&addr), HTTP_RESPONSE);
+    let log = stop(child);
+    assert!(log.contains("cannot cache the compiled guest") && log.contains("guest AOT-compiled"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -348,7 +348,10 @@ pub fn compile_cached(input: &[u8], target: Target, dir: &Path) -> Result<Cached
         }
     }
     let aot = compile(&wasm, target)?;
-    store(dir, &path, &aot)?;
+    // An unwritable cache costs the next start a compile, not this one.
+    if let Err(e) = store(dir, &path, &aot) {
+        tracing::warn!(error = %e, "cannot cache the compiled guest; it is used uncached");
+    }
     Ok(Cached { aot, path, hit: false })
 }
 
