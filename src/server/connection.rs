@@ -99,10 +99,10 @@ impl DirectConn {
         }
         let mut reader = Reader::new(&self.sh);
         loop {
-            let Ok(data) = reader.next(&self.sh, &mut self.stream, self.registration.activity()) else {
+            let Ok((data, at)) = reader.next(&self.sh, &mut self.stream, self.registration.activity()) else {
                 return End::Close;
             };
-            let r = match self.callback(|env, id| env.on_recv(id, data)) {
+            let r = match self.callback_from(Some(at), |env, id| env.on_recv(id, data)) {
                 Ok(r) => r,
                 Err(_) => return End::NoOnClose,
             };
@@ -115,7 +115,19 @@ impl DirectConn {
     /// Runs one guest callback on this connection's env (acquiring it first
     /// as the policy says). A guest fault discards the env and is counted.
     fn callback(&mut self, f: impl FnOnce(&mut GuestEnv, i32) -> Result<i32>) -> Result<i32> {
+        self.callback_from(None, f)
+    }
+
+    /// [`DirectConn::callback`], timed from `read_at` (the stamp of the
+    /// chunk it handles: one clock read fewer per request) unless an env
+    /// has to be acquired first.
+    fn callback_from(
+        &mut self,
+        mut read_at: Option<std::time::Instant>,
+        f: impl FnOnce(&mut GuestEnv, i32) -> Result<i32>,
+    ) -> Result<i32> {
         if self.lease.is_none() {
+            read_at = None;
             let mut lease = self.pool.acquire().inspect_err(|e| {
                 if let Some(suppressed) = self.sh.log_limits.no_env.allow() {
                     tracing::warn!(conn = self.id, error = %e, suppressed, "no env for connection");
@@ -130,7 +142,7 @@ impl DirectConn {
             self.lease = Some(lease);
         }
         let lease = self.lease.as_mut().expect("acquired above");
-        let started = std::time::Instant::now();
+        let started = read_at.unwrap_or_else(std::time::Instant::now);
         let result = f(lease, self.id);
         self.sh.metrics.call_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
@@ -154,7 +166,7 @@ impl DirectConn {
         }
         self.stream.write_all(&out)?;
         self.sh.counters.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
-        self.registration.activity().touch(&self.sh);
+        self.registration.activity().touch();
         // Hand the buffer back to reuse its capacity.
         let mut st = self.state.lock();
         if st.out.is_empty() {

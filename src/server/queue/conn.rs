@@ -85,7 +85,7 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
             sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
             break;
         }
-        let Ok(data) = reader.next(sh, stream, &conn.activity) else { break };
+        let Ok((data, _)) = reader.next(sh, stream, &conn.activity) else { break };
         conn.inflight.fetch_add(data.len(), Ordering::AcqRel);
         if !push(qs, Event::Data(id, data.to_vec())) {
             break;
@@ -146,7 +146,7 @@ unsafe fn writer(
                         unsafe { socket::shutdown_fd(fd) };
                     } else {
                         sh.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        activity.touch(&sh);
+                        activity.touch();
                     }
                 }
                 pending.fetch_sub(bytes.len(), Ordering::AcqRel);

@@ -80,7 +80,7 @@ impl Outbox for QueueHost {
             if let Ok(n) = unsafe { socket::write_nonblocking(c.fd, bytes) } {
                 if n > 0 {
                     self.sh.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    c.activity.touch(&self.sh);
+                    c.activity.touch();
                 }
                 bytes = &bytes[n..];
                 if bytes.is_empty() {
