@@ -139,6 +139,9 @@ struct BenchArgs {
     /// "valgrind --error-exitcode=99" (scripts/leakcheck.sh).
     #[arg(long)]
     server_wrapper: Option<String>,
+    /// The WebAssembly servers' --engine (see `serve --help`).
+    #[arg(long, value_enum, default_value_t)]
+    engine: Engine,
 }
 
 #[derive(clap::Args)]
@@ -351,6 +354,7 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
             server_workers: a.server_workers,
             seed: a.seed,
             server_wrapper: a.server_wrapper.map(|w| w.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+            engine: engine_name(a.engine),
             verbose: a.verbose,
         };
         return wamr_coro::internals::bench::soak::run_cli(&cfg, a.json.as_deref());
@@ -369,6 +373,7 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
         hold: a.hold,
         server_workers: a.server_workers,
         client_workers: a.client_workers,
+        engine: engine_name(a.engine),
         verbose: a.verbose,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
@@ -435,6 +440,12 @@ enum Engine {
     Aot,
     /// WAMR's fast interpreter.
     Interp,
+}
+
+/// `--engine`'s spelling of `e`, for the servers `bench` starts.
+fn engine_name(e: Engine) -> String {
+    use clap::ValueEnum;
+    e.to_possible_value().expect("no variant is skipped").get_name().to_string()
 }
 
 /// `serve`'s module: the file, or the embedded HTTP guest, compiled or

@@ -119,3 +119,26 @@ fn wrong_response_bytes_are_counted_as_errors() {
     drop(server.stdin.take());
     common::wait_exit(&mut server, Duration::from_secs(20), "native server did not stop when stdin closed");
 }
+
+/// `bench --engine` reaches the servers it starts: their logs (shown with
+/// --verbose) say how each ran the guest.
+#[test]
+fn the_engine_is_passed_to_the_servers() {
+    let engine_log = |engine: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wamr-coro"));
+        c.args(["bench", "--mode", "direct", "--conns", "2", "--duration", "1", "--verbose"]);
+        if let Some(e) = engine {
+            c.args(["--engine", e]);
+        }
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "bench failed: {stderr}");
+        stderr
+    };
+    let log = engine_log(Some("interp"));
+    assert!(log.contains("guest interpreted") && !log.contains("guest AOT-compiled"), "{log}");
+    if wamr_coro::aot::compiler_available() {
+        let log = engine_log(None);
+        assert!(log.contains("guest AOT-compiled") && !log.contains("guest interpreted"), "{log}");
+    }
+}

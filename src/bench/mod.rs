@@ -97,6 +97,8 @@ pub struct BenchConfig {
     pub server_workers: usize,
     /// `may` workers of the closed-loop client.
     pub client_workers: usize,
+    /// The WebAssembly servers' `--engine` (`auto`, `aot` or `interp`).
+    pub engine: String,
     /// Show the servers' and clients' stderr.
     pub verbose: bool,
     /// The command line, for the report.
@@ -167,6 +169,7 @@ fn start_server(cfg: &BenchConfig, target: Target, listen: SocketAddr, reuse_por
             if reuse_port {
                 args.push("--reuse-port".into());
             }
+            args.extend(["--engine".into(), cfg.engine.clone()]);
         }
     }
     Server::start(format!("{} server", target.name()), &args, cfg.verbose)

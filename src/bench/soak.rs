@@ -100,6 +100,8 @@ pub struct SoakConfig {
     /// valgrind; empty: directly). Its exit status decides
     /// [`SoakRun::server_exit_clean`].
     pub server_wrapper: Vec<String>,
+    /// The servers' `--engine` (`auto`, `aot` or `interp`).
+    pub engine: String,
     /// Show the server's stderr.
     pub verbose: bool,
 }
@@ -328,6 +330,7 @@ fn soak_one(cfg: &SoakConfig, target: Target, module: &Path) -> Result<SoakRun> 
         .map(String::from),
     );
     args.extend(SERVER_ARGS.iter().map(|s| s.to_string()));
+    args.extend(["--engine".to_string(), cfg.engine.clone()]);
     let server = Server::start_wrapped(format!("{} server", target.name()), &cfg.server_wrapper, &args, cfg.verbose)?;
     let pid = server.child.pid();
     let addr = server.addr;
