@@ -446,14 +446,20 @@ fn http_get(addr: &str) -> Vec<u8> {
     read_n(&mut s, HTTP_RESPONSE.len()).unwrap()
 }
 
+/// An empty scratch directory for one test, under cargo's test temp dir.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn cli_compile_then_serve_and_serve_aot_with_its_cache() {
     if !compiler() {
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aot-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("aot-cli");
     let out = dir.join("http.aot");
     let st = Command::new(bin())
         .args(["compile", guest_path("http.wat").to_str().unwrap(), "-o", out.to_str().unwrap(), "--target", "portable"])
@@ -486,8 +492,7 @@ fn cli_instruction_budget_with_aot_keeps_the_time_budget() {
     if !compiler() {
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aot-budget-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("aot-budget");
     let out = dir.join("faulty.aot");
     std::fs::write(&out, aot_bytes("faulty.wat")).unwrap();
     let p = out.to_str().unwrap();
@@ -521,9 +526,7 @@ fn cli_serve_compiles_by_default_and_interprets_when_told_or_metered() {
     if !compiler() {
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aot-engine-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("aot-engine");
     let cache = dir.join("cache");
     let (http, cache) = (guest_path("http.wat"), cache.to_str().unwrap().to_string());
     let (child, addr) = serve(&[http.to_str().unwrap(), "--aot-cache", &cache]);
