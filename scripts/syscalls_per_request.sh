@@ -15,7 +15,7 @@ command -v perf >/dev/null || { echo "install perf (apt-get install linux-perf)"
 . "$(dirname "$0")/under_load.sh"
 under_load_start "$conns" "$@"
 events=context-switches
-for s in read recvfrom readv write sendto writev sendmsg epoll_wait epoll_ctl sched_yield futex; do
+for s in read recvfrom readv write sendto writev sendmsg epoll_wait epoll_ctl sched_yield futex getpeername; do
   events="$events,syscalls:sys_enter_$s"
 done
 out=$(mktemp)

@@ -11,7 +11,7 @@
 //! * Otherwise `on_close` runs exactly once after `on_open` accepted: on
 //!   peer close, guest close, `on_recv` < 0, idle timeout, I/O error, stop.
 use std::io::Write;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -24,11 +24,11 @@ use crate::error::Result;
 use crate::guest::GuestEnv;
 use crate::pool::{EnvPool, Lease};
 
-/// Starts the coroutine of a connection admitted from `ip`.
-pub(super) fn start(shared: &Arc<Shared>, pool: &Arc<EnvPool>, stream: may::net::TcpStream, ip: std::net::IpAddr) {
+/// Starts the coroutine of a connection admitted from `peer`.
+pub(super) fn start(shared: &Arc<Shared>, pool: &Arc<EnvPool>, stream: may::net::TcpStream, peer: SocketAddr) {
     let id = shared.next_conn_id();
-    let registration = Registration::new(shared, id, ip, &stream);
-    let conn = DirectConn::new(Arc::clone(shared), Arc::clone(pool), id, registration, stream);
+    let registration = Registration::new(shared, id, peer.ip(), &stream);
+    let conn = DirectConn::new(Arc::clone(shared), Arc::clone(pool), id, peer, registration, stream);
     crate::coro::spawn(move || conn.run());
 }
 
@@ -50,18 +50,29 @@ struct DirectConn {
     /// reload, see `generation.rs`).
     pool: Arc<EnvPool>,
     id: i32,
+    /// The client's address, as accepted (for the guest's host functions:
+    /// asking the socket would cost a system call per env lease).
+    peer: SocketAddr,
     stream: may::net::TcpStream,
     state: Arc<Mutex<ConnState>>,
     lease: Option<Lease>,
 }
 
 impl DirectConn {
-    fn new(sh: Arc<Shared>, pool: Arc<EnvPool>, id: i32, registration: Registration, stream: may::net::TcpStream) -> DirectConn {
+    fn new(
+        sh: Arc<Shared>,
+        pool: Arc<EnvPool>,
+        id: i32,
+        peer: SocketAddr,
+        registration: Registration,
+        stream: may::net::TcpStream,
+    ) -> DirectConn {
         DirectConn {
             registration,
             sh,
             pool,
             id,
+            peer,
             stream,
             state: Arc::new(Mutex::new(ConnState::default())),
             lease: None,
@@ -135,7 +146,7 @@ impl DirectConn {
             })?;
             lease.set_host(Some(Box::new(ConnHost {
                 conn: self.id,
-                peer: self.stream.peer_addr().ok(),
+                peer: Some(self.peer),
                 state: Arc::clone(&self.state),
                 sh: Arc::clone(&self.sh),
             })));

@@ -54,7 +54,7 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
             let gen = shared.generations.current();
             match &gen.queue {
                 Some(q) => super::queue::start_conn(&shared, q, stream, peer.ip()),
-                None => connection::start(&shared, &gen.pool, stream, peer.ip()),
+                None => connection::start(&shared, &gen.pool, stream, peer),
             }
         }
     })
