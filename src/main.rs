@@ -460,6 +460,10 @@ fn load_module(a: &ServeArgs) -> Result<Module, Error> {
         wamr_coro::aot::load_compiled(bytes, a.aot_target, &dir)
     };
     if bytes.starts_with(wamr_coro::aot::AOT_MAGIC) {
+        if a.engine == Engine::Interp {
+            tracing::warn!("--engine interp: the module is an AOT file, which only runs compiled");
+        }
+        tracing::info!("guest loaded from an AOT file");
         return Module::new(bytes);
     }
     let interpreted = |bytes: Vec<u8>, why: &str| {

@@ -470,8 +470,14 @@ fn cli_compile_then_serve_and_serve_aot_with_its_cache() {
     for mode in ["direct", "queue"] {
         let (child, addr) = serve(&[out.to_str().unwrap(), "--mode", mode]);
         assert_eq!(http_get(&addr), HTTP_RESPONSE, "{mode}");
-        stop(child);
+        let log = stop(child);
+        assert!(log.contains("guest loaded from an AOT file"), "{log}");
     }
+    // An AOT file runs compiled whatever --engine says, and says so.
+    let (child, addr) = serve(&[out.to_str().unwrap(), "--engine", "interp"]);
+    assert_eq!(http_get(&addr), HTTP_RESPONSE);
+    let log = stop(child);
+    assert!(log.contains("only runs compiled"), "{log}");
     // serve --aot: the first start compiles into the cache, the second
     // finds it there.
     let cache = dir.join("cache");
