@@ -274,6 +274,7 @@ struct ServeArgs {
     /// (`aot`), WAMR's interpreter (`interp`), or `auto`: compiled when this
     /// build has the compiler and no --instruction-budget is set (WAMR meters
     /// only its interpreter), interpreted otherwise or if compiling fails.
+    /// An AOT file always runs compiled.
     #[arg(long, value_enum, default_value_t)]
     engine: Engine,
     /// The same as --engine aot.
@@ -455,6 +456,28 @@ fn load_module(a: &ServeArgs) -> Result<Module, Error> {
         Some(path) => std::fs::read(path).map_err(|source| Error::ReadModule { path: path.clone(), source })?,
         None => wamr_coro::internals::DEFAULT_GUEST_WAT.as_bytes().to_vec(),
     };
+    let module = load_engine(a, bytes)?;
+    if module.is_aot() && a.instruction_budget > 0 {
+        // WAMR 2.4.3 meters only its interpreters. Checked here so that a
+        // SIGHUP reload is held to it too.
+        if a.call_budget_ms == 0 {
+            return Err(Error::Config(
+                "--instruction-budget cannot stop AOT-compiled code (WAMR does not meter it) and \
+                 --call-budget-ms is 0: give AOT guests a time budget"
+                    .into(),
+            ));
+        }
+        tracing::warn!(
+            call_budget_ms = a.call_budget_ms,
+            "--instruction-budget does not apply to AOT-compiled code (WAMR does not meter it); \
+             the time budget still does"
+        );
+    }
+    Ok(module)
+}
+
+/// [`load_module`]'s choice of engine for `bytes`.
+fn load_engine(a: &ServeArgs, bytes: Vec<u8>) -> Result<Module, Error> {
     let compiled = |bytes: &[u8]| {
         let dir = a.aot_cache.clone().unwrap_or_else(wamr_coro::aot::default_cache_dir);
         wamr_coro::aot::load_compiled(bytes, a.aot_target, &dir)
@@ -493,21 +516,6 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         ..RuntimeConfig::default()
     })?;
     let module = load_module(&a)?;
-    if module.is_aot() && a.instruction_budget > 0 {
-        // WAMR 2.4.3 meters only its interpreters.
-        if a.call_budget_ms == 0 {
-            return Err(Error::Config(
-                "--instruction-budget cannot stop AOT-compiled code (WAMR does not meter it) and \
-                 --call-budget-ms is 0: give AOT guests a time budget"
-                    .into(),
-            ));
-        }
-        tracing::warn!(
-            call_budget_ms = a.call_budget_ms,
-            "--instruction-budget does not apply to AOT-compiled code (WAMR does not meter it); \
-             the time budget still does"
-        );
-    }
     let mut b = Server::builder(module)
         .listen(a.listen.clone())
         .reuse_port(a.reuse_port)

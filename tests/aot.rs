@@ -569,3 +569,29 @@ fn cli_serve_compiles_by_default_and_interprets_when_told_or_metered() {
     assert!(log.contains("cannot cache the compiled guest") && log.contains("guest AOT-compiled"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A SIGHUP reload is held to the rule the start is: with an instruction
+/// budget and no time budget, a module that has become an AOT file on disk
+/// would run unbounded, so the reload is refused and the interpreted guest
+/// keeps serving (and keeps being stopped by its budget).
+#[test]
+fn a_reload_to_compiled_code_without_a_time_budget_is_refused() {
+    if !compiler() {
+        return;
+    }
+    let dir = fresh_dir("aot-reload");
+    let path = dir.join("guest.wat");
+    std::fs::copy(guest_path("faulty.wat"), &path).unwrap();
+    let (child, addr) = serve(&[path.to_str().unwrap(), "--instruction-budget", "100000", "--call-budget-ms", "0"]);
+    echo_round(&mut connect(addr.parse().unwrap()), b"before");
+    std::fs::write(&path, aot_bytes("faulty.wat")).unwrap();
+    signal(&child, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut s = connect(addr.parse().unwrap());
+    s.write_all(b"S").unwrap();
+    assert!(closed_by_peer(&mut s, Duration::from_secs(10)), "the spinner ran unbounded: the reload was taken");
+    echo_round(&mut connect(addr.parse().unwrap()), b"still serving");
+    let log = stop(child);
+    assert!(log.contains("reload failed") && log.contains("give AOT guests a time budget"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
