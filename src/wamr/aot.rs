@@ -365,7 +365,10 @@ fn store(dir: &Path, path: &Path, aot: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
     static N: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    std::fs::write(&tmp, aot).map_err(|e| io("writing", &tmp, e))?;
+    std::fs::write(&tmp, aot).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("writing", &tmp, e)
+    })?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io("renaming into", path, e)
@@ -395,8 +398,13 @@ pub fn load_compiled(input: &[u8], target: Target, dir: &Path) -> Result<super::
         Err(e) if cached.hit => {
             tracing::warn!(error = %e, path = %cached.path.display(), "cached AOT file does not load; compiling again");
             evict(&cached.path);
-            let again = compile_cached(input, target, dir)?;
-            super::Module::new(&again.aot)
+            // Not through the cache: if the bad entry could not be removed
+            // (a read-only cache), reading it again would fail again.
+            let aot = compile(input, target)?;
+            if let Err(e) = store(dir, &cached.path, &aot) {
+                tracing::warn!(error = %e, "cannot cache the compiled guest; it is used uncached");
+            }
+            super::Module::new(&aot)
         }
         Err(e) => Err(e),
     }
