@@ -557,7 +557,11 @@ fn a_streaming_connection_does_not_hold_its_worker() {
         std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
             .arg("serve")
             .arg(&guest)
-            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--chunk-size", "4096", "--mode", "direct"]),
+            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--chunk-size", "4096", "--mode", "direct"])
+            // The guest must be slow for the stream to last (0.16 s
+            // interpreted; compiled, 35 ms, about what a late wake-up of
+            // this thread can cost).
+            .args(["--engine", "interp"]),
     );
 
     // Long enough (about 0.2 s) that a late wake-up of this thread leaves
@@ -629,7 +633,9 @@ fn data_that_arrives_during_a_call_is_read_without_waiting_for_more() {
                 .arg("serve")
                 .arg(&guest)
                 .args(["--listen", "127.0.0.1:0", "--workers", "2", "--mode", mode])
-                .args(["--idle-timeout-ms", "3600000"]),
+                .args(["--idle-timeout-ms", "3600000"])
+                // Slow enough that the second message lands during the call.
+                .args(["--engine", "interp"]),
         );
         let clients: Vec<_> = (0..8u32)
             .map(|c| {
