@@ -2,13 +2,15 @@
 # Is the load generator the limit? Runs wrk -t1 against a server and prints the requests/s and
 # the share of a core that wrk and the server each used (utime + stime from /proc/PID/stat, over
 # the middle DURATION-2 s of the run), and the requests served per core of server CPU. When wrk
-# is near 100 %, requests/s measures wrk, and comparing servers needs the last column.
+# is near 100 %, requests/s measures wrk, and comparing servers needs the last column. (wrk reports
+# requests/s over its whole run, after a 2 s warm-up; the CPU shares cover its middle seconds:
+# at steady load the two agree.)
 #
 # usage: scripts/cpu_share.sh CONNS DURATION_S COMMAND...   ({PORT} in COMMAND: a free port)
 #   e.g. scripts/cpu_share.sh 100 6 target/release/wamr-coro serve guests/http.wat \
 #            --listen 127.0.0.1:{PORT}
 set -u
-[ $# -ge 3 ] || { sed -n '2,9p' "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,11p' "$0"; exit 2; }
 conns=$1; dur=$2; shift 2
 [ "$dur" -ge 4 ] || { echo "DURATION_S must be at least 4"; exit 2; }
 . "$(dirname "$0")/under_load.sh"

@@ -57,7 +57,7 @@ soak() {
     --hostile-share 0.34 --warmup 2s --max-rss-drift 100000 --server-wrapper "$vg" "$@" || status=$?
 }
 soak --engine interp --json "$out/soak-interp.json"
-if ./target/release/wamr-coro --version | grep -q '^aot compiler: .*LLVM'; then
+if ./target/release/wamr-coro --version | grep -q "^aot compiler: WAMR's"; then
   ./target/release/wamr-coro compile guests/soak.wat -o "$out/soak.aot" --target portable >/dev/null
   soak "$out/soak.aot" --json "$out/soak-aot.json"
 else

@@ -56,7 +56,7 @@ impl Activity {
 }
 
 /// Milliseconds on the kernel's coarse monotonic clock: the time of the
-/// last timer tick (1-4 ms ago), which the vDSO returns without reading the
+/// last timer tick (at most 1-10 ms ago, by the kernel's HZ; 4 ms here), which the vDSO returns without reading the
 /// CPU's time-stamp counter. Activity stamps are taken twice a request and
 /// compared with an idle timeout of seconds; a precise `Instant::now()`
 /// each time cost about 25 ns on a 2-core VM (issue 15: `clock_gettime`
