@@ -412,8 +412,29 @@ fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_wamr-coro"))
 }
 
+/// A `serve` child that is killed if the test ends without [`stop`] (a
+/// failed assertion): a server left behind, spinning in a guest nothing
+/// stops, would take a core from every test after it.
+struct Served(Option<std::process::Child>);
+
+impl std::ops::Deref for Served {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("not stopped yet")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts `serve ARGS`, returns the child and the address it listens on.
-fn serve(args: &[&str]) -> (std::process::Child, String) {
+fn serve(args: &[&str]) -> (Served, String) {
     use std::io::BufRead;
     let mut child = Command::new(bin())
         .arg("serve")
@@ -430,10 +451,11 @@ fn serve(args: &[&str]) -> (std::process::Child, String) {
         let out = child.wait_with_output().unwrap();
         panic!("serve did not start: {line:?} {}", String::from_utf8_lossy(&out.stderr))
     };
-    (child, addr)
+    (Served(Some(child)), addr)
 }
 
-fn stop(mut child: std::process::Child) -> String {
+fn stop(mut served: Served) -> String {
+    let mut child = served.0.take().expect("stopped once");
     signal(&child, libc::SIGTERM);
     wait_exit(&mut child, Duration::from_secs(10), "serve did not stop");
     let out = child.wait_with_output().unwrap();
