@@ -462,6 +462,15 @@ fn stop(mut served: Served) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// faulty.wat's spinning message: its connection must be closed by a
+/// budget within 10 s (`why` otherwise), and a new connection still echoed.
+fn spinner_is_stopped_and_others_served(addr: &str, why: &str) {
+    let mut s = connect(addr.parse().unwrap());
+    s.write_all(b"S").unwrap();
+    assert!(closed_by_peer(&mut s, Duration::from_secs(10)), "{why}");
+    echo_round(&mut connect(addr.parse().unwrap()), b"still serving");
+}
+
 fn http_get(addr: &str) -> Vec<u8> {
     let mut s = connect(addr.parse().unwrap());
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -526,11 +535,7 @@ fn cli_instruction_budget_with_aot_keeps_the_time_budget() {
     let p = out.to_str().unwrap();
     // Said at start; a spinning compiled guest is still stopped, by time.
     let (child, addr) = serve(&[p, "--instruction-budget", "1000", "--call-budget-ms", "100"]);
-    let mut s = connect(addr.parse().unwrap());
-    s.write_all(b"S").unwrap();
-    assert!(closed_by_peer(&mut s, Duration::from_secs(10)));
-    let mut e = connect(addr.parse().unwrap());
-    echo_round(&mut e, b"still serving");
+    spinner_is_stopped_and_others_served(&addr, "the spinner was not stopped");
     let log = stop(child);
     assert!(log.contains("does not apply to AOT-compiled code"), "{log}");
     // With no time budget at all, a compiled guest would run unbounded:
@@ -573,11 +578,7 @@ fn cli_serve_compiles_by_default_and_interprets_when_told_or_metered() {
     // the interpreter can stop it, so that is what runs.
     let faulty = guest_path("faulty.wat");
     let (child, addr) = serve(&[faulty.to_str().unwrap(), "--instruction-budget", "100000", "--call-budget-ms", "0"]);
-    let mut s = connect(addr.parse().unwrap());
-    s.write_all(b"S").unwrap();
-    assert!(closed_by_peer(&mut s, Duration::from_secs(10)));
-    let mut e = connect(addr.parse().unwrap());
-    echo_round(&mut e, b"still serving");
+    spinner_is_stopped_and_others_served(&addr, "the spinner was not stopped");
     let log = stop(child);
     assert!(log.contains("guest interpreted") && log.contains("WAMR meters only its interpreter"), "{log}");
 
@@ -609,10 +610,7 @@ fn a_reload_to_compiled_code_without_a_time_budget_is_refused() {
     std::fs::write(&path, aot_bytes("faulty.wat")).unwrap();
     signal(&child, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    let mut s = connect(addr.parse().unwrap());
-    s.write_all(b"S").unwrap();
-    assert!(closed_by_peer(&mut s, Duration::from_secs(10)), "the spinner ran unbounded: the reload was taken");
-    echo_round(&mut connect(addr.parse().unwrap()), b"still serving");
+    spinner_is_stopped_and_others_served(&addr, "the spinner ran unbounded: the reload was taken");
     let log = stop(child);
     assert!(log.contains("reload failed") && log.contains("give AOT guests a time budget"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
