@@ -502,9 +502,15 @@ fn load_engine(a: &ServeArgs, bytes: Vec<u8>) -> Result<Module, Error> {
         Engine::Auto if !wamr_coro::aot::compiler_available() => {
             interpreted(bytes, "this build has no AOT compiler (it was built without LLVM)")
         }
+        // A module the compiler refuses is loaded by the interpreter, and
+        // only a module the interpreter takes is said to fall back: one that
+        // neither takes gets the loader's error alone, not a fallback
+        // warning followed by it.
         Engine::Auto => compiled(&bytes).or_else(|e| {
+            let module = Module::new(bytes)?;
             tracing::warn!(error = %e, "cannot compile the guest; interpreting it");
-            interpreted(bytes, "compiling failed")
+            tracing::info!(why = "compiling failed", "guest interpreted");
+            Ok(module)
         }),
     }
 }
