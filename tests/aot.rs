@@ -11,7 +11,7 @@ mod common;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -408,10 +408,6 @@ fn an_aot_file_without_its_wasm_is_refused_clearly() {
     assert!(Module::new(&good[..good.len() / 2]).is_err());
 }
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_wamr-coro"))
-}
-
 /// A `serve` child that is killed if the test ends without [`stop`] (a
 /// failed assertion): a server left behind, spinning in a guest nothing
 /// stops, would take a core from every test after it.
@@ -436,7 +432,7 @@ impl Drop for Served {
 /// Starts `serve ARGS`, returns the child and the address it listens on.
 fn serve(args: &[&str]) -> (Served, String) {
     use std::io::BufRead;
-    let mut child = Command::new(bin())
+    let mut child = common::wamr_coro()
         .arg("serve")
         .args(args)
         .args(["--listen", "127.0.0.1:0", "--workers", "2"])
@@ -492,7 +488,7 @@ fn cli_compile_then_serve_and_serve_aot_with_its_cache() {
     }
     let dir = fresh_dir("aot-cli");
     let out = dir.join("http.aot");
-    let st = Command::new(bin())
+    let st = common::wamr_coro()
         .args(["compile", guest_path("http.wat").to_str().unwrap(), "-o", out.to_str().unwrap(), "--target", "portable"])
         .output()
         .unwrap();
@@ -540,7 +536,7 @@ fn cli_instruction_budget_with_aot_keeps_the_time_budget() {
     assert!(log.contains("does not apply to AOT-compiled code"), "{log}");
     // With no time budget at all, a compiled guest would run unbounded:
     // refused at start.
-    let st = Command::new(bin())
+    let st = common::wamr_coro()
         .args(["serve", p, "--instruction-budget", "1000", "--call-budget-ms", "0", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();

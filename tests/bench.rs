@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,7 +14,7 @@ fn bench(args: &[&str]) -> (Value, String) {
     let dir = std::env::temp_dir().join(format!("wamr-coro-bench-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+    let out = common::wamr_coro()
         .arg("bench")
         .args(args)
         .args(["--json", json.to_str().unwrap()])
@@ -90,7 +90,7 @@ fn hold_reports_every_connection_held() {
 /// bytes than the server sends, it counts errors instead of requests.
 #[test]
 fn wrong_response_bytes_are_counted_as_errors() {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+    let mut server = common::wamr_coro()
         .args(["bench-native", "--spec", r#"{"listen":"127.0.0.1:0","protocol":"http","workers":1,"reuse_port":false}"#])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -106,7 +106,7 @@ fn wrong_response_bytes_are_counted_as_errors() {
         "addr": addr, "conns": 2, "protocol": "http", "expected": expected, "pipeline": 1,
         "duration_s": 0.3, "workers": 1, "hold": false, "open_threads": 0
     });
-    let out = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+    let out = common::wamr_coro()
         .args(["bench-client", "--spec", &spec.to_string()])
         .output()
         .unwrap();
@@ -125,7 +125,7 @@ fn wrong_response_bytes_are_counted_as_errors() {
 #[test]
 fn the_engine_is_passed_to_the_servers() {
     let engine_log = |engine: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_wamr-coro"));
+        let mut c = common::wamr_coro();
         c.args(["bench", "--mode", "direct", "--conns", "2", "--duration", "1", "--verbose"]);
         if let Some(e) = engine {
             c.args(["--engine", e]);

@@ -36,7 +36,7 @@ fn refused(m: Module, config: GuestConfig) -> Error {
 
 /// `wamr-coro serve path` must fail; its stderr.
 fn serve_fails(path: &std::path::Path) -> String {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+    let o = common::wamr_coro()
         .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();

@@ -7,17 +7,17 @@ use std::time::{Duration, Instant};
 
 use common::{connect, read_n, signal, spawn_server, wait_exit, HTTP_RESPONSE};
 
-fn serve(args: &[&str]) -> (std::process::Child, std::net::SocketAddr, BufReader<std::process::ChildStdout>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wamr-coro"));
+fn serve(args: &[&str]) -> (common::ServerChild, std::net::SocketAddr, BufReader<std::process::ChildStdout>) {
+    let mut cmd = common::wamr_coro();
     cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--workers", "2"]).args(args);
     spawn_server(&mut cmd)
 }
 
-fn stop(child: std::process::Child, out: BufReader<std::process::ChildStdout>) -> (i32, String) {
+fn stop(child: common::ServerChild, out: BufReader<std::process::ChildStdout>) -> (i32, String) {
     stop_with(child, out, libc::SIGINT)
 }
 
-fn stop_with(mut child: std::process::Child, out: BufReader<std::process::ChildStdout>, sig: i32) -> (i32, String) {
+fn stop_with(mut child: common::ServerChild, out: BufReader<std::process::ChildStdout>, sig: i32) -> (i32, String) {
     signal(&child, sig);
     let status = wait_exit(&mut child, Duration::from_secs(20), "server did not exit after SIGINT");
     let rest: Vec<String> = out.lines().map_while(Result::ok).collect();
@@ -60,7 +60,7 @@ fn serve_module_file_and_clear_error_for_bad_module() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.wasm");
     std::fs::write(&bad, b"\0asm\x01\0\0\0\x01\xff").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_wamr-coro")).args(["serve", bad.to_str().unwrap()]).output().unwrap();
+    let o = common::wamr_coro().args(["serve", bad.to_str().unwrap()]).output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("WAMR could not load the module"), "{err}");

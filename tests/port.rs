@@ -4,7 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{connect, read_n, signal, wait_exit, HTTP_RESPONSE};
@@ -48,7 +48,7 @@ fn a_second_exclusive_bind_fails_with_a_clear_error() {
     assert_eq!(first.stop().accepted, 1);
 
     // The binary: exit non-zero, saying why, within a bounded time.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+    let mut child = common::wamr_coro()
         .args(["serve", "--listen", &shared.local_addr().to_string(), "--workers", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -86,7 +86,7 @@ fn reuse_port_servers_share_one_port() {
     let listen = format!("127.0.0.1:{port}");
     let mut children: Vec<_> = (0..2)
         .map(|_| {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+            let mut c = common::wamr_coro()
                 .args(["serve", "--listen", &listen, "--workers", "1", "--reuse-port"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())

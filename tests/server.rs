@@ -554,7 +554,7 @@ fn queue_coroutine_runner_serves_restarts_and_stops() {
 fn a_streaming_connection_does_not_hold_its_worker() {
     let (dir, guest) = guest_file("fair", "slow_echo.wat", SLOW_ECHO_WAT);
     let (mut child, addr, _out) = spawn_server(
-        std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+        common::wamr_coro()
             .arg("serve")
             .arg(&guest)
             .args(["--listen", "127.0.0.1:0", "--workers", "1", "--chunk-size", "4096", "--mode", "direct"])
@@ -629,7 +629,7 @@ fn data_that_arrives_during_a_call_is_read_without_waiting_for_more() {
     let (dir, guest) = guest_file("edges", "slow_echo.wat", SLOW_ECHO_WAT);
     for mode in ["direct", "queue"] {
         let (mut child, addr, _out) = spawn_server(
-            std::process::Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+            common::wamr_coro()
                 .arg("serve")
                 .arg(&guest)
                 .args(["--listen", "127.0.0.1:0", "--workers", "2", "--mode", mode])

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
@@ -20,7 +20,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn soak(args: &[&str], json: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wamr-coro"))
+    common::wamr_coro()
         .args(["bench", "--soak"])
         .args(args)
         .args(["--json", json.to_str().unwrap()])

@@ -243,9 +243,49 @@ pub fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus 
     }
 }
 
-/// Starts `cmd` (a server printing "listening on ADDR" first) and waits for that line.
-pub fn spawn_server(cmd: &mut Command) -> (Child, SocketAddr, BufReader<ChildStdout>) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+/// The tests' compile cache (`serve` compiles guests by default): under
+/// cargo's target directory, never the user's `$HOME/.cache/wamr-coro/aot`.
+pub fn test_cache_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache")
+}
+
+/// The `wamr-coro` binary, with its default compile cache in [`test_cache_home`].
+pub fn wamr_coro() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wamr-coro"));
+    cmd.env("XDG_CACHE_HOME", test_cache_home());
+    cmd
+}
+
+/// A server's child process, killed and reaped when dropped, so that a
+/// failing test leaves no server behind.
+pub struct ServerChild(pub Child);
+
+impl std::ops::Deref for ServerChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` (a server printing "listening on ADDR" first, perhaps
+/// through a shell that execs it) and waits for that line. Its default
+/// compile cache is [`test_cache_home`].
+pub fn spawn_server(cmd: &mut Command) -> (ServerChild, SocketAddr, BufReader<ChildStdout>) {
+    cmd.env("XDG_CACHE_HOME", test_cache_home());
+    let mut child = ServerChild(cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
