@@ -59,7 +59,12 @@ fn metrics_match_the_traffic_and_health_reports_draining() {
         assert_eq!(sample(&text, "wamr_coro_connections_open"), 0.0);
         assert_eq!(sample(&text, "wamr_coro_envs_live"), st.envs.live as f64);
         // Every callback or event was timed: 15 echoes + the trap at least.
-        assert!(sample(&text, "wamr_coro_guest_call_seconds_count") >= 16.0, "{text}");
+        let calls = sample(&text, "wamr_coro_guest_call_seconds_count");
+        assert!(calls >= 16.0, "{text}");
+        // Buckets are cumulative and end at +Inf with every call.
+        assert_eq!(sample(&text, "wamr_coro_guest_call_seconds_bucket{le=\"+Inf\"}"), calls, "{text}");
+        assert!(sample(&text, "wamr_coro_guest_call_seconds_bucket{le=\"1e-06\"}") <= calls, "{text}");
+        assert!(sample(&text, "wamr_coro_guest_call_seconds_sum") > 0.0, "{text}");
         if mode == Mode::Queue {
             assert!(text.contains("wamr_coro_queue_depth{shard=\"1\"}"), "{text}");
         }

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::Shared;
 use crate::abi::{AbiHost, ConnInfo, ERR_BAD_POINTER, ERR_UNKNOWN_CONN, ERR_WOULD_EXCEED_LIMIT};
@@ -91,35 +91,49 @@ pub(crate) struct ConnHost {
     pub sh: Arc<Shared>,
 }
 
-impl Outbox for ConnHost {
+/// A direct-mode connection's output while one `send` or `close` runs: its
+/// state locked once for the whole call.
+struct LockedConn<'a> {
+    conn: i32,
+    state: MutexGuard<'a, ConnState>,
+}
+
+impl Outbox for LockedConn<'_> {
     type Conn = ();
 
     fn find(&self, conn: i32) -> Option<()> {
-        (conn == self.conn && !self.state.lock().closed_by_guest).then_some(())
+        (conn == self.conn && !self.state.closed_by_guest).then_some(())
     }
 
     fn queued(&self, _: &()) -> usize {
-        self.state.lock().out.len()
+        self.state.out.len()
     }
 
     fn push(&mut self, _: &(), bytes: &[u8]) -> bool {
-        self.state.lock().out.extend_from_slice(bytes);
+        self.state.out.extend_from_slice(bytes);
         true
     }
 
     fn close(&mut self, _: &()) {
-        self.state.lock().closed_by_guest = true;
+        self.state.closed_by_guest = true;
+    }
+}
+
+impl ConnHost {
+    fn locked(&self) -> LockedConn<'_> {
+        LockedConn { conn: self.conn, state: self.state.lock() }
     }
 }
 
 impl AbiHost for ConnHost {
     fn send(&mut self, conn: i32, bytes: Result<&[u8], ()>) -> i32 {
-        let sh = Arc::clone(&self.sh);
-        send(self, &sh, conn, bytes)
+        // One lock for the whole call, and no clone of the server-wide
+        // `Arc<Shared>`: its count is one cache line for every worker.
+        send(&mut self.locked(), &self.sh, conn, bytes)
     }
 
     fn close(&mut self, conn: i32) -> i32 {
-        close(self, conn)
+        close(&mut self.locked(), conn)
     }
 
     fn epoch(&self) -> Instant {

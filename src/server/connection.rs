@@ -155,7 +155,7 @@ impl DirectConn {
         let lease = self.lease.as_mut().expect("acquired above");
         let started = read_at.unwrap_or_else(std::time::Instant::now);
         let result = f(lease, self.id);
-        self.sh.metrics.call_seconds.observe(started.elapsed().as_secs_f64());
+        self.sh.metrics.call_seconds.observe(started.elapsed());
         if let Err(e) = &result {
             self.sh.counters.count_fault(e);
             if let Some(suppressed) = self.sh.log_limits.guest_fault.allow() {
@@ -176,7 +176,7 @@ impl DirectConn {
             return Ok(());
         }
         self.stream.write_all(&out)?;
-        self.sh.counters.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.sh.counters.bytes_out.add(out.len() as u64);
         self.registration.activity().touch();
         // Hand the buffer back to reuse its capacity.
         let mut st = self.state.lock();

@@ -17,27 +17,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::striped::CallHistogram;
 use super::{ServerStats, Shared};
 
-/// Measurements the request path records (cheap: one histogram).
-#[derive(Debug)]
+/// Measurements the request path records (cheap: one histogram, striped
+/// per thread, see `striped.rs`).
+#[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    /// Seconds per guest callback (direct) or per queue event.
-    pub call_seconds: Histogram,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        // 1 µs .. ~4 s, ×4 per bucket.
-        Metrics { call_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 12)) }
-    }
+    /// Time per guest callback (direct) or per queue event: buckets of
+    /// 1 µs .. ~4 s, ×4 per bucket.
+    pub call_seconds: CallHistogram,
 }
 
 /// Encodes a snapshot of the server's statistics at each scrape.
@@ -129,13 +124,14 @@ impl Collector for StatsCollector {
         for (name, help, values) in per_shard {
             shard_gauge(&mut e, &format!("{p}{name}"), help, values)?;
         }
-        let h = &self.0.metrics.call_seconds;
-        h.encode(e.encode_descriptor(
+        let h = self.0.metrics.call_seconds.snapshot();
+        e.encode_descriptor(
             &format!("{p}guest_call_seconds"),
             "Time per guest callback (direct mode) or queue event",
             None,
-            h.metric_type(),
-        )?)?;
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
         Ok(())
     }
 }

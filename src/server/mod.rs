@@ -41,6 +41,7 @@ mod ratelimit;
 pub mod signals;
 mod socket;
 mod stats;
+mod striped;
 
 pub use builder::{Server, ServerBuilder};
 pub use config::{EnvPolicy, Limits, Mode, DEFAULT_POOL_CAPACITY};

@@ -288,7 +288,7 @@ impl Reader {
             }
             Err(_) => return Err(ReadEnd::Failed),
         };
-        sh.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        sh.counters.bytes_in.add(n as u64);
         activity.touch();
         if !self.progress.received(n) {
             return Err(counted(sh, ReadEnd::Slow));

@@ -7,6 +7,7 @@ use crate::pool::PoolStats;
 use crate::registry::RegistryStats;
 use crate::wamr::state::MemoryBudgetStats;
 
+use super::striped::StripedCounter;
 use super::Shared;
 
 /// Server statistics (a snapshot).
@@ -93,8 +94,10 @@ pub(crate) struct Counters {
     pub accepted: AtomicU64,
     pub refused: AtomicU64,
     pub closed: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
+    /// Striped: every read adds to it, from every worker.
+    pub bytes_in: StripedCounter,
+    /// Striped: every write adds to it, from every worker.
+    pub bytes_out: StripedCounter,
     pub traps: AtomicU64,
     pub budget_overruns: AtomicU64,
     pub instruction_budget_overruns: AtomicU64,
@@ -132,8 +135,8 @@ impl Shared {
             refused: l(&c.refused),
             open: self.conns.lock().len() as u64,
             closed: l(&c.closed),
-            bytes_in: l(&c.bytes_in),
-            bytes_out: l(&c.bytes_out),
+            bytes_in: c.bytes_in.get(),
+            bytes_out: c.bytes_out.get(),
             traps: l(&c.traps),
             budget_overruns: l(&c.budget_overruns),
             instruction_budget_overruns: l(&c.instruction_budget_overruns),

@@ -145,7 +145,7 @@ unsafe fn writer(
                         // SAFETY: as above.
                         unsafe { socket::shutdown_fd(fd) };
                     } else {
-                        sh.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        sh.counters.bytes_out.add(bytes.len() as u64);
                         activity.touch();
                     }
                 }

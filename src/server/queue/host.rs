@@ -79,7 +79,7 @@ impl Outbox for QueueHost {
             // set `writer_gone`, which it cannot do while we hold its lock.
             if let Ok(n) = unsafe { socket::write_nonblocking(c.fd, bytes) } {
                 if n > 0 {
-                    self.sh.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    self.sh.counters.bytes_out.add(n as u64);
                     c.activity.touch();
                 }
                 bytes = &bytes[n..];
@@ -121,7 +121,7 @@ impl AbiHost for QueueHost {
         // The guest is back for more: its time for the last event is over.
         self.interrupt.set_deadline(None);
         if let Some(t) = self.handed_out.take() {
-            self.sh.metrics.call_seconds.observe(t.elapsed().as_secs_f64());
+            self.sh.metrics.call_seconds.observe(t.elapsed());
         }
         if mem.check(info, abi::EVENT_SIZE).is_none() || cap < 0 || mem.check(buf, cap).is_none() {
             self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);

@@ -167,7 +167,7 @@ fn host_loop(
             }),
             Next::Close(id) => env.on_close(id),
         };
-        sh.metrics.call_seconds.observe(started.elapsed().as_secs_f64());
+        sh.metrics.call_seconds.observe(started.elapsed());
         if let Err(e) = result {
             sh.counters.count_fault(&e);
             return Err(e.to_string());
