@@ -616,6 +616,71 @@ fn a_streaming_connection_does_not_hold_its_worker() {
     );
 }
 
+/// A guest that computes for a while on each chunk (milliseconds,
+/// interpreted) and answers one byte.
+const SLOW_SINK_WAT: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global (export "__heap_base") i32 (i32.const 131072))
+  (data (i32.const 1024) ".")
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (local $i i32)
+    (loop $spin (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 5000000))))
+    (drop (call $send (local.get $c) (i32.const 1024) (i32.const 1)))
+    (i32.const 0)))"#;
+
+/// A connection whose client always has the next chunk ready never waits
+/// in a read, so only its share of the worker (`YIELD_AFTER`, socket.rs)
+/// hands the worker back. Here the client's whole input sits in the
+/// server's receive queue from the start, so no read comes up short (which
+/// would make the reader wait, and yield, once), and one byte answers each
+/// chunk, so no write waits either: with one worker, the second client is
+/// not even accepted until the first one's input runs out, unless the
+/// connection yields.
+#[test]
+fn a_client_that_always_has_input_ready_does_not_hold_its_worker() {
+    let (dir, guest) = guest_file("ready", "slow_sink.wat", SLOW_SINK_WAT);
+    let (_child, addr, _out) = spawn_server(
+        common::wamr_coro()
+            .arg("serve")
+            .arg(&guest)
+            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--chunk-size", "4096", "--mode", "direct"])
+            .args(["--engine", "interp"]),
+    );
+    // The read buffer starts at 1 KiB and doubles up to the chunk size while
+    // reads fill it: chunks of 1, 2, then 4 KiB, sixteen in all, every one
+    // full (59 KiB: it fits in the connection's initial windows). With the
+    // yield, the second client waits for about three of them: its accept
+    // and its own read each queue behind one more chunk of the first.
+    const CHUNKS: usize = 16;
+    let input = vec![b'x'; 1024 + 2048 + (CHUNKS - 2) * 4096];
+    let mut a = connect(addr);
+    a.write_all(&input).unwrap();
+    let answered = |a: &mut std::net::TcpStream, n: usize| {
+        let got = read_n(a, n).unwrap();
+        assert!(got.iter().all(|&b| b == b'.'), "{got:?}");
+    };
+    // Two chunks in, the whole input has long since arrived.
+    answered(&mut a, 2);
+    a.set_nonblocking(true).unwrap();
+    let mut b = connect(addr);
+    b.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut b, 1).unwrap(), b".");
+    // How many of the first client's chunks were answered meanwhile.
+    let mut more = [0u8; 64];
+    let during = std::io::Read::read(&mut a, &mut more).unwrap_or(0);
+    a.set_nonblocking(false).unwrap();
+    answered(&mut a, CHUNKS - 2 - during);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        during < (CHUNKS - 2) / 2,
+        "the second client was answered only after {during} more of the first client's {CHUNKS} chunks"
+    );
+}
+
 /// A read that finds the socket drained waits for the next read event
 /// without trying first (vendor/may, `TcpStream::read`). That is only right
 /// if no event is lost in between: here each client's second message
