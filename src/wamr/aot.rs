@@ -379,6 +379,13 @@ fn store(dir: &Path, path: &Path, aot: &[u8]) -> Result<()> {
 /// it is) through the cache in `dir` and loads the result. A cached entry
 /// WAMR cannot load is evicted and compiled again, once.
 pub fn load_compiled(input: &[u8], target: Target, dir: &Path) -> Result<super::Module> {
+    load_compiled_evicting(input, target, dir, evict)
+}
+
+/// [`load_compiled`] with the eviction passed in, so that a test can have
+/// it fail (as it does in a read-only cache, which root's permissions
+/// never give a test).
+fn load_compiled_evicting(input: &[u8], target: Target, dir: &Path, evict: impl Fn(&Path)) -> Result<super::Module> {
     if input.starts_with(AOT_MAGIC) {
         return super::Module::new(input);
     }
@@ -438,6 +445,30 @@ mod tests {
         assert_eq!(a, cache_path(d, b"\0asm\x01\0\0\0", Target::Native));
         assert_ne!(a, cache_path(d, b"\0asm\x01\0\0\0", Target::Portable));
         assert_ne!(a, cache_path(d, b"\0asm\x01\0\0\0\0", Target::Native));
+    }
+
+    /// A cached entry that does not load and cannot be removed (a
+    /// read-only cache) is compiled around, not read again.
+    #[test]
+    fn a_bad_cache_entry_that_stays_is_not_read_again() {
+        if !compiler_available() {
+            eprintln!("skipped: this build has no AOT compiler");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("wamr-coro-aot-evict-{}", std::process::id()));
+        let wat = br#"(module (memory (export "memory") 1)
+            (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
+        let good = compile_cached(wat, Target::Portable, &dir).unwrap();
+        assert!(!good.hit);
+        let spoil = || std::fs::write(&good.path, &good.aot[..16]).unwrap();
+        spoil();
+        let loaded = load_compiled_evicting(wat, Target::Portable, &dir, |_| {});
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
+        // Evicted as usual, the entry is replaced by a good one.
+        spoil();
+        load_compiled(wat, Target::Portable, &dir).unwrap();
+        assert!(std::fs::read(&good.path).unwrap() == good.aot);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
