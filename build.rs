@@ -79,8 +79,7 @@ fn locate_wamr() -> PathBuf {
          `cargo fetch` first when offline, or set WAMR_SRC_DIR):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let meta: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata printed invalid JSON");
+    let meta: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata printed invalid JSON");
     let pkg = meta["packages"]
         .as_array()
         .into_iter()
@@ -89,11 +88,7 @@ fn locate_wamr() -> PathBuf {
         .expect("cargo metadata lists no wamrx-sys package (Cargo.toml must declare it)");
     let manifest_path = PathBuf::from(pkg["manifest_path"].as_str().expect("manifest_path"));
     let dir = manifest_path.parent().unwrap().join("wasm-micro-runtime");
-    assert!(
-        dir.join("core/iwasm/include/wasm_export.h").exists(),
-        "{} holds no WAMR source tree",
-        dir.display()
-    );
+    assert!(dir.join("core/iwasm/include/wasm_export.h").exists(), "{} holds no WAMR source tree", dir.display());
     dir
 }
 
@@ -126,10 +121,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// CVE ids, in order. Panics if one does not apply.
 fn apply_patches(dir: &Path, wamr: &Path) -> (Vec<String>, Vec<String>) {
     let mut patches: Vec<PathBuf> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "patch"))
-            .collect(),
+        Ok(rd) => rd.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "patch")).collect(),
         Err(_) => Vec::new(),
     };
     patches.sort();
@@ -137,18 +129,15 @@ fn apply_patches(dir: &Path, wamr: &Path) -> (Vec<String>, Vec<String>) {
     let names = patches.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
     for path in patches {
         let text = fs::read_to_string(&path).unwrap();
-        let start = text
-            .find("\n--- ")
-            .map(|i| i + 1)
-            .unwrap_or_else(|| panic!("{}: no unified diff found", path.display()));
+        let start =
+            text.find("\n--- ").map(|i| i + 1).unwrap_or_else(|| panic!("{}: no unified diff found", path.display()));
         let preamble = &text[..start];
         for line in preamble.lines() {
             if let Some(id) = line.trim().strip_prefix("CVE:") {
                 cves.push(id.trim().to_string());
             }
         }
-        let patch = diffy::Patch::from_str(&text[start..])
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let patch = diffy::Patch::from_str(&text[start..]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let target = patch
             .original()
             .unwrap_or_else(|| panic!("{}: no file name", path.display()))
@@ -173,12 +162,7 @@ fn wamr_version(wamr: &Path) -> String {
             .trim()
             .to_string()
     };
-    format!(
-        "{}.{}.{}",
-        num("WAMR_VERSION_MAJOR"),
-        num("WAMR_VERSION_MINOR"),
-        num("WAMR_VERSION_PATCH")
-    )
+    format!("{}.{}.{}", num("WAMR_VERSION_MAJOR"), num("WAMR_VERSION_MINOR"), num("WAMR_VERSION_PATCH"))
 }
 
 fn write_build_info(out: &Path, version: &str, patches: &[String], cves: &[String], upstream: &Path) {
@@ -502,9 +486,7 @@ fn build_compiler(wamr: &Path, out: &Path) {
         };
         c.file(wamr.join(src));
     }
-    c.file(wamr.join(invoke))
-        .file(wamr.join("core/iwasm/aot/arch/aot_reloc_dummy.c"))
-        .file("wamr/src/aotc.c");
+    c.file(wamr.join(invoke)).file(wamr.join("core/iwasm/aot/arch/aot_reloc_dummy.c")).file("wamr/src/aotc.c");
     for f in list("core/iwasm/compilation", "c").into_iter().chain(list("core/iwasm/compilation/simd", "c")) {
         c.file(f);
     }

@@ -189,9 +189,7 @@ fn metering(c: &mut Criterion) {
         let noop = env.func(&m, "noop").unwrap();
         g.bench_function(format!("noop_budget_{label}"), |b| b.iter(|| env.call_i32(&noop, &[]).unwrap()));
         let work = env.func(&m, "work").unwrap();
-        g.bench_function(format!("loop_10k_budget_{label}"), |b| {
-            b.iter(|| env.call_i32(&work, &[10_000]).unwrap())
-        });
+        g.bench_function(format!("loop_10k_budget_{label}"), |b| b.iter(|| env.call_i32(&work, &[10_000]).unwrap()));
     }
     g.sample_size(10);
     g.bench_function("spin_until_10M_op_budget", |b| {

@@ -54,7 +54,10 @@ fn setup() {
 
 /// Runs `f` with the module's `work` in a fresh env, inside one coroutine
 /// as the server would.
-fn with_work<R: Send + 'static>(m: &Module, f: impl FnOnce(&mut ExecEnv, &TypedFunc<i32, i32>) -> R + Send + 'static) -> R {
+fn with_work<R: Send + 'static>(
+    m: &Module,
+    f: impl FnOnce(&mut ExecEnv, &TypedFunc<i32, i32>) -> R + Send + 'static,
+) -> R {
     let m = m.clone();
     coro::spawn(move || {
         let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();

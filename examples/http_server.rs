@@ -13,10 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("info,may=warn").with_ansi(ansi).with_writer(std::io::stderr).init();
 
     let server = std::sync::Arc::new(
-        Server::builder(wamr_coro::default_guest()?)
-            .listen("127.0.0.1:7880")
-            .mode(Mode::Queue)
-            .start()?,
+        Server::builder(wamr_coro::default_guest()?).listen("127.0.0.1:7880").mode(Mode::Queue).start()?,
     );
     println!("HTTP on http://{}/ (Ctrl-C stops it)", server.local_addr());
 

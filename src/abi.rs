@@ -135,22 +135,14 @@ static ABI_IMPORTS: fn() -> Vec<HostFunc> = imports;
 fn imports() -> Vec<HostFunc> {
     use ValType::{I32, I64};
     vec![
-        HostFunc::new(
-            "env",
-            "send",
-            &[I32, I32, I32],
-            &[I32],
-            |caller: &mut Caller<'_>, args| {
-                let (conn, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
-                let (mem, data) = caller.split();
-                let Some(h) = host(data) else {
-                    return Ok(Some(Val::I32(ERR_UNKNOWN_CONN)));
-                };
-                Ok(Some(Val::I32(
-                    mem.with_bytes(ptr, len, |bytes| h.send(conn, bytes.ok_or(()))),
-                )))
-            },
-        ),
+        HostFunc::new("env", "send", &[I32, I32, I32], &[I32], |caller: &mut Caller<'_>, args| {
+            let (conn, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
+            let (mem, data) = caller.split();
+            let Some(h) = host(data) else {
+                return Ok(Some(Val::I32(ERR_UNKNOWN_CONN)));
+            };
+            Ok(Some(Val::I32(mem.with_bytes(ptr, len, |bytes| h.send(conn, bytes.ok_or(()))))))
+        }),
         HostFunc::new("env", "close", &[I32], &[I32], |caller: &mut Caller<'_>, args| {
             let (_, data) = caller.split();
             let Some(h) = host(data) else {
@@ -158,24 +150,13 @@ fn imports() -> Vec<HostFunc> {
             };
             Ok(Some(Val::I32(h.close(i32_arg(args, 0)))))
         }),
-        HostFunc::new(
-            "env",
-            "wait_msg",
-            &[I32, I32, I32],
-            &[I32],
-            |caller: &mut Caller<'_>, args| {
-                let (mut mem, data) = caller.split();
-                let Some(h) = host(data) else {
-                    return Ok(Some(Val::I32(ERR_NOT_IN_THIS_MODE)));
-                };
-                Ok(Some(Val::I32(h.wait_msg(
-                    &mut mem,
-                    i32_arg(args, 0),
-                    i32_arg(args, 1),
-                    i32_arg(args, 2),
-                ))))
-            },
-        ),
+        HostFunc::new("env", "wait_msg", &[I32, I32, I32], &[I32], |caller: &mut Caller<'_>, args| {
+            let (mut mem, data) = caller.split();
+            let Some(h) = host(data) else {
+                return Ok(Some(Val::I32(ERR_NOT_IN_THIS_MODE)));
+            };
+            Ok(Some(Val::I32(h.wait_msg(&mut mem, i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2)))))
+        }),
         HostFunc::new("env", "log", &[I32, I32, I32], &[], |caller: &mut Caller<'_>, args| {
             let (level, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
             let (mem, data) = caller.split();
@@ -288,26 +269,10 @@ pub fn guest_abi_version(module: &Module) -> Result<Option<i32>> {
     let Some(export) = module.export("wcoro_abi_version") else {
         return Ok(None);
     };
-    let host = format!(
-        "{} (minor versions up to {})",
-        version_text(ABI_VERSION as i64),
-        ABI_VERSION_MINOR
-    );
-    let refuse = |guest: String| Error::AbiVersion {
-        guest,
-        host: host.clone(),
-    };
-    if !matches!(
-        export.kind,
-        ExportKind::Global {
-            ty: ValType::I32,
-            mutable: false
-        }
-    ) {
-        return Err(refuse(format!(
-            "`wcoro_abi_version` as {:?}, not an immutable i32 global",
-            export.kind
-        )));
+    let host = format!("{} (minor versions up to {})", version_text(ABI_VERSION as i64), ABI_VERSION_MINOR);
+    let refuse = |guest: String| Error::AbiVersion { guest, host: host.clone() };
+    if !matches!(export.kind, ExportKind::Global { ty: ValType::I32, mutable: false }) {
+        return Err(refuse(format!("`wcoro_abi_version` as {:?}, not an immutable i32 global", export.kind)));
     }
     let global = module
         .exported_global("wcoro_abi_version")
@@ -333,10 +298,7 @@ pub fn check_guest(module: &Module, mode: ModeReq) -> Result<GuestExports> {
     use crate::Error;
     guest_abi_version(module)?;
     match module.export("memory") {
-        Some(crate::wamr::module::Export {
-            kind: crate::wamr::module::ExportKind::Memory { .. },
-            ..
-        }) => {}
+        Some(crate::wamr::module::Export { kind: crate::wamr::module::ExportKind::Memory { .. }, .. }) => {}
         _ => {
             return Err(Error::MissingExport {
                 name: "memory".into(),
@@ -352,14 +314,12 @@ pub fn check_guest(module: &Module, mode: ModeReq) -> Result<GuestExports> {
         alloc: module.check_optional_func("alloc", &sig::alloc())?,
     };
     match mode {
-        ModeReq::Direct if !g.on_recv => Err(Error::MissingExport {
-            name: "on_recv".into(),
-            why: "required in direct mode".into(),
-        }),
-        ModeReq::Queue if !g.on_recv && !g.run => Err(Error::MissingExport {
-            name: "on_recv".into(),
-            why: "queue mode needs `run` or `on_recv`".into(),
-        }),
+        ModeReq::Direct if !g.on_recv => {
+            Err(Error::MissingExport { name: "on_recv".into(), why: "required in direct mode".into() })
+        }
+        ModeReq::Queue if !g.on_recv && !g.run => {
+            Err(Error::MissingExport { name: "on_recv".into(), why: "queue mode needs `run` or `on_recv`".into() })
+        }
         _ => Ok(g),
     }
 }

@@ -33,9 +33,7 @@ pub fn configure(workers: usize, stack_bytes: usize) -> Result<()> {
     if stack_bytes < min {
         return Err(Error::Config(format!("coroutine stack must be at least {min} bytes")));
     }
-    may::config()
-        .set_workers(workers)
-        .set_stack_size(stack_bytes / std::mem::size_of::<usize>());
+    may::config().set_workers(workers).set_stack_size(stack_bytes / std::mem::size_of::<usize>());
     Ok(())
 }
 

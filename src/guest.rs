@@ -178,10 +178,8 @@ impl Guest {
             }
         }
         let resettable = !facts.mutates_tables_or_segments;
-        let budget = config
-            .memory_budget
-            .clone()
-            .unwrap_or_else(|| Arc::new(MemoryBudget::new(MemoryBudget::default_bytes())));
+        let budget =
+            config.memory_budget.clone().unwrap_or_else(|| Arc::new(MemoryBudget::new(MemoryBudget::default_bytes())));
         // Without an `alloc` export the receive buffer comes from WAMR's app
         // heap: size it for one chunk plus the allocator's overhead.
         let heap_size = if exports.alloc { 0 } else { config.chunk_size + 8 * 1024 };
@@ -363,7 +361,11 @@ impl GuestEnv {
         // Spawned envs of a shared memory use their parent's memory, which
         // is charged to nobody: shared-memory guests are outside the budget.
         if !(env.is_spawned() && shared) {
-            env.attach_budget(Arc::clone(&guest.budget), guest.config.max_memory_pages, guest.module.facts().grows_memory)?;
+            env.attach_budget(
+                Arc::clone(&guest.budget),
+                guest.config.max_memory_pages,
+                guest.module.facts().grows_memory,
+            )?;
         }
         env.set_budget(guest.config.call_budget);
         env.set_instruction_budget(guest.config.instruction_budget);
@@ -395,9 +397,7 @@ impl GuestEnv {
             env.heap_alloc(cap)? as i32
         };
         let globals = env.snapshot_globals();
-        let image = guest
-            .image
-            .get_or_init(|| env.capture_memory().map(|memory| ResetImage { memory, recv_ptr: ptr }));
+        let image = guest.image.get_or_init(|| env.capture_memory().map(|memory| ResetImage { memory, recv_ptr: ptr }));
         // Envs are made alike (instantiation and `alloc` are deterministic),
         // so the first env's image fits every later one; one that differs
         // (an `alloc` that is not deterministic) is simply never reused.
@@ -485,10 +485,11 @@ impl GuestEnv {
     /// Copies `bytes` (at most the chunk size) into the receive buffer and
     /// calls `on_recv(conn, ptr, len)`.
     pub fn on_recv(&mut self, conn: i32, bytes: &[u8]) -> Result<i32> {
-        let f = self.funcs.on_recv.as_ref().ok_or_else(|| Error::MissingExport {
-            name: "on_recv".into(),
-            why: "called in direct mode".into(),
-        })?;
+        let f = self
+            .funcs
+            .on_recv
+            .as_ref()
+            .ok_or_else(|| Error::MissingExport { name: "on_recv".into(), why: "called in direct mode".into() })?;
         let n = bytes.len().min(self.recv_cap as usize);
         // Another connection's bytes never stay where this one's land.
         if conn != self.recv_conn {

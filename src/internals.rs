@@ -9,6 +9,6 @@ pub mod stress;
 
 pub use crate::default_guest::HTTP_GUEST_WAT as DEFAULT_GUEST_WAT;
 pub use crate::ring::EventRing;
-pub use crate::wamr::stack::GUARD as STACK_GUARD;
 pub use crate::wamr::build_info::describe as wamr_build_info;
+pub use crate::wamr::stack::GUARD as STACK_GUARD;
 pub use crate::wamr::MemoryPages;

@@ -49,12 +49,12 @@ mod wamr;
 mod watchdog;
 
 pub use abi::ConnInfo;
-pub use wamr::aot;
 pub use default_guest::default_guest;
 pub use error::{Error, Result};
 pub use guest::{EnvSource, Guest, GuestConfig, GuestEnv};
 pub use pool::{EnvPool, Lease, PoolStats};
 pub use registry::{Registry, RegistryStats};
+pub use wamr::aot;
 pub use wamr::host::{Caller, HostError, HostFunc, HostPlainReturn, HostResult, HostReturn, HostValue, IntoHostFunc};
 pub use wamr::memory::GuestMemory;
 pub use wamr::module::{Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType};

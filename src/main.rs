@@ -354,7 +354,10 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
             plot: a.plot,
             server_workers: a.server_workers,
             seed: a.seed,
-            server_wrapper: a.server_wrapper.map(|w| w.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+            server_wrapper: a
+                .server_wrapper
+                .map(|w| w.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
             engine: engine_name(a.engine),
             verbose: a.verbose,
         };
@@ -383,7 +386,8 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
     print!("{}", report.table());
     if let Some(path) = &a.json {
         let json = serde_json::to_string_pretty(&report).expect("serialisable");
-        std::fs::write(path, json).map_err(|e| Error::Io { context: format!("writing {}", path.display()), source: e })?;
+        std::fs::write(path, json)
+            .map_err(|e| Error::Io { context: format!("writing {}", path.display()), source: e })?;
     }
     let errors: u64 = report.runs.iter().map(|r| r.errors).chain(report.holds.iter().map(|h| h.errors)).sum();
     if errors > 0 {
@@ -419,13 +423,10 @@ fn stress(a: StressArgs) -> Result<(), Error> {
 }
 
 fn compile(a: CompileArgs) -> Result<(), Error> {
-    let input = std::fs::read(&a.module)
-        .map_err(|source| Error::ReadModule { path: a.module.clone(), source })?;
+    let input = std::fs::read(&a.module).map_err(|source| Error::ReadModule { path: a.module.clone(), source })?;
     let aot = wamr_coro::aot::compile(&input, a.target)?;
-    std::fs::write(&a.output, &aot).map_err(|source| Error::Io {
-        context: format!("writing {}", a.output.display()),
-        source,
-    })?;
+    std::fs::write(&a.output, &aot)
+        .map_err(|source| Error::Io { context: format!("writing {}", a.output.display()), source })?;
     println!("{} -> {} ({} bytes, target {})", a.module.display(), a.output.display(), aot.len(), a.target);
     Ok(())
 }
@@ -544,10 +545,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
             queue_shards: a.queue_shards,
             shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
             max_memory_pages: a.max_memory_pages,
-            max_guest_memory: a
-                .max_guest_memory_mib
-                .map(|m| m << 20)
-                .unwrap_or(limits().max_guest_memory),
+            max_guest_memory: a.max_guest_memory_mib.map(|m| m << 20).unwrap_or(limits().max_guest_memory),
         });
     if let Some(w) = a.workers {
         b = b.workers(w);

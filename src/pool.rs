@@ -234,7 +234,8 @@ impl EnvPool {
     pub fn stats(&self) -> PoolStats {
         let slotted = self.slots.iter().filter(|s| s.env.lock().is_some()).count();
         PoolStats {
-            hits: self.hits.load(Ordering::Relaxed) + self.slots.iter().map(|s| s.hits.load(Ordering::Relaxed)).sum::<u64>(),
+            hits: self.hits.load(Ordering::Relaxed)
+                + self.slots.iter().map(|s| s.hits.load(Ordering::Relaxed)).sum::<u64>(),
             misses: self.misses.load(Ordering::Relaxed),
             idle: (self.idle.len() + slotted) as u64,
             discarded: self.discarded.load(Ordering::Relaxed),

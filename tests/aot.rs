@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wamr_coro::server::{EnvPolicy, Limits, Mode, Server, ServerHandle};
 use wamr_coro::aot::{self, Target};
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server, ServerHandle};
 use wamr_coro::{EnvSource, Guest, GuestConfig, Module, Registry};
 
 /// False (after a loud message) when the compiler is missing and that is
@@ -489,7 +489,14 @@ fn cli_compile_then_serve_and_serve_aot_with_its_cache() {
     let dir = fresh_dir("aot-cli");
     let out = dir.join("http.aot");
     let st = common::wamr_coro()
-        .args(["compile", guest_path("http.wat").to_str().unwrap(), "-o", out.to_str().unwrap(), "--target", "portable"])
+        .args([
+            "compile",
+            guest_path("http.wat").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--target",
+            "portable",
+        ])
         .output()
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
@@ -508,7 +515,12 @@ fn cli_compile_then_serve_and_serve_aot_with_its_cache() {
     // serve --aot: the first start compiles into the cache, the second
     // finds it there.
     let cache = dir.join("cache");
-    let args = [guest_path("http.wat").to_str().unwrap().to_string(), "--aot".into(), "--aot-cache".into(), cache.to_str().unwrap().into()];
+    let args = [
+        guest_path("http.wat").to_str().unwrap().to_string(),
+        "--aot".into(),
+        "--aot-cache".into(),
+        cache.to_str().unwrap().into(),
+    ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     for expect_hit in [false, true] {
         let (child, addr) = serve(&args);

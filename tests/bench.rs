@@ -14,12 +14,7 @@ fn bench(args: &[&str]) -> (Value, String) {
     let dir = std::env::temp_dir().join(format!("wamr-coro-bench-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
-    let out = common::wamr_coro()
-        .arg("bench")
-        .args(args)
-        .args(["--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::wamr_coro().arg("bench").args(args).args(["--json", json.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -60,7 +55,8 @@ fn short_bench_of_every_mode_reports_a_valid_json() {
 #[test]
 fn echo_guest_is_probed_and_pipelined_requests_are_checked() {
     let echo = common::guest_path("echo.wat");
-    let (v, _) = bench(&[echo.to_str().unwrap(), "--mode", "queue", "--conns", "3", "--duration", "1", "--pipeline", "4"]);
+    let (v, _) =
+        bench(&[echo.to_str().unwrap(), "--mode", "queue", "--conns", "3", "--duration", "1", "--pipeline", "4"]);
     for name in ["native", "queue"] {
         let r = run(&v, name);
         assert_eq!(r["protocol"], "echo", "{r}");
@@ -91,7 +87,11 @@ fn hold_reports_every_connection_held() {
 #[test]
 fn wrong_response_bytes_are_counted_as_errors() {
     let mut server = common::wamr_coro()
-        .args(["bench-native", "--spec", r#"{"listen":"127.0.0.1:0","protocol":"http","workers":1,"reuse_port":false}"#])
+        .args([
+            "bench-native",
+            "--spec",
+            r#"{"listen":"127.0.0.1:0","protocol":"http","workers":1,"reuse_port":false}"#,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -106,10 +106,7 @@ fn wrong_response_bytes_are_counted_as_errors() {
         "addr": addr, "conns": 2, "protocol": "http", "expected": expected, "pipeline": 1,
         "duration_s": 0.3, "workers": 1, "hold": false, "open_threads": 0
     });
-    let out = common::wamr_coro()
-        .args(["bench-client", "--spec", &spec.to_string()])
-        .output()
-        .unwrap();
+    let out = common::wamr_coro().args(["bench-client", "--spec", &spec.to_string()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let result: Value = serde_json::from_str(stdout.lines().find_map(|l| l.strip_prefix("result ")).unwrap()).unwrap();
     assert_eq!(result["requests"], 0, "{result}");

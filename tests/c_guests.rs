@@ -36,10 +36,7 @@ fn refused(m: Module, config: GuestConfig) -> Error {
 
 /// `wamr-coro serve path` must fail; its stderr.
 fn serve_fails(path: &std::path::Path) -> String {
-    let o = common::wamr_coro()
-        .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let o = common::wamr_coro().args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"]).output().unwrap();
     assert!(!o.status.success());
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -119,7 +116,10 @@ fn c_guests_that_break_the_contract_get_clear_errors() {
     // And through the binary, as a user would meet it.
     let path = built_guests_dir().join("bad_signature.wasm");
     let err = serve_fails(&path);
-    assert!(err.contains("export `on_recv` has signature (i32, i32) -> (i32), expected (i32, i32, i32) -> (i32)"), "{err}");
+    assert!(
+        err.contains("export `on_recv` has signature (i32, i32) -> (i32), expected (i32, i32, i32) -> (i32)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -167,9 +167,11 @@ fn abi_version_mismatch_is_a_clear_error() {
         )
     };
     // The plain form: the global's value is the version.
-    let ok = wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0101))"#)).unwrap();
+    let ok =
+        wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0101))"#)).unwrap();
     assert_eq!(wamr_coro::abi::guest_abi_version(&ok).unwrap(), Some(0x0101));
-    let v10 = wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0100))"#)).unwrap();
+    let v10 =
+        wamr_coro::Module::from_wat(&guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0100))"#)).unwrap();
     assert_eq!(wamr_coro::abi::guest_abi_version(&v10).unwrap(), Some(0x0100));
     // A guest written for 2.0: refused at start, naming both versions.
     let wat = guest(r#"(global (export "wcoro_abi_version") i32 (i32.const 0x0200))"#);

@@ -73,7 +73,8 @@ fn serve_module_file_and_clear_error_for_bad_module() {
 #[test]
 fn out_of_file_descriptors_refuses_and_recovers() {
     // A hard limit of 48 descriptors: the server cannot hold 80 connections.
-    let script = format!("ulimit -n 48 && exec {} serve --listen 127.0.0.1:0 --workers 2", env!("CARGO_BIN_EXE_wamr-coro"));
+    let script =
+        format!("ulimit -n 48 && exec {} serve --listen 127.0.0.1:0 --workers 2", env!("CARGO_BIN_EXE_wamr-coro"));
     let mut cmd = Command::new("bash");
     cmd.args(["-c", &script]);
     let (child, addr, out) = spawn_server(&mut cmd);
@@ -108,12 +109,8 @@ fn out_of_file_descriptors_refuses_and_recovers() {
     }
     let (code, stats) = stop(child, out);
     assert_eq!(code, 0);
-    let n: u64 = stats
-        .split("accepted, ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let n: u64 =
+        stats.split("accepted, ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(n >= refused as u64, "refusals not counted: {stats}");
 }
 

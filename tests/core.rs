@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Captured;
 use wamr_coro::abi::ModeReq;
 use wamr_coro::*;
-use common::Captured;
 
 /// A guest with a host import that yields the coroutine, plus trap and spin.
 const CORE_WAT: &str = r#"
@@ -133,7 +133,11 @@ fn ten_thousand(source: EnvSource) {
     assert_eq!(s.live, 0, "{s:?}");
     assert_eq!(s.created - base.created, n as u64);
     assert_eq!(s.destroyed - base.destroyed, n as u64);
-    eprintln!("{source:?}: peak {} envs, {} coroutines resumed on another worker", s.peak, migrated.load(Ordering::Relaxed));
+    eprintln!(
+        "{source:?}: peak {} envs, {} coroutines resumed on another worker",
+        s.peak,
+        migrated.load(Ordering::Relaxed)
+    );
 }
 
 #[test]
@@ -255,7 +259,9 @@ fn clear_errors() {
     let e = Guest::new(m3, GuestConfig::default(), Registry::new()).unwrap_err();
     assert!(matches!(&e, Error::WrongSignature { name, .. } if name == "on_recv"), "{e}");
     // Too many envs.
-    let g = Guest::new(core_module(), GuestConfig { max_envs: 2, chunk_size: 1024, ..Default::default() }, Registry::new()).unwrap();
+    let g =
+        Guest::new(core_module(), GuestConfig { max_envs: 2, chunk_size: 1024, ..Default::default() }, Registry::new())
+            .unwrap();
     let _a = g.create_env().unwrap();
     let _b = g.create_env().unwrap();
     assert!(matches!(g.create_env(), Err(Error::TooManyEnvs { limit: 2, .. })));

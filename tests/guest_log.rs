@@ -22,11 +22,7 @@ const CHATTY: &str = r#"(module
 fn guest_log_lines_name_the_connection_and_a_flood_is_cut() {
     let out = Captured::default();
     let writer = out.clone();
-    tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_env_filter("guest=info")
-        .init();
+    tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).with_env_filter("guest=info").init();
     setup();
     for mode in [Mode::Direct, Mode::Queue] {
         out.0.lock().clear();

@@ -35,12 +35,8 @@ fn sdk_echo_example_serves_both_modes_and_spawn() {
         assert_eq!(stats.envs.live, 0, "{mode:?} {policy:?}");
     }
     // Spawned envs: the SDK's `alloc` gives them their receive buffer.
-    let server = Server::builder(m)
-        .listen("127.0.0.1:0")
-        .env_source(EnvSource::Spawn)
-        .limits(test_limits())
-        .start()
-        .unwrap();
+    let server =
+        Server::builder(m).listen("127.0.0.1:0").env_source(EnvSource::Spawn).limits(test_limits()).start().unwrap();
     echo_round(&mut connect(server.local_addr()), b"spawned Rust guest");
     assert_eq!(server.stop().envs.live, 0);
 }

@@ -31,7 +31,9 @@ fn a_full_queue_holds_readers_back_loses_nothing_and_drains() {
     // 16 clients flood the ring of one shard, whose guest is slow.
     let clients: Vec<_> = (0..16)
         .map(|i| {
-            std::thread::spawn(move || echo_full_duplex(connect(addr), (0..128 * 1024).map(|j| (i * 13 + j % 251) as u8).collect()))
+            std::thread::spawn(move || {
+                echo_full_duplex(connect(addr), (0..128 * 1024).map(|j| (i * 13 + j % 251) as u8).collect())
+            })
         })
         .collect();
     for c in clients {

@@ -306,7 +306,9 @@ fn queue_full_ring_pushes_back_without_dropping() {
     };
     let clients: Vec<_> = (0..4)
         .map(|i| {
-            std::thread::spawn(move || echo_full_duplex(connect(addr), (0..256 * 1024).map(|j| (i * 7 + j) as u8).collect()))
+            std::thread::spawn(move || {
+                echo_full_duplex(connect(addr), (0..256 * 1024).map(|j| (i * 7 + j) as u8).collect())
+            })
         })
         .collect();
     for c in clients {

@@ -20,12 +20,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn soak(args: &[&str], json: &Path) -> Output {
-    common::wamr_coro()
-        .args(["bench", "--soak"])
-        .args(args)
-        .args(["--json", json.to_str().unwrap()])
-        .output()
-        .unwrap()
+    common::wamr_coro().args(["bench", "--soak"]).args(args).args(["--json", json.to_str().unwrap()]).output().unwrap()
 }
 
 #[test]
@@ -38,8 +33,19 @@ fn a_short_soak_of_both_modes_loses_nothing_and_returns_to_rest() {
     // keeps the ±5 %.
     let out = soak(
         &[
-            "6s", "--mode", "all", "--conns", "8", "--hostile-share", "0.25", "--warmup", "2s",
-            "--max-rss-drift", "200", "--plot", plot.to_str().unwrap(),
+            "6s",
+            "--mode",
+            "all",
+            "--conns",
+            "8",
+            "--hostile-share",
+            "0.25",
+            "--warmup",
+            "2s",
+            "--max-rss-drift",
+            "200",
+            "--plot",
+            plot.to_str().unwrap(),
         ],
         &json,
     );
@@ -99,8 +105,18 @@ fn the_soak_fails_when_a_guest_corrupts_healthy_bytes() {
     let json = dir.join("soak.json");
     let out = soak(
         &[
-            "3s", wat.to_str().unwrap(), "--mode", "direct", "--conns", "4", "--hostile-share", "0", "--warmup",
-            "1s", "--max-rss-drift", "200",
+            "3s",
+            wat.to_str().unwrap(),
+            "--mode",
+            "direct",
+            "--conns",
+            "4",
+            "--hostile-share",
+            "0",
+            "--warmup",
+            "1s",
+            "--max-rss-drift",
+            "200",
         ],
         &json,
     );

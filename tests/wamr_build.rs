@@ -81,8 +81,7 @@ fn memory_max_pages_caps_growth_within_the_declared_range() {
 
 /// Declares no maximum; has a `memory.grow`, else WAMR folds the memory into
 /// one big page that cannot grow (see the next test).
-const GROWS_WAT: &str =
-    r#"(module (memory 1) (func (export "f") (drop (memory.grow (i32.const 1)))))"#;
+const GROWS_WAT: &str = r#"(module (memory 1) (func (export "f") (drop (memory.grow (i32.const 1)))))"#;
 
 #[test]
 fn memory_that_never_grows_is_one_page_of_its_whole_size() {
@@ -108,10 +107,8 @@ fn memory_max_pages_without_declared_max_uses_wamrs_default() {
 #[test]
 fn memory_max_pages_refuses_shared_and_absent_memory() {
     setup();
-    let m = Module::from_wat(
-        r#"(module (memory 1 4 shared) (func (export "f") (drop (memory.grow (i32.const 1)))))"#,
-    )
-    .unwrap();
+    let m = Module::from_wat(r#"(module (memory 1 4 shared) (func (export "f") (drop (memory.grow (i32.const 1)))))"#)
+        .unwrap();
     let mut env = ExecEnv::new(&m, InstanceConfig::default()).unwrap();
     let e = env.set_memory_max_pages(2).unwrap_err().to_string();
     assert!(e.contains("shared"), "{e}");
@@ -126,9 +123,8 @@ fn memory_max_pages_refuses_shared_and_absent_memory() {
 /// The CVE ids the patch files in `wamr/patches/` name.
 fn patched_cves() -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wamr/patches");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir).map(|rd| rd.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
     files.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "patch"));
     files.sort();
     files
@@ -160,8 +156,16 @@ fn version_flag_prints_wamr_version_fixes_and_features() {
         assert!(checked.contains(id), "{id} missing: {text}");
     }
     let features = text.lines().find_map(|l| l.strip_prefix("features: ")).expect(&text);
-    for f in ["fast-interp", "aot-loader", "thread-mgr", "shared-memory", "bulk-memory",
-              "reference-types", "instruction-metering", "software-bound-checks"] {
+    for f in [
+        "fast-interp",
+        "aot-loader",
+        "thread-mgr",
+        "shared-memory",
+        "bulk-memory",
+        "reference-types",
+        "instruction-metering",
+        "software-bound-checks",
+    ] {
         assert!(features.split(' ').any(|x| x == f), "{f} missing: {text}");
     }
     let off = text.lines().find_map(|l| l.strip_prefix("left out: ")).expect(&text);

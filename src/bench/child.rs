@@ -29,7 +29,12 @@ impl Child {
 
     /// Like [`Child::spawn`], but runs this binary under `wrapper` (a
     /// program and its arguments, e.g. valgrind) when it is not empty.
-    pub fn spawn_wrapped(what: impl Into<String>, wrapper: &[String], args: &[String], show_stderr: bool) -> Result<Child> {
+    pub fn spawn_wrapped(
+        what: impl Into<String>,
+        wrapper: &[String],
+        args: &[String],
+        show_stderr: bool,
+    ) -> Result<Child> {
         let what = what.into();
         let exe = std::env::current_exe().map_err(|e| Error::io("locating the wamr-coro binary", e))?;
         let mut cmd = match wrapper.split_first() {
@@ -171,7 +176,12 @@ impl Server {
     }
 
     /// Like [`Server::start`], under `wrapper` (see [`Child::spawn_wrapped`]).
-    pub fn start_wrapped(what: impl Into<String>, wrapper: &[String], args: &[String], show_stderr: bool) -> Result<Server> {
+    pub fn start_wrapped(
+        what: impl Into<String>,
+        wrapper: &[String],
+        args: &[String],
+        show_stderr: bool,
+    ) -> Result<Server> {
         let mut child = Child::spawn_wrapped(what, wrapper, args, show_stderr)?;
         let line = child.expect_line("listening on ", Duration::from_secs(60))?;
         let addr = line.parse().map_err(|_| Error::Bench(format!("{}: bad address {line:?}", child.what)))?;

@@ -146,7 +146,14 @@ pub fn run(cfg: &BenchConfig) -> Result<Report> {
 }
 
 /// Starts `target` listening on `listen`.
-fn start_server(cfg: &BenchConfig, target: Target, listen: SocketAddr, reuse_port: bool, max_conns: u64, protocol: Protocol) -> Result<Server> {
+fn start_server(
+    cfg: &BenchConfig,
+    target: Target,
+    listen: SocketAddr,
+    reuse_port: bool,
+    max_conns: u64,
+    protocol: Protocol,
+) -> Result<Server> {
     let mut args: Vec<String> = Vec::new();
     match target {
         Target::Native => {
@@ -160,8 +167,17 @@ fn start_server(cfg: &BenchConfig, target: Target, listen: SocketAddr, reuse_por
             }
             args.extend(
                 [
-                    "--listen", &listen.to_string(), "--mode", target.name(), "--workers", &cfg.server_workers.to_string(),
-                    "--max-connections", &max_conns.to_string(), "--idle-timeout-ms", "3600000", "--quiet-wamr",
+                    "--listen",
+                    &listen.to_string(),
+                    "--mode",
+                    target.name(),
+                    "--workers",
+                    &cfg.server_workers.to_string(),
+                    "--max-connections",
+                    &max_conns.to_string(),
+                    "--idle-timeout-ms",
+                    "3600000",
+                    "--quiet-wamr",
                     "--control-stdin",
                 ]
                 .map(String::from),
@@ -177,7 +193,12 @@ fn start_server(cfg: &BenchConfig, target: Target, listen: SocketAddr, reuse_por
 
 /// Probes a freshly started server; the first WebAssembly server sets the
 /// reference, the others must answer the same, native answers its own.
-fn check_protocol(cfg: &BenchConfig, target: Target, addr: SocketAddr, reference: &mut Option<(Protocol, Vec<u8>)>) -> Result<(Protocol, Vec<u8>)> {
+fn check_protocol(
+    cfg: &BenchConfig,
+    target: Target,
+    addr: SocketAddr,
+    reference: &mut Option<(Protocol, Vec<u8>)>,
+) -> Result<(Protocol, Vec<u8>)> {
     let want = cfg.protocol.or(reference.as_ref().map(|r| r.0));
     let got = protocol::probe(addr, want)?;
     match (target, reference.as_ref()) {
@@ -342,11 +363,24 @@ pub fn plan_hold(n: usize, target: Target) -> HoldPlan {
     HoldPlan { servers, per_server, clients, per_source, why }
 }
 
-fn hold(cfg: &BenchConfig, target: Target, n: usize, run_index: usize, reference: &mut Option<(Protocol, Vec<u8>)>) -> Result<HoldRun> {
+fn hold(
+    cfg: &BenchConfig,
+    target: Target,
+    n: usize,
+    run_index: usize,
+    reference: &mut Option<(Protocol, Vec<u8>)>,
+) -> Result<HoldRun> {
     let plan = plan_hold(n, target);
     let protocol = reference.as_ref().map(|r| r.0).or(cfg.protocol).unwrap_or(Protocol::Http);
     let reuse = plan.servers > 1;
-    let mut servers = vec![start_server(cfg, target, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0), reuse, plan.per_server, protocol)?];
+    let mut servers = vec![start_server(
+        cfg,
+        target,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        reuse,
+        plan.per_server,
+        protocol,
+    )?];
     let addr = servers[0].addr;
     for _ in 1..plan.servers {
         servers.push(start_server(cfg, target, addr, true, plan.per_server, protocol)?);
@@ -397,7 +431,8 @@ fn hold(cfg: &BenchConfig, target: Target, n: usize, run_index: usize, reference
                 if let Some(p) = line.strip_prefix("progress ") {
                     done[i] = p.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0);
                 } else if let Some(json) = line.strip_prefix("result ") {
-                    results[i] = Some(serde_json::from_str(json).map_err(|e| Error::Bench(format!("hold client result: {e}")))?);
+                    results[i] =
+                        Some(serde_json::from_str(json).map_err(|e| Error::Bench(format!("hold client result: {e}")))?);
                 }
             }
             if results[i].is_none() && c.has_exited() {

@@ -112,8 +112,19 @@ impl Report {
             let _ = writeln!(
                 t,
                 "{:<7} {:>5} {:>10} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>9} {:>9} {:>6} {:>7}",
-                "name", "conns", "req/s", "p50 µs", "p99 µs", "p999 µs", "errors", "cpu s", "cpu µs/r", "peak MiB",
-                "KiB/conn", "envs", "×native"
+                "name",
+                "conns",
+                "req/s",
+                "p50 µs",
+                "p99 µs",
+                "p999 µs",
+                "errors",
+                "cpu s",
+                "cpu µs/r",
+                "peak MiB",
+                "KiB/conn",
+                "envs",
+                "×native"
             );
             for r in &self.runs {
                 let _ = writeln!(

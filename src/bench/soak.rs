@@ -347,10 +347,12 @@ fn soak_one(cfg: &SoakConfig, target: Target, module: &Path) -> Result<SoakRun> 
     }
     let idle_before = wait_idle(pid, metrics_addr, None, Duration::from_secs(15))?;
 
-    let n_hostile = if cfg.hostile_share > 0.0 { ((cfg.conns as f64 * cfg.hostile_share).round() as usize).max(1) } else { 0 };
+    let n_hostile =
+        if cfg.hostile_share > 0.0 { ((cfg.conns as f64 * cfg.hostile_share).round() as usize).max(1) } else { 0 };
     let n_hostile = n_hostile.min(cfg.conns);
     let n_healthy = cfg.conns - n_hostile;
-    let warmup = cfg.warmup.unwrap_or_else(|| (cfg.duration / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)));
+    let warmup =
+        cfg.warmup.unwrap_or_else(|| (cfg.duration / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)));
 
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let t0 = Instant::now();
@@ -422,8 +424,11 @@ fn soak_one(cfg: &SoakConfig, target: Target, module: &Path) -> Result<SoakRun> 
     std::thread::sleep(Duration::from_millis(1100));
     stop_sampling.store(true, Ordering::Release);
     let _ = sampler.join();
-    let server_exit_clean =
-        server.stop_within(if cfg.server_wrapper.is_empty() { Duration::from_secs(20) } else { Duration::from_secs(180) });
+    let server_exit_clean = server.stop_within(if cfg.server_wrapper.is_empty() {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(180)
+    });
     let samples = std::mem::take(&mut *samples.lock().expect("sampler lock"));
 
     // The warm-up round's figures count too: its bytes were checked alike.
@@ -489,7 +494,8 @@ impl SoakRun {
         self.rss_window = w;
         self.rss_ref_kib = mean(&steady[..w]);
         self.rss_end_kib = mean(&steady[steady.len() - w..]);
-        self.rss_drift = if self.rss_ref_kib > 0.0 { (self.rss_end_kib - self.rss_ref_kib) / self.rss_ref_kib } else { 0.0 };
+        self.rss_drift =
+            if self.rss_ref_kib > 0.0 { (self.rss_end_kib - self.rss_ref_kib) / self.rss_ref_kib } else { 0.0 };
         self.rss_min_kib = steady.iter().copied().min().unwrap_or(0);
         self.rss_max_kib = steady.iter().copied().max().unwrap_or(0);
     }
@@ -559,7 +565,11 @@ impl SoakRun {
             mib(self.rss_max_kib as f64),
             mib(self.idle_after.rss_kib as f64),
         );
-        let _ = writeln!(t, "  fds       idle {}, peak {}, after {}", self.idle_before.fds, self.peak_fds, self.idle_after.fds);
+        let _ = writeln!(
+            t,
+            "  fds       idle {}, peak {}, after {}",
+            self.idle_before.fds, self.peak_fds, self.idle_after.fds
+        );
         let _ = writeln!(
             t,
             "  envs      in use idle {}, after {}; live idle {}, peak {}, after {}; connections open after {}",
@@ -650,7 +660,9 @@ pub fn verdict(run: &SoakRun, max_rss_drift: f64) -> (Vec<String>, Vec<String>) 
 /// Samples the server: `/proc` and `/metrics`.
 fn sample(pid: u32, metrics: SocketAddr) -> Result<Sample> {
     let p = super::sys::sample(pid).map_err(|e| Error::io("reading the server's /proc", e))?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| Error::io("reading the server's fds", e))?.count() as u64;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| Error::io("reading the server's fds", e))?
+        .count() as u64;
     let m = scrape(metrics)?;
     let g = |k: &str| m.get(k).copied().unwrap_or(0.0).max(0.0) as u64;
     Ok(Sample {
@@ -710,7 +722,8 @@ fn wait_idle(pid: u32, metrics: SocketAddr, like: Option<Idle>, timeout: Duratio
             }
             Err(e) => return Err(e),
         };
-        let now = Idle { fds: s.fds, envs_in_use: s.envs_in_use(), envs_live: s.envs_live, open: s.open, rss_kib: s.rss_kib };
+        let now =
+            Idle { fds: s.fds, envs_in_use: s.envs_in_use(), envs_live: s.envs_live, open: s.open, rss_kib: s.rss_kib };
         let at_rest = match like {
             Some(b) => now.open == 0 && now.fds == b.fds && now.envs_in_use <= b.envs_in_use,
             // Before the load: no connection, and the same figures for a
@@ -1100,7 +1113,14 @@ mod tests {
 
     fn passing() -> SoakRun {
         let samples = (0..100)
-            .map(|i| Sample { t_s: i as f64, rss_kib: 10_000 + (i % 3) * 10, fds: 20, envs_live: 5, pool_idle: 4, ..Sample::default() })
+            .map(|i| Sample {
+                t_s: i as f64,
+                rss_kib: 10_000 + (i % 3) * 10,
+                fds: 20,
+                envs_live: 5,
+                pool_idle: 4,
+                ..Sample::default()
+            })
             .collect();
         let idle = Idle { fds: 12, envs_in_use: 1, envs_live: 2, open: 0, rss_kib: 9000 };
         let mut r = SoakRun {

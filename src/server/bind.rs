@@ -50,11 +50,9 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> Result<Bound> {
         }
     })?;
     socket.listen(BACKLOG).map_err(|e| io("listening on", e))?;
-    let local_addr = socket
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .ok_or_else(|| io("reading the local address of the socket bound to", std::io::Error::other("not an IP socket")))?;
+    let local_addr = socket.local_addr().ok().and_then(|a| a.as_socket()).ok_or_else(|| {
+        io("reading the local address of the socket bound to", std::io::Error::other("not an IP socket"))
+    })?;
     let waker = socket.try_clone().map_err(|e| io("duplicating the socket of", e))?;
     let fd = socket.into_raw_fd();
     // `from_raw_fd` panics if may cannot register the socket with its event

@@ -74,9 +74,7 @@ pub(crate) fn start_runners(shared: &Arc<Shared>, gen: &Arc<Generation>) -> Resu
                     .spawn(move || queue::run(sh, qs, guest))
                     .map_err(|e| Error::io("starting a queue runner", e))?,
             ),
-            QueueRunner::Coroutine => {
-                RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs, guest)))
-            }
+            QueueRunner::Coroutine => RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs, guest))),
         });
     }
     Ok(runners)

@@ -133,9 +133,7 @@ impl ServerHandle {
                     c.shutdown_both();
                 }
             }
-            acceptor.is_done()
-                && conns.is_empty()
-                && sh.generations.queue_open_conns() == 0
+            acceptor.is_done() && conns.is_empty() && sh.generations.queue_open_conns() == 0
         };
         self.wait_bounded(grace_end, hard_end, "connections", || conns_done(&mut swept));
         // Phase 2 (queue mode): SHUTDOWN from wait_msg; the runners return.

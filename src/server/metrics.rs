@@ -95,9 +95,17 @@ impl Collector for StatsCollector {
             ("pool_hits", "Env pool acquisitions served by an idle env", s.pool.hits),
             ("pool_misses", "Env pool acquisitions that created an env", s.pool.misses),
             ("queue_restarts", "Queue guest instances replaced after a fault", s.queue_restarts),
-            ("guest_memory_refused_grows", "memory.grow refused by the guest-memory budget", s.guest_memory.refused_grows),
+            (
+                "guest_memory_refused_grows",
+                "memory.grow refused by the guest-memory budget",
+                s.guest_memory.refused_grows,
+            ),
             ("guest_memory_over_cap_grows", "memory.grow refused by the per-env cap", s.guest_memory.over_cap_grows),
-            ("guest_memory_refused_envs", "Env creations refused by the guest-memory budget", s.guest_memory.refused_envs),
+            (
+                "guest_memory_refused_envs",
+                "Env creations refused by the guest-memory budget",
+                s.guest_memory.refused_envs,
+            ),
         ];
         for (name, help, v) in counters {
             counter(&mut e, &format!("{p}{name}"), help, v)?;
@@ -106,7 +114,11 @@ impl Collector for StatsCollector {
             ("connections_open", "Connections open now", s.open as i64),
             ("envs_live", "Exec envs alive now", s.envs.live as i64),
             ("pool_idle", "Envs idle in the pool now", s.pool.idle as i64),
-            ("guest_memory_bytes", "Linear memory charged to the guest-memory budget now", s.guest_memory.used_bytes as i64),
+            (
+                "guest_memory_bytes",
+                "Linear memory charged to the guest-memory budget now",
+                s.guest_memory.used_bytes as i64,
+            ),
             ("guest_memory_limit_bytes", "The guest-memory budget", s.guest_memory.limit_bytes as i64),
             ("draining", "1 while the server stops", self.0.stopping.load(Ordering::Relaxed) as i64),
         ];
@@ -206,9 +218,15 @@ fn answer(mut s: TcpStream, registry: &Registry, shared: &Shared) {
                 Err(_) => ("500 Internal Server Error", "text/plain", "encoding failed\n".into()),
             }
         }
-        "/healthz" if shared.stopping.load(Ordering::Acquire) => ("503 Service Unavailable", "text/plain", "draining\n".into()),
+        "/healthz" if shared.stopping.load(Ordering::Acquire) => {
+            ("503 Service Unavailable", "text/plain", "draining\n".into())
+        }
         "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
     };
-    let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }

@@ -47,8 +47,8 @@ pub use builder::{Server, ServerBuilder};
 pub use config::{EnvPolicy, Limits, Mode, DEFAULT_POOL_CAPACITY};
 pub use handle::ServerHandle;
 pub use queue::QueueRunner;
-pub use stats::ServerStats;
 pub use socket::raise_fd_limit;
+pub use stats::ServerStats;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;

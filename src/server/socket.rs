@@ -258,7 +258,12 @@ pub(crate) struct Reader {
 
 impl Reader {
     pub(crate) fn new(sh: &Shared) -> Reader {
-        Reader { buf: ReadBuf::new(sh.limits.chunk_size), progress: Progress::new(sh), handed_out: None, busy: Duration::ZERO }
+        Reader {
+            buf: ReadBuf::new(sh.limits.chunk_size),
+            progress: Progress::new(sh),
+            handed_out: None,
+            busy: Duration::ZERO,
+        }
     }
 
     /// Waits for the next chunk (at most `chunk_size` bytes) and returns it
@@ -357,12 +362,7 @@ struct Progress {
 
 impl Progress {
     fn new(sh: &Shared) -> Progress {
-        Progress {
-            min: sh.limits.min_recv_bytes,
-            window: sh.limits.idle_timeout,
-            since: Instant::now(),
-            bytes: 0,
-        }
+        Progress { min: sh.limits.min_recv_bytes, window: sh.limits.idle_timeout, since: Instant::now(), bytes: 0 }
     }
 
     /// Records `n` bytes received; false if the window closed with too few.

@@ -116,9 +116,7 @@ impl Counters {
         match e {
             Error::BudgetExceeded { .. } => self.budget_overruns.fetch_add(1, Ordering::Relaxed),
             Error::Interrupted { .. } => self.shutdown_cuts.fetch_add(1, Ordering::Relaxed),
-            Error::InstructionBudgetExceeded { .. } => {
-                self.instruction_budget_overruns.fetch_add(1, Ordering::Relaxed)
-            }
+            Error::InstructionBudgetExceeded { .. } => self.instruction_budget_overruns.fetch_add(1, Ordering::Relaxed),
             _ => self.traps.fetch_add(1, Ordering::Relaxed),
         };
     }

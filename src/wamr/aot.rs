@@ -85,9 +85,7 @@ impl Target {
         match self {
             Target::Native => {
                 let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-                let pick = |key: &str| {
-                    info.lines().find(|l| l.starts_with(key)).unwrap_or_default().to_string()
-                };
+                let pick = |key: &str| info.lines().find(|l| l.starts_with(key)).unwrap_or_default().to_string();
                 format!("native\n{}\n{}\n{}", pick("model name"), pick("flags"), pick("Features"))
             }
             Target::Portable => format!("portable-{}", std::env::consts::ARCH),
@@ -140,9 +138,7 @@ fn to_wasm(input: &[u8]) -> Result<Vec<u8>> {
     if input.starts_with(b"\0asm") {
         return Ok(input.to_vec());
     }
-    wat::parse_bytes(input)
-        .map(|c| c.into_owned())
-        .map_err(|e| Error::Wat(super::module::excerpt(&e.to_string(), 400)))
+    wat::parse_bytes(input).map(|c| c.into_owned()).map_err(|e| Error::Wat(super::module::excerpt(&e.to_string(), 400)))
 }
 
 /// `wasm` with itself appended as the custom section [`WASM_SECTION`].
@@ -152,9 +148,7 @@ fn with_wasm_section(wasm: &[u8]) -> Result<Vec<u8>> {
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         match payload {
             Ok(wasmparser::Payload::CustomSection(c)) if c.name() == WASM_SECTION => {
-                return Err(Error::Compile(format!(
-                    "the module already has a custom section named {WASM_SECTION:?}"
-                )))
+                return Err(Error::Compile(format!("the module already has a custom section named {WASM_SECTION:?}")))
             }
             Ok(_) => {}
             Err(e) => return Err(Error::Compile(format!("not a valid wasm binary: {e}"))),
@@ -194,10 +188,8 @@ impl Scratch {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir(&dir).map_err(|source| Error::Io {
-            context: format!("creating {}", dir.display()),
-            source,
-        })?;
+        std::fs::create_dir(&dir)
+            .map_err(|source| Error::Io { context: format!("creating {}", dir.display()), source })?;
         Ok(Scratch(dir))
     }
 }
@@ -232,8 +224,8 @@ pub fn compile(input: &[u8], target: Target) -> Result<Vec<u8>> {
             super::module::excerpt(if text.is_empty() { &stdout } else { &text }, 2000)
         )));
     }
-    let aot = std::fs::read(&out)
-        .map_err(|source| Error::Io { context: format!("reading {}", out.display()), source })?;
+    let aot =
+        std::fs::read(&out).map_err(|source| Error::Io { context: format!("reading {}", out.display()), source })?;
     if !aot.starts_with(AOT_MAGIC) {
         return Err(Error::Compile("the compiler wrote no AOT file".into()));
     }

@@ -95,10 +95,7 @@ unsafe impl Send for ExecEnv {}
 
 impl std::fmt::Debug for ExecEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecEnv")
-            .field("spawned", &self.is_spawned())
-            .field("poisoned", &self.poisoned)
-            .finish()
+        f.debug_struct("ExecEnv").field("spawned", &self.is_spawned()).field("poisoned", &self.poisoned).finish()
     }
 }
 
@@ -187,19 +184,8 @@ impl ExecEnv {
         let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt) });
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
         // user data points into a Box that lives exactly as long as it.
-        unsafe {
-            sys::wasm_runtime_set_user_data(raw, &*data as *const HostData as *mut libc::c_void)
-        };
-        ExecEnv {
-            raw,
-            inst,
-            owner,
-            bound: Cell::new((0, 0)),
-            data,
-            interrupt,
-            budget: None,
-            poisoned: None,
-        }
+        unsafe { sys::wasm_runtime_set_user_data(raw, &*data as *const HostData as *mut libc::c_void) };
+        ExecEnv { raw, inst, owner, bound: Cell::new((0, 0)), data, interrupt, budget: None, poisoned: None }
     }
 
     /// Whether this env was spawned from a parent.
@@ -262,16 +248,10 @@ impl ExecEnv {
 
     /// Calls `func` with `args`, checking their types.
     pub fn call(&mut self, func: &Func, args: &[Val]) -> Result<Vec<Val>> {
-        if args.len() != func.ty.params.len()
-            || args.iter().zip(&func.ty.params).any(|(a, t)| a.ty() != *t)
-        {
+        if args.len() != func.ty.params.len() || args.iter().zip(&func.ty.params).any(|(a, t)| a.ty() != *t) {
             return Err(Error::BadArguments {
                 func: func.name.to_string(),
-                why: format!(
-                    "expected {}, got {:?}",
-                    func.ty,
-                    args.iter().map(|a| a.ty()).collect::<Vec<_>>()
-                ),
+                why: format!("expected {}, got {:?}", func.ty, args.iter().map(|a| a.ty()).collect::<Vec<_>>()),
             });
         }
         if func.ty.results.iter().chain(&func.ty.params).any(|t| *t == ValType::Other) {
@@ -302,11 +282,7 @@ impl ExecEnv {
         let mut out = Vec::with_capacity(func.ty.results.len());
         let mut i = 0;
         for t in &func.ty.results {
-            let slot = if t.cells() == 2 {
-                cells[i] as u64 | ((cells[i + 1] as u64) << 32)
-            } else {
-                cells[i] as u64
-            };
+            let slot = if t.cells() == 2 { cells[i] as u64 | ((cells[i + 1] as u64) << 32) } else { cells[i] as u64 };
             out.push(Val::from_slot(*t, slot));
             i += t.cells();
         }
@@ -420,9 +396,7 @@ impl ExecEnv {
         // SAFETY: `raw` is live; the boundary is either NULL (WAMR uses the
         // pthread stack, correct on an OS thread) or GUARD bytes above the
         // low end of the coroutine stack we are running on.
-        unsafe {
-            sys::wasm_runtime_set_native_stack_boundary(self.raw, cur.boundary as *mut u8)
-        };
+        unsafe { sys::wasm_runtime_set_native_stack_boundary(self.raw, cur.boundary as *mut u8) };
         self.bound.set((cur.low, cur.high));
         Ok(())
     }

@@ -51,10 +51,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use parking_lot::Mutex;
 
 use super::exec_env::HostData;
-use super::value::Val;
 use super::memory::GuestMemory;
 use super::module::{FuncType, ValType};
 use super::sys;
+use super::value::Val;
 use crate::error::{Error, Result};
 
 /// What a host function returns: a value (or none), or a trap message.
@@ -83,20 +83,11 @@ impl HostFunc {
     where
         F: Fn(&mut Caller<'_>, &[Val]) -> HostResult + Send + Sync + 'static,
     {
-        HostFunc {
-            module: module.into(),
-            name: name.into(),
-            ty: FuncType::new(params, results),
-            callback: Box::new(f),
-        }
+        HostFunc { module: module.into(), name: name.into(), ty: FuncType::new(params, results), callback: Box::new(f) }
     }
 
     fn signature(&self) -> Result<String> {
-        let bad = |why: &str| Error::HostFunc {
-            module: self.module.clone(),
-            name: self.name.clone(),
-            why: why.into(),
-        };
+        let bad = |why: &str| Error::HostFunc { module: self.module.clone(), name: self.name.clone(), why: why.into() };
         if self.ty.results.len() > 1 {
             return Err(bad("at most one result"));
         }
@@ -398,15 +389,9 @@ pub(crate) fn register(func: HostFunc) -> Result<()> {
     // SAFETY: the symbol array, its strings and the module name are leaked
     // (WAMR keeps them forever); `trampoline` has the raw-native signature
     // `void (wasm_exec_env_t, uint64 *)`.
-    let ok = unsafe {
-        sys::wasm_runtime_register_natives_raw(reg.cmodule.as_ptr(), symbol.as_mut_ptr(), 1)
-    };
+    let ok = unsafe { sys::wasm_runtime_register_natives_raw(reg.cmodule.as_ptr(), symbol.as_mut_ptr(), 1) };
     if !ok {
-        return Err(Error::HostFunc {
-            module: key.0,
-            name: key.1,
-            why: "WAMR refused the registration".into(),
-        });
+        return Err(Error::HostFunc { module: key.0, name: key.1, why: "WAMR refused the registration".into() });
     }
     names.insert(key, ty);
     Ok(())
@@ -435,7 +420,13 @@ unsafe extern "C" fn trampoline(env: sys::wasm_exec_env_t, args: *mut u64) {
                     unsafe { *args = v.to_slot() };
                     None
                 } else {
-                    Some(format!("host function {}.{} returned {:?}, declared {:?}", reg.func.module, reg.func.name, v.ty(), t))
+                    Some(format!(
+                        "host function {}.{} returned {:?}, declared {:?}",
+                        reg.func.module,
+                        reg.func.name,
+                        v.ty(),
+                        t
+                    ))
                 }
             } else if ty.results.is_empty() {
                 None

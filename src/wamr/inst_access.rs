@@ -18,7 +18,11 @@ extern "C" {
     pub(super) fn wcoro_inst_global_data(inst: sys::wasm_module_inst_t, size: *mut u32) -> *mut u8;
     pub(super) fn wcoro_memory_set_max_pages(inst: sys::wasm_module_inst_t, max_pages: u32) -> bool;
     pub(super) fn wcoro_module_max_pages(module: sys::wasm_module_t, max_pages: *mut u32) -> bool;
-    pub(super) fn wcoro_exec_env_operand_stack(env: sys::wasm_exec_env_t, bottom: *mut *mut u8, top_boundary: *mut *mut u8);
+    pub(super) fn wcoro_exec_env_operand_stack(
+        env: sys::wasm_exec_env_t,
+        bottom: *mut *mut u8,
+        top_boundary: *mut *mut u8,
+    );
 }
 
 /// Pages of an instance's default memory.

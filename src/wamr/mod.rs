@@ -25,33 +25,33 @@
 //! | `stack.rs` | the native stack boundary of the calling coroutine or thread |
 //! | `typed.rs` | calls typed by Rust types, checked once at lookup |
 
-pub use inst_access::MemoryPages;
 pub use exec_env::{ExecEnv, InstanceConfig};
 pub use func::Func;
+pub use inst_access::MemoryPages;
 pub use interrupt::InterruptHandle;
+pub use module::Module;
 pub use parent::ParentEnv;
 pub use value::Val;
-pub use module::Module;
 
 pub mod aot;
 pub mod build_info;
-pub mod host;
-pub mod inst_access;
 pub mod exec_env;
 pub mod func;
+pub mod host;
+pub mod inst_access;
 pub mod interrupt;
-pub mod parent;
-pub mod value;
 pub(crate) mod log;
 pub mod memory;
 pub mod metering;
 pub mod module;
+pub mod parent;
 pub mod runtime;
 pub(crate) mod scan;
 pub mod stack;
 pub mod state;
 pub(crate) mod sys;
 pub mod typed;
+pub mod value;
 
 /// WAMR writes error text into a caller-supplied buffer; this is its size.
 pub(crate) const ERROR_BUF_LEN: usize = 256;

@@ -78,9 +78,7 @@ impl FuncType {
 
 impl fmt::Display for FuncType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |v: &[ValType]| {
-            v.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>().join(", ")
-        };
+        let list = |v: &[ValType]| v.iter().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
         write!(f, "({}) -> ({})", list(&self.params), list(&self.results))
     }
 }
@@ -226,8 +224,7 @@ impl Module {
     /// Loads a module from a `.wasm`, `.wat` or `.aot` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Module> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|source| Error::ReadModule { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::ReadModule { path: path.to_owned(), source })?;
         Module::new(bytes)
     }
 
@@ -260,20 +257,14 @@ impl Module {
 
     fn load(bytes: &[u8], aot: bool) -> Result<Module> {
         super::runtime::Runtime::get()?;
-        let len = u32::try_from(bytes.len())
-            .map_err(|_| Error::Load("module larger than 4 GiB".into()))?;
+        let len = u32::try_from(bytes.len()).map_err(|_| Error::Load("module larger than 4 GiB".into()))?;
         let mut copy: Box<[u8]> = bytes.into();
         let mut err = [0u8; ERROR_BUF_LEN];
         // SAFETY: `copy` is a private buffer of `len` bytes that outlives the
         // module (stored in ModuleInner, dropped after unload); `err` is a
         // writable buffer of the size we pass. The runtime is initialised.
         let raw = unsafe {
-            sys::wasm_runtime_load(
-                copy.as_mut_ptr(),
-                len,
-                err.as_mut_ptr() as *mut libc::c_char,
-                ERROR_BUF_LEN as u32,
-            )
+            sys::wasm_runtime_load(copy.as_mut_ptr(), len, err.as_mut_ptr() as *mut libc::c_char, ERROR_BUF_LEN as u32)
         };
         if raw.is_null() {
             return Err(Error::Load(error_text(&err)));
@@ -320,10 +311,7 @@ impl Module {
                     expected: expected.to_string(),
                 });
             }
-            return Err(Error::UnlinkedImport {
-                module: missing.module.clone(),
-                name: missing.name.clone(),
-            });
+            return Err(Error::UnlinkedImport { module: missing.module.clone(), name: missing.name.clone() });
         }
         Ok(Module { inner: Arc::new(inner) })
     }
@@ -372,11 +360,9 @@ impl Module {
         match self.export(name) {
             None => Err(Error::MissingExport { name: name.into(), why: why.into() }),
             Some(Export { kind: ExportKind::Func(found), .. }) if found == ty => Ok(()),
-            Some(Export { kind: ExportKind::Func(found), .. }) => Err(Error::WrongSignature {
-                name: name.into(),
-                expected: ty.to_string(),
-                found: found.to_string(),
-            }),
+            Some(Export { kind: ExportKind::Func(found), .. }) => {
+                Err(Error::WrongSignature { name: name.into(), expected: ty.to_string(), found: found.to_string() })
+            }
             Some(other) => Err(Error::WrongSignature {
                 name: name.into(),
                 expected: format!("function {ty}"),
@@ -395,10 +381,7 @@ impl Module {
 
     /// Whether the exported memory is shared (threads proposal).
     pub fn has_shared_memory(&self) -> bool {
-        self.inner
-            .exports
-            .iter()
-            .any(|e| matches!(e.kind, ExportKind::Memory { shared: true }))
+        self.inner.exports.iter().any(|e| matches!(e.kind, ExportKind::Memory { shared: true }))
     }
 
     /// Checks what `wasm_runtime_spawn_exec_env` needs: exported, immutable
@@ -488,9 +471,7 @@ fn check_aot_matches(inner: &ModuleInner, wasm: &[u8]) -> Result<()> {
         v.sort_unstable();
     }
     if imports != compiled_imports || exports != compiled_exports {
-        return Err(Error::Load(
-            "this AOT file's imports or exports differ from those of the wasm it carries".into(),
-        ));
+        return Err(Error::Load("this AOT file's imports or exports differ from those of the wasm it carries".into()));
     }
     Ok(())
 }
@@ -544,9 +525,9 @@ fn read_exports(raw: sys::wasm_module_t, facts: &super::scan::ModuleFacts) -> Ve
                         ty: ValType::from_kind(sys::wasm_global_type_get_valkind(e.u.global_type)),
                         mutable: sys::wasm_global_type_get_mutable(e.u.global_type),
                     },
-                    sys::WASM_IMPORT_EXPORT_KIND_MEMORY => ExportKind::Memory {
-                        shared: sys::wasm_memory_type_get_shared(e.u.memory_type),
-                    },
+                    sys::WASM_IMPORT_EXPORT_KIND_MEMORY => {
+                        ExportKind::Memory { shared: sys::wasm_memory_type_get_shared(e.u.memory_type) }
+                    }
                     _ => ExportKind::Table,
                 };
                 Export { name, kind }
@@ -564,11 +545,7 @@ fn read_imports(raw: sys::wasm_module_t) -> Vec<Import> {
                 let mut imp = sys::wasm_import_t::default();
                 sys::wasm_runtime_get_import_type(raw, i, &mut imp);
                 let is_func = imp.kind == sys::WASM_IMPORT_EXPORT_KIND_FUNC;
-                Import {
-                    module: cstr(imp.module_name),
-                    name: cstr(imp.name),
-                    linked: !is_func || imp.linked,
-                }
+                Import { module: cstr(imp.module_name), name: cstr(imp.name), linked: !is_func || imp.linked }
             })
             .collect()
     }

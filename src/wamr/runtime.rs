@@ -61,11 +61,7 @@ impl Default for RuntimeConfig {
 
 impl fmt::Display for RuntimeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "envs_per_parent={} log={:?} log_level={}",
-            self.envs_per_parent, self.log, self.log_level
-        )
+        write!(f, "envs_per_parent={} log={:?} log_level={}", self.envs_per_parent, self.log, self.log_level)
     }
 }
 

@@ -108,7 +108,9 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
     let mut globals = Vec::new();
     let mut global_exports = Vec::new();
     let mut segments = Vec::new();
-    let type_of = |types: &[FuncType], idx: u32| types.get(idx as usize).cloned().unwrap_or_else(|| FuncType::new(&[ValType::Other], &[]));
+    let type_of = |types: &[FuncType], idx: u32| {
+        types.get(idx as usize).cloned().unwrap_or_else(|| FuncType::new(&[ValType::Other], &[]))
+    };
     for payload in Parser::new(0).parse_all(bytes) {
         match payload? {
             Payload::TypeSection(r) => {

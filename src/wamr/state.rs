@@ -309,7 +309,6 @@ impl MemoryBudget {
             self.used.fetch_sub(pages, Ordering::AcqRel);
         }
     }
-
 }
 
 /// One env's charge against a [`MemoryBudget`] (see the module docs).

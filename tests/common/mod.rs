@@ -353,7 +353,10 @@ pub fn built_guests_dir() -> PathBuf {
                 .arg(&out)
                 .status()
                 .expect("running guests/build.sh");
-            assert!(status.success(), "guests/build.sh failed: install clang, lld and the wasm32-unknown-unknown target");
+            assert!(
+                status.success(),
+                "guests/build.sh failed: install clang, lld and the wasm32-unknown-unknown target"
+            );
             out
         })
         .clone()

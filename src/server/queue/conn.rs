@@ -7,10 +7,15 @@ use std::time::{Duration, Instant};
 use super::super::socket::{self, Activity, Reader, Registration};
 use super::super::Shared;
 use super::runner::pause;
-use super::{QueueConn, Event, Out, Queue, Shard};
+use super::{Event, Out, Queue, QueueConn, Shard};
 
 /// Starts the reader and writer coroutines of an accepted connection.
-pub(in crate::server) fn start_conn(sh: &Arc<Shared>, queue: &Queue, stream: may::net::TcpStream, ip: std::net::IpAddr) {
+pub(in crate::server) fn start_conn(
+    sh: &Arc<Shared>,
+    queue: &Queue,
+    stream: may::net::TcpStream,
+    ip: std::net::IpAddr,
+) {
     let id = sh.next_conn_id();
     let qs = queue.shard_of(id);
     let (tx, rx) = may::sync::mpsc::channel();

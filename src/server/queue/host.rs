@@ -9,12 +9,11 @@ use parking_lot::Mutex;
 use super::super::conn_host::{self, Outbox};
 use super::super::socket;
 use super::super::Shared;
+use super::dispatch::{Dispatcher, Next};
+use super::{Out, QueueConn};
 use crate::abi::{self, AbiHost, ERR_BAD_POINTER};
 use crate::wamr::memory::GuestMemory;
 use crate::wamr::InterruptHandle;
-use super::dispatch::{Dispatcher, Next};
-use super::{QueueConn, Out};
-
 
 /// The ABI host of the queue guest's env.
 pub(super) struct QueueHost {

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::super::Shared;
-use crate::guest::GuestEnv;
 use super::dispatch::{Dispatcher, Next};
 use super::host::{conn_info, QueueHost};
 use super::Shard;
-
+use crate::guest::GuestEnv;
 
 /// Runs one shard's guest until shutdown. A faulted instance is replaced by
 /// a standby made in advance; only a crash loop backs off; during shutdown
