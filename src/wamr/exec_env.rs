@@ -85,6 +85,8 @@ pub(crate) struct HostData {
     pub(crate) account: Option<super::state::MemoryAccount>,
     /// The env's interrupt handle, for host functions' return path.
     pub(crate) interrupt: Arc<InterruptHandle>,
+    /// The instance's default memory, looked up once.
+    pub(crate) memory: super::memory::MemoryRef,
 }
 
 // With hardware bound checks off a WAMR exec env has no thread-local state,
@@ -181,7 +183,9 @@ impl ExecEnv {
     pub(super) fn wrap(raw: sys::wasm_exec_env_t, inst: sys::wasm_module_inst_t, owner: Owner) -> ExecEnv {
         release_operand_stack(raw);
         let interrupt = Arc::new(InterruptHandle::new(inst));
-        let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt) });
+        // SAFETY: `inst` is the live instance `raw` runs.
+        let memory = unsafe { super::memory::MemoryRef::of_instance(inst) };
+        let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt), memory });
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
         // user data points into a Box that lives exactly as long as it.
         unsafe { sys::wasm_runtime_set_user_data(raw, &*data as *const HostData as *mut libc::c_void) };
@@ -416,8 +420,9 @@ impl ExecEnv {
     /// The instance's default linear memory (a view valid until the next call
     /// into the guest, which may grow and move it).
     pub fn memory(&mut self) -> GuestMemory<'_> {
-        // SAFETY: `inst` is alive and exclusively borrowed for the view's life.
-        unsafe { GuestMemory::of_instance(self.inst) }
+        // SAFETY: `data.memory` was looked up from `inst`, which is alive and
+        // exclusively borrowed for the view's life.
+        unsafe { self.data.memory.view() }
     }
 
     /// A copy of every global's current value.

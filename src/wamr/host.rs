@@ -315,8 +315,15 @@ impl<'a> Caller<'a> {
     /// The caller's linear memory. Valid until the host function returns.
     pub fn memory(&mut self) -> GuestMemory<'_> {
         // SAFETY: the instance is alive and suspended in this host call for
-        // the borrow's duration; it cannot grow its memory meanwhile.
-        unsafe { GuestMemory::of_instance(self.inst) }
+        // the borrow's duration; it cannot grow its memory meanwhile. The
+        // HostData (if any) is the env's, whose memory was looked up from
+        // this instance.
+        unsafe {
+            match (sys::wasm_runtime_get_user_data(self.env) as *const HostData).as_ref() {
+                Some(d) => d.memory.view(),
+                None => GuestMemory::of_instance(self.inst),
+            }
+        }
     }
 
     /// The value set with `ExecEnv::set_host_data`, if it is a `T`.
@@ -340,9 +347,10 @@ impl<'a> Caller<'a> {
         // SAFETY: as in memory() and data_mut(); the memory view and the
         // HostData box do not overlap.
         unsafe {
-            let mem = GuestMemory::of_instance(self.inst);
-            let data = (sys::wasm_runtime_get_user_data(self.env) as *mut HostData).as_mut();
-            (mem, data.and_then(|d| d.value.as_deref_mut()))
+            match (sys::wasm_runtime_get_user_data(self.env) as *mut HostData).as_mut() {
+                Some(d) => (d.memory.view(), d.value.as_deref_mut()),
+                None => (GuestMemory::of_instance(self.inst), None),
+            }
         }
     }
 }
