@@ -64,10 +64,12 @@ impl StripedCounter {
 /// (1 µs .. ~4.2 s), then everything longer.
 const BUCKETS: usize = 12;
 
-/// One stripe of a [`CallHistogram`] (15 words: fits one 128-byte pad).
+/// One stripe of a [`CallHistogram`] (14 words: fits one 128-byte pad).
+/// No separate count: the count is the buckets' sum, so that a scrape
+/// racing with an observation still sees `_count` equal to the `+Inf`
+/// bucket, as Prometheus requires.
 #[derive(Debug, Default)]
 struct HistogramStripe {
-    count: AtomicU64,
     sum_ns: AtomicU64,
     /// Non-cumulative: `buckets[i]` counts values in (bound(i-1), bound(i)];
     /// the last one counts values above every bound.
@@ -114,23 +116,21 @@ impl CallHistogram {
             i += 1;
         }
         let s = &self.stripes[stripe()];
-        s.count.fetch_add(1, Ordering::Relaxed);
         s.sum_ns.fetch_add(ns, Ordering::Relaxed);
         s.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sums the stripes.
     pub(crate) fn snapshot(&self) -> HistogramSnapshot {
-        let mut count = 0u64;
         let mut sum_ns = 0u64;
         let mut buckets = [0u64; BUCKETS + 1];
         for s in self.stripes.iter() {
-            count = count.wrapping_add(s.count.load(Ordering::Relaxed));
             sum_ns = sum_ns.wrapping_add(s.sum_ns.load(Ordering::Relaxed));
             for (b, v) in buckets.iter_mut().zip(&s.buckets) {
                 *b = b.wrapping_add(v.load(Ordering::Relaxed));
             }
         }
+        let count = buckets.iter().fold(0, |a: u64, b| a.wrapping_add(*b));
         let bounds = (0..BUCKETS).map(|i| bound_ns(i) as f64 / 1e9).chain(std::iter::once(f64::INFINITY));
         HistogramSnapshot { count, sum_seconds: sum_ns as f64 / 1e9, buckets: bounds.zip(buckets).collect() }
     }
