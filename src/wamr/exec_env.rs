@@ -85,8 +85,12 @@ pub(crate) struct HostData {
     pub(crate) account: Option<super::state::MemoryAccount>,
     /// The env's interrupt handle, for host functions' return path.
     pub(crate) interrupt: Arc<InterruptHandle>,
-    /// The instance's default memory, looked up once.
+    /// The env's instance's default memory, looked up once.
     pub(crate) memory: super::memory::MemoryRef,
+    /// The instance `memory` belongs to. A host call can come from another
+    /// instance on this env: WAMR runs a spawned child's start function on
+    /// its parent's exec env with the module instance swapped.
+    pub(crate) inst: sys::wasm_module_inst_t,
 }
 
 // With hardware bound checks off a WAMR exec env has no thread-local state,
@@ -185,7 +189,7 @@ impl ExecEnv {
         let interrupt = Arc::new(InterruptHandle::new(inst));
         // SAFETY: `inst` is the live instance `raw` runs.
         let memory = unsafe { super::memory::MemoryRef::of_instance(inst) };
-        let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt), memory });
+        let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt), memory, inst });
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
         // user data points into a Box that lives exactly as long as it.
         unsafe { sys::wasm_runtime_set_user_data(raw, &*data as *const HostData as *mut libc::c_void) };

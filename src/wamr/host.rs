@@ -316,12 +316,12 @@ impl<'a> Caller<'a> {
     pub fn memory(&mut self) -> GuestMemory<'_> {
         // SAFETY: the instance is alive and suspended in this host call for
         // the borrow's duration; it cannot grow its memory meanwhile. The
-        // HostData (if any) is the env's, whose memory was looked up from
-        // this instance.
+        // HostData's memory is used only if it was looked up from this
+        // very instance.
         unsafe {
             match (sys::wasm_runtime_get_user_data(self.env) as *const HostData).as_ref() {
-                Some(d) => d.memory.view(),
-                None => GuestMemory::of_instance(self.inst),
+                Some(d) if d.inst == self.inst => d.memory.view(),
+                _ => GuestMemory::of_instance(self.inst),
             }
         }
     }
@@ -348,7 +348,10 @@ impl<'a> Caller<'a> {
         // HostData box do not overlap.
         unsafe {
             match (sys::wasm_runtime_get_user_data(self.env) as *mut HostData).as_mut() {
-                Some(d) => (d.memory.view(), d.value.as_deref_mut()),
+                // The cached memory only for the instance it was looked up
+                // from (see HostData::inst).
+                Some(d) if d.inst == self.inst => (d.memory.view(), d.value.as_deref_mut()),
+                Some(d) => (GuestMemory::of_instance(self.inst), d.value.as_deref_mut()),
                 None => (GuestMemory::of_instance(self.inst), None),
             }
         }
