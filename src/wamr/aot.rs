@@ -448,18 +448,30 @@ mod tests {
             return;
         }
         let dir = std::env::temp_dir().join(format!("wamr-coro-aot-evict-{}", std::process::id()));
+        // A reused pid must not find an earlier run's entry.
+        let _ = std::fs::remove_dir_all(&dir);
         let wat = br#"(module (memory (export "memory") 1)
             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
         let good = compile_cached(wat, Target::Portable, &dir).unwrap();
         assert!(!good.hit);
         let spoil = || std::fs::write(&good.path, &good.aot[..16]).unwrap();
         spoil();
-        let loaded = load_compiled_evicting(wat, Target::Portable, &dir, |_| {});
+        let evictions = std::cell::Cell::new(0);
+        let loaded = load_compiled_evicting(wat, Target::Portable, &dir, |_| evictions.set(evictions.get() + 1));
         assert!(loaded.is_ok(), "{:?}", loaded.err());
-        // Evicted as usual, the entry is replaced by a good one.
+        assert_eq!(evictions.get(), 1, "the bad entry was found");
+        // Evicted as usual, the entry goes, and a good one takes its place.
         spoil();
-        load_compiled(wat, Target::Portable, &dir).unwrap();
-        assert!(std::fs::read(&good.path).unwrap() == good.aot);
+        let removed = std::cell::Cell::new(false);
+        load_compiled_evicting(wat, Target::Portable, &dir, |p| {
+            evict(p);
+            removed.set(!p.exists());
+        })
+        .unwrap();
+        assert!(removed.get(), "evict left the bad entry");
+        let entry = std::fs::read(&good.path).unwrap();
+        assert!(entry.len() > 16 && entry.starts_with(AOT_MAGIC));
+        assert!(compile_cached(wat, Target::Portable, &dir).unwrap().hit);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
