@@ -57,6 +57,8 @@ soak() {
     --hostile-share 0.34 --warmup 2s --max-rss-drift 100000 --server-wrapper "$vg" "$@" || status=$?
 }
 soak --engine interp --json "$out/soak-interp.json"
+# Only a build with the compiler (src/wamr/build_info.rs tests this pattern
+# against both forms of the line).
 if ./target/release/wamr-coro --version | grep -q "^aot compiler: WAMR's"; then
   ./target/release/wamr-coro compile guests/soak.wat -o "$out/soak.aot" --target portable >/dev/null
   soak "$out/soak.aot" --json "$out/soak-aot.json"

@@ -27,11 +27,18 @@ pub fn describe() -> String {
         WAMR_PATCHES.join(" "),
         enabled_features().collect::<Vec<_>>().join(" "),
         WAMR_DISABLED.join(" "),
-        match super::aot::compiler_llvm_version() {
-            Some(v) => format!("WAMR's, with LLVM {v} (`wamr-coro compile`)"),
-            None => "not built (LLVM was not found at build time)".to_string(),
-        },
+        compiler_line(super::aot::compiler_llvm_version()),
     )
+}
+
+/// The `aot compiler:` line's value, for a build with the compiler (and
+/// its LLVM version) or without. `scripts/leakcheck.sh` tells the two apart
+/// by this text (see the test below).
+fn compiler_line(llvm: Option<&str>) -> String {
+    match llvm {
+        Some(v) => format!("WAMR's, with LLVM {v} (`wamr-coro compile`)"),
+        None => "not built (LLVM was not found at build time)".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -46,6 +53,25 @@ mod tests {
             assert!(text.contains(f), "{f} missing from {text}");
         }
         assert!(WAMR_VERSION.split('.').count() == 3, "{WAMR_VERSION}");
+    }
+
+    /// `scripts/leakcheck.sh` compiles an AOT guest only when `--version`
+    /// says the build has the compiler, with a `grep` for the start of the
+    /// line. Its pattern must match that line and not the one of a build
+    /// without LLVM (an earlier, looser pattern matched both).
+    #[test]
+    fn leakcheck_tells_a_build_with_the_compiler_from_one_without() {
+        let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/leakcheck.sh")).unwrap();
+        let pattern = script
+            .lines()
+            .find_map(|l| l.split("--version | grep -q \"").nth(1)?.split('"').next())
+            .expect("leakcheck.sh greps --version for the compiler");
+        let prefix = pattern.strip_prefix('^').expect("anchored at the line's start");
+        assert!(!prefix.contains(['.', '*', '[', '\\', '$']), "a plain prefix, not a regex: {pattern}");
+        let with = format!("aot compiler: {}", compiler_line(Some("14.0.6")));
+        let without = format!("aot compiler: {}", compiler_line(None));
+        assert!(with.starts_with(prefix), "{pattern} misses {with}");
+        assert!(!without.starts_with(prefix), "{pattern} matches {without}");
     }
 
     /// The version build.rs read from the tree is the one the linked
