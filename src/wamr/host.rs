@@ -314,15 +314,24 @@ impl<'a> Caller<'a> {
 
     /// The caller's linear memory. Valid until the host function returns.
     pub fn memory(&mut self) -> GuestMemory<'_> {
-        // SAFETY: the instance is alive and suspended in this host call for
-        // the borrow's duration; it cannot grow its memory meanwhile. The
-        // HostData's memory is used only if it was looked up from this
-        // very instance.
-        unsafe {
-            match (sys::wasm_runtime_get_user_data(self.env) as *const HostData).as_ref() {
-                Some(d) if d.inst == self.inst => d.memory.view(),
-                _ => GuestMemory::of_instance(self.inst),
-            }
+        // SAFETY: the user data is NULL or ExecEnv::wrap's HostData box (see
+        // data_mut); the memory contract is memory_with's, held in a host call.
+        unsafe { self.memory_with((sys::wasm_runtime_get_user_data(self.env) as *const HostData).as_ref()) }
+    }
+
+    /// The caller's memory: the env's cached view when `data` was made for
+    /// this very instance (see `HostData::inst`), else looked up now.
+    ///
+    /// # Safety
+    /// SAFETY contract: the instance is alive and suspended in this host
+    /// call for `'m`, so it cannot grow its memory meanwhile.
+    unsafe fn memory_with<'m>(&self, data: Option<&HostData>) -> GuestMemory<'m> {
+        match data {
+            // SAFETY: the cached memory belongs to this instance, which the
+            // caller's contract keeps alive and unchanged.
+            Some(d) if d.inst == self.inst => unsafe { d.memory.view() },
+            // SAFETY: as above, for the instance itself.
+            _ => unsafe { GuestMemory::of_instance(self.inst) },
         }
     }
 
@@ -347,13 +356,9 @@ impl<'a> Caller<'a> {
         // SAFETY: as in memory() and data_mut(); the memory view and the
         // HostData box do not overlap.
         unsafe {
-            match (sys::wasm_runtime_get_user_data(self.env) as *mut HostData).as_mut() {
-                // The cached memory only for the instance it was looked up
-                // from (see HostData::inst).
-                Some(d) if d.inst == self.inst => (d.memory.view(), d.value.as_deref_mut()),
-                Some(d) => (GuestMemory::of_instance(self.inst), d.value.as_deref_mut()),
-                None => (GuestMemory::of_instance(self.inst), None),
-            }
+            let data = (sys::wasm_runtime_get_user_data(self.env) as *mut HostData).as_mut();
+            let mem = self.memory_with(data.as_deref());
+            (mem, data.and_then(|d| d.value.as_deref_mut()))
         }
     }
 }
