@@ -5,7 +5,9 @@
 # code before and after a change, or 1 against 2 workers.
 #
 # usage: scripts/compare_builds.sh GUEST DURATION_S CONNS VARIANT...
-#   VARIANT is "name|BINARY|serve flags", e.g. "before-1w|/tmp/before|--workers 1 --aot"
+#   VARIANT is "name|BINARY|serve flags", e.g. "before-1w|/tmp/before|--workers 1 --aot", or
+#   "name|=COMMAND|ARGS" for any other server, run as COMMAND ARGS with {PORT} replaced, e.g. the
+#   ceiling server: "ceiling|=/tmp/epoll_http|{PORT} 2" (scripts/ceiling/epoll_http.c)
 #   PEER_WORKERS (default 2): the peer's worker threads. KIT (default ../shared/bench): where
 #   the peers are built (cd KIT/peers && cargo build --release). ROUNDS (default 1): run the
 #   peer and every variant, in turn, this many times and print medians (this machine's
@@ -38,7 +40,11 @@ for _ in $(seq 1 "$rounds"); do
   for v in "$@"; do
     i=$((i + 1))
     IFS='|' read -r name bin flags <<<"$v"
-    { printf '%s ' "$i"; run "$name" "$bin serve $guest $flags --listen 127.0.0.1:{PORT}"; } >>"$all"
+    case $bin in
+      =*) cmd="${bin#=} $flags" ;;
+      *) cmd="$bin serve $guest $flags --listen 127.0.0.1:{PORT}" ;;
+    esac
+    { printf '%s ' "$i"; run "$name" "$cmd"; } >>"$all"
   done
 done
 # p99 is printed by wrk with its unit: compare in microseconds.

@@ -177,7 +177,7 @@ impl ServerBuilder {
         };
         let first = template.make(self.module.clone(), &registry)?;
         let watchdog = match self.limits.call_budget {
-            Some(_) => Some(Watchdog::start(&registry).map_err(|e| Error::io("starting watchdog", e))?),
+            Some(b) => Some(Watchdog::for_budget(&registry, b).map_err(|e| Error::io("starting watchdog", e))?),
             None => None,
         };
         let bind::Bound { listener, local_addr, waker } = bind::bind(addr, self.reuse_port)?;

@@ -21,7 +21,7 @@ use std::cell::Cell;
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::func::Func;
 use super::interrupt::{InterruptHandle, BUDGET};
@@ -341,12 +341,7 @@ impl ExecEnv {
         if let Some(a) = self.data.account.as_mut() {
             a.before_call(self.inst);
         }
-        {
-            let mut st = self.interrupt.state.lock();
-            st.in_call = true;
-            st.deadline = self.budget.map(|b| Instant::now() + b);
-            st.budget = self.budget.unwrap_or_default();
-        }
+        self.interrupt.begin_call(self.budget);
         super::metering::arm(self.raw, &self.interrupt.metering);
         // `raw` and `func` belong to this live instance (checked above); the
         // callers size `cells` from the function's type; bind_stack set the
@@ -354,11 +349,7 @@ impl ExecEnv {
         // SAFETY: as just said, WAMR gets valid handles and buffers.
         let ok = unsafe { sys::wasm_runtime_call_wasm(self.raw, func.raw, argc, cells.as_mut_ptr()) };
         super::metering::disarm(self.raw);
-        {
-            let mut st = self.interrupt.state.lock();
-            st.in_call = false;
-            st.deadline = None;
-        }
+        self.interrupt.end_call();
         if let Some(a) = self.data.account.as_mut() {
             a.after_call(self.inst);
         }

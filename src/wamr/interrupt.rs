@@ -1,6 +1,7 @@
 //! Stopping a running call from another thread: call budgets (the
 //! watchdog), shutdown, and dooming an env its holder must drop.
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -12,6 +13,12 @@ use super::sys;
 #[derive(Debug)]
 pub struct InterruptHandle {
     pub(super) state: Mutex<InterruptState>,
+    /// `state.deadline` while a call is in flight, as [`stamp`] nanoseconds;
+    /// 0 when nothing is armed. Written under the lock with the state; read
+    /// without it by the watchdog, which locks only an env whose deadline has
+    /// passed (it used to lock every env on every tick, taking each env's
+    /// cache line away from the worker that runs it).
+    due: AtomicU64,
     pub(super) hit: AtomicBool,
     /// Why the last terminate happened: BUDGET or SHUTDOWN.
     pub(super) reason: AtomicU8,
@@ -19,6 +26,13 @@ pub struct InterruptHandle {
     pub(super) doomed: AtomicBool,
     /// The instruction budget and its re-arm request (metering.rs).
     pub(super) metering: super::metering::Metering,
+}
+
+/// Nanoseconds from the first stamp taken in the process to `t`, plus one (so
+/// never 0, which means "no deadline").
+fn stamp(t: Instant) -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    t.saturating_duration_since(*EPOCH).as_nanos() as u64 + 1
 }
 
 /// `reason`: the call ran past its deadline.
@@ -48,6 +62,7 @@ impl InterruptHandle {
                 deadline: None,
                 budget: Duration::ZERO,
             }),
+            due: AtomicU64::new(0),
             hit: AtomicBool::new(false),
             reason: AtomicU8::new(0),
             doomed: AtomicBool::new(false),
@@ -56,8 +71,15 @@ impl InterruptHandle {
     }
 
     /// Terminates the call in flight if its deadline has passed. Returns
-    /// whether it did. Safe to call from any thread at any time.
+    /// whether it did. Safe to call from any thread at any time; takes the
+    /// env's lock only when the deadline looks due.
     pub fn expire_if_due(&self, now: Instant) -> bool {
+        // A stale read is harmless: a deadline armed since is seen on the next
+        // scan, and one cleared since is checked again under the lock.
+        let due = self.due.load(Ordering::Relaxed);
+        if due == 0 || due > stamp(now) {
+            return false;
+        }
         let mut st = self.state.lock();
         match st.deadline {
             Some(d) if d <= now && st.in_call => self.terminate_locked(&mut st, BUDGET),
@@ -77,8 +99,28 @@ impl InterruptHandle {
     /// each event. The env must have been created without a per-call budget.
     pub fn set_deadline(&self, budget: Option<Duration>) {
         let mut st = self.state.lock();
+        self.arm_locked(&mut st, budget);
+    }
+
+    /// A call starts, with `budget` (or none).
+    pub(super) fn begin_call(&self, budget: Option<Duration>) {
+        let mut st = self.state.lock();
+        st.in_call = true;
+        self.arm_locked(&mut st, budget);
+    }
+
+    /// The call has returned.
+    pub(super) fn end_call(&self) {
+        let mut st = self.state.lock();
+        st.in_call = false;
+        st.deadline = None;
+        self.due.store(0, Ordering::Relaxed);
+    }
+
+    fn arm_locked(&self, st: &mut InterruptState, budget: Option<Duration>) {
         st.deadline = budget.map(|b| Instant::now() + b);
         st.budget = budget.unwrap_or_default();
+        self.due.store(st.deadline.map_or(0, stamp), Ordering::Relaxed);
     }
 
     fn terminate_locked(&self, st: &mut InterruptState, reason: u8) -> bool {
@@ -89,6 +131,7 @@ impl InterruptHandle {
         self.hit.store(true, Ordering::Release);
         st.deadline = None;
         st.in_call = false;
+        self.due.store(0, Ordering::Relaxed);
         // ExecEnv::drop zeroes `inst` under this lock before destroying it.
         // SAFETY: so a non-zero `inst` is alive; wasm_runtime_terminate only
         // sets flags (on a spawned env's siblings too; the parent keeps them).
