@@ -297,6 +297,53 @@ fn compiled_deep_recursion_traps_cleanly_and_the_server_keeps_serving() {
     }
 }
 
+/// A start function that recurses 20,000 frames natively: it fits the 8 MiB
+/// stack of the thread that makes the first env, not a 256 KiB coroutine
+/// stack.
+const DEEP_START: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global $__stack_pointer (mut i32) (i32.const 65536))
+  (global (export "__data_end") i32 (i32.const 4096))
+  (global (export "__heap_base") i32 (i32.const 196608))
+  (func $rec (param $n i32)
+    (if (local.get $n)
+      (then
+        (call $rec (i32.sub (local.get $n) (i32.const 1)))
+        (i32.store (i32.and (local.get $n) (i32.const 1023)) (local.get $n)))))
+  (func $init (call $rec (i32.const 20000)))
+  (start $init)
+  (func (export "alloc") (param i32) (result i32) (i32.const 131072))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
+
+/// A start function runs on an exec env we cannot give a stack boundary
+/// (a temporary one when instantiating, the parent's when spawning). On a
+/// connection's coroutine WAMR used to check it against the worker thread's
+/// stack, so a deep start function ran off the coroutine's stack and the
+/// process died ("coroutine has overflowed its stack"). Now the env cannot
+/// be made, the connection is closed, and the server keeps running.
+#[test]
+fn a_start_function_too_deep_for_a_coroutine_fails_the_env_not_the_process() {
+    if !compiler() {
+        return;
+    }
+    let m = Module::new(aot::compile(DEEP_START.as_bytes(), Target::Native).unwrap()).unwrap();
+    for source in [EnvSource::Instance, EnvSource::Spawn] {
+        // The server's first env is made here, on the test's thread.
+        let server = start_aot(m.clone(), Mode::Direct, source, test_limits());
+        for round in 0..3 {
+            let mut s = connect(server.local_addr());
+            s.write_all(b"hello").unwrap();
+            assert!(closed_by_peer(&mut s, Duration::from_secs(10)), "{source:?} round {round}: not closed");
+        }
+        let stats = server.stop();
+        assert!(stats.envs.failures >= 3, "{source:?}: {stats}");
+        assert_eq!(stats.envs.live, 0, "{source:?}: {stats}");
+    }
+}
+
 /// Native stack an AOT call uses on a coroutine stack: the stack below the
 /// caller is painted, the call runs, and the lowest changed byte is the
 /// peak. Printed (docs/BENCHMARKS.md quotes it) and checked to leave the

@@ -157,16 +157,22 @@ impl ExecEnv {
             host_managed_heap_size: cfg.heap_size,
             max_memory_pages: clamp_max_pages(module, cfg.max_memory_pages),
         };
-        // SAFETY: the module is loaded and kept alive by `Owner::Instance`;
-        // `args` and `err` outlive the call, `err` is writable for its size.
-        let inst = unsafe {
-            sys::wasm_runtime_instantiate_ex(
-                module.inner.raw,
-                &args,
-                err.as_mut_ptr() as *mut libc::c_char,
-                ERROR_BUF_LEN as u32,
-            )
-        };
+        // The start function runs in here, on a temporary exec env: on a
+        // coroutine, WAMR must check it against the coroutine's stack.
+        let inst = super::stack::with_coroutine_boundary(|| {
+            // SAFETY: the module is loaded and kept alive by `Owner::Instance`;
+            // `args` and `err` outlive the call, `err` is writable for its
+            // size. Guest code (the start function) runs in here, with the
+            // native stack boundary of the stack we are on.
+            unsafe {
+                sys::wasm_runtime_instantiate_ex(
+                    module.inner.raw,
+                    &args,
+                    err.as_mut_ptr() as *mut libc::c_char,
+                    ERROR_BUF_LEN as u32,
+                )
+            }
+        });
         if inst.is_null() {
             return Err(Error::Instantiate(error_text(&err)));
         }

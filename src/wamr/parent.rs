@@ -57,10 +57,16 @@ impl ParentEnv {
             return Err(Error::TooManyEnvs { what: "envs_per_parent", limit: self.capacity });
         }
         let parent = self.env.lock();
-        // SAFETY: the parent env is alive (owned by self) and spawns are
-        // serialised by `lock`. The parent env is never called, so no call
-        // is in flight on it.
-        let raw = unsafe { sys::wasm_runtime_spawn_exec_env(parent.raw) };
+        // The child's start function runs on the parent env, which is never
+        // called and so has no boundary of its own: WAMR takes the one
+        // `with_coroutine_boundary` sets for the stack we are on.
+        let raw = super::stack::with_coroutine_boundary(|| {
+            // SAFETY: the parent env is alive (owned by self) and spawns are
+            // serialised by `lock`. The parent env is never called, so no
+            // call is in flight on it; the start function that runs in here
+            // is checked against the stack we are on.
+            unsafe { sys::wasm_runtime_spawn_exec_env(parent.raw) }
+        });
         if raw.is_null() {
             return Err(Error::ExecEnv(
                 "wasm_runtime_spawn_exec_env returned NULL (aux stack slots exhausted, or the \

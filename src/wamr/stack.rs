@@ -151,6 +151,44 @@ pub(crate) fn current() -> Result<CurrentStack> {
     Ok(CurrentStack { low, high, boundary: 0 })
 }
 
+/// Runs `f` (an instantiation or a spawn) with WAMR's stack boundary for exec
+/// envs that have none of their own set to the current coroutine stack's.
+///
+/// Instantiating runs the module's start function on a temporary exec env,
+/// and spawning runs it on the parent's; WAMR takes the limit for those from
+/// the OS thread's stack, which on a coroutine is the wrong stack: a start
+/// function that recursed deeply would run off the coroutine's stack and
+/// abort the process instead of trapping. WAMR is patched
+/// (`wamr/patches/0500-coroutine-stack-boundary.patch`) to read a
+/// thread-local boundary first; it is set here for the length of `f` and
+/// cleared afterwards, also when `f` unwinds. On an OS thread, or in a
+/// coroutine whose bounds are unknown (not started by `coro::spawn`, where
+/// calls are refused anyway), `f` runs as it would without this.
+pub(crate) fn with_coroutine_boundary<R>(f: impl FnOnce() -> R) -> R {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            // SAFETY: the setter only stores a thread-local pointer; NULL
+            // restores WAMR's own (pthread-based) boundary.
+            unsafe { super::sys::os_thread_set_stack_boundary_override(std::ptr::null_mut()) };
+        }
+    }
+    // `low + GUARD` is the boundary calls on this stack get (`current`).
+    // Instantiating and spawning do not yield unless a host function the
+    // start function calls does; if one did and the coroutine resumed on
+    // another worker, the rest of the start function would run with that
+    // worker's own boundary (as without this), and the value left on the
+    // first worker is replaced by the next instantiation there (every one
+    // sets it, NULL included) and read by nothing else: every call we make
+    // sets its env's own boundary first (`ExecEnv::bind_stack`).
+    let boundary = current_bounds().map_or(std::ptr::null_mut(), |b| (b.low + GUARD) as *mut u8);
+    // SAFETY: the setter only stores a thread-local pointer, read by WAMR on
+    // this thread while `f` runs; `Clear` resets it before we return.
+    unsafe { super::sys::os_thread_set_stack_boundary_override(boundary) };
+    let _clear = Clear;
+    f()
+}
+
 /// The address of a local: where the stack pointer is.
 #[inline(always)]
 pub(crate) fn sp() -> usize {

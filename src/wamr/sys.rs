@@ -5,3 +5,10 @@
 #![allow(clippy::all, missing_docs, unsafe_op_in_unsafe_fn)]
 
 include!(concat!(env!("OUT_DIR"), "/wamr_sys.rs"));
+
+extern "C" {
+    /// Patch 0500 (`wamr/patches/0500-coroutine-stack-boundary.patch`): the
+    /// calling thread's stack boundary for exec envs that have none of their
+    /// own, or NULL for the thread's own stack. Used by `stack.rs` only.
+    pub fn os_thread_set_stack_boundary_override(boundary: *mut u8);
+}
