@@ -49,8 +49,17 @@ fn setup() {
                 Ok(Some(Val::I32(args[0].i32().unwrap() * 10)))
             }))
             .unwrap();
+        Runtime::get()
+            .unwrap()
+            .register(HostFunc::new("test", "should_spin", &[], &[ValType::I32], |_c, _args| {
+                Ok(Some(Val::I32(SHOULD_SPIN.load(Ordering::SeqCst) as i32)))
+            }))
+            .unwrap();
     });
 }
+
+/// What the `test.should_spin` import answers.
+static SHOULD_SPIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn core_module() -> Module {
     setup();
@@ -475,6 +484,47 @@ fn wamr_messages_arrive_in_tracing() {
     });
     let text = String::from_utf8_lossy(&out.0.lock()).into_owned();
     assert!(text.contains("wamr") && text.contains("allocate 1048576 bytes memory failed"), "{text:?}");
+}
+
+/// `doom` sets the env's `doomed` flag, then stops a call in flight. A call
+/// used to check the flag and only then mark itself in flight, each under a
+/// different lock: a call that started between the two was neither refused
+/// nor stopped, and `destroy_all` timed out waiting for a guest that spun
+/// on (found by review: 4 of 300 trials). Each trial dooms an env whose
+/// caller loops over calls that start spinning once `should_spin` says so.
+#[test]
+fn destroy_all_stops_a_call_that_is_just_starting() {
+    setup();
+    let module = Module::from_wat(
+        r#"(module
+             (import "test" "should_spin" (func $should (result i32)))
+             (memory (export "memory") 1)
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0))
+             (func (export "f") (if (call $should) (then (loop $spin (br $spin))))))"#,
+    )
+    .unwrap();
+    let mut missed = Vec::new();
+    for trial in 0..400u64 {
+        SHOULD_SPIN.store(false, Ordering::SeqCst);
+        let registry = Registry::new();
+        let guest = Guest::new(module.clone(), GuestConfig::default(), Arc::clone(&registry)).unwrap();
+        let mut env = guest.create_env().unwrap();
+        let m = module.clone();
+        let caller = std::thread::spawn(move || {
+            let f = env.exec_env().func(&m, "f").unwrap();
+            // Bounded by `destroy_all` (or `interrupt_all` below): every
+            // call after doom fails.
+            while env.exec_env().call(&f, &[]).is_ok() {}
+        });
+        std::thread::sleep(Duration::from_micros(50 + trial % 200));
+        SHOULD_SPIN.store(true, Ordering::SeqCst);
+        if !registry.destroy_all(Duration::from_millis(300)) {
+            // Let the test go on: stop the call doom missed.
+            missed.push((trial, registry.interrupt_all()));
+        }
+        caller.join().unwrap();
+    }
+    assert!(missed.is_empty(), "destroy_all left a call running in (trial, calls then stopped): {missed:?}");
 }
 
 #[test]

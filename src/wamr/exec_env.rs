@@ -148,6 +148,9 @@ fn release_operand_stack(raw: sys::wasm_exec_env_t) {
     unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
 }
 
+/// Why a doomed env's calls fail.
+const DOOMED: &str = "destroyed: its holder was asked to drop it";
+
 impl ExecEnv {
     /// Instantiates `module` independently and creates its exec env.
     pub fn new(module: &Module, cfg: InstanceConfig) -> Result<ExecEnv> {
@@ -339,15 +342,17 @@ impl ExecEnv {
         if let Some(why) = self.poisoned() {
             return Err(Error::Poisoned(why));
         }
-        if self.interrupt.doomed.load(Ordering::Acquire) {
-            self.poisoned = Some("destroyed: its holder was asked to drop it".into());
-            return Err(Error::Poisoned("destroyed: its holder was asked to drop it".into()));
-        }
         self.bind_stack()?;
+        // `doom` sets `doomed`, then stops a call in flight: checking it
+        // under the lock that marks the call in flight leaves no moment in
+        // which a doomed env's call could start unstopped.
+        if !self.interrupt.begin_call(self.budget) {
+            self.poisoned = Some(DOOMED.into());
+            return Err(Error::Poisoned(DOOMED.into()));
+        }
         if let Some(a) = self.data.account.as_mut() {
             a.before_call(self.inst);
         }
-        self.interrupt.begin_call(self.budget);
         super::metering::arm(self.raw, &self.interrupt.metering);
         // `raw` and `func` belong to this live instance (checked above); the
         // callers size `cells` from the function's type; bind_stack set the

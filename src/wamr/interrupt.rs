@@ -102,11 +102,18 @@ impl InterruptHandle {
         self.arm_locked(&mut st, budget);
     }
 
-    /// A call starts, with `budget` (or none).
-    pub(super) fn begin_call(&self, budget: Option<Duration>) {
+    /// A call starts, with `budget` (or none); false, and nothing marked, if
+    /// the env was doomed. `doom` sets `doomed` before it takes the lock to
+    /// stop a call in flight, so either this sees `doomed` or `doom` sees the
+    /// call.
+    pub(super) fn begin_call(&self, budget: Option<Duration>) -> bool {
         let mut st = self.state.lock();
+        if self.doomed.load(Ordering::Acquire) {
+            return false;
+        }
         st.in_call = true;
         self.arm_locked(&mut st, budget);
+        true
     }
 
     /// The call has returned.
