@@ -234,6 +234,44 @@ fn budget_stops_spinning_guest_only() {
     assert_eq!(healthy.on_recv(4, b"x").unwrap(), 41);
 }
 
+/// A guest that exports `malloc` (and no `alloc`) gets its receive buffer
+/// from that export when an env is made. It is guest code: it used to run
+/// with no budget and not marked in flight, so one that spun held its
+/// thread forever, out of reach of the watchdog and of shutdown.
+#[test]
+fn a_guest_malloc_that_spins_is_stopped_by_the_budget() {
+    setup();
+    let module = Module::from_wat(
+        r#"(module
+             (import "test" "should_spin" (func $should (result i32)))
+             (memory (export "memory") 2)
+             (func (export "malloc") (param i32) (result i32)
+               (if (call $should) (then (loop $spin (br $spin))))
+               (i32.const 65536))
+             (func (export "free") (param i32))
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    SHOULD_SPIN.store(false, Ordering::SeqCst);
+    let cfg = GuestConfig { call_budget: Some(Duration::from_millis(50)), chunk_size: 1024, ..Default::default() };
+    let g = Guest::new(module, cfg, Registry::new()).unwrap();
+    let _wd = wamr_coro::Watchdog::start(g.registry()).unwrap();
+    SHOULD_SPIN.store(true, Ordering::SeqCst);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let g2 = Arc::clone(&g);
+    // Without the budget this thread never returns; the test fails at the
+    // timeout below and leaves it spinning until the process exits.
+    std::thread::spawn(move || tx.send(g2.create_env().map(drop)).unwrap());
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    SHOULD_SPIN.store(false, Ordering::SeqCst);
+    let err = got.expect("making an env whose malloc spins did not return within 10 s").unwrap_err();
+    assert!(matches!(&err, Error::BudgetExceeded { func, budget_ms: 50 } if func == "malloc"), "{err}");
+    assert_eq!(g.registry().live(), 0, "the failed env was not destroyed");
+    // The guest is still usable.
+    let mut env = g.create_env().unwrap();
+    assert_eq!(env.on_recv(1, b"x").unwrap(), 0);
+}
+
 #[test]
 fn clear_errors() {
     setup();

@@ -19,6 +19,7 @@
 //! thread (see `stack.rs`) when the stack changed since the last call.
 use std::cell::Cell;
 use std::ffi::CStr;
+use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,8 +71,12 @@ pub struct ExecEnv {
     owner: Owner,
     /// Stack range for which the native boundary is set.
     bound: Cell<(usize, usize)>,
-    /// User data reachable by host functions (see host::Caller::data_mut).
-    data: Box<HostData>,
+    /// User data reachable by host functions (see host::Caller::data_mut):
+    /// a `Box::into_raw` freed by `Drop`. WAMR's user data pointer and every
+    /// access from Rust derive from it (a `Box` field would be re-borrowed
+    /// uniquely on every use here, which host functions' writes through
+    /// WAMR's copy of the pointer would then alias).
+    data: NonNull<HostData>,
     interrupt: Arc<InterruptHandle>,
     budget: Option<Duration>,
     poisoned: Option<String>,
@@ -199,10 +204,25 @@ impl ExecEnv {
         // SAFETY: `inst` is the live instance `raw` runs.
         let memory = unsafe { super::memory::MemoryRef::of_instance(inst) };
         let data = Box::new(HostData { value: None, account: None, interrupt: Arc::clone(&interrupt), memory, inst });
+        let data = NonNull::from(Box::leak(data));
         // SAFETY: `raw` is a live env owned by the ExecEnv being built; the
-        // user data points into a Box that lives exactly as long as it.
-        unsafe { sys::wasm_runtime_set_user_data(raw, &*data as *const HostData as *mut libc::c_void) };
+        // user data is the HostData allocation, which lives exactly as long
+        // as the ExecEnv (freed by its Drop after the env is destroyed).
+        unsafe { sys::wasm_runtime_set_user_data(raw, data.as_ptr() as *mut libc::c_void) };
         ExecEnv { raw, inst, owner, bound: Cell::new((0, 0)), data, interrupt, budget: None, poisoned: None }
+    }
+
+    fn data(&self) -> &HostData {
+        // SAFETY: `data` is live until Drop (see the field); WAMR touches it
+        // only from host functions during a call, which takes `&mut self`,
+        // so no such access overlaps this shared borrow.
+        unsafe { self.data.as_ref() }
+    }
+
+    fn data_mut(&mut self) -> &mut HostData {
+        // SAFETY: as in `data`; `&mut self` rules out any other borrow from
+        // Rust, and no host function runs outside a call.
+        unsafe { self.data.as_mut() }
     }
 
     /// Whether this env was spawned from a parent.
@@ -240,12 +260,12 @@ impl ExecEnv {
 
     /// Sets the value host functions see through `Caller::data_mut`.
     pub fn set_host_data(&mut self, value: Option<Box<dyn std::any::Any + Send>>) {
-        self.data.value = value;
+        self.data_mut().value = value;
     }
 
     /// The host data, if set and of type `T`.
     pub fn host_data_mut<T: 'static>(&mut self) -> Option<&mut T> {
-        self.data.value.as_mut()?.downcast_mut::<T>()
+        self.data_mut().value.as_mut()?.downcast_mut::<T>()
     }
 
     /// Looks up exported function `name` in this env's instance.
@@ -339,6 +359,20 @@ impl ExecEnv {
                 why: "function belongs to another instance".into(),
             });
         }
+        self.enter()?;
+        // `raw` and `func` belong to this live instance (checked above); the
+        // callers size `cells` from the function's type; `enter` set the
+        // boundary. Host functions may yield inside; the env is not shared.
+        // SAFETY: as just said, WAMR gets valid handles and buffers.
+        let ok = unsafe { sys::wasm_runtime_call_wasm(self.raw, func.raw, argc, cells.as_mut_ptr()) };
+        self.leave(ok, &func.name)
+    }
+
+    /// Everything a call of guest code needs first: refuses a poisoned or
+    /// doomed env, binds the stack, marks the call in flight (with its
+    /// budget: the watchdog and shutdown can stop it from here on), opens
+    /// the memory account and arms the instruction budget.
+    fn enter(&mut self) -> Result<()> {
         if let Some(why) = self.poisoned() {
             return Err(Error::Poisoned(why));
         }
@@ -350,19 +384,24 @@ impl ExecEnv {
             self.poisoned = Some(DOOMED.into());
             return Err(Error::Poisoned(DOOMED.into()));
         }
-        if let Some(a) = self.data.account.as_mut() {
-            a.before_call(self.inst);
+        let inst = self.inst;
+        if let Some(a) = self.data_mut().account.as_mut() {
+            a.before_call(inst);
         }
         super::metering::arm(self.raw, &self.interrupt.metering);
-        // `raw` and `func` belong to this live instance (checked above); the
-        // callers size `cells` from the function's type; bind_stack set the
-        // boundary. Host functions may yield inside; the env is not shared.
-        // SAFETY: as just said, WAMR gets valid handles and buffers.
-        let ok = unsafe { sys::wasm_runtime_call_wasm(self.raw, func.raw, argc, cells.as_mut_ptr()) };
+        Ok(())
+    }
+
+    /// Undoes [`enter`](Self::enter) after guest code named `what` returned
+    /// (`ok`: WAMR reported success) and turns a failure into the error it
+    /// was: stopped for its budget or by the host, out of instructions, or
+    /// a trap. A failed env is poisoned.
+    fn leave(&mut self, ok: bool, what: &str) -> Result<()> {
         super::metering::disarm(self.raw);
         self.interrupt.end_call();
-        if let Some(a) = self.data.account.as_mut() {
-            a.after_call(self.inst);
+        let inst = self.inst;
+        if let Some(a) = self.data_mut().account.as_mut() {
+            a.after_call(inst);
         }
         let hit = self.interrupt.hit.load(Ordering::Acquire);
         if ok && !hit {
@@ -370,13 +409,13 @@ impl ExecEnv {
         }
         let message = self.exception().unwrap_or_else(|| "unknown failure".into());
         let err = if hit && self.interrupt.reason.load(Ordering::Acquire) == BUDGET {
-            Error::BudgetExceeded { func: func.name.to_string(), budget_ms: self.budget_ms() }
+            Error::BudgetExceeded { func: what.to_string(), budget_ms: self.budget_ms() }
         } else if hit {
-            Error::Interrupted { func: func.name.to_string() }
-        } else if let Some(e) = super::metering::exceeded(&self.interrupt.metering, &func.name, &message) {
+            Error::Interrupted { func: what.to_string() }
+        } else if let Some(e) = super::metering::exceeded(&self.interrupt.metering, what, &message) {
             e
         } else {
-            Error::Trap { func: func.name.to_string(), message: message.clone() }
+            Error::Trap { func: what.to_string(), message: message.clone() }
         };
         self.poison(err.to_string());
         Err(err)
@@ -428,7 +467,7 @@ impl ExecEnv {
     pub fn memory(&mut self) -> GuestMemory<'_> {
         // SAFETY: `data.memory` was looked up from `inst`, which is alive and
         // exclusively borrowed for the view's life.
-        unsafe { self.data.memory.view() }
+        unsafe { self.data().memory.view() }
     }
 
     /// A copy of every global's current value.
@@ -479,18 +518,28 @@ impl ExecEnv {
     ) -> Result<()> {
         let ceiling = super::state::memory_max(self.inst);
         let cap = if cap == 0 { ceiling } else { cap.min(ceiling) };
-        self.data.account = Some(super::state::MemoryAccount::open(self.inst, budget, cap, grows)?);
+        let account = super::state::MemoryAccount::open(self.inst, budget, cap, grows)?;
+        self.data_mut().account = Some(account);
         Ok(())
     }
 
     /// Allocates `size` bytes in WAMR's app heap (or through the module's
     /// own `malloc` export, which WAMR prefers when present).
+    /// The guest's `malloc` is guest code: it runs as a call does, under
+    /// the budget, stoppable by the watchdog and at shutdown, and a trap or
+    /// an overrun poisons the env.
     pub fn heap_alloc(&mut self, size: u32) -> Result<u32> {
-        self.bind_stack()?;
+        self.enter()?;
         let mut native: *mut libc::c_void = std::ptr::null_mut();
         // SAFETY: `inst` is alive; WAMR returns 0 on failure. It may call the
-        // guest's malloc export on its own env (stack boundary bound above).
+        // guest's malloc export on its own env (`enter` bound the stack).
         let off = unsafe { sys::wasm_runtime_module_malloc(self.inst, size as u64, &mut native) };
+        // WAMR's app heap running out sets no exception and is not a fault:
+        // only an exception (a trap, an overrun, a corrupted heap) fails the
+        // env. WAMR runs the export on this env (the one in the instance's
+        // cluster), so the budget armed by `enter` applies to it.
+        let ok = self.exception().is_none();
+        self.leave(ok, "malloc")?;
         if off == 0 {
             let why = self.exception().unwrap_or_else(|| "app heap exhausted or absent".into());
             return Err(Error::GuestAlloc { size, why });
@@ -546,5 +595,9 @@ impl Drop for ExecEnv {
                 parent.children.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        // SAFETY: `data` came from Box::leak in `wrap` and is freed only
+        // here; the env that pointed to it is destroyed, so nothing can reach
+        // it any more.
+        drop(unsafe { Box::from_raw(self.data.as_ptr()) });
     }
 }
