@@ -48,6 +48,9 @@ impl Dispatcher {
         }
     }
 
+    /// The next event; a DATA event carries at most `cap` bytes and the
+    /// rest waits for the next call. With `cap` 0 it carries none and
+    /// keeps all of them: `wait_msg`'s peek.
     pub(super) fn next(&mut self, cap: usize) -> Next {
         if let Some((conn, data, off)) = self.rest.take() {
             let end = (off + cap).min(data.len());

@@ -126,15 +126,15 @@ impl AbiHost for QueueHost {
             self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
             return ERR_BAD_POINTER;
         }
-        let next = self.dispatcher.lock().next(cap.max(1) as usize);
+        // With `cap` 0 a DATA event comes back empty and the dispatcher
+        // keeps all its bytes for the next call: a peek (guest-abi.md 3).
+        let next = self.dispatcher.lock().next(cap as usize);
         let (conn, kind, ret) = match next {
             Next::Shutdown => return abi::ERR_SHUTDOWN,
             Next::Open(c) => (c, abi::EVENT_OPEN, 0),
             Next::Close(c) => (c, abi::EVENT_CLOSE, 0),
             Next::Data(c, data) => {
-                if cap == 0 {
-                    // Nothing fits: hand back the whole chunk next time.
-                    self.dispatcher.lock().rest = Some((c, data, 0));
+                if data.is_empty() {
                     (c, abi::EVENT_DATA, 0)
                 } else {
                     if let Some((prev, pbuf, plen)) = self.last_data {

@@ -1,0 +1,72 @@
+//! Queue mode with the guest's own `run` loop: `wait_msg`'s edge cases
+//! (guest-abi.md sections 1 and 3).
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wamr_coro::server::{EnvPolicy, Limits, Mode};
+use wamr_coro::Module;
+
+/// Reads until `want` bytes have arrived, the peer closes, or 5 s pass.
+fn read_up_to(s: &mut TcpStream, want: usize) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    while got.len() < want && Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// Peeks at every event with `wait_msg(buf, 0, info)` and then takes a
+/// DATA event's bytes with a 64-byte buffer, echoing them. A peek must
+/// answer 0 and say DATA; a peek that answers anything else is reported as
+/// a `!` in the echo.
+const PEEK_THEN_TAKE: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "!")
+  (func (export "run") (result i32) (local $n i32)
+    (loop $next
+      (local.set $n (call $wait (i32.const 2048) (i32.const 0) (i32.const 1024)))
+      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
+      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+        (then
+          (if (local.get $n)
+            (then (drop (call $send (i32.load (i32.const 1024)) (i32.const 100) (i32.const 1)))))
+          (local.set $n (call $wait (i32.const 2048) (i32.const 64) (i32.const 1024)))
+          (drop (call $send (i32.load (i32.const 1024)) (i32.const 2048) (local.get $n)))))
+      (br $next))
+    (i32.const 0)))"#;
+
+/// `cap` 0 reports a DATA event without consuming a byte: the next call
+/// hands out the same bytes, and a chunk longer than the next buffer still
+/// arrives whole, in order.
+#[test]
+fn wait_msg_with_cap_zero_peeks_without_consuming() {
+    setup();
+    let limits = Limits { queue_shards: 1, ..test_limits() };
+    let server = start(Module::from_wat(PEEK_THEN_TAKE).unwrap(), Mode::Queue, EnvPolicy::Connection, limits);
+    let mut s = connect(server.local_addr());
+    s.write_all(b"abcdef").unwrap();
+    let got = read_up_to(&mut s, 6);
+    assert_eq!(String::from_utf8_lossy(&got), "abcdef", "a peek lost bytes of the chunk");
+    // 100 bytes: more than the 64-byte buffer, so taken in pieces, each
+    // after a peek.
+    let long: Vec<u8> = (0..100u8).map(|i| b'A' + i % 26).collect();
+    s.write_all(&long).unwrap();
+    let got = read_up_to(&mut s, long.len());
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&long), "a peek lost bytes of a long chunk");
+    let stats = server.stop();
+    assert_eq!((stats.queue_restarts, stats.traps, stats.bad_pointers), (0, 0, 0), "{stats}");
+}
