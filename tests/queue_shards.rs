@@ -96,40 +96,74 @@ const PEEK_HOST_LOOP: &str = r#"(module
     (drop (call $send (local.get $c) (i32.add (local.get $p) (local.get $n)) (i32.const 8)))
     (i32.const 0)))"#;
 
-/// The same with its own `run` loop over wait_msg (buffer at 4096).
-const PEEK_RUN_LOOP: &str = r#"(module
-  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
-  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "run") (result i32) (local $n i32)
-    (loop $next
-      (local.set $n (call $wait (i32.const 4096) (i32.const 1024) (i32.const 0)))
-      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
-      (if (i32.eqz (i32.load (i32.const 4)))
-        (then (drop (call $send (i32.load (i32.const 0))
-                                (i32.add (i32.const 4096) (local.get $n)) (i32.const 8)))))
-      (br $next))
-    (i32.const 0)))"#;
-
+/// The host's receive buffer (the host loop's; a guest's own `run` loop
+/// passes its own memory to `wait_msg`, see the next test).
 #[test]
 fn a_receive_buffer_never_shows_another_connections_bytes() {
     setup();
-    for guest in [PEEK_HOST_LOOP, PEEK_RUN_LOOP] {
-        let server = start_queue(Module::from_wat(guest).unwrap(), 1, test_limits());
-        let mut a = connect(server.local_addr());
-        a.write_all(&[b'A'; 64]).unwrap();
-        assert_eq!(read_n(&mut a, 8).unwrap(), vec![0u8; 8]);
-        // A's 64 bytes are still in the one instance's buffer; B's 4 bytes
-        // land on them, and what follows must not be A's.
-        let mut b = connect(server.local_addr());
-        b.write_all(b"bbbb").unwrap();
-        assert_eq!(read_n(&mut b, 8).unwrap(), vec![0u8; 8], "B saw A's bytes");
-        // The same connection sees its own earlier bytes: the guest's own
-        // business, not wiped.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        a.write_all(&[b'A'; 64]).unwrap();
-        let _ = read_n(&mut a, 8).unwrap();
-        assert!(Instant::now() < deadline);
-        server.stop();
-    }
+    let server = start_queue(Module::from_wat(PEEK_HOST_LOOP).unwrap(), 1, test_limits());
+    let mut a = connect(server.local_addr());
+    a.write_all(&[b'A'; 64]).unwrap();
+    assert_eq!(read_n(&mut a, 8).unwrap(), vec![0u8; 8]);
+    // A's 64 bytes are still in the one instance's buffer; B's 4 bytes
+    // land on them, and what follows must not be A's.
+    let mut b = connect(server.local_addr());
+    b.write_all(b"bbbb").unwrap();
+    assert_eq!(read_n(&mut b, 8).unwrap(), vec![0u8; 8], "B saw A's bytes");
+    // The same connection sees its own earlier bytes: the guest's own
+    // business, not wiped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    a.write_all(&[b'A'; 64]).unwrap();
+    let _ = read_n(&mut a, 8).unwrap();
+    assert!(Instant::now() < deadline);
+    server.stop();
+}
+
+/// A `run` loop over wait_msg with a 64-byte buffer at 2048. A DATA event
+/// starting with `?` is answered with the bytes at buf+1 and buf+63; any
+/// other is echoed, after which the guest marks buf+1 and buf+63 with `M`.
+const MARK_RUN_LOOP: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run") (result i32) (local $n i32) (local $c i32)
+    (loop $next
+      (local.set $n (call $wait (i32.const 2048) (i32.const 64) (i32.const 1024)))
+      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
+      (local.set $c (i32.load (i32.const 1024)))
+      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+        (then
+          (if (i32.eq (i32.load8_u (i32.const 2048)) (i32.const 63))
+            (then
+              (i32.store8 (i32.const 3000) (i32.load8_u (i32.const 2049)))
+              (i32.store8 (i32.const 3001) (i32.load8_u (i32.const 2111)))
+              (drop (call $send (local.get $c) (i32.const 3000) (i32.const 2))))
+            (else
+              (drop (call $send (local.get $c) (i32.const 2048) (local.get $n)))
+              (i32.store8 (i32.const 2049) (i32.const 77))
+              (i32.store8 (i32.const 2111) (i32.const 77))))))
+      (br $next))
+    (i32.const 0)))"#;
+
+/// guest-abi.md section 3: `wait_msg` writes only `buf .. buf+n` (and the
+/// record at `info`). The buffer a `run` loop passes is the guest's own
+/// memory: what the guest keeps past `n` stays, whichever connection's
+/// bytes arrive next.
+#[test]
+fn wait_msg_writes_only_buf_to_buf_plus_n() {
+    setup();
+    let server = start_queue(Module::from_wat(MARK_RUN_LOOP).unwrap(), 1, Limits { chunk_size: 64, ..test_limits() });
+    let mut a = connect(server.local_addr());
+    a.write_all(&[b'a'; 64]).unwrap();
+    assert_eq!(read_n(&mut a, 64).unwrap(), vec![b'a'; 64]);
+    // Another connection's one byte lands at buf; buf+1 and buf+63 lie
+    // inside its 64-byte buffer but past its n = 1.
+    let mut b = connect(server.local_addr());
+    b.write_all(b"?").unwrap();
+    assert_eq!(read_n(&mut b, 2).unwrap(), b"MM", "the host wrote past buf+n");
+    // The same connection's next bytes: likewise.
+    a.write_all(b"?").unwrap();
+    assert_eq!(read_n(&mut a, 2).unwrap(), b"MM", "the host wrote past buf+n");
+    let stats = server.stop();
+    assert_eq!((stats.queue_restarts, stats.bad_pointers), (0, 0), "{stats}");
 }

@@ -21,9 +21,6 @@ pub(super) struct QueueHost {
     pub(super) sh: Arc<Shared>,
     pub(super) interrupt: Arc<InterruptHandle>,
     pub(super) budget: Option<Duration>,
-    /// The connection whose DATA `wait_msg` wrote last, and the guest range
-    /// it wrote (`buf`, bytes): wiped before another connection's lands.
-    pub(super) last_data: Option<(i32, i32, i32)>,
     /// When the event the guest is handling was handed out.
     pub(super) handed_out: Option<Instant>,
     /// The guest runs its own loop (`run`): only then may it wait.
@@ -133,23 +130,13 @@ impl AbiHost for QueueHost {
             Next::Shutdown => return abi::ERR_SHUTDOWN,
             Next::Open(c) => (c, abi::EVENT_OPEN, 0),
             Next::Close(c) => (c, abi::EVENT_CLOSE, 0),
+            // Only `buf .. buf+n` (guest-abi.md 3): the buffer is the guest's
+            // own memory, and what lies past `n` is what the guest left there.
+            // (The host loop's receive buffer is the host's, and is wiped
+            // between connections: `GuestEnv::on_recv`.)
             Next::Data(c, data) => {
-                if data.is_empty() {
-                    (c, abi::EVENT_DATA, 0)
-                } else {
-                    if let Some((prev, pbuf, plen)) = self.last_data {
-                        if prev != c {
-                            mem.fill(pbuf, plen, 0);
-                        }
-                    }
-                    mem.write(buf, &data);
-                    let len = data.len() as i32;
-                    self.last_data = match self.last_data {
-                        Some((prev, pbuf, plen)) if prev == c && pbuf == buf => Some((c, buf, plen.max(len))),
-                        _ => Some((c, buf, len)),
-                    };
-                    (c, abi::EVENT_DATA, len)
-                }
+                mem.write(buf, &data);
+                (c, abi::EVENT_DATA, data.len() as i32)
             }
         };
         *self.current.lock() = conn_info(&self.dispatcher.lock(), conn);

@@ -33,8 +33,10 @@
 //!   instance made in advance. Only a crash loop (3 faults within a second)
 //!   backs off, and only that shard. During shutdown nothing restarts: the
 //!   shard drains its events without a guest.
-//! * Before a different connection's DATA lands in a receive buffer, the
-//!   bytes the previous one left there are wiped.
+//! * Before a different connection's DATA lands in the host loop's receive
+//!   buffer (the host's), the bytes the previous one left there are wiped.
+//!   `wait_msg` writes only `buf .. buf+n` of the guest's own buffer and
+//!   wipes nothing (guest-abi.md sections 3 and 5).
 //!
 //! Files: this one holds the shared structures (shards, connections,
 //! events); `conn.rs` the reader and writer coroutines of a connection;

@@ -55,7 +55,6 @@ pub(in crate::server) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::
             // With the guest's own loop, wait_msg arms the budget per event;
             // the host loop's calls carry the env's per-call budget instead.
             budget: if has_run { sh.limits.call_budget } else { None },
-            last_data: None,
             handed_out: None,
             guest_loop: has_run,
             current: Arc::clone(&current),
