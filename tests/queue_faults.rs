@@ -1,5 +1,6 @@
 //! Queue mode with the guest's own `run` loop: `wait_msg`'s edge cases
-//! (guest-abi.md sections 1 and 3).
+//! (guest-abi.md sections 1 and 3) and the time budget of `run`'s own code
+//! (section 8).
 mod common;
 
 use std::io::{Read, Write};
@@ -69,4 +70,42 @@ fn wait_msg_with_cap_zero_peeks_without_consuming() {
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&long), "a peek lost bytes of a long chunk");
     let stats = server.stop();
     assert_eq!((stats.queue_restarts, stats.traps, stats.bad_pointers), (0, 0, 0), "{stats}");
+}
+
+/// Spins in `run` before its first `wait_msg` until 700 ms after the server
+/// started (`now_ms`), then echoes.
+const SPIN_BEFORE_FIRST_WAIT: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (import "env" "now_ms" (func $now (result i64)))
+  (memory (export "memory") 1)
+  (func (export "run") (result i32) (local $n i32)
+    (loop $spin (br_if $spin (i64.lt_u (call $now) (i64.const 700))))
+    (loop $next
+      (local.set $n (call $wait (i32.const 2048) (i32.const 1024) (i32.const 1024)))
+      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
+      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+        (then (drop (call $send (i32.load (i32.const 1024)) (i32.const 2048) (local.get $n)))))
+      (br $next))
+    (i32.const 0)))"#;
+
+/// The code `run` executes before its first `wait_msg` has the call budget
+/// too: an instance spinning there past 200 ms is stopped, counted as a
+/// budget overrun, and replaced like after any queue-mode fault; the shard
+/// then serves the connection that was waiting.
+#[test]
+fn code_before_the_first_wait_msg_is_under_the_call_budget() {
+    setup();
+    let limits = Limits { queue_shards: 1, ..test_limits() };
+    let server = start(Module::from_wat(SPIN_BEFORE_FIRST_WAIT).unwrap(), Mode::Queue, EnvPolicy::Connection, limits);
+    // Connected while the first instance spins: its OPEN waits in the ring
+    // and no instance has been told of it, so a fault does not close it.
+    let mut s = connect(server.local_addr());
+    s.write_all(b"served after the spin").unwrap();
+    let got = read_up_to(&mut s, 21);
+    assert_eq!(String::from_utf8_lossy(&got), "served after the spin");
+    let stats = server.stop();
+    assert!(stats.budget_overruns >= 1, "a 200 ms budget, spun for 700 ms, never stopped: {stats}");
+    assert!(stats.queue_restarts >= 1, "the shard was not restarted after the overrun: {stats}");
+    assert_eq!(stats.traps, 0, "{stats}");
 }

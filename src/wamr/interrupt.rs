@@ -96,7 +96,7 @@ impl InterruptHandle {
 
     /// Arms (or, with `None`, disarms) a deadline for the call in flight, from
     /// inside it: queue mode's `wait_msg` gives the guest `budget` to handle
-    /// each event. The env must have been created without a per-call budget.
+    /// each event. It replaces the deadline the call began with, if any.
     pub fn set_deadline(&self, budget: Option<Duration>) {
         let mut st = self.state.lock();
         self.arm_locked(&mut st, budget);

@@ -26,7 +26,8 @@
 //!   `Dispatcher` (`dispatch.rs`), so they behave identically.
 //! * The per-call budget applies to each event: `wait_msg` arms the deadline
 //!   when it hands an event to the guest and disarms it when the guest comes
-//!   back for the next one.
+//!   back for the next one. The code `run` executes before its first
+//!   `wait_msg` has the budget too, armed when `run` is called.
 //! * A trap, a budget overrun, or `run` returning before `SHUTDOWN` discards
 //!   the shard's instance, closes the connections it had been told about (by
 //!   OPEN), drops their remaining events, and hands the shard to a standby

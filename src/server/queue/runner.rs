@@ -61,8 +61,10 @@ pub(in crate::server) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::
             log_limit: super::super::ratelimit::LogLimit::new(),
         })));
         let outcome = if has_run {
-            // Not for `run` as a whole: wait_msg arms it per event.
-            env.exec_env().set_budget(None);
+            // The call arms the budget for the code `run` executes before
+            // its first wait_msg; from there wait_msg disarms it and arms it
+            // again per event. An overrun is a fault like any other.
+            env.exec_env().set_budget(sh.limits.call_budget);
             match env.run().unwrap_or(Ok(0)) {
                 Ok(_) if qs.finished() => Ok(()),
                 Ok(r) => Err(format!("run returned {r} before SHUTDOWN")),
