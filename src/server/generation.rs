@@ -111,6 +111,10 @@ impl Generations {
     /// Makes `gen` current and retires the one it replaces; forgets retired
     /// generations that no connection uses any more.
     pub(crate) fn install(&self, gen: Arc<Generation>) {
+        // Current first, then retired: from `retire` on, the old shards
+        // admit no connection (`queue::Shard::admit`; one the listener had
+        // chosen them for goes to this current one), so a retired queue
+        // found without connections below stays without.
         let old = std::mem::replace(&mut *self.current.write(), Arc::clone(&gen));
         old.pool.retire();
         if let Some(q) = &old.queue {

@@ -36,6 +36,7 @@ pub(crate) struct ConnEntry {
 /// registers a `may` timer per read, which dominated the scheduler's work
 /// under load (issue 15's profile).
 #[derive(Debug)]
+#[cfg_attr(test, derive(Default))]
 pub(crate) struct Activity {
     /// [`coarse_ms`] when the connection last made progress.
     last_ms: AtomicU64,

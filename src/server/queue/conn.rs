@@ -17,7 +17,6 @@ pub(in crate::server) fn start_conn(
     ip: std::net::IpAddr,
 ) {
     let id = sh.next_conn_id();
-    let qs = queue.shard_of(id);
     let (tx, rx) = may::sync::mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
     let registration = Registration::new(sh, id, ip, &stream);
@@ -40,9 +39,18 @@ pub(in crate::server) fn start_conn(
         refused: AtomicBool::new(false),
         peer: stream.peer_addr().ok(),
     });
-    qs.conns.lock().insert(id, Arc::clone(&conn));
+    let mut qs = Arc::clone(queue.shard_of(id));
+    // A reload makes the new generation current before it retires the old,
+    // so a shard that refuses (retired) means the listener's generation was
+    // replaced since it chose it: the current one serves the connection.
+    while !qs.admit(&conn) {
+        // Always there: every generation of a queue-mode server has a
+        // queue. Were it not, the connection would just be closed here.
+        let Some(q) = sh.generations.current().queue.clone() else { return };
+        qs = Arc::clone(q.shard_of(id));
+    }
     let (done_tx, done_rx) = may::sync::mpsc::channel::<()>();
-    let (sh_w, sh_r, qs_r) = (Arc::clone(sh), Arc::clone(sh), Arc::clone(qs));
+    let (sh_w, sh_r, qs_r) = (Arc::clone(sh), Arc::clone(sh), qs);
     crate::coro::spawn(move || {
         // SAFETY: the reader keeps the socket behind `fd` open until this
         // coroutine has ended (it waits for `done_tx` to drop).

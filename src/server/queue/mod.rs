@@ -145,6 +145,22 @@ impl Shard {
         })
     }
 
+    /// Adds `conn` to the shard, unless a reload has retired it. A retired
+    /// shard's runner leaves once it has no connection left (`finished`),
+    /// so a connection added after that would never be served, and, its
+    /// generation forgotten by `Generations::install`, never reached by
+    /// shutdown either. The check is made under the table's lock, which
+    /// `finished` takes after reading `retired`: either the runner sees the
+    /// connection, or this sees `retired`.
+    fn admit(&self, conn: &Arc<QueueConn>) -> bool {
+        let mut conns = self.conns.lock();
+        if self.retired.load(Ordering::Acquire) {
+            return false;
+        }
+        conns.insert(conn.id, Arc::clone(conn));
+        true
+    }
+
     /// Whether the guest may be told SHUTDOWN: the server stops, or the
     /// shard was retired and has no connection left; and nothing is queued.
     fn finished(&self) -> bool {
@@ -205,5 +221,43 @@ impl Queue {
             s.shutdown.store(true, Ordering::Release);
             s.ring.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: i32) -> Arc<QueueConn> {
+        Arc::new(QueueConn {
+            id,
+            tx: may::sync::mpsc::channel().0,
+            fd: -1,
+            activity: Arc::default(),
+            writer_gone: Arc::default(),
+            pending: Arc::default(),
+            inflight: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            open_gen: AtomicU64::new(0),
+            refused: AtomicBool::new(false),
+            peer: None,
+        })
+    }
+
+    /// A reload between the listener choosing a generation and adding the
+    /// connection to its shard: once retired, a shard takes no connection,
+    /// so a runner that saw it finished (and left) leaves none behind.
+    #[test]
+    fn a_retired_shard_admits_no_connection() {
+        let q = Queue::new(1, 4);
+        let s = &q.shards[0];
+        assert!(s.admit(&conn(1)), "before the reload");
+        q.retire();
+        assert!(!s.finished(), "its connection is still open");
+        s.conns.lock().remove(&1); // its CLOSE handed out
+        assert!(s.finished(), "the runner may leave");
+        // The listener chose this generation just before the reload.
+        assert!(!s.admit(&conn(2)), "a retired shard took a connection its runner will never serve");
+        assert!(s.finished() && q.open_conns() == 0);
     }
 }
