@@ -119,6 +119,33 @@ const V2: &str = r#"(module
     (drop (call $send (local.get $c) (i32.const 16) (i32.const 3)))
     (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
 
+/// Each reload in queue mode starts new runners; those of the generation it
+/// replaces return once that generation has no connection. They were never
+/// joined until `stop`, so every reload left its runner threads' stacks
+/// mapped, and after about 30,000 reloads thread creation failed and the
+/// process aborted (found while testing reloads under load). A reload now
+/// joins the runners that have finished.
+#[test]
+fn reloads_do_not_accumulate_finished_queue_runners() {
+    let limits = Limits { queue_shards: 2, ..test_limits() };
+    let server = start(module("echo.wat"), Mode::Queue, EnvPolicy::Connection, limits);
+    assert_eq!(server.held_runners(), 2);
+    for i in 0..20 {
+        server.reload(wamr_coro::Module::from_wat(V2).unwrap()).unwrap();
+        // Held: the 2 runners just started and the 2 of the generation this
+        // reload replaced, which have not had time to return yet. Those of
+        // the generation before had 200 ms, and have been joined.
+        assert!(server.held_runners() <= 4, "after reload {i}: {} runners held", server.held_runners());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut s = connect(server.local_addr());
+    s.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut s, 4).unwrap(), b"v2:x");
+    let stats = server.stop();
+    assert_eq!(stats.reloads, 20);
+    assert_eq!(stats.envs.live, 0, "{stats}");
+}
+
 #[test]
 fn reload_serves_new_connections_with_the_new_guest_and_old_ones_with_the_old() {
     for mode in [Mode::Direct, Mode::Queue] {

@@ -70,10 +70,28 @@ impl ServerHandle {
         }
         let gen = self.shared.generations.template().make(module, &self.shared.registry)?;
         let runners = generation::start_runners(&self.shared, &gen)?;
-        self.runners.lock().extend(runners);
+        {
+            // The runners of earlier generations that have finished are
+            // joined here: an unjoined thread keeps its stack mapped, and
+            // after some 30,000 reloads thread creation failed and the
+            // process aborted.
+            let mut held = self.runners.lock();
+            let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *held).into_iter().partition(|r| r.is_done());
+            done.into_iter().for_each(RunnerHandle::join);
+            *held = running;
+            held.extend(runners);
+        }
         self.shared.generations.install(gen);
         tracing::info!(reloads = self.shared.generations.reloads(), "guest reloaded");
         Ok(())
+    }
+
+    /// Queue runners (threads or coroutines) this handle still holds, the
+    /// current generation's and those of older ones not yet joined. For
+    /// tests.
+    #[doc(hidden)]
+    pub fn held_runners(&self) -> usize {
+        self.runners.lock().len()
     }
 
     /// Where the metrics endpoint listens, if there is one.
