@@ -109,3 +109,33 @@ fn code_before_the_first_wait_msg_is_under_the_call_budget() {
     assert!(stats.queue_restarts >= 1, "the shard was not restarted after the overrun: {stats}");
     assert_eq!(stats.traps, 0, "{stats}");
 }
+
+/// Peeks (`wait_msg(buf, 0, info)`) in a loop and never takes the event.
+const PEEK_FOREVER: &str = r#"(module
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run") (result i32)
+    (loop $next
+      (if (i32.eq (call $wait (i32.const 2048) (i32.const 0) (i32.const 1024)) (i32.const -4))
+        (then (return (i32.const 0))))
+      (br $next))
+    (i32.const 0)))"#;
+
+/// A peek hands back the same DATA event without consuming it and returns
+/// at once; it used to re-arm the per-event budget like any `wait_msg`, so
+/// a guest that peeked in a loop spun forever, out of the budget's reach
+/// (found while fixing the peek). Peeking at the same event again now keeps
+/// the deadline the first peek armed.
+#[test]
+fn a_guest_that_only_peeks_is_stopped_by_the_budget() {
+    setup();
+    let limits = Limits { queue_shards: 1, ..test_limits() };
+    let server = start(Module::from_wat(PEEK_FOREVER).unwrap(), Mode::Queue, EnvPolicy::Connection, limits);
+    let mut s = connect(server.local_addr());
+    s.write_all(b"x").unwrap();
+    // The fault closes the shard's connections, this one included.
+    assert!(closed_by_peer(&mut s, Duration::from_secs(10)), "the peeking guest was never stopped");
+    let stats = server.stop();
+    assert!(stats.budget_overruns >= 1, "{stats}");
+    assert_eq!(stats.traps, 0, "{stats}");
+}

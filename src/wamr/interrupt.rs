@@ -102,6 +102,23 @@ impl InterruptHandle {
         self.arm_locked(&mut st, budget);
     }
 
+    /// The deadline armed now, if any (for a caller that wants to arm it
+    /// again later, with [`restore_deadline`](Self::restore_deadline)).
+    pub fn deadline(&self) -> Option<(Instant, Duration)> {
+        let st = self.state.lock();
+        st.deadline.map(|d| (d, st.budget))
+    }
+
+    /// Arms a deadline taken earlier with [`deadline`](Self::deadline): the
+    /// same instant, so time already spent still counts (queue mode's
+    /// `wait_msg` peeking at an event it handed out before).
+    pub fn restore_deadline(&self, deadline: Option<(Instant, Duration)>) {
+        let mut st = self.state.lock();
+        st.deadline = deadline.map(|(d, _)| d);
+        st.budget = deadline.map_or(Duration::ZERO, |(_, b)| b);
+        self.due.store(st.deadline.map_or(0, stamp), Ordering::Relaxed);
+    }
+
     /// A call starts, with `budget` (or none); false, and nothing marked, if
     /// the env was doomed. `doom` sets `doomed` before it takes the lock to
     /// stop a call in flight, so either this sees `doomed` or `doom` sees the

@@ -23,6 +23,10 @@ pub(super) struct QueueHost {
     pub(super) budget: Option<Duration>,
     /// When the event the guest is handling was handed out.
     pub(super) handed_out: Option<Instant>,
+    /// The DATA event the guest peeked at last (`wait_msg` with `cap` 0),
+    /// and the deadline that peek armed: peeking again at the same event
+    /// keeps it, so a guest that peeks in a loop cannot renew its budget.
+    pub(super) peeked: Option<(i32, Option<(Instant, Duration)>)>,
     /// The guest runs its own loop (`run`): only then may it wait.
     pub(super) guest_loop: bool,
     /// The connection of the event being handled (`Caller::connection`).
@@ -114,7 +118,9 @@ impl AbiHost for QueueHost {
         if !self.guest_loop {
             return abi::ERR_NOT_IN_THIS_MODE;
         }
-        // The guest is back for more: its time for the last event is over.
+        // The guest is back for more: its time for the last event is over
+        // (unless it only peeks at it again, below).
+        let peeked = self.peeked.take();
         self.interrupt.set_deadline(None);
         if let Some(t) = self.handed_out.take() {
             self.sh.metrics.call_seconds.observe(t.elapsed());
@@ -144,7 +150,21 @@ impl AbiHost for QueueHost {
         rec[..4].copy_from_slice(&conn.to_le_bytes());
         rec[4..].copy_from_slice(&kind.to_le_bytes());
         mem.write(info, &rec);
+        let peek = kind == abi::EVENT_DATA && cap == 0;
+        match peeked {
+            // The same event again, not consumed: a peek returns at once and
+            // buys no time (a loop of peeks is a spinning guest).
+            Some((c, deadline)) if peek && c == conn => {
+                self.interrupt.restore_deadline(deadline);
+                self.peeked = Some((c, deadline));
+                return ret;
+            }
+            _ => {}
+        }
         self.interrupt.set_deadline(self.budget);
+        if peek {
+            self.peeked = Some((conn, self.interrupt.deadline()));
+        }
         self.handed_out = Some(Instant::now());
         self.interrupt.rearm_instructions();
         ret

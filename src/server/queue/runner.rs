@@ -56,6 +56,7 @@ pub(in crate::server) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::
             // the host loop's calls carry the env's per-call budget instead.
             budget: if has_run { sh.limits.call_budget } else { None },
             handed_out: None,
+            peeked: None,
             guest_loop: has_run,
             current: Arc::clone(&current),
             log_limit: super::super::ratelimit::LogLimit::new(),
