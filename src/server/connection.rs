@@ -26,8 +26,8 @@ use crate::pool::{EnvPool, Lease};
 
 /// Starts the coroutine of a connection admitted from `peer`.
 pub(super) fn start(shared: &Arc<Shared>, pool: &Arc<EnvPool>, stream: may::net::TcpStream, peer: SocketAddr) {
-    let id = shared.next_conn_id();
-    let registration = Registration::new(shared, id, peer.ip(), &stream);
+    let registration = Registration::new(shared, peer.ip(), &stream);
+    let id = registration.id();
     let conn = DirectConn::new(Arc::clone(shared), Arc::clone(pool), id, peer, registration, stream);
     crate::coro::spawn(move || conn.run());
 }

@@ -180,17 +180,23 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// Registers `stream` (admitted from `ip` by [`admit`]) as `id`, and
-    /// sets it up the same in both modes (no Nagle delay: answers go out as
-    /// the guest sends them).
-    pub(crate) fn new(shared: &Arc<Shared>, id: i32, ip: IpAddr, stream: &may::net::TcpStream) -> Registration {
+    /// Registers `stream` (admitted from `ip` by [`admit`]) under a
+    /// connection id no open connection has ([`Shared::register_conn`];
+    /// [`Registration::id`] says which), and sets it up the same in both
+    /// modes (no Nagle delay: answers go out as the guest sends them).
+    pub(crate) fn new(shared: &Arc<Shared>, ip: IpAddr, stream: &may::net::TcpStream) -> Registration {
         use std::os::fd::AsRawFd;
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity { last_ms: AtomicU64::new(0), idled: AtomicBool::new(false) });
         activity.touch();
-        shared.conns.lock().insert(id, ConnEntry { fd: stream.as_raw_fd(), activity: Arc::clone(&activity) });
+        let id = shared.register_conn(ConnEntry { fd: stream.as_raw_fd(), activity: Arc::clone(&activity) });
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
         Registration { shared: Arc::clone(shared), id, ip, activity }
+    }
+
+    /// The connection's id, unique among open connections.
+    pub(crate) fn id(&self) -> i32 {
+        self.id
     }
 
     /// The connection's activity record.

@@ -16,10 +16,10 @@ pub(in crate::server) fn start_conn(
     stream: may::net::TcpStream,
     ip: std::net::IpAddr,
 ) {
-    let id = sh.next_conn_id();
+    let registration = Registration::new(sh, ip, &stream);
+    let id = registration.id();
     let (tx, rx) = may::sync::mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
-    let registration = Registration::new(sh, id, ip, &stream);
     let activity_w = Arc::clone(registration.activity());
     // One fd: the reader owns the socket and outlives the writer, which
     // writes through the same descriptor (see `writer`), as does the runner
