@@ -227,6 +227,11 @@ struct ServeArgs {
     /// idle-timeout window (0 = off): against clients trickling bytes.
     #[arg(long, default_value_t = limits().min_recv_bytes)]
     min_recv_bytes: usize,
+    /// Close a connection (direct mode) whose client accepts fewer bytes
+    /// than this in an idle-timeout window while an answer is being
+    /// written (0 = off): against clients reading a trickle.
+    #[arg(long, default_value_t = limits().min_send_bytes)]
+    min_send_bytes: usize,
     /// Bytes a connection may have queued by `send`.
     #[arg(long, default_value_t = limits().output_limit)]
     output_limit: usize,
@@ -536,6 +541,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
             max_connections: a.max_connections,
             max_connections_per_ip: a.max_connections_per_ip,
             min_recv_bytes: a.min_recv_bytes,
+            min_send_bytes: a.min_send_bytes,
             output_limit: a.output_limit,
             chunk_size: a.chunk_size,
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),

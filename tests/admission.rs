@@ -125,3 +125,95 @@ fn one_file_descriptor_per_connection() {
         server.stop();
     }
 }
+
+/// 'B' answers 32 MiB (512 sends of the 64 KiB at 0, byte i = i % 251);
+/// anything else is echoed.
+const BIG_ANSWER_WAT: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global (export "__heap_base") i32 (i32.const 196608))
+  (func (export "alloc") (param i32) (result i32) (i32.const 131072))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (local $i i32)
+    (if (i32.ne (i32.load8_u (local.get $p)) (i32.const 66))
+      (then (return (call $send (local.get $c) (local.get $p) (local.get $n)))))
+    (loop $fill
+      (i32.store8 (local.get $i) (i32.rem_u (local.get $i) (i32.const 251)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $fill (i32.lt_u (local.get $i) (i32.const 65536))))
+    (local.set $i (i32.const 0))
+    (loop $big
+      (drop (call $send (local.get $c) (i32.const 0) (i32.const 65536)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $big (i32.lt_u (local.get $i) (i32.const 512))))
+    (i32.const 0)))"#;
+
+const BIG_ANSWER: usize = 32 << 20;
+
+/// Asks for the big answer and checks it byte for byte.
+fn big_answer_intact(addr: SocketAddr) -> bool {
+    let mut s = connect(addr);
+    s.write_all(b"B").unwrap();
+    let got = read_n(&mut s, BIG_ANSWER).unwrap();
+    let intact = got.iter().enumerate().all(|(i, &b)| b == (i % 65536 % 251) as u8);
+    echo_round(&mut s, b"and then an echo");
+    intact
+}
+
+#[test]
+fn a_client_that_reads_a_trickle_is_closed_and_a_healthy_one_is_served() {
+    // Direct mode: the write holds the connection's coroutine and its env.
+    // At least 4 MiB taken per 1 s window while an answer is pending.
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(1000),
+        min_send_bytes: 4 << 20,
+        output_limit: 2 * BIG_ANSWER,
+        ..test_limits()
+    };
+    let m = wamr_coro::Module::from_wat(BIG_ANSWER_WAT).unwrap();
+    let server = start(m, Mode::Direct, EnvPolicy::Connection, limits);
+    let addr = server.local_addr();
+    let mut slow = connect(addr);
+    slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    slow.write_all(b"B").unwrap();
+    let asked = Instant::now();
+    // 256 KiB every 100 ms: about 2.5 MiB/s, enough that the socket becomes
+    // writable within every idle timeout (so the write timeout never fires),
+    // too little for the floor; the answer would last 13 s. The rule is
+    // checked as writes return, so it ends the write within about two
+    // windows (2.3-2.8 s here).
+    let mut chunk = vec![0u8; 256 << 10];
+    let mut healthy = None;
+    let mut taken = 0usize;
+    while server.stats().slow_closes == 0 && asked.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(100));
+        if slow.read_exact(&mut chunk).is_err() {
+            break;
+        }
+        taken += chunk.len();
+        // Another client, served while the slow one's write is pending.
+        healthy.get_or_insert_with(|| std::thread::spawn(move || big_answer_intact(addr)));
+    }
+    let waited = asked.elapsed();
+    let stats = server.stats();
+    assert!(stats.slow_closes == 1, "after {waited:?} ({taken} bytes taken): {stats}");
+    assert!(waited < Duration::from_secs(6), "closed only after {waited:?}");
+    // The connection is reset: the slow client gets what its own socket
+    // holds and then the reset, not the rest of what the server's kernel
+    // held for it (megabytes) and an orderly end.
+    let mut b = vec![0u8; 64 << 10];
+    let end = loop {
+        match slow.read(&mut b) {
+            Ok(0) => break Ok(0),
+            Ok(_) => {}
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "the slow connection was not reset");
+    assert!(healthy.expect("started").join().unwrap(), "the healthy client's answer was damaged");
+    assert!(big_answer_intact(addr), "a client after the close was not served");
+    let stats = server.stop();
+    assert_eq!(stats.slow_closes, 1, "{stats}");
+    assert_eq!(stats.envs.live, 0, "{stats}");
+}

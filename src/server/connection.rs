@@ -10,7 +10,6 @@
 //!   env is discarded and `on_close` is not called on it (docs/guest-abi.md).
 //! * Otherwise `on_close` runs exactly once after `on_open` accepted: on
 //!   peer close, guest close, `on_recv` < 0, idle timeout, I/O error, stop.
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::conn_host::{ConnHost, ConnState};
-use super::socket::{Reader, Registration};
+use super::socket::{self, Reader, Registration, WriteEnd};
 use super::{EnvPolicy, Shared};
 use crate::error::Result;
 use crate::guest::GuestEnv;
@@ -56,6 +55,8 @@ struct DirectConn {
     stream: may::net::TcpStream,
     state: Arc<Mutex<ConnState>>,
     lease: Option<Lease>,
+    /// A write failed or was cut off (see [`DirectConn::flush`]).
+    write_failed: bool,
 }
 
 impl DirectConn {
@@ -76,6 +77,7 @@ impl DirectConn {
             stream,
             state: Arc::new(Mutex::new(ConnState::default())),
             lease: None,
+            write_failed: false,
         }
     }
 
@@ -84,7 +86,9 @@ impl DirectConn {
         // gone: without the write timeout one that never reads would hold
         // this coroutine and its env forever.
         // Idle reads are ended by the server's sweep (socket.rs); a write to
-        // a client that takes nothing times out on its own.
+        // a client that takes nothing times out on its own, and one to a
+        // client that takes too little per window is cut off by
+        // `min_send_bytes` (socket::write_all).
         let _ = self.stream.set_write_timeout(Some(self.sh.limits.idle_timeout));
         let end = self.serve();
         if end == End::Close {
@@ -169,13 +173,20 @@ impl DirectConn {
         result
     }
 
-    /// Writes what the guest queued.
-    fn flush(&mut self) -> std::io::Result<()> {
+    /// Writes what the guest queued, under the minimum-progress rule for
+    /// output ([`socket::write_all`]). After a failed write, nothing more is
+    /// written (what `on_close` sends is dropped): the client is not taking
+    /// it, and trying again would hold the connection for another timeout.
+    fn flush(&mut self) -> Result<(), WriteEnd> {
         let out = std::mem::take(&mut self.state.lock().out);
         if out.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&out)?;
+        if self.write_failed {
+            return Err(WriteEnd::Failed);
+        }
+        socket::write_all(&self.sh, &mut self.stream, &out, self.registration.activity())
+            .inspect_err(|_| self.write_failed = true)?;
         self.sh.counters.bytes_out.add(out.len() as u64);
         self.registration.activity().touch();
         // Hand the buffer back to reuse its capacity.

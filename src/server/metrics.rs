@@ -84,7 +84,11 @@ impl Collector for StatsCollector {
             ("output_limit_hits", "send calls refused by the per-connection output limit", s.output_limit_hits),
             ("bad_pointers", "Bad guest pointers passed to the host", s.bad_pointers),
             ("idle_closes", "Connections closed for idleness", s.idle_closes),
-            ("slow_closes", "Connections closed for delivering less than min_recv_bytes per window", s.slow_closes),
+            (
+                "slow_closes",
+                "Connections closed for delivering less than min_recv_bytes, or accepting less than min_send_bytes, per window",
+                s.slow_closes,
+            ),
             ("shutdown_cuts", "Guest calls terminated at shutdown", s.shutdown_cuts),
             ("env_creations", "Exec envs created", s.envs.created),
             ("env_destructions", "Exec envs destroyed", s.envs.destroyed),

@@ -17,7 +17,7 @@
 //! | `builder.rs` | [`Server::builder`]: checks the configuration, binds, starts |
 //! | `bind.rs` | the listening socket (exclusive, or shared with `reuse_port`) |
 //! | `listener.rs` | the acceptor coroutine: admission, one coroutine per connection |
-//! | `socket.rs` | what both modes share per connection: registration, the read loop (buffer, idle and progress rules) |
+//! | `socket.rs` | what both modes share per connection: registration, the read loop (buffer, idle and progress rules); direct mode's writes (progress rule) |
 //! | `connection.rs` | direct mode: a connection's coroutine calling the guest on its env |
 //! | `queue/` | queue mode: reader/writer coroutines, shards, the shard runner |
 //! | `conn_host.rs` | the guest's `send`/`close`: one check order for both modes |

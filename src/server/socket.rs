@@ -1,7 +1,8 @@
 //! A connection's socket as the server tracks it, the same in both modes:
 //! admission (per-address limit), registration in the table that shutdown
 //! sweeps, the read buffer, and the progress rule against trickling
-//! clients.
+//! clients; and direct mode's writes, under the same rule for output
+//! ([`write_all`]).
 //!
 //! One file descriptor per connection. The table keeps the raw fd, not a
 //! `dup`: [`Registration`] removes the entry (under the table's lock) before
@@ -267,7 +268,7 @@ impl Reader {
     pub(crate) fn new(sh: &Shared) -> Reader {
         Reader {
             buf: ReadBuf::new(sh.limits.chunk_size),
-            progress: Progress::new(sh),
+            progress: Progress::reads(sh),
             handed_out: None,
             busy: Duration::ZERO,
         }
@@ -302,7 +303,7 @@ impl Reader {
         };
         sh.counters.bytes_in.add(n as u64);
         activity.touch();
-        if !self.progress.received(n) {
+        if !self.progress.made(n) {
             return Err(counted(sh, ReadEnd::Slow));
         }
         let now = Instant::now();
@@ -359,7 +360,8 @@ impl ReadBuf {
 /// The minimum-progress rule: a client must deliver at least
 /// `min_recv_bytes` in every `idle_timeout` window (a trickle of one byte
 /// a second otherwise holds a slot forever, since each byte resets the idle
-/// timer).
+/// timer), and, while an answer is being written to it (direct mode),
+/// accept at least `min_send_bytes` in every window.
 struct Progress {
     min: usize,
     window: Duration,
@@ -368,12 +370,22 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(sh: &Shared) -> Progress {
-        Progress { min: sh.limits.min_recv_bytes, window: sh.limits.idle_timeout, since: Instant::now(), bytes: 0 }
+    /// The rule for a connection's input.
+    fn reads(sh: &Shared) -> Progress {
+        Progress::new(sh.limits.min_recv_bytes, sh.limits.idle_timeout)
     }
 
-    /// Records `n` bytes received; false if the window closed with too few.
-    fn received(&mut self, n: usize) -> bool {
+    /// The rule for one pending write, from now.
+    fn writes(sh: &Shared) -> Progress {
+        Progress::new(sh.limits.min_send_bytes, sh.limits.idle_timeout)
+    }
+
+    fn new(min: usize, window: Duration) -> Progress {
+        Progress { min, window, since: Instant::now(), bytes: 0 }
+    }
+
+    /// Records `n` bytes moved; false if the window closed with too few.
+    fn made(&mut self, n: usize) -> bool {
         if self.min == 0 {
             return true;
         }
@@ -386,6 +398,74 @@ impl Progress {
         self.bytes = 0;
         ok
     }
+}
+
+/// Why [`write_all`] gave up.
+#[derive(Debug)]
+pub(crate) enum WriteEnd {
+    /// The client accepted less than `min_send_bytes` in an `idle_timeout`
+    /// window (counted in `slow_closes`; the socket is set to be reset
+    /// when it closes).
+    Slow,
+    /// The socket failed, or the client took nothing for the write timeout.
+    Failed,
+}
+
+/// Writes all of `buf` to a direct-mode connection's client, which must
+/// keep taking it: once a write is pending (the first attempt did not take
+/// it all), at least `min_send_bytes` per `idle_timeout` window.
+///
+/// The write timeout (`idle_timeout`, set by the connection) bounds each
+/// wait for the socket to become writable, and nothing more: a client that
+/// reads a few hundred KiB now and then makes every wait succeed, so without
+/// this rule it could keep a large answer's write, and with it the
+/// connection's coroutine and env, for as long as the answer lasts. A
+/// client that falls short is cut off with a reset (`SO_LINGER` 0), which
+/// also frees what the kernel still holds for it; the caller then closes
+/// the connection as usual. Progress counts as activity for the idle sweep.
+pub(crate) fn write_all(
+    sh: &Shared,
+    stream: &mut may::net::TcpStream,
+    mut buf: &[u8],
+    activity: &Activity,
+) -> Result<(), WriteEnd> {
+    use std::io::Write;
+    // Started at the first partial write: an answer the socket takes at
+    // once reads no clock.
+    let mut progress: Option<Progress> = None;
+    while !buf.is_empty() {
+        let n = match stream.write(buf) {
+            Ok(0) => return Err(WriteEnd::Failed),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(WriteEnd::Failed),
+        };
+        buf = &buf[n..];
+        if buf.is_empty() {
+            break;
+        }
+        match progress.as_mut() {
+            None => progress = Some(Progress::writes(sh)),
+            Some(p) => {
+                activity.touch();
+                if !p.made(n) {
+                    sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
+                    reset_on_close(stream);
+                    return Err(WriteEnd::Slow);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes closing `stream` reset the connection (`SO_LINGER` 0) instead of
+/// leaving the kernel to deliver what it still holds to a client that
+/// reads too slowly to deserve it.
+fn reset_on_close(stream: &may::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `stream` is borrowed, so its descriptor is open for the call.
+    unsafe { with_fd(stream.as_raw_fd(), |s| socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)).ok()) };
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (each

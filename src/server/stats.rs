@@ -38,7 +38,8 @@ pub struct ServerStats {
     /// Connections closed for idleness.
     pub idle_closes: u64,
     /// Connections closed for delivering less than `min_recv_bytes` in an
-    /// idle-timeout window.
+    /// idle-timeout window, or for accepting less than `min_send_bytes` of
+    /// a pending answer in one.
     pub slow_closes: u64,
     /// Guest calls terminated because they outlived the shutdown grace
     /// period (not counted as traps).
