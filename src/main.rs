@@ -227,7 +227,7 @@ struct ServeArgs {
     /// idle-timeout window (0 = off): against clients trickling bytes.
     #[arg(long, default_value_t = limits().min_recv_bytes)]
     min_recv_bytes: usize,
-    /// Close a connection (direct mode) whose client accepts fewer bytes
+    /// Close a connection whose client accepts fewer bytes
     /// than this in an idle-timeout window while an answer is being
     /// written (0 = off): against clients reading a trickle.
     #[arg(long, default_value_t = limits().min_send_bytes)]

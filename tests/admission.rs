@@ -164,6 +164,13 @@ fn big_answer_intact(addr: SocketAddr) -> bool {
 #[test]
 fn a_client_that_reads_a_trickle_is_closed_and_a_healthy_one_is_served() {
     // Direct mode: the write holds the connection's coroutine and its env.
+    // Queue mode: the writer holds the connection and its queued output.
+    for mode in [Mode::Direct, Mode::Queue] {
+        trickle_reader_is_closed(mode);
+    }
+}
+
+fn trickle_reader_is_closed(mode: Mode) {
     // At least 4 MiB taken per 1 s window while an answer is pending.
     let limits = Limits {
         idle_timeout: Duration::from_millis(1000),
@@ -172,7 +179,7 @@ fn a_client_that_reads_a_trickle_is_closed_and_a_healthy_one_is_served() {
         ..test_limits()
     };
     let m = wamr_coro::Module::from_wat(BIG_ANSWER_WAT).unwrap();
-    let server = start(m, Mode::Direct, EnvPolicy::Connection, limits);
+    let server = start(m, mode, EnvPolicy::Connection, limits);
     let addr = server.local_addr();
     let mut slow = connect(addr);
     slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -197,8 +204,8 @@ fn a_client_that_reads_a_trickle_is_closed_and_a_healthy_one_is_served() {
     }
     let waited = asked.elapsed();
     let stats = server.stats();
-    assert!(stats.slow_closes == 1, "after {waited:?} ({taken} bytes taken): {stats}");
-    assert!(waited < Duration::from_secs(6), "closed only after {waited:?}");
+    assert!(stats.slow_closes == 1, "{mode:?}: after {waited:?} ({taken} bytes taken): {stats}");
+    assert!(waited < Duration::from_secs(6), "{mode:?}: closed only after {waited:?}");
     // The connection is reset: the slow client gets what its own socket
     // holds and then the reset, not the rest of what the server's kernel
     // held for it (megabytes) and an orderly end.
@@ -210,10 +217,10 @@ fn a_client_that_reads_a_trickle_is_closed_and_a_healthy_one_is_served() {
             Err(e) => break Err(e.kind()),
         }
     };
-    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "the slow connection was not reset");
-    assert!(healthy.expect("started").join().unwrap(), "the healthy client's answer was damaged");
-    assert!(big_answer_intact(addr), "a client after the close was not served");
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "{mode:?}: the slow connection was not reset");
+    assert!(healthy.expect("started").join().unwrap(), "{mode:?}: the healthy client's answer was damaged");
+    assert!(big_answer_intact(addr), "{mode:?}: a client after the close was not served");
     let stats = server.stop();
-    assert_eq!(stats.slow_closes, 1, "{stats}");
+    assert_eq!(stats.slow_closes, 1, "{mode:?}: {stats}");
     assert_eq!(stats.envs.live, 0, "{stats}");
 }

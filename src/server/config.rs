@@ -53,16 +53,17 @@ pub struct Limits {
     /// a client trickling a byte at a time never goes idle otherwise.
     /// Default 0 (off).
     pub min_recv_bytes: usize,
-    /// The same rule for output, direct mode: while a write is pending, the
+    /// The same rule for output: while a write is pending, the
     /// client must accept at least this many bytes in every `idle_timeout`
     /// window, or the connection is closed (counted as `slow_closes`, and
     /// reset, so the kernel drops what it still holds for it). Without it a
     /// client that takes a little of a large answer now and then keeps the
     /// write, the connection's coroutine and its env for as long as the
     /// answer lasts: the write timeout only fires when nothing at all is
-    /// taken for `idle_timeout`. Queue mode does not apply it: its writer
-    /// holds no env, and is cut off only when its client takes nothing for
-    /// `idle_timeout`. Default 0 (off), like `min_recv_bytes`.
+    /// taken for `idle_timeout`. Queue mode's writer applies it from the
+    /// first write the socket does not take at once until nothing is queued
+    /// (it holds the connection and its queued output, not an env). Default
+    /// 0 (off), like `min_recv_bytes`.
     pub min_send_bytes: usize,
     /// Bytes a connection may have queued by `send` and not yet written;
     /// `send` past it returns `WOULD_EXCEED_LIMIT`. Default 1 MiB.

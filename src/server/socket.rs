@@ -360,9 +360,9 @@ impl ReadBuf {
 /// The minimum-progress rule: a client must deliver at least
 /// `min_recv_bytes` in every `idle_timeout` window (a trickle of one byte
 /// a second otherwise holds a slot forever, since each byte resets the idle
-/// timer), and, while an answer is being written to it (direct mode),
+/// timer), and, while an answer is being written to it (both modes),
 /// accept at least `min_send_bytes` in every window.
-struct Progress {
+pub(crate) struct Progress {
     min: usize,
     window: Duration,
     since: Instant,
@@ -376,7 +376,7 @@ impl Progress {
     }
 
     /// The rule for one pending write, from now.
-    fn writes(sh: &Shared) -> Progress {
+    pub(crate) fn writes(sh: &Shared) -> Progress {
         Progress::new(sh.limits.min_send_bytes, sh.limits.idle_timeout)
     }
 
@@ -385,7 +385,7 @@ impl Progress {
     }
 
     /// Records `n` bytes moved; false if the window closed with too few.
-    fn made(&mut self, n: usize) -> bool {
+    pub(crate) fn made(&mut self, n: usize) -> bool {
         if self.min == 0 {
             return true;
         }
@@ -465,7 +465,16 @@ pub(crate) fn write_all(
 fn reset_on_close(stream: &may::net::TcpStream) {
     use std::os::fd::AsRawFd;
     // SAFETY: `stream` is borrowed, so its descriptor is open for the call.
-    unsafe { with_fd(stream.as_raw_fd(), |s| socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)).ok()) };
+    unsafe { reset_fd_on_close(stream.as_raw_fd()) };
+}
+
+/// [`reset_on_close`] for a descriptor (queue mode's writer).
+///
+/// # Safety
+/// The caller keeps `fd` open for the call.
+pub(crate) unsafe fn reset_fd_on_close(fd: RawFd) {
+    // SAFETY: the caller keeps `fd` open.
+    unsafe { with_fd(fd, |s| socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)).ok()) };
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (each

@@ -148,12 +148,15 @@ unsafe fn writer(
     activity: &Activity,
 ) {
     let mut broken = false;
+    // The minimum-progress rule for output (`min_send_bytes`), from the
+    // first write the socket did not take at once until nothing is queued.
+    let mut progress: Option<socket::Progress> = None;
     while let Ok(out) = rx.recv() {
         match out {
             Out::Data(bytes) => {
                 if !broken {
                     // SAFETY: the caller keeps `fd` open.
-                    broken = !unsafe { write_all(&sh, fd, &bytes) };
+                    broken = !unsafe { write_all(&sh, fd, &bytes, &mut progress, activity) };
                     if broken {
                         // SAFETY: as above.
                         unsafe { socket::shutdown_fd(fd) };
@@ -162,7 +165,10 @@ unsafe fn writer(
                         activity.touch();
                     }
                 }
-                pending.fetch_sub(bytes.len(), Ordering::AcqRel);
+                if pending.fetch_sub(bytes.len(), Ordering::AcqRel) == bytes.len() {
+                    // The client has caught up.
+                    progress = None;
+                }
             }
             Out::Close => break,
         }
@@ -171,12 +177,21 @@ unsafe fn writer(
     unsafe { socket::shutdown_fd(fd) };
 }
 
-/// Writes all of `bytes`; false if the socket failed or the client took
-/// nothing for `idle_timeout`.
+/// Writes all of `bytes`; false if the socket failed, the client took
+/// nothing for `idle_timeout`, or, once `progress` has started (a write the
+/// socket did not take at once), it took less than `min_send_bytes` in a
+/// window (then counted in `slow_closes`, and the connection is reset when
+/// it closes).
 ///
 /// # Safety
 /// SAFETY contract: `fd` is open for the call.
-unsafe fn write_all(sh: &Shared, fd: std::os::fd::RawFd, mut bytes: &[u8]) -> bool {
+unsafe fn write_all(
+    sh: &Shared,
+    fd: std::os::fd::RawFd,
+    mut bytes: &[u8],
+    progress: &mut Option<socket::Progress>,
+    activity: &Activity,
+) -> bool {
     let mut nap = Duration::from_millis(1);
     let mut stalled_since: Option<Instant> = None;
     while !bytes.is_empty() {
@@ -187,9 +202,21 @@ unsafe fn write_all(sh: &Shared, fd: std::os::fd::RawFd, mut bytes: &[u8]) -> bo
                 bytes = &bytes[n..];
                 nap = Duration::from_millis(1);
                 stalled_since = None;
+                if let Some(p) = progress.as_mut() {
+                    activity.touch();
+                    if !p.made(n) {
+                        sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
+                        // SAFETY: the caller keeps `fd` open.
+                        unsafe { socket::reset_fd_on_close(fd) };
+                        return false;
+                    }
+                } else if !bytes.is_empty() {
+                    *progress = Some(socket::Progress::writes(sh));
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                progress.get_or_insert_with(|| socket::Progress::writes(sh));
                 let since = *stalled_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= sh.limits.idle_timeout {
                     sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
