@@ -485,20 +485,13 @@ impl GuestEnv {
     /// Copies `bytes` (at most the chunk size) into the receive buffer and
     /// calls `on_recv(conn, ptr, len)`.
     pub fn on_recv(&mut self, conn: i32, bytes: &[u8]) -> Result<i32> {
+        self.switch_conn(conn);
         let f = self
             .funcs
             .on_recv
             .as_ref()
             .ok_or_else(|| Error::MissingExport { name: "on_recv".into(), why: "called in direct mode".into() })?;
         let n = bytes.len().min(self.recv_cap as usize);
-        // Another connection's bytes never stay where this one's land.
-        if conn != self.recv_conn {
-            if self.recv_dirty > 0 {
-                self.env.memory().fill(self.recv_ptr, self.recv_dirty as i32, 0);
-                self.recv_dirty = 0;
-            }
-            self.recv_conn = conn;
-        }
         if !self.env.memory().write(self.recv_ptr, &bytes[..n]) {
             // The guest shrank nothing (memory cannot shrink), so this means
             // the buffer check at init was bypassed: treat as a fault.
@@ -506,6 +499,56 @@ impl GuestEnv {
         }
         self.recv_dirty = self.recv_dirty.max(n as u32);
         self.env.call_typed(f, (conn, self.recv_ptr, n as i32))
+    }
+
+    /// Reads `conn`'s next bytes straight into the receive buffer in guest
+    /// memory: `read` gets the buffer (`chunk_size` bytes) and returns how
+    /// many it filled (with anything else it likes), which the next [`on_recv_in_place`](Self::on_recv_in_place)
+    /// hands to the guest. Saves a copy, and a host buffer per connection,
+    /// for a caller that holds the env for the connection (direct mode's
+    /// default policy). `None` (and `read` not called) when the memory is
+    /// shared: other threads may write it, so the host does not hand it out
+    /// as a Rust slice; use [`on_recv`](Self::on_recv).
+    pub(crate) fn recv_into<T, E>(
+        &mut self,
+        conn: i32,
+        read: impl FnOnce(&mut [u8]) -> std::result::Result<(usize, T), E>,
+    ) -> Option<std::result::Result<(usize, T), E>> {
+        self.switch_conn(conn);
+        let (ptr, cap) = (self.recv_ptr, self.recv_cap as i32);
+        let space = self.env.memory().into_slice_mut(ptr, cap)?;
+        let got = read(space);
+        if let Ok((n, _)) = &got {
+            let n = *n;
+            // Dirty as soon as they are there, whether or not a call follows.
+            self.recv_dirty = self.recv_dirty.max(n.min(cap as usize) as u32);
+        }
+        Some(got)
+    }
+
+    /// `on_recv(conn, buf, n)` on the `n` bytes [`recv_into`](Self::recv_into)
+    /// just put in the receive buffer.
+    pub(crate) fn on_recv_in_place(&mut self, conn: i32, n: usize) -> Result<i32> {
+        let f = self
+            .funcs
+            .on_recv
+            .as_ref()
+            .ok_or_else(|| Error::MissingExport { name: "on_recv".into(), why: "called in direct mode".into() })?;
+        debug_assert_eq!(conn, self.recv_conn, "recv_into was called for another connection");
+        let n = n.min(self.recv_cap as usize);
+        self.env.call_typed(f, (conn, self.recv_ptr, n as i32))
+    }
+
+    /// Another connection's bytes never stay where this one's land: wipes
+    /// them when the env starts serving `conn`.
+    fn switch_conn(&mut self, conn: i32) {
+        if conn != self.recv_conn {
+            if self.recv_dirty > 0 {
+                self.env.memory().fill(self.recv_ptr, self.recv_dirty as i32, 0);
+                self.recv_dirty = 0;
+            }
+            self.recv_conn = conn;
+        }
     }
 
     /// `on_close(conn)`, if exported.

@@ -652,13 +652,13 @@ fn a_client_that_always_has_input_ready_does_not_hold_its_worker() {
             .args(["--listen", "127.0.0.1:0", "--workers", "1", "--chunk-size", "4096", "--mode", "direct"])
             .args(["--engine", "interp"]),
     );
-    // The read buffer starts at 1 KiB and doubles up to the chunk size while
-    // reads fill it: chunks of 1, 2, then 4 KiB, sixteen in all, every one
-    // full (59 KiB: it fits in the connection's initial windows). With the
-    // yield, the second client waits for about three of them: its accept
-    // and its own read each queue behind one more chunk of the first.
-    const CHUNKS: usize = 16;
-    let input = vec![b'x'; 1024 + 2048 + (CHUNKS - 2) * 4096];
+    // Direct mode with the env held for the connection reads straight into
+    // the guest's 4 KiB receive buffer: fourteen full chunks (56 KiB: it fits
+    // in the connection's initial windows). With the yield, the second
+    // client waits for about three of them: its accept and its own read each
+    // queue behind one more chunk of the first.
+    const CHUNKS: usize = 14;
+    let input = vec![b'x'; CHUNKS * 4096];
     let mut a = connect(addr);
     a.write_all(&input).unwrap();
     let answered = |a: &mut std::net::TcpStream, n: usize| {

@@ -114,10 +114,26 @@ impl DirectConn {
         }
         let mut reader = Reader::new(&self.sh);
         loop {
-            let Ok((data, at)) = reader.next(&self.sh, &mut self.stream, self.registration.activity()) else {
-                return End::Close;
+            // With the env held for the connection, bytes are read straight
+            // into its receive buffer: one copy and one host buffer fewer.
+            let in_place = match self.lease.as_mut().filter(|_| self.sh.policy == EnvPolicy::Connection) {
+                Some(lease) => {
+                    let (sh, stream, activity) = (&self.sh, &mut self.stream, self.registration.activity());
+                    lease.recv_into(self.id, |space| reader.next_into(sh, stream, activity, space))
+                }
+                None => None,
             };
-            let r = match self.callback_from(Some(at), |env, id| env.on_recv(id, data)) {
+            let result = match in_place {
+                Some(Ok((n, at))) => self.callback_from(Some(at), |env, id| env.on_recv_in_place(id, n)),
+                Some(Err(_)) => return End::Close,
+                None => {
+                    let Ok((data, at)) = reader.next(&self.sh, &mut self.stream, self.registration.activity()) else {
+                        return End::Close;
+                    };
+                    self.callback_from(Some(at), |env, id| env.on_recv(id, data))
+                }
+            };
+            let r = match result {
                 Ok(r) => r,
                 Err(_) => return End::NoOnClose,
             };

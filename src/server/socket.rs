@@ -284,7 +284,30 @@ impl Reader {
         stream: &mut may::net::TcpStream,
         activity: &Activity,
     ) -> Result<(&[u8], Instant), ReadEnd> {
-        use std::io::Read;
+        self.take_turn();
+        let n = read_some(sh, stream, activity, self.buf.space())?;
+        let now = self.arrived(sh, activity, n)?;
+        Ok((self.buf.filled(n), now))
+    }
+
+    /// [`next`](Self::next), reading into `space` (the guest's receive
+    /// buffer, for direct mode's connection-held env) instead of the
+    /// reader's own buffer, which is then never allocated. Returns how many
+    /// bytes it put at the start of `space`.
+    pub(crate) fn next_into(
+        &mut self,
+        sh: &Shared,
+        stream: &mut may::net::TcpStream,
+        activity: &Activity,
+        space: &mut [u8],
+    ) -> Result<(usize, Instant), ReadEnd> {
+        self.take_turn();
+        let n = read_some(sh, stream, activity, space)?;
+        Ok((n, self.arrived(sh, activity, n)?))
+    }
+
+    /// Yields the worker if the caller has used its share ([`YIELD_AFTER`]).
+    fn take_turn(&mut self) {
         if let Some(t) = self.handed_out.take() {
             self.busy += t.elapsed();
             if self.busy >= YIELD_AFTER {
@@ -292,15 +315,11 @@ impl Reader {
                 may::coroutine::yield_now();
             }
         }
-        let n = match stream.read(self.buf.space()) {
-            Ok(0) if activity.idled() => return Err(counted(sh, ReadEnd::Idle)),
-            Ok(0) => return Err(ReadEnd::Eof),
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Err(counted(sh, ReadEnd::Idle))
-            }
-            Err(_) => return Err(ReadEnd::Failed),
-        };
+    }
+
+    /// Counts `n` bytes just read and applies the progress rule; the time
+    /// the chunk is handed out.
+    fn arrived(&mut self, sh: &Shared, activity: &Activity, n: usize) -> Result<Instant, ReadEnd> {
         sh.counters.bytes_in.add(n as u64);
         activity.touch();
         if !self.progress.made(n) {
@@ -308,7 +327,26 @@ impl Reader {
         }
         let now = Instant::now();
         self.handed_out = Some(now);
-        Ok((self.buf.filled(n), now))
+        Ok(now)
+    }
+}
+
+/// One read into `space`: its length, or why reads have ended.
+fn read_some(
+    sh: &Shared,
+    stream: &mut may::net::TcpStream,
+    activity: &Activity,
+    space: &mut [u8],
+) -> Result<usize, ReadEnd> {
+    use std::io::Read;
+    match stream.read(space) {
+        Ok(0) if activity.idled() => Err(counted(sh, ReadEnd::Idle)),
+        Ok(0) => Err(ReadEnd::Eof),
+        Ok(n) => Ok(n),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(counted(sh, ReadEnd::Idle))
+        }
+        Err(_) => Err(ReadEnd::Failed),
     }
 }
 
@@ -322,10 +360,12 @@ fn counted(sh: &Shared, end: ReadEnd) -> ReadEnd {
     end
 }
 
-/// A connection's read buffer: starts at [`ReadBuf::INITIAL`] bytes and
-/// doubles, up to the chunk size, whenever a read fills it, so idle
-/// connections cost 1 KiB and bulk transfers still read a whole chunk at a
-/// time (after six doublings, once per connection).
+/// A connection's read buffer: allocated at the first read, at
+/// [`ReadBuf::INITIAL`] bytes, and doubled, up to the chunk size, whenever a
+/// read fills it, so idle connections cost 1 KiB (none in direct mode with
+/// an env held for the connection, which reads into guest memory) and bulk
+/// transfers still read a whole chunk at a time (after six doublings, once
+/// per connection).
 struct ReadBuf {
     buf: Vec<u8>,
     max: usize,
@@ -338,11 +378,14 @@ impl ReadBuf {
     const INITIAL: usize = 1024;
 
     fn new(max: usize) -> ReadBuf {
-        ReadBuf { buf: vec![0u8; max.min(Self::INITIAL)], max }
+        ReadBuf { buf: Vec::new(), max }
     }
 
     /// Where to read into.
     fn space(&mut self) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf.resize(self.max.clamp(1, Self::INITIAL), 0);
+        }
         &mut self.buf
     }
 

@@ -187,6 +187,21 @@ impl<'a> GuestMemory<'a> {
         Some(unsafe { std::slice::from_raw_parts_mut(self.base.add(r.start), r.len()) })
     }
 
+    /// [`slice_mut`](Self::slice_mut) for the whole life of the view
+    /// (consumes it).
+    pub(crate) fn into_slice_mut(self, ptr: i32, len: i32) -> Option<&'a mut [u8]> {
+        if self.shared {
+            return None;
+        }
+        let r = self.check(ptr, len)?;
+        if r.is_empty() {
+            return Some(&mut []);
+        }
+        // SAFETY: as in `slice`; the view borrows the instance exclusively
+        // for 'a, and it is consumed, so the slice is the only way in.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.add(r.start), r.len()) })
+    }
+
     /// Copies `data` to `ptr`; false if out of bounds.
     pub fn write(&mut self, ptr: i32, data: &[u8]) -> bool {
         let Ok(len) = i32::try_from(data.len()) else { return false };
