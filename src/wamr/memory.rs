@@ -176,15 +176,10 @@ impl<'a> GuestMemory<'a> {
     /// Mutable bytes at `ptr..ptr+len`, or `None` if out of bounds or the
     /// memory is shared (use [`write`](Self::write) / [`fill`](Self::fill)).
     pub fn slice_mut(&mut self, ptr: i32, len: i32) -> Option<&mut [u8]> {
-        if self.shared {
-            return None;
-        }
-        let r = self.check(ptr, len)?;
-        if r.is_empty() {
-            return Some(&mut []);
-        }
-        // SAFETY: as in `slice`; `&mut self` makes the view exclusive.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.base.add(r.start), r.len()) })
+        // A view borrowed from this one (`&mut self` makes it exclusive),
+        // consumed for the borrow's length.
+        GuestMemory { base: self.base, len: self.len, shared: self.shared, _borrow: PhantomData }
+            .into_slice_mut(ptr, len)
     }
 
     /// [`slice_mut`](Self::slice_mut) for the whole life of the view
