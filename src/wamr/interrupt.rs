@@ -114,9 +114,8 @@ impl InterruptHandle {
     /// `wait_msg` peeking at an event it handed out before).
     pub fn restore_deadline(&self, deadline: Option<(Instant, Duration)>) {
         let mut st = self.state.lock();
-        st.deadline = deadline.map(|(d, _)| d);
         st.budget = deadline.map_or(Duration::ZERO, |(_, b)| b);
-        self.due.store(st.deadline.map_or(0, stamp), Ordering::Relaxed);
+        self.set_deadline_locked(&mut st, deadline.map(|(d, _)| d));
     }
 
     /// A call starts, with `budget` (or none); false, and nothing marked, if
@@ -137,14 +136,19 @@ impl InterruptHandle {
     pub(super) fn end_call(&self) {
         let mut st = self.state.lock();
         st.in_call = false;
-        st.deadline = None;
-        self.due.store(0, Ordering::Relaxed);
+        self.set_deadline_locked(&mut st, None);
     }
 
     fn arm_locked(&self, st: &mut InterruptState, budget: Option<Duration>) {
-        st.deadline = budget.map(|b| Instant::now() + b);
         st.budget = budget.unwrap_or_default();
-        self.due.store(st.deadline.map_or(0, stamp), Ordering::Relaxed);
+        self.set_deadline_locked(st, budget.map(|b| Instant::now() + b));
+    }
+
+    /// The one place `state.deadline` changes, so that `due`, its copy for
+    /// the watchdog's scan, always matches it.
+    fn set_deadline_locked(&self, st: &mut InterruptState, deadline: Option<Instant>) {
+        st.deadline = deadline;
+        self.due.store(deadline.map_or(0, stamp), Ordering::Relaxed);
     }
 
     fn terminate_locked(&self, st: &mut InterruptState, reason: u8) -> bool {
@@ -153,9 +157,8 @@ impl InterruptHandle {
         }
         self.reason.store(reason, Ordering::Release);
         self.hit.store(true, Ordering::Release);
-        st.deadline = None;
+        self.set_deadline_locked(st, None);
         st.in_call = false;
-        self.due.store(0, Ordering::Relaxed);
         // ExecEnv::drop zeroes `inst` under this lock before destroying it.
         // SAFETY: so a non-zero `inst` is alive; wasm_runtime_terminate only
         // sets flags (on a spawned env's siblings too; the parent keeps them).
