@@ -332,6 +332,15 @@ struct Funcs {
     run: Option<TypedFunc<(), i32>>,
 }
 
+impl Funcs {
+    /// `on_recv`, which direct mode calls and queue guests may lack.
+    fn on_recv(&self) -> Result<&TypedFunc<(i32, i32, i32), i32>> {
+        self.on_recv
+            .as_ref()
+            .ok_or_else(|| Error::MissingExport { name: "on_recv".into(), why: "called in direct mode".into() })
+    }
+}
+
 impl Drop for GuestEnv {
     fn drop(&mut self) {
         self.guest.live.fetch_sub(1, Ordering::AcqRel);
@@ -486,11 +495,7 @@ impl GuestEnv {
     /// calls `on_recv(conn, ptr, len)`.
     pub fn on_recv(&mut self, conn: i32, bytes: &[u8]) -> Result<i32> {
         self.switch_conn(conn);
-        let f = self
-            .funcs
-            .on_recv
-            .as_ref()
-            .ok_or_else(|| Error::MissingExport { name: "on_recv".into(), why: "called in direct mode".into() })?;
+        let f = self.funcs.on_recv()?;
         let n = bytes.len().min(self.recv_cap as usize);
         if !self.env.memory().write(self.recv_ptr, &bytes[..n]) {
             // The guest shrank nothing (memory cannot shrink), so this means
@@ -529,11 +534,7 @@ impl GuestEnv {
     /// `on_recv(conn, buf, n)` on the `n` bytes [`recv_into`](Self::recv_into)
     /// just put in the receive buffer.
     pub(crate) fn on_recv_in_place(&mut self, conn: i32, n: usize) -> Result<i32> {
-        let f = self
-            .funcs
-            .on_recv
-            .as_ref()
-            .ok_or_else(|| Error::MissingExport { name: "on_recv".into(), why: "called in direct mode".into() })?;
+        let f = self.funcs.on_recv()?;
         debug_assert_eq!(conn, self.recv_conn, "recv_into was called for another connection");
         let n = n.min(self.recv_cap as usize);
         self.env.call_typed(f, (conn, self.recv_ptr, n as i32))
