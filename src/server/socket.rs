@@ -514,7 +514,7 @@ fn reset_on_close(stream: &may::net::TcpStream) {
 /// [`reset_on_close`] for a descriptor (queue mode's writer).
 ///
 /// # Safety
-/// The caller keeps `fd` open for the call.
+/// SAFETY contract: `fd` is an open socket for the call.
 pub(crate) unsafe fn reset_fd_on_close(fd: RawFd) {
     // SAFETY: the caller keeps `fd` open.
     unsafe { with_fd(fd, |s| socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)).ok()) };

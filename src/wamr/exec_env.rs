@@ -168,10 +168,9 @@ impl ExecEnv {
         // The start function runs in here, on a temporary exec env: on a
         // coroutine, WAMR must check it against the coroutine's stack.
         let inst = super::stack::with_coroutine_boundary(|| {
-            // SAFETY: the module is loaded and kept alive by `Owner::Instance`;
-            // `args` and `err` outlive the call, `err` is writable for its
-            // size. Guest code (the start function) runs in here, with the
-            // native stack boundary of the stack we are on.
+            // SAFETY: the module is alive (`Owner::Instance`); `args` and `err`
+            // outlive the call, `err` is writable for its size; the start
+            // function runs in here, bounded by the stack we are on.
             unsafe {
                 sys::wasm_runtime_instantiate_ex(
                     module.inner.raw,

@@ -61,10 +61,9 @@ impl ParentEnv {
         // called and so has no boundary of its own: WAMR takes the one
         // `with_coroutine_boundary` sets for the stack we are on.
         let raw = super::stack::with_coroutine_boundary(|| {
-            // SAFETY: the parent env is alive (owned by self) and spawns are
-            // serialised by `lock`. The parent env is never called, so no
-            // call is in flight on it; the start function that runs in here
-            // is checked against the stack we are on.
+            // The parent env is never called, so no call is in flight on it.
+            // SAFETY: it is alive (owned by self), spawns are serialised by
+            // `lock`; the start function in here is bounded by our stack.
             unsafe { sys::wasm_runtime_spawn_exec_env(parent.raw) }
         });
         if raw.is_null() {
