@@ -405,7 +405,7 @@ impl ReadBuf {
 /// a second otherwise holds a slot forever, since each byte resets the idle
 /// timer), and, while an answer is being written to it (both modes),
 /// accept at least `min_send_bytes` in every window.
-pub(crate) struct Progress {
+struct Progress {
     min: usize,
     window: Duration,
     since: Instant,
@@ -419,7 +419,7 @@ impl Progress {
     }
 
     /// The rule for one pending write, from now.
-    pub(crate) fn writes(sh: &Shared) -> Progress {
+    fn writes(sh: &Shared) -> Progress {
         Progress::new(sh.limits.min_send_bytes, sh.limits.idle_timeout)
     }
 
@@ -428,7 +428,7 @@ impl Progress {
     }
 
     /// Records `n` bytes moved; false if the window closed with too few.
-    pub(crate) fn made(&mut self, n: usize) -> bool {
+    fn made(&mut self, n: usize) -> bool {
         if self.min == 0 {
             return true;
         }
@@ -440,6 +440,40 @@ impl Progress {
         self.since = Instant::now();
         self.bytes = 0;
         ok
+    }
+}
+
+/// The progress rule for output, over one backlog of it (one answer in
+/// direct mode; in queue mode, what is queued until the client catches up):
+/// it starts at the first write the socket does not take at once, and from
+/// then on the client must accept `min_send_bytes` per window.
+#[derive(Default)]
+pub(crate) struct SendProgress(Option<Progress>);
+
+impl SendProgress {
+    /// Starts the rule, if it has not started: the socket took nothing.
+    pub(crate) fn start(&mut self, sh: &Shared) {
+        self.0.get_or_insert_with(|| Progress::writes(sh));
+    }
+
+    /// A write moved `n` bytes, and `more` are left to write. Once started,
+    /// the bytes count as activity and progress; false (counted in
+    /// `slow_closes`) if the client fell below the floor, and the caller
+    /// then resets the connection and gives up. Not started and `more`
+    /// left: starts.
+    pub(crate) fn wrote(&mut self, sh: &Shared, activity: &Activity, n: usize, more: bool) -> bool {
+        match self.0.as_mut() {
+            Some(p) => {
+                activity.touch();
+                if !p.made(n) {
+                    sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            }
+            None if more => self.0 = Some(Progress::writes(sh)),
+            None => {}
+        }
+        true
     }
 }
 
@@ -475,7 +509,7 @@ pub(crate) fn write_all(
     use std::io::Write;
     // Started at the first partial write: an answer the socket takes at
     // once reads no clock.
-    let mut progress: Option<Progress> = None;
+    let mut progress = SendProgress::default();
     while !buf.is_empty() {
         let n = match stream.write(buf) {
             Ok(0) => return Err(WriteEnd::Failed),
@@ -487,16 +521,9 @@ pub(crate) fn write_all(
         if buf.is_empty() {
             break;
         }
-        match progress.as_mut() {
-            None => progress = Some(Progress::writes(sh)),
-            Some(p) => {
-                activity.touch();
-                if !p.made(n) {
-                    sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
-                    reset_on_close(stream);
-                    return Err(WriteEnd::Slow);
-                }
-            }
+        if !progress.wrote(sh, activity, n, true) {
+            reset_on_close(stream);
+            return Err(WriteEnd::Slow);
         }
     }
     Ok(())

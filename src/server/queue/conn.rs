@@ -150,7 +150,7 @@ unsafe fn writer(
     let mut broken = false;
     // The minimum-progress rule for output (`min_send_bytes`), from the
     // first write the socket did not take at once until nothing is queued.
-    let mut progress: Option<socket::Progress> = None;
+    let mut progress = socket::SendProgress::default();
     while let Ok(out) = rx.recv() {
         match out {
             Out::Data(bytes) => {
@@ -167,7 +167,7 @@ unsafe fn writer(
                 }
                 if pending.fetch_sub(bytes.len(), Ordering::AcqRel) == bytes.len() {
                     // The client has caught up.
-                    progress = None;
+                    progress = socket::SendProgress::default();
                 }
             }
             Out::Close => break,
@@ -189,7 +189,7 @@ unsafe fn write_all(
     sh: &Shared,
     fd: std::os::fd::RawFd,
     mut bytes: &[u8],
-    progress: &mut Option<socket::Progress>,
+    progress: &mut socket::SendProgress,
     activity: &Activity,
 ) -> bool {
     let mut nap = Duration::from_millis(1);
@@ -202,21 +202,15 @@ unsafe fn write_all(
                 bytes = &bytes[n..];
                 nap = Duration::from_millis(1);
                 stalled_since = None;
-                if let Some(p) = progress.as_mut() {
-                    activity.touch();
-                    if !p.made(n) {
-                        sh.counters.slow_closes.fetch_add(1, Ordering::Relaxed);
-                        // SAFETY: the caller keeps `fd` open.
-                        unsafe { socket::reset_fd_on_close(fd) };
-                        return false;
-                    }
-                } else if !bytes.is_empty() {
-                    *progress = Some(socket::Progress::writes(sh));
+                if !progress.wrote(sh, activity, n, !bytes.is_empty()) {
+                    // SAFETY: the caller keeps `fd` open.
+                    unsafe { socket::reset_fd_on_close(fd) };
+                    return false;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                progress.get_or_insert_with(|| socket::Progress::writes(sh));
+                progress.start(sh);
                 let since = *stalled_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= sh.limits.idle_timeout {
                     sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
