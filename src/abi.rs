@@ -132,9 +132,14 @@ fn i32_arg(args: &[Val], i: usize) -> i32 {
 static ABI_IMPORTS: fn() -> Vec<HostFunc> = imports;
 
 /// `env.send`, `env.close`, `env.wait_msg`, `env.log`, `env.now_ms`.
+///
+/// None of them blocks a direct-mode call: `send` and `close` queue, and
+/// `wait_msg` answers `NOT_IN_THIS_MODE` at once. (`wait_msg` does block in
+/// queue mode, whose calls always run on their runner's own stack.) So all
+/// are declared [`HostFunc::never_blocks`].
 fn imports() -> Vec<HostFunc> {
     use ValType::{I32, I64};
-    vec![
+    let funcs = vec![
         HostFunc::new("env", "send", &[I32, I32, I32], &[I32], |caller: &mut Caller<'_>, args| {
             let (conn, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
             let (mem, data) = caller.split();
@@ -190,7 +195,8 @@ fn imports() -> Vec<HostFunc> {
             let epoch = host(data).map(|h| h.epoch()).unwrap_or_else(process_epoch);
             Ok(Some(Val::I64(epoch.elapsed().as_millis() as i64)))
         }),
-    ]
+    ];
+    funcs.into_iter().map(HostFunc::never_blocks).collect()
 }
 
 /// Signatures of the guest's exports, per the contract.

@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::registry::{Registry, RegistryEntry};
 use crate::wamr::state::{GlobalsSnapshot, MemoryBudget, MemoryImage};
 use crate::wamr::typed::TypedFunc;
-use crate::wamr::{ExecEnv, InstanceConfig, Module, ParentEnv};
+use crate::wamr::{CallStack, ExecEnv, InstanceConfig, Module, ParentEnv};
 
 /// Where a guest's envs come from. See the module docs for the trade-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,6 +88,11 @@ pub struct GuestConfig {
     /// [`MemoryBudget`]); `None` = a private budget of
     /// [`MemoryBudget::default_bytes`] (half the machine's memory).
     pub memory_budget: Option<Arc<MemoryBudget>>,
+    /// Where calls made from coroutines run ([`CallStack`]). Applies to
+    /// direct-mode envs only: a queue guest's `run` blocks in `wait_msg`.
+    /// Default [`CallStack::Coroutine`]; the server uses
+    /// [`CallStack::Worker`] (its imports never block).
+    pub call_stack: CallStack,
 }
 
 impl Default for GuestConfig {
@@ -102,6 +107,7 @@ impl Default for GuestConfig {
             mode: ModeReq::Direct,
             max_memory_pages: 256,
             memory_budget: None,
+            call_stack: CallStack::Coroutine,
         }
     }
 }
@@ -175,6 +181,20 @@ impl Guest {
         if let Some(initial) = facts.initial_pages {
             if config.max_memory_pages > 0 && initial > config.max_memory_pages as u64 {
                 return Err(Error::MemoryTooLarge { initial, cap: config.max_memory_pages });
+            }
+        }
+        let mut config = config;
+        // A host function that may block the coroutine cannot run on a
+        // worker's call stack: the guest's calls stay on the connection's.
+        if config.call_stack == CallStack::Worker {
+            let blocking = module.imports().iter().find(|i| crate::wamr::host::may_block(&i.module, &i.name));
+            if let Some(i) = blocking {
+                tracing::info!(
+                    import = %format!("{}.{}", i.module, i.name),
+                    "the guest imports a host function not declared never_blocks: its calls run on \
+                     each connection's own stack (CallStack::Coroutine)"
+                );
+                config.call_stack = CallStack::Coroutine;
             }
         }
         let resettable = !facts.mutates_tables_or_segments;
@@ -252,11 +272,21 @@ impl Guest {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::TooManyEnvs { what: "max_envs", limit: self.config.max_envs });
         }
-        let made = match self.config.source {
-            EnvSource::Instance => ExecEnv::new(&self.module, self.inst_cfg),
-            EnvSource::Spawn => self.spawn_from_shard(),
-        }
-        .and_then(|env| GuestEnv::init(self, env));
+        let make = || {
+            match self.config.source {
+                EnvSource::Instance => ExecEnv::new(&self.module, self.inst_cfg),
+                EnvSource::Spawn => self.spawn_from_shard(),
+            }
+            .and_then(|env| GuestEnv::init(self, env))
+        };
+        // Instantiating goes deep (WAMR's loader and the start function):
+        // on the worker's call stack with the env's calls, those frames stay
+        // off the connection's own stack, which then holds fewer pages.
+        let made = if self.config.mode == ModeReq::Direct && self.config.call_stack == CallStack::Worker {
+            crate::wamr::call_stack::run(make)
+        } else {
+            make()
+        };
         if made.is_err() {
             self.live.fetch_sub(1, Ordering::AcqRel);
             self.registry.note_failure();
@@ -378,6 +408,9 @@ impl GuestEnv {
         }
         env.set_budget(guest.config.call_budget);
         env.set_instruction_budget(guest.config.instruction_budget);
+        if guest.config.mode == ModeReq::Direct {
+            env.set_call_stack(guest.config.call_stack);
+        }
         let m = &guest.module;
         let e = guest.exports;
         let funcs = Funcs {

@@ -61,7 +61,7 @@ pub use wamr::module::{Export, ExportKind, ExportedGlobal, FuncType, Import, Mod
 pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog};
 pub use wamr::state::{MemoryBudget, MemoryBudgetStats};
 pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};
-pub use wamr::{ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
+pub use wamr::{CallStack, ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};
 pub use watchdog::Watchdog;
 
 #[doc(hidden)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use wamr_coro::server::{EnvPolicy, Limits, Mode, QueueRunner, Server, DEFAULT_POOL_CAPACITY};
-use wamr_coro::{EnvSource, Error, Module, Runtime, RuntimeConfig, WamrLog};
+use wamr_coro::{CallStack, EnvSource, Error, Module, Runtime, RuntimeConfig, WamrLog};
 
 // Every default below comes from the library (`Limits::default()`,
 // `RuntimeConfig::default()`, …) and every choice is a library enum: the
@@ -211,6 +211,10 @@ struct ServeArgs {
     /// Where envs come from: independent instances, or spawned (clustered).
     #[arg(long, value_enum, default_value_t)]
     source: EnvSource,
+    /// Direct mode: run guest calls on the worker thread's call stack, which
+    /// stays in cache, or on each connection coroutine's own stack.
+    #[arg(long, value_enum, default_value_t = CallStack::Worker)]
+    call_stack: CallStack,
     /// may worker threads (default: number of CPUs).
     #[arg(long)]
     workers: Option<usize>,
@@ -535,6 +539,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         .queue_runner(a.runner)
         .policy(a.policy)
         .env_source(a.source)
+        .call_stack(a.call_stack)
         .stack_bytes(a.stack_kib * 1024)
         .pool_capacity(a.pool)
         .limits(Limits {

@@ -90,7 +90,14 @@ pub fn run(module: Module, cfg: &StressConfig) -> Result<StressReport> {
     let registry = Registry::new();
     let guest = Guest::new(
         module,
-        GuestConfig { source: cfg.source, chunk_size: cfg.chunk_size, ..GuestConfig::default() },
+        // As the server runs direct mode's calls (the stress guest's imports
+        // do not block).
+        GuestConfig {
+            source: cfg.source,
+            chunk_size: cfg.chunk_size,
+            call_stack: crate::wamr::CallStack::Worker,
+            ..GuestConfig::default()
+        },
         Arc::clone(&registry),
     )?;
     let n = cfg.coroutines;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::guest::{EnvSource, GuestConfig};
 use crate::registry::Registry;
 use crate::wamr::state::MemoryBudget;
-use crate::wamr::Module;
+use crate::wamr::{CallStack, Module};
 use crate::watchdog::Watchdog;
 
 use super::handle::ServerHandle;
@@ -28,6 +28,7 @@ pub struct ServerBuilder {
     mode: Mode,
     policy: EnvPolicy,
     source: EnvSource,
+    call_stack: CallStack,
     workers: usize,
     stack_bytes: usize,
     pool_capacity: usize,
@@ -50,6 +51,7 @@ impl Server {
             mode: Mode::Direct,
             policy: EnvPolicy::Connection,
             source: EnvSource::Instance,
+            call_stack: CallStack::Worker,
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             stack_bytes: crate::coro::DEFAULT_STACK_BYTES,
             pool_capacity: DEFAULT_POOL_CAPACITY,
@@ -80,6 +82,15 @@ impl ServerBuilder {
     /// Where envs come from. Default independent instances.
     pub fn env_source(mut self, source: EnvSource) -> Self {
         self.source = source;
+        self
+    }
+    /// Where direct mode's guest calls run: on the worker thread's call
+    /// stack (the default, [`CallStack::Worker`]: it stays in cache however
+    /// many connections there are), or on each connection coroutine's own
+    /// stack. The server's imports never block; host functions of your own
+    /// that block the coroutine need [`CallStack::Coroutine`].
+    pub fn call_stack(mut self, where_: CallStack) -> Self {
+        self.call_stack = where_;
         self
     }
     /// `may` worker threads (process-wide; set before the first server).
@@ -158,6 +169,7 @@ impl ServerBuilder {
                 instruction_budget: self.limits.instruction_budget,
                 max_memory_pages: self.limits.max_memory_pages,
                 memory_budget: Some(Arc::new(MemoryBudget::new(self.limits.max_guest_memory))),
+                call_stack: self.call_stack,
                 mode: match self.mode {
                     Mode::Direct => ModeReq::Direct,
                     Mode::Queue => ModeReq::Queue,

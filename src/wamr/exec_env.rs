@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::call_stack::CallStack;
 use super::func::Func;
 use super::interrupt::{InterruptHandle, BUDGET};
 use super::memory::GuestMemory;
@@ -80,6 +81,8 @@ pub struct ExecEnv {
     interrupt: Arc<InterruptHandle>,
     budget: Option<Duration>,
     poisoned: Option<String>,
+    /// Where calls from a coroutine run (`call_stack.rs`).
+    call_stack: CallStack,
 }
 
 /// The slot WAMR's exec env user data points to.
@@ -208,7 +211,17 @@ impl ExecEnv {
         // user data is the HostData allocation, which lives exactly as long
         // as the ExecEnv (freed by its Drop after the env is destroyed).
         unsafe { sys::wasm_runtime_set_user_data(raw, data.as_ptr() as *mut libc::c_void) };
-        ExecEnv { raw, inst, owner, bound: Cell::new((0, 0)), data, interrupt, budget: None, poisoned: None }
+        ExecEnv {
+            raw,
+            inst,
+            owner,
+            bound: Cell::new((0, 0)),
+            data,
+            interrupt,
+            budget: None,
+            poisoned: None,
+            call_stack: CallStack::Coroutine,
+        }
     }
 
     fn data(&self) -> &HostData {
@@ -250,6 +263,21 @@ impl ExecEnv {
     /// (see `crate::watchdog`). `None` = unlimited.
     pub fn set_budget(&mut self, budget: Option<Duration>) {
         self.budget = budget;
+    }
+
+    /// Where calls made from a coroutine run: on its own stack (the
+    /// default), or on the worker thread's call stack, which stays in cache
+    /// across every call the worker makes. With [`CallStack::Worker`] the
+    /// host functions the guest calls must not block the coroutine (no
+    /// `may` I/O, channel, lock or sleep): one that tries fails the call
+    /// with [`Error::Trap`] instead of suspending it.
+    pub fn set_call_stack(&mut self, where_: CallStack) {
+        self.call_stack = where_;
+    }
+
+    /// Where calls made from a coroutine run.
+    pub fn call_stack(&self) -> CallStack {
+        self.call_stack
     }
 
     /// The handle a watchdog uses to stop this env's calls.
@@ -358,12 +386,23 @@ impl ExecEnv {
                 why: "function belongs to another instance".into(),
             });
         }
-        self.enter()?;
+        let claim = match self.call_stack {
+            CallStack::Worker => super::call_stack::claim(),
+            CallStack::Coroutine => None,
+        };
+        self.enter(claim.as_ref().map(|c| c.stack()))?;
+        let (raw, f, cells) = (self.raw, func.raw, cells.as_mut_ptr());
         // `raw` and `func` belong to this live instance (checked above); the
-        // callers size `cells` from the function's type; `enter` set the
-        // boundary. Host functions may yield inside; the env is not shared.
+        // callers size `cells` from the function's type; `enter` bound WAMR's
+        // boundary to the stack the call runs on. Host functions may yield
+        // inside a call on the coroutine's stack; the env is not shared.
         // SAFETY: as just said, WAMR gets valid handles and buffers.
-        let ok = unsafe { sys::wasm_runtime_call_wasm(self.raw, func.raw, argc, cells.as_mut_ptr()) };
+        let call = || unsafe { sys::wasm_runtime_call_wasm(raw, f, argc, cells) };
+        let ok = match &claim {
+            Some(c) => c.run(call),
+            None => call(),
+        };
+        drop(claim);
         self.leave(ok, &func.name)
     }
 
@@ -371,11 +410,12 @@ impl ExecEnv {
     /// doomed env, binds the stack, marks the call in flight (with its
     /// budget: the watchdog and shutdown can stop it from here on), opens
     /// the memory account and arms the instruction budget.
-    fn enter(&mut self) -> Result<()> {
+    /// `on`: the stack the call will run on, if not the caller's own.
+    fn enter(&mut self, on: Option<super::stack::CurrentStack>) -> Result<()> {
         if let Some(why) = self.poisoned() {
             return Err(Error::Poisoned(why));
         }
-        self.bind_stack()?;
+        self.bind_stack(on)?;
         // `doom` sets `doomed`, then stops a call in flight: checking it
         // under the lock that marks the call in flight leaves no moment in
         // which a doomed env's call could start unstopped.
@@ -433,14 +473,18 @@ impl ExecEnv {
         self.poisoned = Some(why);
     }
 
-    /// Makes WAMR's native stack boundary match the current stack.
-    fn bind_stack(&self) -> Result<()> {
-        let sp = super::stack::sp();
+    /// Makes WAMR's native stack boundary match the stack the call runs on:
+    /// `on`, or the current stack.
+    fn bind_stack(&self, on: Option<super::stack::CurrentStack>) -> Result<()> {
+        let sp = on.map_or_else(super::stack::sp, |s| s.high - 1);
         let (lo, hi) = self.bound.get();
         if sp >= lo && sp < hi {
             return Ok(());
         }
-        let cur = super::stack::current()?;
+        let cur = match on {
+            Some(s) => s,
+            None => super::stack::current()?,
+        };
         // SAFETY: `raw` is live; the boundary is either NULL (WAMR uses the
         // pthread stack, correct on an OS thread) or GUARD bytes above the
         // low end of the coroutine stack we are running on.
@@ -528,7 +572,7 @@ impl ExecEnv {
     /// the budget, stoppable by the watchdog and at shutdown, and a trap or
     /// an overrun poisons the env.
     pub fn heap_alloc(&mut self, size: u32) -> Result<u32> {
-        self.enter()?;
+        self.enter(None)?;
         let mut native: *mut libc::c_void = std::ptr::null_mut();
         // SAFETY: `inst` is alive; WAMR returns 0 on failure. It may call the
         // guest's malloc export on its own env (`enter` bound the stack).

@@ -22,14 +22,20 @@
 //!
 //! # Rules for host functions (they run inside coroutines)
 //!
-//! A host function runs on the calling guest's stack: in a server, that is a
-//! `may` coroutine (direct mode: the connection's; queue mode: the runner's,
-//! a coroutine or a dedicated thread per `--runner`), suspended inside a
-//! WAMR call.
+//! A host function runs inside a WAMR call made by a `may` coroutine (in a
+//! server: direct mode, the connection's; queue mode, the runner's, a
+//! coroutine or a dedicated thread per `--runner`), on the coroutine's own
+//! stack or, for an env set to [`CallStack::Worker`](crate::CallStack), on
+//! its worker thread's call stack.
 //! - **Block only through `may` primitives** (`may::sync` channels, mutexes,
 //!   semaphores, `may::coroutine::sleep`, `may::net` sockets). They park the
 //!   coroutine and let the worker run others; the call resumes, possibly on
 //!   another OS thread (measured: `docs/wamr-notes.md`).
+//! - **Or declare that it never blocks** ([`HostFunc::never_blocks`]). A
+//!   server runs a direct-mode guest's calls on the worker's call stack only
+//!   if every function it imports is so declared (the ABI's imports and C
+//!   natives are); there, an attempt to block fails the call as a trap
+//!   instead of parking the coroutine.
 //! - **No OS-blocking calls**: `std::thread::sleep`, `std::sync::Mutex` held
 //!   across a wait, blocking `std::net`/`std::fs` I/O, or waiting on a
 //!   `std::sync::mpsc` channel block the whole worker thread and every
@@ -69,6 +75,8 @@ pub struct HostFunc {
     name: String,
     ty: FuncType,
     callback: Box<Callback>,
+    /// Whether it may block the calling coroutine (see [`HostFunc::never_blocks`]).
+    blocks: bool,
 }
 
 impl std::fmt::Debug for HostFunc {
@@ -79,12 +87,32 @@ impl std::fmt::Debug for HostFunc {
 
 impl HostFunc {
     /// A host function with parameters `params` and results `results` (at
-    /// most one). `f` runs on the caller's coroutine and may yield it.
+    /// most one). `f` runs on the caller's coroutine and may yield it
+    /// (unless declared [`never_blocks`](Self::never_blocks)).
     pub fn new<F>(module: &str, name: &str, params: &[ValType], results: &[ValType], f: F) -> HostFunc
     where
         F: Fn(&mut Caller<'_>, &[Val]) -> HostResult + Send + Sync + 'static,
     {
-        HostFunc { module: module.into(), name: name.into(), ty: FuncType::new(params, results), callback: Box::new(f) }
+        HostFunc {
+            module: module.into(),
+            name: name.into(),
+            ty: FuncType::new(params, results),
+            callback: Box::new(f),
+            blocks: true,
+        }
+    }
+
+    /// Declares that the function never blocks the calling coroutine: it
+    /// waits on no `may` socket, channel, lock or sleep (OS-level waits do
+    /// not count: they hold the thread, not the coroutine). A server runs the
+    /// direct-mode calls of a guest that imports only such functions on the
+    /// worker's call stack ([`CallStack::Worker`](crate::CallStack)), which
+    /// stays in cache; a guest that imports one without it runs its calls on
+    /// each connection's own stack. A function declared so that blocks all
+    /// the same fails the guest's call (a trap) instead of blocking.
+    pub fn never_blocks(mut self) -> HostFunc {
+        self.blocks = false;
+        self
     }
 
     fn signature(&self) -> Result<String> {
@@ -369,13 +397,20 @@ struct RegisteredFunc {
     cmodule: CString,
 }
 
-/// Every registered `(module, name)` with its signature.
-static NAMES: Mutex<Option<HashMap<(String, String), FuncType>>> = Mutex::new(None);
+/// Every registered `(module, name)` with its signature and whether it may
+/// block.
+static NAMES: Mutex<Option<HashMap<(String, String), (FuncType, bool)>>> = Mutex::new(None);
 
 /// The signature of the host function registered as `module.name`, if any
 /// (used to explain an import that did not link).
 pub(crate) fn registered_type(module: &str, name: &str) -> Option<FuncType> {
-    NAMES.lock().as_ref()?.get(&(module.to_string(), name.to_string())).cloned()
+    NAMES.lock().as_ref()?.get(&(module.to_string(), name.to_string())).map(|(ty, _)| ty.clone())
+}
+
+/// Whether the host function registered as `module.name` may block the
+/// calling coroutine (not declared [`HostFunc::never_blocks`]).
+pub(crate) fn may_block(module: &str, name: &str) -> bool {
+    NAMES.lock().as_ref().and_then(|n| n.get(&(module.to_string(), name.to_string()))).is_some_and(|(_, b)| *b)
 }
 
 /// Registers `func` for every module loaded afterwards.
@@ -394,7 +429,7 @@ pub(crate) fn register(func: HostFunc) -> Result<()> {
     let cname = super::runtime::cstring(&func.name)?;
     let csig = super::runtime::cstring(&sig)?;
     let cmodule = super::runtime::cstring(&func.module)?;
-    let ty = func.ty.clone();
+    let ty = (func.ty.clone(), func.blocks);
     let reg: &'static RegisteredFunc = Box::leak(Box::new(RegisteredFunc { func, cmodule }));
     let symbol: &'static mut [sys::NativeSymbol] = Box::leak(Box::new([sys::NativeSymbol {
         symbol: cname.into_raw(),
@@ -550,7 +585,9 @@ pub unsafe extern "C" fn wcoro_register_native(
             return Err(caller.trap.take().unwrap_or_else(|| "C native failed".into()));
         }
         Ok(rtypes.first().map(|t| Val::from_slot(*t, out)))
-    });
+    })
+    // C cannot suspend a coroutine: it knows nothing of `may`.
+    .never_blocks();
     // WAMR keeps natives in memory it allocates: it must be initialised
     // (the built-in C natives register from inside `Runtime::init`).
     if !super::runtime::wamr_initialised() {

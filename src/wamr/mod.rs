@@ -23,8 +23,10 @@
 //! | `state.rs` | an env's initial image and reset; the guest-memory budget |
 //! | `scan.rs` | a static scan of a module binary (memory sizes, growth, resettability) |
 //! | `stack.rs` | the native stack boundary of the calling coroutine or thread |
+//! | `call_stack.rs` | worker call stacks: guest calls off the coroutine's own stack |
 //! | `typed.rs` | calls typed by Rust types, checked once at lookup |
 
+pub use call_stack::CallStack;
 pub use exec_env::{ExecEnv, InstanceConfig};
 pub use func::Func;
 pub use inst_access::MemoryPages;
@@ -35,6 +37,7 @@ pub use value::Val;
 
 pub mod aot;
 pub mod build_info;
+pub(crate) mod call_stack;
 pub mod exec_env;
 pub mod func;
 pub mod host;

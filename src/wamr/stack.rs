@@ -1,5 +1,7 @@
 //! The native stack boundary WAMR must use for the calling context.
 //!
+//! * On a worker's call stack (`call_stack.rs`), the boundary is its low end
+//!   plus [`GUARD`].
 //! * On an OS thread, WAMR's own default (the pthread stack) is right: the
 //!   boundary is reset to NULL and WAMR computes it.
 //! * In a coroutine started by `coro::spawn`, the boundary is the
@@ -141,8 +143,12 @@ pub(crate) struct CurrentStack {
     pub boundary: usize,
 }
 
-/// The stack of the caller.
+/// The stack of the caller: a worker's call stack (`call_stack.rs`), a
+/// coroutine's own stack or an OS thread's.
 pub(crate) fn current() -> Result<CurrentStack> {
+    if let Some((low, high)) = super::call_stack::containing(sp()) {
+        return Ok(CurrentStack { low, high, boundary: low + GUARD });
+    }
     if may::coroutine::is_coroutine() {
         let b = current_bounds().ok_or(Error::UnknownStack)?;
         return Ok(CurrentStack { low: b.low, high: b.high, boundary: b.low + GUARD });
@@ -181,7 +187,12 @@ pub(crate) fn with_coroutine_boundary<R>(f: impl FnOnce() -> R) -> R {
     // first worker is replaced by the next instantiation there (every one
     // sets it, NULL included) and read by nothing else: every call we make
     // sets its env's own boundary first (`ExecEnv::bind_stack`).
-    let boundary = current_bounds().map_or(std::ptr::null_mut(), |b| (b.low + GUARD) as *mut u8);
+    // On a worker's call stack (an env made for `CallStack::Worker`), its
+    // own boundary.
+    let boundary = match super::call_stack::containing(sp()) {
+        Some((low, _)) => (low + GUARD) as *mut u8,
+        None => current_bounds().map_or(std::ptr::null_mut(), |b| (b.low + GUARD) as *mut u8),
+    };
     // SAFETY: the setter only stores a thread-local pointer, read by WAMR on
     // this thread while `f` runs; `Clear` resets it before we return.
     unsafe { super::sys::os_thread_set_stack_boundary_override(boundary) };

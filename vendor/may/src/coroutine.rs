@@ -7,4 +7,4 @@ pub use crate::join::JoinHandle;
 pub use crate::park::ParkError;
 pub use crate::scoped::scope;
 pub use crate::sleep::sleep;
-pub use crate::yield_now::yield_now;
+pub use crate::yield_now::{forbid_yield, yield_now};

@@ -14,11 +14,44 @@ impl EventSource for Yield {
     }
 }
 
+thread_local! {
+    /// wamr-coro: why the coroutine running on this thread may not yield
+    /// now, if it may not (see `forbid_yield`).
+    static NO_YIELD: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// wamr-coro: while `why` is `Some`, the coroutine running on this thread
+/// may not yield: any attempt (`yield_now`, `park`, `sleep`, a blocked I/O
+/// or channel operation) panics with `why` before anything is changed, so
+/// the panic can be caught and the operation failed cleanly. For code that
+/// runs the coroutine, for a while, on a stack other than its own (a
+/// worker's call stack): a coroutine suspended there would be resumed on
+/// frames another coroutine has since overwritten, or on another thread.
+/// Returns the previous value, to restore.
+#[inline]
+pub fn forbid_yield(why: Option<&'static str>) -> Option<&'static str> {
+    NO_YIELD.with(|c| c.replace(why))
+}
+
+#[inline]
+fn check_yield_allowed() {
+    if let Some(why) = NO_YIELD.with(|c| c.get()) {
+        yield_forbidden(why);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn yield_forbidden(why: &'static str) -> ! {
+    panic!("coroutine may not block: {why}");
+}
+
 /// yield internal `EventSource` ref
 /// it's ok to return a ref of object on the generator's stack
 /// just like return the ref of a struct member
 #[inline]
 pub fn yield_with<T: EventSource>(resource: &T) {
+    check_yield_allowed();
     let cancel = current_cancel_data();
     // if cancel detected in user space
     // no need to get into kernel any more
@@ -42,6 +75,7 @@ pub fn yield_with<T: EventSource>(resource: &T) {
 #[inline]
 pub fn yield_with_io<T: EventSource>(resource: &T, is_coroutine: bool) {
     if likely(is_coroutine) {
+        check_yield_allowed();
         #[cfg(feature = "io_cancel")]
         yield_with(resource);
         #[cfg(not(feature = "io_cancel"))]
