@@ -280,6 +280,16 @@ impl ExecEnv {
         self.call_stack
     }
 
+    /// Runs `f` on the worker's call stack if this env's calls go there
+    /// (and it is free), in place otherwise; a call `f` makes then runs
+    /// where `f` does.
+    pub(crate) fn on_call_stack<T>(&mut self, f: impl FnOnce(&mut ExecEnv) -> T) -> T {
+        match self.call_stack {
+            CallStack::Worker => super::call_stack::run(|| f(self)),
+            CallStack::Coroutine => f(self),
+        }
+    }
+
     /// The handle a watchdog uses to stop this env's calls.
     pub fn interrupt_handle(&self) -> &Arc<InterruptHandle> {
         &self.interrupt

@@ -171,9 +171,14 @@ impl ExecEnv {
 
     /// Calls a typed function: no type checks, no allocation.
     pub fn call_typed<P: WasmParams, R: WasmResults>(&mut self, f: &TypedFunc<P, R>, args: P) -> Result<R> {
-        let mut cells = [0u32; MAX_CELLS];
-        let argc = args.store(&mut cells);
-        self.call_cells(&f.func, argc as u32, &mut cells)?;
-        Ok(R::load(&cells))
+        // The cells and the result are written on the stack the call runs
+        // on: on the worker's call stack they stay off the coroutine's cold
+        // lines too.
+        self.on_call_stack(|env| {
+            let mut cells = [0u32; MAX_CELLS];
+            let argc = args.store(&mut cells);
+            env.call_cells(&f.func, argc as u32, &mut cells)?;
+            Ok(R::load(&cells))
+        })
     }
 }
