@@ -781,3 +781,53 @@ fn a_guest_call_that_never_returns_does_not_strand_its_workers_other_connections
     assert!(stats.shutdown_cuts >= 1, "{stats}");
     assert_eq!(stats.envs.live, 0, "{stats}");
 }
+
+/// A client that sends its request and at once shuts its side down (or
+/// closes), so that its FIN reaches the server with, or right behind, its
+/// data. The server must answer, then see the end of the stream and close.
+/// Before, the read that took the data (less than it asked for) marked the
+/// socket drained, and the next read waited for an event that never came:
+/// the FIN had been announced by the same event. The half-closed client got
+/// its answer but never an end, and a closed client's connection (its env,
+/// its slot under `max_connections`) stayed open until the idle timeout
+/// (an hour here).
+#[test]
+fn a_client_that_sends_then_shuts_down_gets_its_answer_and_an_end() {
+    setup();
+    let limits = Limits { idle_timeout: Duration::from_secs(3600), ..test_limits() };
+    for (mode, policy) in variants() {
+        let server = start(module("echo.wat"), mode, policy, limits.clone());
+        let addr = server.local_addr();
+        for i in 0..5 {
+            let msg = format!("request {i} of a half-closed client");
+            let mut s = connect(addr);
+            s.write_all(msg.as_bytes()).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            if let Err(e) = std::io::Read::read_to_end(&mut s, &mut got) {
+                panic!(
+                    "{mode:?}/{policy:?}: no end of stream after {:?} ({e}): the server missed the FIN",
+                    String::from_utf8_lossy(&got)
+                );
+            }
+            assert_eq!(got, msg.as_bytes(), "{mode:?}/{policy:?}");
+        }
+        // Clients that close outright: their connections end too.
+        for i in 0..5 {
+            let mut s = connect(addr);
+            s.write_all(format!("request {i} of a closing client").as_bytes()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.stats().open > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}/{policy:?}: connections of clients that closed are still open: {}",
+                server.stats()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(server.stats().closed, 10, "{mode:?}/{policy:?}: {}", server.stats());
+        server.stop();
+    }
+}

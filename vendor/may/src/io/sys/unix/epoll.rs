@@ -241,6 +241,11 @@ impl Selector {
             // info!("select got event, data={:p}, events={}", data, events);
             // wamr-coro: count read edges before publishing the flag, so a
             // reader that sees the flag also sees the count move.
+            // The hang-up goes first, so a read that sees the count of
+            // this edge also sees it.
+            if events & super::HANG_UP_BITS != 0 {
+                data.hung_up.store(true, Ordering::Release);
+            }
             if events & super::READ_EDGE_BITS != 0 {
                 data.read_edges.fetch_add(1, Ordering::Release);
             }

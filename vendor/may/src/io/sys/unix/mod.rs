@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::{fmt, io};
 
@@ -120,6 +120,11 @@ pub const NOT_DRAINED: usize = usize::MAX;
 /// an error) that was not there before.
 pub const READ_EDGE_BITS: usize = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as usize;
 
+/// wamr-coro: the epoll bits that say the peer hung up (or the socket
+/// failed): from then on a read may end in EOF or an error that no later
+/// event announces.
+pub const HANG_UP_BITS: usize = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as usize;
+
 // event associated io data, must be construct in
 // each file handle, the epoll event.data would point to it
 pub struct EventData {
@@ -135,6 +140,12 @@ pub struct EventData {
     /// `NOT_DRAINED`. While the two are equal, no data has arrived since
     /// and a read can wait for the next event without trying first.
     pub drained_at: AtomicUsize,
+    /// wamr-coro: the selector has delivered a hang-up (`HANG_UP_BITS`) for
+    /// this fd. A read that returned less than it asked for then drained
+    /// the data but not the EOF (or error) behind it, which no later event
+    /// announces: the peer's FIN is one edge, often the same edge as its
+    /// last data. So once this is set, no read skips its try.
+    pub hung_up: AtomicBool,
     #[cfg(feature = "io_timeout")]
     pub timer: RefCell<Option<TimerHandle>>,
     pub co: AtomicOption<CoroutineImpl>,
@@ -150,6 +161,7 @@ impl EventData {
             io_flag: AtomicUsize::new(0),
             read_edges: AtomicUsize::new(0),
             drained_at: AtomicUsize::new(NOT_DRAINED),
+            hung_up: AtomicBool::new(false),
             #[cfg(feature = "io_timeout")]
             timer: RefCell::new(None),
             co: AtomicOption::none(),
@@ -165,12 +177,13 @@ impl EventData {
 
     /// wamr-coro: whether the socket is known to hold no data, given
     /// `edges`, `read_edges` as just loaded: the last read drained it and no
-    /// read edge has been delivered since. A read then waits for the next
-    /// event instead of making a syscall that would only say `EAGAIN`; one
-    /// that does try records `edges` with `note_read`.
+    /// read edge has been delivered since, nor has the peer hung up
+    /// (`hung_up`: the EOF is then still to be read). A read then waits for
+    /// the next event instead of making a syscall that would only say
+    /// `EAGAIN`; one that does try records `edges` with `note_read`.
     #[inline]
     pub fn is_drained_at(&self, edges: usize) -> bool {
-        self.drained_at.load(Ordering::Relaxed) == edges
+        self.drained_at.load(Ordering::Relaxed) == edges && !self.hung_up.load(Ordering::Acquire)
     }
 
     /// wamr-coro: records what a read returned. `edges` is `read_edges` as
