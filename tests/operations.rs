@@ -177,3 +177,39 @@ fn reload_serves_new_connections_with_the_new_guest_and_old_ones_with_the_old() 
         assert_eq!(stats.traps, 0);
     }
 }
+
+/// The metrics endpoint answers one connection at a time. A client that
+/// trickles its request, a byte every 300 ms, must not keep it from the
+/// health checks: before, each read had its own 2 s timeout, so the
+/// trickler held the endpoint for as long as it kept sending (here up to
+/// 15 s, past the 8 s the health check waits), and `/healthz` went
+/// unanswered. Now the whole request has 2 s.
+#[test]
+fn a_trickling_scraper_does_not_hold_the_metrics_endpoint() {
+    setup();
+    let server = start_with_metrics(module("echo.wat"), Mode::Direct, EnvPolicy::Connection, test_limits());
+    let maddr = server.metrics_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let trickler = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(maddr).unwrap();
+        for b in b"GET /metrics HTTP/1.1\r\nHost: a-very-slow-client\r\n\r\n".iter().take(50) {
+            if flag.load(std::sync::atomic::Ordering::Acquire) || s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    // The trickler is being served (accepted first) when the check comes.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut s = TcpStream::connect_timeout(&maddr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let got = std::io::Read::read_to_string(&mut s, &mut out);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    trickler.join().unwrap();
+    server.stop();
+    got.unwrap_or_else(|e| panic!("/healthz unanswered while a client trickled its request: {e}"));
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("\r\n\r\nok\n"), "{out:?}");
+}

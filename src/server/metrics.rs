@@ -199,14 +199,27 @@ impl Drop for MetricsServer {
     }
 }
 
+/// How long one scraper may take to send its request: the endpoint
+/// serves one connection at a time.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
 /// One request, one answer, then close.
+///
+/// The request must arrive within [`REQUEST_DEADLINE`] in all, not per
+/// read: the endpoint answers one connection at a time, and with a timeout
+/// per read a client trickling a byte a second kept it (and with it every
+/// health check) for as long as it liked, up to the 8 KiB the head may have.
 fn answer(mut s: TcpStream, registry: &Registry, shared: &Shared) {
     let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match s.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
