@@ -831,3 +831,62 @@ fn a_client_that_sends_then_shuts_down_gets_its_answer_and_an_end() {
         server.stop();
     }
 }
+
+/// Echoes, and says "bye" from `on_close`; with its own `run` loop (queue
+/// mode) it says it on the CLOSE event.
+const BYE_WAT: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (data (i32.const 16) "bye")
+  (func (export "on_recv") (param $conn i32) (param $ptr i32) (param $len i32) (result i32)
+    (call $send (local.get $conn) (local.get $ptr) (local.get $len)))
+  (func $on_close (export "on_close") (param $conn i32)
+    (drop (call $send (local.get $conn) (i32.const 16) (i32.const 3))))
+  (func (export "run") (result i32)
+    (local $n i32)
+    (loop $next
+      (local.set $n (call $wait (i32.const 65536) (i32.const 65536) (i32.const 1024)))
+      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
+      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+        (then (drop (call $send (i32.load (i32.const 1024)) (i32.const 65536) (local.get $n)))))
+      (if (i32.eq (i32.load offset=4 (i32.const 1024)) (i32.const 2))
+        (then (call $on_close (i32.load (i32.const 1024)))))
+      (br $next))
+    (i32.const 0)))"#;
+
+/// A client that shuts its side down and reads on gets what `on_close`
+/// sends, in every mode: direct mode writes it before it closes the socket,
+/// and so must queue mode. Before, queue mode closed the connection's writer
+/// as it took the CLOSE event from the ring, so `send` in `on_close` (the
+/// host's loop) or on CLOSE (the guest's own loop) answered UNKNOWN_CONN and
+/// the client got only the echo: the same guest behaved differently by mode.
+#[test]
+fn a_half_closed_client_reads_what_on_close_sends_in_every_mode() {
+    setup();
+    // The same guest without `run`: queue mode runs the host's loop.
+    let host_loop = BYE_WAT.replace("(func (export \"run\")", "(func $run");
+    let mut cases: Vec<_> = variants().into_iter().map(|(m, p)| (m, p, host_loop.clone())).collect();
+    cases.push((Mode::Queue, EnvPolicy::Connection, BYE_WAT.to_string()));
+    for (mode, policy, wat) in cases {
+        let own_loop = wat.contains("(export \"run\")");
+        let server = start(wamr_coro::Module::from_wat(&wat).unwrap(), mode, policy, test_limits());
+        for i in 0..3 {
+            let mut s = connect(server.local_addr());
+            let msg = format!("hello {i}");
+            s.write_all(msg.as_bytes()).unwrap();
+            // The echo first, so that the FIN comes after the data is handled.
+            assert_eq!(read_n(&mut s, msg.len()).unwrap(), msg.as_bytes());
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut rest).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&rest),
+                "bye",
+                "{mode:?}/{policy:?} (guest's own loop: {own_loop}): what on_close sent"
+            );
+        }
+        server.stop();
+    }
+}

@@ -28,23 +28,33 @@ pub(crate) struct Dispatcher {
     /// (by then its answer is in the pending output), so the reader's
     /// backpressure never loses sight of them.
     pub(super) handling: Option<(Arc<QueueConn>, usize)>,
+    /// The connection whose CLOSE the guest is handling: it may still send
+    /// (a client that only shut its side down reads what `on_close` sends,
+    /// as in direct mode), and its writer is closed, after what was sent,
+    /// when the guest asks for the next event.
+    pub(super) closing: Option<Arc<QueueConn>>,
 }
 
 impl Dispatcher {
     pub(super) fn new(qs: &Arc<Shard>, generation: u64) -> Dispatcher {
-        Dispatcher { qs: Arc::clone(qs), generation, rest: None, handling: None }
+        Dispatcher { qs: Arc::clone(qs), generation, rest: None, handling: None, closing: None }
     }
 
     /// The connection whose DATA the guest is handling, if it is `id`: what
     /// `send` and `Caller::connection` look up on every request, found
     /// without the shard's connection table (its lock and a hash lookup).
+    /// Also the connection whose CLOSE it is handling, which is no longer
+    /// in the table.
     pub(super) fn handling(&self, id: i32) -> Option<&Arc<QueueConn>> {
-        self.handling.as_ref().map(|(c, _)| c).filter(|c| c.id == id)
+        self.handling.as_ref().map(|(c, _)| c).or(self.closing.as_ref()).filter(|c| c.id == id)
     }
 
     pub(super) fn done_handling(&mut self) {
         if let Some((c, n)) = self.handling.take() {
             c.inflight.fetch_sub(n, Ordering::AcqRel);
+        }
+        if let Some(c) = self.closing.take() {
+            c.close_writer();
         }
     }
 
@@ -100,10 +110,11 @@ impl Dispatcher {
                 Event::Close(id) => {
                     drop(conns);
                     let Some(c) = self.qs.conns.lock().remove(&id) else { continue };
-                    c.close_writer();
                     if c.open_gen.load(Ordering::Acquire) != self.generation || c.refused.load(Ordering::Acquire) {
+                        c.close_writer();
                         continue;
                     }
+                    self.closing = Some(c);
                     return Next::Close(id);
                 }
             }
