@@ -165,28 +165,26 @@ fn imports() -> Vec<HostFunc> {
         HostFunc::new("env", "log", &[I32, I32, I32], &[], |caller: &mut Caller<'_>, args| {
             let (level, ptr, len) = (i32_arg(args, 0), i32_arg(args, 1), i32_arg(args, 2));
             let (mem, data) = caller.split();
-            let text = mem.with_bytes(ptr, len, |b| b.map(|b| String::from_utf8_lossy(b).into_owned()));
-            match text {
-                Some(text) => {
-                    // Each line names its connection (0: none) and is subject to
-                    // the host's rate limit.
-                    let (conn, allowed) = match host(data) {
-                        Some(h) => (h.connection().map_or(0, |c| c.id), h.log_allowed()),
-                        None => (0, Some(0)),
-                    };
-                    let Some(suppressed) = allowed else { return Ok(None) };
-                    match level {
-                        0 => tracing::error!(target: "guest", conn, suppressed, "{text}"),
-                        1 => tracing::warn!(target: "guest", conn, suppressed, "{text}"),
-                        2 => tracing::info!(target: "guest", conn, suppressed, "{text}"),
-                        _ => tracing::debug!(target: "guest", conn, suppressed, "{text}"),
-                    }
+            let mut h = host(data);
+            if mem.check(ptr, len).is_none() {
+                if let Some(h) = h {
+                    h.bad_log_pointer();
                 }
-                None => {
-                    if let Some(h) = host(data) {
-                        h.bad_log_pointer();
-                    }
-                }
+                return Ok(None);
+            }
+            // Each line names its connection (0: none) and is subject to the
+            // host's rate limit, asked before anything is copied.
+            let (conn, allowed) = match h.as_mut() {
+                Some(h) => (h.connection().map_or(0, |c| c.id), h.log_allowed()),
+                None => (0, Some(0)),
+            };
+            let Some(suppressed) = allowed else { return Ok(None) };
+            let text = log_line(&mem, ptr, len);
+            match level {
+                0 => tracing::error!(target: "guest", conn, suppressed, "{text}"),
+                1 => tracing::warn!(target: "guest", conn, suppressed, "{text}"),
+                2 => tracing::info!(target: "guest", conn, suppressed, "{text}"),
+                _ => tracing::debug!(target: "guest", conn, suppressed, "{text}"),
             }
             Ok(None)
         }),
@@ -197,6 +195,23 @@ fn imports() -> Vec<HostFunc> {
         }),
     ];
     funcs.into_iter().map(HostFunc::never_blocks).collect()
+}
+
+/// The most bytes of one guest `log` line that reach the server's log.
+pub const MAX_LOG_LINE: usize = 4096;
+
+/// The text of a `log` call whose range `ptr .. ptr+len` is already checked:
+/// at most [`MAX_LOG_LINE`] bytes of it, then how many were left out. The
+/// rate limit bounds lines, this their length: without it a guest (often
+/// one that logs what its client sent) wrote up to its whole memory per
+/// line, ten lines a second per connection.
+fn log_line(mem: &GuestMemory<'_>, ptr: i32, len: i32) -> String {
+    let shown = len.min(MAX_LOG_LINE as i32);
+    let mut text = mem.with_bytes(ptr, shown, |b| String::from_utf8_lossy(b.unwrap_or_default()).into_owned());
+    if len > shown {
+        text.push_str(&format!(" [... {} more bytes not logged]", len - shown));
+    }
+    text
 }
 
 /// Signatures of the guest's exports, per the contract.

@@ -18,11 +18,31 @@ const CHATTY: &str = r#"(module
     (call $log (i32.const 2) (i32.const 16) (i32.const 13))
     (call $send (local.get $c) (i32.const 16) (i32.const 1))))"#;
 
+/// The log this test binary writes (one subscriber per process), and the
+/// lock its tests hold while they use it.
+fn captured() -> (Captured, parking_lot::MutexGuard<'static, ()>) {
+    static OUT: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    static USE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    let out = OUT
+        .get_or_init(|| {
+            let out = Captured::default();
+            let writer = out.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .with_env_filter("guest=info")
+                .init();
+            out
+        })
+        .clone();
+    let guard = USE.lock();
+    out.0.lock().clear();
+    (out, guard)
+}
+
 #[test]
 fn guest_log_lines_name_the_connection_and_a_flood_is_cut() {
-    let out = Captured::default();
-    let writer = out.clone();
-    tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).with_env_filter("guest=info").init();
+    let (out, _log) = captured();
     setup();
     for mode in [Mode::Direct, Mode::Queue] {
         out.0.lock().clear();
@@ -42,4 +62,42 @@ fn guest_log_lines_name_the_connection_and_a_flood_is_cut() {
         assert!(lines.len() <= 60, "{mode:?}: {} lines written for 300 calls", lines.len());
         assert!(lines.iter().all(|l| l.contains("conn=1")), "{mode:?}: {lines:?}");
     }
+}
+
+/// Logs a 60 KiB line ("BIG", then "A"s) for every message, then answers
+/// one byte: what a guest that logs its client's requests does with a big
+/// one.
+const LOUD: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 3)
+  (data (i32.const 16) "k")
+  (data (i32.const 131069) "BIG")
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (memory.fill (i32.const 131072) (i32.const 65) (i32.const 61440))
+    (call $log (i32.const 1) (i32.const 131069) (i32.const 61443))
+    (call $send (local.get $c) (i32.const 16) (i32.const 1))))"#;
+
+/// The rate limit bounds a guest's lines; their length must be bounded
+/// too. Before, a line was as long as the guest asked, up to its whole
+/// memory: a guest that logs its clients' requests put each one whole in
+/// the server's log, ten lines a second per connection.
+/// Now a line keeps its first 4 KiB and says how much was left out.
+#[test]
+fn a_guest_log_line_is_cut_at_4_kib() {
+    let (out, _log) = captured();
+    setup();
+    let server = start(wamr_coro::Module::from_wat(LOUD).unwrap(), Mode::Direct, EnvPolicy::Connection, test_limits());
+    let mut s = connect(server.local_addr());
+    s.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut s, 1).unwrap(), b"k");
+    drop(s);
+    server.stop();
+    let text = String::from_utf8_lossy(&out.0.lock()).into_owned();
+    let line = text.lines().find(|l| l.contains("BIGAAAA")).unwrap_or_else(|| panic!("no log line: {text:.300}"));
+    assert!(line.len() < 4096 + 300, "a log line of {} bytes", line.len());
+    assert!(line.contains(&format!("BIG{}", "A".repeat(4093))), "{line:.200}");
+    let more = line.split("[... ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<usize>().ok());
+    assert!(more.is_some_and(|n| n == 61443 - 4096), "no note of the bytes left out: {line:.100}...");
 }
