@@ -139,3 +139,33 @@ fn a_guest_that_only_peeks_is_stopped_by_the_budget() {
     assert!(stats.budget_overruns >= 1, "{stats}");
     assert_eq!(stats.traps, 0, "{stats}");
 }
+
+/// After an OPEN it calls `wait_msg` with a negative `cap` in a loop: each
+/// call answers BAD_POINTER at once.
+const BAD_WAIT_FOREVER: &str = r#"(module
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run") (result i32)
+    (if (i32.eq (call $wait (i32.const 2048) (i32.const 1024) (i32.const 1024)) (i32.const -4))
+      (then (return (i32.const 0))))
+    (loop $again
+      (drop (call $wait (i32.const 2048) (i32.const -1) (i32.const 1024)))
+      (br $again))
+    (i32.const 0)))"#;
+
+/// A `wait_msg` refused for a bad pointer hands out no event, so it must
+/// not end the budget of the event being handled either: a guest that
+/// called it in a loop spun forever, out of the budget's reach, and its
+/// shard's connections were never served again.
+#[test]
+fn a_guest_that_loops_on_a_refused_wait_msg_is_stopped_by_the_budget() {
+    setup();
+    let limits = Limits { queue_shards: 1, ..test_limits() };
+    let server = start(Module::from_wat(BAD_WAIT_FOREVER).unwrap(), Mode::Queue, EnvPolicy::Connection, limits);
+    let mut s = connect(server.local_addr());
+    // The fault closes the shard's connections, this one included.
+    assert!(closed_by_peer(&mut s, Duration::from_secs(10)), "the guest was never stopped");
+    let stats = server.stop();
+    assert!(stats.budget_overruns >= 1, "{stats}");
+    assert!(stats.bad_pointers >= 1, "{stats}");
+}

@@ -118,16 +118,19 @@ impl AbiHost for QueueHost {
         if !self.guest_loop {
             return abi::ERR_NOT_IN_THIS_MODE;
         }
+        // A call refused for its pointers hands out nothing, so it ends
+        // nothing either: the budget of the event being handled runs on
+        // (a guest that looped on a refused call spun out of its reach).
+        if mem.check(info, abi::EVENT_SIZE).is_none() || cap < 0 || mem.check(buf, cap).is_none() {
+            self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
+            return ERR_BAD_POINTER;
+        }
         // The guest is back for more: its time for the last event is over
         // (unless it only peeks at it again, below).
         let peeked = self.peeked.take();
         self.interrupt.set_deadline(None);
         if let Some(t) = self.handed_out.take() {
             self.sh.metrics.call_seconds.observe(t.elapsed());
-        }
-        if mem.check(info, abi::EVENT_SIZE).is_none() || cap < 0 || mem.check(buf, cap).is_none() {
-            self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
-            return ERR_BAD_POINTER;
         }
         // With `cap` 0 a DATA event comes back empty and the dispatcher
         // keeps all its bytes for the next call: a peek (guest-abi.md 3).
