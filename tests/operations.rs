@@ -213,3 +213,55 @@ fn a_trickling_scraper_does_not_hold_the_metrics_endpoint() {
     got.unwrap_or_else(|e| panic!("/healthz unanswered while a client trickled its request: {e}"));
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("\r\n\r\nok\n"), "{out:?}");
 }
+
+/// Its own loop echoes; told SHUTDOWN, it does not return from `run` but
+/// spins.
+const IGNORES_SHUTDOWN: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (func (export "run") (result i32)
+    (local $n i32)
+    (loop $next
+      (local.set $n (call $wait (i32.const 65536) (i32.const 65536) (i32.const 1024)))
+      (if (i32.eq (local.get $n) (i32.const -4)) (then (loop $spin (br $spin))))
+      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+        (then (drop (call $send (i32.load (i32.const 1024)) (i32.const 65536) (local.get $n)))))
+      (br $next))
+    (i32.const 0)))"#;
+
+/// A guest must return from `run` once `wait_msg` says SHUTDOWN; one that
+/// does not is held to the time budget like any other. Before, SHUTDOWN
+/// left the budget disarmed: after a reload the replaced guest's runners
+/// (threads) spun for the rest of the server's life, a core each, and
+/// every later reload kept them (never finished, never joined).
+#[test]
+fn a_replaced_queue_guest_that_ignores_shutdown_is_stopped_by_the_budget() {
+    setup();
+    let limits = Limits { queue_shards: 2, ..test_limits() };
+    let server =
+        start(wamr_coro::Module::from_wat(IGNORES_SHUTDOWN).unwrap(), Mode::Queue, EnvPolicy::Connection, limits);
+    let mut s = connect(server.local_addr());
+    echo_round(&mut s, b"before the reload");
+    drop(s);
+    server.reload(module("echo.wat")).unwrap();
+    // The replaced guest's two runners end within the budget (200 ms);
+    // each reload joins those that have ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        server.reload(module("echo.wat")).unwrap();
+        if server.held_runners() <= 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest that ignores SHUTDOWN still runs: {} runners held",
+            server.held_runners()
+        );
+    }
+    let mut s = connect(server.local_addr());
+    echo_round(&mut s, b"after the reload");
+    let stats = server.stop();
+    assert!(stats.budget_overruns >= 2, "{stats}");
+}

@@ -136,7 +136,14 @@ impl AbiHost for QueueHost {
         // keeps all its bytes for the next call: a peek (guest-abi.md 3).
         let next = self.dispatcher.lock().next(cap as usize);
         let (conn, kind, ret) = match next {
-            Next::Shutdown => return abi::ERR_SHUTDOWN,
+            // The guest must now return from `run`, and has the budget of an
+            // event to do it: one that ignored SHUTDOWN spun unbounded (after
+            // a reload, for the rest of the server's life).
+            Next::Shutdown => {
+                self.interrupt.set_deadline(self.budget);
+                self.interrupt.rearm_instructions();
+                return abi::ERR_SHUTDOWN;
+            }
             Next::Open(c) => (c, abi::EVENT_OPEN, 0),
             Next::Close(c) => (c, abi::EVENT_CLOSE, 0),
             // Only `buf .. buf+n` (guest-abi.md 3): the buffer is the guest's
