@@ -169,3 +169,54 @@ fn a_guest_that_loops_on_a_refused_wait_msg_is_stopped_by_the_budget() {
     assert!(stats.budget_overruns >= 1, "{stats}");
     assert!(stats.bad_pointers >= 1, "{stats}");
 }
+
+/// Its own loop takes DATA 4 bytes at a time. A message starting with "C"
+/// makes it close that connection; any DATA it is handed later for a
+/// connection it closed is counted; "?" answers the count (as a digit).
+const CLOSES_MID_MESSAGE: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "close" (func $close (param i32) (result i32)))
+  (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $closed (mut i32) (i32.const 0))
+  (global $late (mut i32) (i32.const 0))
+  (func (export "run") (result i32)
+    (local $n i32) (local $conn i32)
+    (loop $next
+      (local.set $n (call $wait (i32.const 65536) (i32.const 4) (i32.const 1024)))
+      (if (i32.eq (local.get $n) (i32.const -4)) (then (return (i32.const 0))))
+      (local.set $conn (i32.load (i32.const 1024)))
+      (if (i32.eqz (i32.load offset=4 (i32.const 1024)))
+        (then
+          (if (i32.eq (local.get $conn) (global.get $closed))
+            (then (global.set $late (i32.add (global.get $late) (i32.const 1))))
+            (else
+              (if (i32.eq (i32.load8_u (i32.const 65536)) (i32.const 67))
+                (then
+                  (drop (call $close (local.get $conn)))
+                  (global.set $closed (local.get $conn))))
+              (if (i32.eq (i32.load8_u (i32.const 65536)) (i32.const 63))
+                (then
+                  (i32.store8 (i32.const 2048) (i32.add (global.get $late) (i32.const 48)))
+                  (drop (call $send (local.get $conn) (i32.const 2048) (i32.const 1)))))))))
+      (br $next))
+    (i32.const 0)))"#;
+
+/// After the guest's own `close(conn)`, it is handed no more of `conn`'s
+/// bytes: the events still queued for it are dropped, and so must be the
+/// rest of a message longer than the guest's buffer. Before, the rest came
+/// as further DATA events for the connection the guest had closed (and
+/// whose state it may have freed).
+#[test]
+fn no_data_is_handed_out_for_a_connection_the_guest_closed() {
+    setup();
+    let limits = Limits { queue_shards: 1, ..test_limits() };
+    let server = start(Module::from_wat(CLOSES_MID_MESSAGE).unwrap(), Mode::Queue, EnvPolicy::Connection, limits);
+    let mut a = connect(server.local_addr());
+    a.write_all(b"CCCCxxxxyyyyzzzz").unwrap();
+    assert!(closed_by_peer(&mut a, Duration::from_secs(5)), "the guest's close did not close");
+    let mut b = connect(server.local_addr());
+    b.write_all(b"?").unwrap();
+    assert_eq!(read_n(&mut b, 1).unwrap(), b"0", "DATA events handed out after the guest's close");
+    server.stop();
+}

@@ -63,12 +63,16 @@ impl Dispatcher {
     /// keeps all of them: `wait_msg`'s peek.
     pub(super) fn next(&mut self, cap: usize) -> Next {
         if let Some((conn, data, off)) = self.rest.take() {
-            let end = (off + cap).min(data.len());
-            let piece = data[off..end].to_vec();
-            if end < data.len() {
-                self.rest = Some((conn, data, end));
+            // Unless the guest closed the connection meanwhile: then the
+            // rest goes, as its queued DATA events do (below).
+            if !self.handling.as_ref().is_some_and(|(c, _)| c.id == conn && c.closed.load(Ordering::Acquire)) {
+                let end = (off + cap).min(data.len());
+                let piece = data[off..end].to_vec();
+                if end < data.len() {
+                    self.rest = Some((conn, data, end));
+                }
+                return Next::Data(conn, piece);
             }
-            return Next::Data(conn, piece);
         }
         self.done_handling();
         loop {
