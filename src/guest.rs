@@ -203,8 +203,12 @@ impl Guest {
         // Without an `alloc` export the receive buffer comes from WAMR's app
         // heap: size it for one chunk plus the allocator's overhead.
         let heap_size = if exports.alloc { 0 } else { config.chunk_size + 8 * 1024 };
-        let inst_cfg =
-            InstanceConfig { stack_size: config.wasm_stack, heap_size, max_memory_pages: config.max_memory_pages };
+        let inst_cfg = InstanceConfig {
+            stack_size: config.wasm_stack,
+            heap_size,
+            max_memory_pages: config.max_memory_pages,
+            start_budget: config.call_budget,
+        };
         let guest = Arc::new(Guest {
             module,
             exports,

@@ -344,6 +344,32 @@ fn a_start_function_too_deep_for_a_coroutine_fails_the_env_not_the_process() {
     }
 }
 
+/// The compiled form of a start function that never returns is held to the
+/// call budget like the interpreted one (`isolation.rs`
+/// `a_start_function_that_never_returns_is_a_start_up_error`): WAMR's AOT
+/// runtime runs it in its own instantiation code, which calls the same hook.
+#[test]
+fn a_compiled_start_function_that_never_returns_is_a_start_up_error() {
+    if !compiler() {
+        return;
+    }
+    let wat = r#"(module (memory (export "memory") 1)
+        (func $spin (loop $l (br $l))) (start $spin)
+        (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
+    let m = Module::new(aot::compile(wat.as_bytes(), Target::Native).unwrap()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let limits = Limits { call_budget: Some(Duration::from_millis(200)), ..test_limits() };
+        let r = Server::builder(m).listen("127.0.0.1:0").limits(limits).start().map(drop);
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Err(e)) => assert!(e.contains("start function") && e.contains("200 ms"), "{e}"),
+        Ok(Ok(())) => panic!("accepted a module whose start function never returns"),
+        Err(_) => panic!("still instantiating after 20 s (the start function was never stopped)"),
+    }
+}
+
 /// Native stack an AOT call uses on a coroutine stack: the stack below the
 /// caller is painted, the call runs, and the lowest changed byte is the
 /// peak. Printed (docs/BENCHMARKS.md quotes it) and checked to leave the

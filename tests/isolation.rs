@@ -227,6 +227,54 @@ fn a_start_function_that_traps_is_a_start_up_error() {
     }
 }
 
+/// A start function that never returns. It runs inside WAMR's
+/// instantiation, before the instance is handed back, so the watchdog could
+/// not reach it: starting the server (or reloading to the module, or making
+/// any env of it) hung for ever, whatever the call budget. Now it is held to
+/// the call budget and starting fails with an error that says so.
+#[test]
+fn a_start_function_that_never_returns_is_a_start_up_error() {
+    setup();
+    let spinner = || {
+        Module::from_wat(
+            r#"(module (memory (export "memory") 1)
+                 (func $spin (loop $l (br $l))) (start $spin)
+                 (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+        )
+        .unwrap()
+    };
+    // Bounded waits: without the budget these calls never return.
+    let within = |what: &str, f: Box<dyn FnOnce() -> Result<(), Error> + Send>| -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => panic!("{what}: accepted a module whose start function never returns"),
+            Err(_) => panic!("{what}: still instantiating after 20 s (the start function was never stopped)"),
+        }
+    };
+    let limits = || Limits { call_budget: Some(Duration::from_millis(200)), ..test_limits() };
+    for mode in [Mode::Direct, Mode::Queue] {
+        let m = spinner();
+        let err = within(
+            "start",
+            Box::new(move || Server::builder(m).listen("127.0.0.1:0").mode(mode).limits(limits()).start().map(drop)),
+        );
+        assert!(err.contains("start function") && err.contains("200 ms"), "{mode:?}: {err}");
+    }
+    // A reload to it fails the same way, and the server goes on serving.
+    let server = start(module("echo.wat"), Mode::Direct, EnvPolicy::Connection, limits());
+    let server = std::sync::Arc::new(server);
+    let s2 = std::sync::Arc::clone(&server);
+    let m = spinner();
+    let err = within("reload", Box::new(move || s2.reload(m)));
+    assert!(err.contains("start function"), "{err}");
+    let mut c = connect(server.local_addr());
+    echo_round(&mut c, b"still served");
+}
+
 #[test]
 fn an_import_with_the_wrong_signature_says_so() {
     setup();

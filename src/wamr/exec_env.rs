@@ -49,11 +49,16 @@ pub struct InstanceConfig {
     /// maximum, and never less than its initial size. 0 = the module's own
     /// maximum. Default 0.
     pub max_memory_pages: u32,
+    /// Time budget of the functions instantiation runs (the start function,
+    /// and `_initialize`, `__post_instantiate` or `__wasm_call_ctors` when
+    /// exported): past it they are stopped and instantiating fails. `None`
+    /// = unbounded. Default `None`.
+    pub start_budget: Option<std::time::Duration>,
 }
 
 impl Default for InstanceConfig {
     fn default() -> Self {
-        InstanceConfig { stack_size: 16 * 1024, heap_size: 0, max_memory_pages: 0 }
+        InstanceConfig { stack_size: 16 * 1024, heap_size: 0, max_memory_pages: 0, start_budget: None }
     }
 }
 
@@ -169,21 +174,32 @@ impl ExecEnv {
             max_memory_pages: clamp_max_pages(module, cfg.max_memory_pages),
         };
         // The start function runs in here, on a temporary exec env: on a
-        // coroutine, WAMR must check it against the coroutine's stack.
-        let inst = super::stack::with_coroutine_boundary(|| {
-            // SAFETY: the module is alive (`Owner::Instance`); `args` and `err`
-            // outlive the call, `err` is writable for its size; the start
-            // function runs in here, bounded by the stack we are on.
-            unsafe {
-                sys::wasm_runtime_instantiate_ex(
-                    module.inner.raw,
-                    &args,
-                    err.as_mut_ptr() as *mut libc::c_char,
-                    ERROR_BUF_LEN as u32,
-                )
-            }
+        // coroutine, WAMR must check it against the coroutine's stack, and
+        // it is held to the start budget (start_budget.rs).
+        let (inst, stopped) = super::start_budget::run(cfg.start_budget, || {
+            super::stack::with_coroutine_boundary(|| {
+                // SAFETY: the module is alive (`Owner::Instance`); `args` and `err`
+                // outlive the call, `err` is writable for its size; the start
+                // function runs in here, bounded by the stack we are on.
+                unsafe {
+                    sys::wasm_runtime_instantiate_ex(
+                        module.inner.raw,
+                        &args,
+                        err.as_mut_ptr() as *mut libc::c_char,
+                        ERROR_BUF_LEN as u32,
+                    )
+                }
+            })
         });
         if inst.is_null() {
+            if stopped {
+                return Err(Error::Instantiate(format!(
+                    "the module's start function (or another function run at instantiation) ran past \
+                     the call budget of {} ms and was stopped ({})",
+                    cfg.start_budget.unwrap_or_default().as_millis(),
+                    error_text(&err)
+                )));
+            }
             return Err(Error::Instantiate(error_text(&err)));
         }
         // SAFETY: `inst` was just created and is owned by us.

@@ -51,6 +51,7 @@ pub mod parent;
 pub mod runtime;
 pub(crate) mod scan;
 pub mod stack;
+pub(crate) mod start_budget;
 pub mod state;
 pub(crate) mod sys;
 pub mod typed;

@@ -139,6 +139,7 @@ impl Runtime {
         // Still under the lock: a concurrent `get` waits until the built-in
         // imports exist, so no module can load without them.
         super::host::register_builtin_natives()?;
+        super::start_budget::install();
         let rt: &'static Runtime = Box::leak(Box::new(Runtime { config }));
         *slot = Some(rt);
         Ok(rt)

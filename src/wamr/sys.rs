@@ -11,4 +11,9 @@ extern "C" {
     /// calling thread's stack boundary for exec envs that have none of their
     /// own, or NULL for the thread's own stack. Used by `stack.rs` only.
     pub fn os_thread_set_stack_boundary_override(boundary: *mut u8);
+    /// Patch 0600 (`wamr/patches/0600-post-instantiate-hook.patch`): the
+    /// function WAMR calls with an instance just before (`true`) and after
+    /// (`false`) the functions instantiation runs (the start function...).
+    /// Used by `start_budget.rs` only.
+    pub fn wcoro_set_post_instantiate_hook(hook: Option<unsafe extern "C" fn(wasm_module_inst_t, bool)>);
 }
