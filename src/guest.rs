@@ -408,6 +408,7 @@ impl GuestEnv {
                 Arc::clone(&guest.budget),
                 guest.config.max_memory_pages,
                 guest.module.facts().grows_memory,
+                guest.module.facts().table_bytes,
             )?;
         }
         env.set_budget(guest.config.call_budget);

@@ -176,6 +176,48 @@ fn the_global_guest_memory_budget_bounds_growth_and_new_envs() {
     assert_eq!(stats.guest_memory.used_bytes, 0, "charges left after every env died: {stats}");
 }
 
+/// A million-element table: 8 MiB of host memory in every instance, for a
+/// module of a few dozen bytes. Answers one byte.
+const BIG_TABLE: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (table 1000000 funcref)
+  (data (i32.const 16) "k")
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (call $send (local.get $c) (i32.const 16) (i32.const 1))))"#;
+
+/// The guest-memory budget counts what an env's tables take too. Before,
+/// it counted linear memory only, and a module declaring a big table had
+/// every env take 8 MiB the budget never saw: 10 connections took 80 MiB
+/// of a 40 MiB budget, which reported 1.3 MiB used (10,000 connections, the
+/// default limit, would have asked for 80 GB).
+#[test]
+fn the_global_guest_memory_budget_counts_tables() {
+    setup();
+    let limits = Limits { max_guest_memory: 40 << 20, ..test_limits() };
+    let server = start_with(Module::from_wat(BIG_TABLE).unwrap(), EnvSource::Instance, 1, limits);
+    let mut held = Vec::new();
+    let mut served = 0;
+    for _ in 0..10 {
+        let mut c = connect(server.local_addr());
+        c.write_all(b"x").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        if matches!(std::io::Read::read(&mut c, &mut b), Ok(1)) {
+            served += 1;
+        }
+        held.push(c);
+        let used = server.stats().guest_memory.used_bytes;
+        assert!(used <= 40 << 20, "budget exceeded: {used} bytes charged");
+    }
+    let stats = server.stats();
+    assert!(served < 10, "10 envs of 8 MiB tables each fit a 40 MiB budget? {stats}");
+    assert!(served >= 3, "only {served} served: {stats}");
+    assert!(stats.guest_memory.refused_envs > 0, "{stats}");
+    drop(held);
+    server.stop();
+}
+
 #[test]
 fn spawned_envs_obey_the_per_env_memory_cap() {
     setup();

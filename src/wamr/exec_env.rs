@@ -577,17 +577,19 @@ impl ExecEnv {
     }
 
     /// Charges this env against `budget` (its current memory now, and room
-    /// to grow up to `cap` pages during each call); without a budget the
-    /// cap still applies. Refused if the budget has no room.
+    /// to grow up to `cap` pages during each call, plus `table_bytes` for
+    /// its tables as long as it lives); without a budget the cap still
+    /// applies. Refused if the budget has no room.
     pub(crate) fn attach_budget(
         &mut self,
         budget: Arc<super::state::MemoryBudget>,
         cap: u32,
         grows: bool,
+        table_bytes: u64,
     ) -> Result<()> {
         let ceiling = super::state::memory_max(self.inst);
         let cap = if cap == 0 { ceiling } else { cap.min(ceiling) };
-        let account = super::state::MemoryAccount::open(self.inst, budget, cap, grows)?;
+        let account = super::state::MemoryAccount::open(self.inst, budget, cap, grows, table_bytes)?;
         self.data_mut().account = Some(account);
         Ok(())
     }

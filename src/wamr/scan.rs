@@ -33,6 +33,11 @@ pub(crate) struct ModuleFacts {
     pub grows_memory: bool,
     /// Some function changes tables or drops segments (see module docs).
     pub mutates_tables_or_segments: bool,
+    /// Bytes WAMR allocates for the module's tables in each instance (one
+    /// pointer per element: the initial size, or, with `table.grow`, the
+    /// size it may grow to, which WAMR allocates up front). Host memory
+    /// outside linear memory, which the guest-memory budget must count too.
+    pub table_bytes: u64,
     /// `(module, name, type)` of every imported function.
     pub func_imports: Vec<(String, String, FuncType)>,
     /// `(name, type)` of every exported function. (WAMR's own type getters
@@ -51,6 +56,7 @@ impl Default for ModuleFacts {
             max_pages: None,
             grows_memory: false,
             mutates_tables_or_segments: false,
+            table_bytes: 0,
             func_imports: Vec::new(),
             func_exports: Vec::new(),
             exported_globals: Ok(Vec::new()),
@@ -108,6 +114,9 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
     let mut globals = Vec::new();
     let mut global_exports = Vec::new();
     let mut segments = Vec::new();
+    // (initial, maximum) of every table, imported or defined.
+    let mut tables: Vec<(u64, Option<u64>)> = Vec::new();
+    let mut grows_tables = false;
     let type_of = |types: &[FuncType], idx: u32| {
         types.get(idx as usize).cloned().unwrap_or_else(|| FuncType::new(&[ValType::Other], &[]))
     };
@@ -134,6 +143,7 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
                             f.max_pages = m.maximum;
                         }
                         TypeRef::Global(_) => imported_globals += 1,
+                        TypeRef::Table(t) => tables.push((t.initial, t.maximum)),
                         _ => {}
                     }
                 }
@@ -163,6 +173,12 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
                     }
                 }
             }
+            Payload::TableSection(r) => {
+                for t in r {
+                    let t = t?;
+                    tables.push((t.ty.initial, t.ty.maximum));
+                }
+            }
             Payload::GlobalSection(r) => {
                 for g in r {
                     let g = g?;
@@ -184,8 +200,11 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
                 while !ops.eof() {
                     match ops.read()? {
                         Operator::MemoryGrow { .. } => f.grows_memory = true,
+                        Operator::TableGrow { .. } => {
+                            grows_tables = true;
+                            f.mutates_tables_or_segments = true;
+                        }
                         Operator::TableSet { .. }
-                        | Operator::TableGrow { .. }
                         | Operator::TableFill { .. }
                         | Operator::TableCopy { .. }
                         | Operator::TableInit { .. }
@@ -198,6 +217,18 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
             _ => {}
         }
     }
+    // WAMR's sizes (wasm_loader.c `adjust_table_max_size`, wasm_runtime.c
+    // `tables_instantiate`): a table that can grow is allocated at its
+    // maximum, which is its declared one but at most twice its initial size
+    // (or 1,024 elements, if more).
+    f.table_bytes = tables
+        .iter()
+        .map(|&(initial, maximum)| {
+            let most = initial.saturating_mul(2).max(1024);
+            let elems = if grows_tables { maximum.map_or(most, |m| m.min(most)).max(initial) } else { initial };
+            elems.saturating_mul(std::mem::size_of::<usize>() as u64)
+        })
+        .fold(0u64, u64::saturating_add);
     // The bytes an i32 global points at, as the active segments leave them
     // (later segments overwrite earlier ones, as at instantiation).
     let pointee = |addr: i64| -> Option<Vec<u8>> {
@@ -251,6 +282,23 @@ mod tests {
         assert!(f.mutates_tables_or_segments);
         assert_eq!(f.func_imports.len(), 1);
         assert_eq!(f.func_imports[0].2, FuncType::new(&[ValType::I32, ValType::I32], &[ValType::I32]));
+    }
+
+    #[test]
+    fn table_bytes_are_what_wamr_allocates() {
+        let bytes = |wat: &str| scan(&wat::parse_str(wat).unwrap()).table_bytes;
+        let p = std::mem::size_of::<usize>() as u64;
+        assert_eq!(bytes("(module (memory 1))"), 0);
+        // Without table.grow, the initial size.
+        assert_eq!(bytes("(module (table 10 100 funcref) (table 5 externref))"), 15 * p);
+        // With it, the declared maximum, up to twice the initial size (or
+        // 1,024 elements, if more).
+        let grow = "(func (drop (table.grow 0 (ref.null func) (i32.const 1))))";
+        assert_eq!(bytes(&format!("(module (table 10 100 funcref) {grow})")), 100 * p);
+        assert_eq!(bytes(&format!("(module (table 10 4000000000 funcref) {grow})")), 1024 * p);
+        assert_eq!(bytes(&format!("(module (table 3000 4000000000 funcref) {grow})")), 6000 * p);
+        assert_eq!(bytes(&format!("(module (table 10 funcref) {grow})")), 1024 * p);
+        assert_eq!(bytes(&format!("(module (table 4000 funcref) {grow})")), 8000 * p);
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //!
 //! ## Memory budget
 //! A [`MemoryBudget`] counts 64 KiB pages across every env that shares it. A
-//! `MemoryAccount` charges one env's pages: its current size always, plus,
+//! `MemoryAccount` charges one env's pages: its current size and the host
+//! memory of its tables (WAMR allocates a pointer per element in every
+//! instance; a tiny module can declare millions) always, plus,
 //! while a call runs, the headroom it may grow into (at most its per-env cap,
 //! at most what the budget has left). That headroom becomes the memory's
 //! `max_page_count` for the call, so WAMR itself makes `memory.grow` past it
@@ -320,31 +322,39 @@ pub(crate) struct MemoryAccount {
     cap: u32,
     /// Pages charged now (size, plus headroom during a call).
     charged: u64,
+    /// Pages charged for the env's whole life besides its linear memory:
+    /// the host memory of its tables (`ModuleFacts::table_bytes`).
+    fixed: u64,
     /// Whether the module can grow its memory at all.
     grows: bool,
 }
 
 impl MemoryAccount {
-    /// Charges `inst`'s current size; refuses (an error) if the budget has
-    /// no room for it.
+    /// Charges `inst`'s current size, and `fixed_bytes` of host memory it
+    /// holds besides (its tables); refuses (an error) if the budget has no
+    /// room for them.
     pub(crate) fn open(
         inst: sys::wasm_module_inst_t,
         budget: std::sync::Arc<MemoryBudget>,
         cap: u32,
         grows: bool,
+        fixed_bytes: u64,
     ) -> Result<MemoryAccount> {
         let size = charge_pages(inst);
-        if size > 0 && budget.take(size, true) == 0 {
+        let fixed = fixed_bytes.div_ceil(WASM_PAGE);
+        let want = size.saturating_add(fixed);
+        if want > 0 && budget.take(want, true) == 0 {
             budget.refused_envs.fetch_add(1, Ordering::Relaxed);
             let s = budget.stats();
             return Err(Error::MemoryBudget(format!(
-                "a new env needs {} KiB of linear memory; {} of the {} KiB guest-memory budget are in use",
+                "a new env needs {} KiB of linear memory{}; {} of the {} KiB guest-memory budget are in use",
                 size * 64,
+                if fixed > 0 { format!(" and {} KiB for its tables", fixed * 64) } else { String::new() },
                 s.used_bytes / 1024,
                 s.limit_bytes / 1024
             )));
         }
-        let acct = MemoryAccount { budget, cap, charged: size, grows };
+        let acct = MemoryAccount { budget, cap, charged: size, fixed, grows };
         set_memory_max(inst, 0, cap);
         Ok(acct)
     }
@@ -397,6 +407,6 @@ impl MemoryAccount {
 
 impl Drop for MemoryAccount {
     fn drop(&mut self) {
-        self.budget.give(self.charged);
+        self.budget.give(self.charged + self.fixed);
     }
 }
