@@ -892,3 +892,43 @@ fn a_half_closed_client_reads_what_on_close_sends_in_every_mode() {
         server.stop();
     }
 }
+
+/// `n` (the first 4 bytes of a message, little-endian) bytes of 0x5a in one
+/// `send`; a fifth byte "?" asks for what that `send` returned, right after.
+const SEND_N_WAT: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $last (mut i32) (i32.const 0))
+  (func (export "on_recv") (param $conn i32) (param $ptr i32) (param $len i32) (result i32)
+    (memory.fill (i32.const 4096) (i32.const 0x5a) (i32.const 8192))
+    (global.set $last (call $send (local.get $conn) (i32.const 4096) (i32.load (local.get $ptr))))
+    ;; "n?" in one message: the answer right after.
+    (if (i32.and (i32.ge_u (local.get $len) (i32.const 5))
+                 (i32.eq (i32.load8_u offset=4 (local.get $ptr)) (i32.const 63)))
+      (then
+        (i32.store (i32.const 16) (global.get $last))
+        (drop (call $send (local.get $conn) (i32.const 16) (i32.const 4)))))
+    (i32.const 0)))"#;
+
+/// The output limit's edge, in every mode: a `send` of exactly the limit is
+/// queued whole, byte-exact; one byte more answers WOULD_EXCEED_LIMIT and
+/// queues nothing. (A gap in the suite, not a bug: this passed as written.)
+#[test]
+fn a_send_of_exactly_the_output_limit_is_accepted_and_one_byte_more_is_not() {
+    setup();
+    for (mode, policy) in variants() {
+        let limits = Limits { output_limit: 4096, ..test_limits() };
+        let server = start(wamr_coro::Module::from_wat(SEND_N_WAT).unwrap(), mode, policy, limits);
+        let mut s = connect(server.local_addr());
+        s.write_all(&4096i32.to_le_bytes()).unwrap();
+        assert_eq!(read_n(&mut s, 4096).unwrap(), vec![0x5au8; 4096], "{mode:?}/{policy:?}");
+        let mut refused = 4097i32.to_le_bytes().to_vec();
+        refused.push(b'?');
+        s.write_all(&refused).unwrap();
+        // Nothing of the refused send: the next bytes are the answer to "?".
+        assert_eq!(read_n(&mut s, 4).unwrap(), (-3i32).to_le_bytes(), "{mode:?}/{policy:?}");
+        let stats = server.stop();
+        assert_eq!(stats.output_limit_hits, 1, "{mode:?}/{policy:?}: {stats}");
+        assert_eq!(stats.bytes_out, 4096 + 4, "{mode:?}/{policy:?}: {stats}");
+    }
+}
