@@ -46,7 +46,8 @@ impl Dispatcher {
     /// Also the connection whose CLOSE it is handling, which is no longer
     /// in the table.
     pub(super) fn handling(&self, id: i32) -> Option<&Arc<QueueConn>> {
-        self.handling.as_ref().map(|(c, _)| c).or(self.closing.as_ref()).filter(|c| c.id == id)
+        let by_id = |c: &&Arc<QueueConn>| c.id == id;
+        self.handling.as_ref().map(|(c, _)| c).filter(by_id).or_else(|| self.closing.as_ref().filter(by_id))
     }
 
     pub(super) fn done_handling(&mut self) {
