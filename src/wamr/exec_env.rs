@@ -191,15 +191,23 @@ impl ExecEnv {
                 }
             })
         });
-        if inst.is_null() {
-            if stopped {
-                return Err(Error::Instantiate(format!(
-                    "the module's start function (or another function run at instantiation) ran past \
-                     the call budget of {} ms and was stopped ({})",
-                    cfg.start_budget.unwrap_or_default().as_millis(),
-                    error_text(&err)
-                )));
+        if stopped {
+            // Stopped just as its last function returned, the instance may
+            // have been handed back all the same, with the terminate flag
+            // set: it is no good either way.
+            if !inst.is_null() {
+                // SAFETY: `inst` was just created, is ours and has no env.
+                unsafe { sys::wasm_runtime_deinstantiate(inst) };
             }
+            let why = error_text(&err);
+            return Err(Error::Instantiate(format!(
+                "the module's start function (or another function run at instantiation) ran past \
+                 the call budget of {} ms and was stopped{}",
+                cfg.start_budget.unwrap_or_default().as_millis(),
+                if why.is_empty() { String::new() } else { format!(" ({why})") }
+            )));
+        }
+        if inst.is_null() {
             return Err(Error::Instantiate(error_text(&err)));
         }
         // SAFETY: `inst` was just created and is owned by us.
