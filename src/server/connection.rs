@@ -31,6 +31,13 @@ pub(super) fn start(shared: &Arc<Shared>, pool: &Arc<EnvPool>, stream: may::net:
     crate::coro::spawn(move || conn.run());
 }
 
+/// The most output buffer capacity a connection keeps between answers. A
+/// larger buffer is freed once written: before, every connection kept the
+/// capacity of the largest answer it ever had (up to the output limit, 1 MiB
+/// by default), so clients that each asked for one large answer and then
+/// held their connections open idle cost that much apiece.
+const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -205,9 +212,11 @@ impl DirectConn {
             .inspect_err(|_| self.write_failed = true)?;
         self.sh.counters.bytes_out.add(out.len() as u64);
         self.registration.activity().touch();
-        // Hand the buffer back to reuse its capacity.
+        // Hand the buffer back to reuse its capacity, unless it is large:
+        // an idle connection would keep the capacity of its largest answer
+        // (up to the output limit) for as long as it stays open.
         let mut st = self.state.lock();
-        if st.out.is_empty() {
+        if st.out.is_empty() && out.capacity() <= KEEP_OUT_CAPACITY {
             let mut out = out;
             out.clear();
             st.out = out;
