@@ -432,7 +432,7 @@ fn stress(a: StressArgs) -> Result<(), Error> {
 }
 
 fn compile(a: CompileArgs) -> Result<(), Error> {
-    let input = std::fs::read(&a.module).map_err(|source| Error::ReadModule { path: a.module.clone(), source })?;
+    let input = wamr_coro::read_module_file(&a.module)?;
     let aot = wamr_coro::aot::compile(&input, a.target)?;
     std::fs::write(&a.output, &aot)
         .map_err(|source| Error::Io { context: format!("writing {}", a.output.display()), source })?;
@@ -463,7 +463,7 @@ fn engine_name(e: Engine) -> String {
 /// interpreted as `--engine` says. An AOT file is loaded as it is.
 fn load_module(a: &ServeArgs) -> Result<Module, Error> {
     let bytes = match &a.module {
-        Some(path) => std::fs::read(path).map_err(|source| Error::ReadModule { path: path.clone(), source })?,
+        Some(path) => wamr_coro::read_module_file(path)?,
         None => wamr_coro::internals::DEFAULT_GUEST_WAT.as_bytes().to_vec(),
     };
     let module = load_engine(a, bytes)?;

@@ -205,3 +205,57 @@ fn a_signal_right_after_listening_is_handled_not_fatal() {
         assert_eq!(code, 0);
     }
 }
+
+/// A module file past the 256 MiB module limit is refused by its size,
+/// unread. Before, `serve` (and `compile`) read the whole file into memory
+/// first and only then compared its length with the limit: a 1 GiB file
+/// cost 1 GiB of memory before the error, and `/dev/zero` until the process
+/// was killed. Measured by the child's peak resident memory (a sparse file:
+/// nothing on disk).
+#[test]
+fn an_oversized_module_file_is_refused_unread() {
+    let dir = std::env::temp_dir().join(format!("wamr-coro-cli-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.wasm");
+    std::fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
+    for cmd in ["serve", "compile"] {
+        let mut args = vec![cmd, big.to_str().unwrap()];
+        if cmd == "serve" {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        } else {
+            args.extend(["-o", "/dev/null"]);
+        }
+        let child = common::wamr_coro()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        // Reaped with wait4 for its resource use (bounded: 60 s).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+        loop {
+            // SAFETY: `pid` is our child, not reaped yet; both out-pointers
+            // are valid for the call.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            if r == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: our child, not reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("{cmd}: still running after 60 s on a 1 GiB module file");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.unwrap(), &mut err).unwrap();
+        let peak_mib = usage.ru_maxrss as u64 / 1024;
+        assert!(peak_mib < 256, "{cmd}: peaked at {peak_mib} MiB resident to refuse a 1 GiB module file");
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0, "{cmd}: {status} {err}");
+        assert!(err.contains("1073741824 bytes") && err.contains("module limit"), "{cmd}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -223,9 +223,7 @@ impl Module {
 
     /// Loads a module from a `.wasm`, `.wat` or `.aot` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Module> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::ReadModule { path: path.to_owned(), source })?;
-        Module::new(bytes)
+        Module::new(read_module_file(path.as_ref())?)
     }
 
     /// Loads a module from a wasm binary.
@@ -478,6 +476,30 @@ fn check_aot_matches(inner: &ModuleInner, wasm: &[u8]) -> Result<()> {
 
 /// Largest module accepted (binary or text).
 pub const MAX_MODULE_BYTES: usize = 256 << 20;
+
+/// The bytes of the module file at `path`, refused without reading them
+/// all if there are more than [`MAX_MODULE_BYTES`]: a regular file by its
+/// size, anything else (a pipe, a device) once it has given one byte more.
+/// Reading first and checking after, as `std::fs::read` does, took a huge
+/// file whole into memory, and `/dev/zero` until the process died.
+pub fn read_module_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let fail = |source| Error::ReadModule { path: path.to_owned(), source };
+    let too_big = |what: String| {
+        Error::Load(format!("{} {what}, more than the {MAX_MODULE_BYTES}-byte module limit", path.display()))
+    };
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    if meta.is_file() && meta.len() > MAX_MODULE_BYTES as u64 {
+        return Err(too_big(format!("is {} bytes", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(if meta.is_file() { meta.len() as usize } else { 0 });
+    file.take(MAX_MODULE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(fail)?;
+    if bytes.len() > MAX_MODULE_BYTES {
+        return Err(too_big("gave more bytes".into()));
+    }
+    Ok(bytes)
+}
 
 /// At most `max` characters of `text` (error messages quote input: a huge
 /// one-line file must not become a huge message).
