@@ -225,6 +225,8 @@ fn an_oversized_module_file_is_refused_unread() {
         } else {
             args.extend(["-o", "/dev/null"]);
         }
+        // Reaped below with wait4, which clippy cannot see.
+        #[allow(clippy::zombie_processes)]
         let child = common::wamr_coro()
             .args(&args)
             .stdout(std::process::Stdio::null())
