@@ -787,3 +787,33 @@ fn pool_slots_keep_envs_per_thread_and_close_destroys_them() {
     assert_eq!(g.registry().live(), 0);
     assert!(matches!(pool.acquire(), Err(Error::PoolClosed)));
 }
+
+/// A `Func` borrows nothing from its env, so it can outlive it; WAMR then
+/// frees the function instance it points to. Checked by instance address,
+/// a new instance at the old one's address (the allocator hands the same
+/// block back at once) let the stale function reach WAMR: here it ran the
+/// other module's code, whose signature it does not even share.
+#[test]
+fn a_func_of_a_destroyed_env_is_refused_even_at_a_reused_address() {
+    setup();
+    let m1 = Module::from_wat(r#"(module (memory 1) (func (export "f") (result i32) (i32.const 1)))"#).unwrap();
+    let m2 = Module::from_wat(
+        r#"(module (memory 1) (func (export "f") (param i64 i64 i64 i64) (result i64) (i64.const 2)))"#,
+    )
+    .unwrap();
+    for _ in 0..20 {
+        let a = ExecEnv::new(&m1, InstanceConfig::default()).unwrap();
+        let f = a.func(&m1, "f").unwrap();
+        let typed = a.typed::<(), i32>(&m1, "f").unwrap();
+        drop(a);
+        let mut b = ExecEnv::new(&m2, InstanceConfig::default()).unwrap();
+        let err = b.call(&f, &[]).unwrap_err();
+        assert!(matches!(err, Error::BadArguments { .. }), "{err}");
+        let err = b.call_typed(&typed, ()).unwrap_err();
+        assert!(matches!(err, Error::BadArguments { .. }), "{err}");
+        // The env's own functions still work.
+        let g = b.func(&m2, "f").unwrap();
+        let args = [Val::I64(0), Val::I64(0), Val::I64(0), Val::I64(0)];
+        assert_eq!(b.call(&g, &args).unwrap(), vec![Val::I64(2)]);
+    }
+}

@@ -74,6 +74,8 @@ pub(super) enum Owner {
 pub struct ExecEnv {
     pub(super) raw: sys::wasm_exec_env_t,
     pub(super) inst: sys::wasm_module_inst_t,
+    /// Unique in the process (see `Func::env`): which `Func`s are ours.
+    id: u64,
     owner: Owner,
     /// Stack range for which the native boundary is set.
     bound: Cell<(usize, usize)>,
@@ -235,9 +237,13 @@ impl ExecEnv {
         // user data is the HostData allocation, which lives exactly as long
         // as the ExecEnv (freed by its Drop after the env is destroyed).
         unsafe { sys::wasm_runtime_set_user_data(raw, data.as_ptr() as *mut libc::c_void) };
+        // Ids are never reused (2^64 envs would take centuries to make).
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         ExecEnv {
             raw,
             inst,
+            id,
             owner,
             bound: Cell::new((0, 0)),
             data,
@@ -341,7 +347,7 @@ impl ExecEnv {
         if raw.is_null() {
             return Err(Error::MissingExport { name: name.into(), why: "lookup".into() });
         }
-        Ok(Func { raw, inst: self.inst, name: name.into(), ty })
+        Ok(Func { raw, env: self.id, name: name.into(), ty })
     }
 
     /// Calls `func` with `args`, checking their types.
@@ -414,10 +420,12 @@ impl ExecEnv {
     /// the arguments and room for the results, as the function's type
     /// requires.
     pub(crate) fn call_cells(&mut self, func: &Func, argc: u32, cells: &mut [u32]) -> Result<()> {
-        if func.inst != self.inst {
+        // By id, not by instance address: a Func of a destroyed env must
+        // never reach WAMR, even when a new instance took its address.
+        if func.env != self.id {
             return Err(Error::BadArguments {
                 func: func.name.to_string(),
-                why: "function belongs to another instance".into(),
+                why: "function belongs to another exec env".into(),
             });
         }
         let claim = match self.call_stack {
@@ -426,7 +434,7 @@ impl ExecEnv {
         };
         self.enter(claim.as_ref().map(|c| c.stack()))?;
         let (raw, f, cells) = (self.raw, func.raw, cells.as_mut_ptr());
-        // `raw` and `func` belong to this live instance (checked above); the
+        // `raw` and `func` belong to this live env (checked above); the
         // callers size `cells` from the function's type; `enter` bound WAMR's
         // boundary to the stack the call runs on. Host functions may yield
         // inside a call on the coroutine's stack; the env is not shared.

@@ -10,14 +10,20 @@ use super::sys;
 #[derive(Debug, Clone)]
 pub struct Func {
     pub(super) raw: sys::wasm_function_inst_t,
-    pub(super) inst: sys::wasm_module_inst_t,
+    /// The id of the [`ExecEnv`](super::ExecEnv) it was looked up on, never
+    /// reused in the process. Not the instance's address: an instance
+    /// destroyed and another made can share one, and a `Func` outlives its
+    /// env (it borrows nothing), so a stale one would pass that check and
+    /// hand WAMR a function instance that was freed with its instance.
+    pub(super) env: u64,
     pub(super) name: Arc<str>,
     pub(super) ty: FuncType,
 }
 
 // SAFETY: a function instance is immutable data of its module instance; the
-// pointer is only dereferenced by WAMR during a call on an env of that same
-// instance, which ExecEnv::call checks (`inst` must match).
+// pointer is only dereferenced by WAMR during a call on the very env it was
+// looked up on (alive, since it is making the call), which
+// ExecEnv::call_cells checks (`env` must match that env's unique id).
 unsafe impl Send for Func {}
 // SAFETY: see Send.
 unsafe impl Sync for Func {}
