@@ -124,9 +124,11 @@ pub struct Guest {
     /// `max_envs` holds exactly under concurrent creation).
     live: AtomicUsize,
     budget: Arc<MemoryBudget>,
-    /// Memory of a fresh instance before any call (spawn source: a shard
-    /// parent's, copied into each spawned env, which WAMR leaves zeroed).
-    pristine: OnceLock<Option<MemoryImage>>,
+    /// Memory and globals of a fresh instance before any call (spawn
+    /// source: a shard parent's, copied into each spawned env, which WAMR
+    /// leaves without data segments and whose start function ran on that).
+    /// Memory `None` if shared.
+    pristine: OnceLock<(Option<MemoryImage>, GlobalsSnapshot)>,
     /// Memory of the first env right after `GuestEnv::init`: what every
     /// env is reset to. `None` if envs cannot be reset (shared memory).
     image: OnceLock<Option<ResetImage>>,
@@ -325,7 +327,7 @@ impl Guest {
         let parent = ParentEnv::new(&self.module, self.inst_cfg)?;
         // The parent is never called: its memory is the module's initial
         // image (data segments), which spawned envs do not get from WAMR.
-        self.pristine.get_or_init(|| parent.capture_memory());
+        self.pristine.get_or_init(|| (parent.capture_memory(), parent.snapshot_globals()));
         let env = parent.spawn()?;
         s.parents.push(parent);
         s.next = s.parents.len() - 1;
@@ -393,7 +395,7 @@ impl GuestEnv {
         let shared = guest.module.has_shared_memory();
         if env.is_spawned() && !shared {
             match guest.pristine.get() {
-                Some(Some(pristine)) => env.load_image(pristine)?,
+                Some((Some(memory), globals)) => env.load_image(memory, globals)?,
                 _ => {
                     return Err(Error::ExecEnv(
                         "no initial memory image for a spawned env (its data segments would be missing)".into(),

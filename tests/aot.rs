@@ -423,6 +423,30 @@ fn compiled_calls_native_stack_use() {
     eprintln!("native stack per call (host frames below the caller included): {}", report.join("; "));
 }
 
+/// Compiled code keeps globals where the interpreter does, and its aux stack
+/// pointer elsewhere in them: a spawned compiled env, too, starts as a
+/// fresh instance, with the stack pointer of its own slot.
+#[test]
+fn compiled_spawned_envs_start_with_the_globals_and_memory_of_a_fresh_instance() {
+    if !compiler() {
+        return;
+    }
+    let m = Module::new(aot::compile(START_READS_DATA_WAT.as_bytes(), Target::Native).unwrap()).unwrap();
+    for source in [EnvSource::Instance, EnvSource::Spawn] {
+        let server = Server::builder(m.clone())
+            .listen("127.0.0.1:0")
+            .env_source(source)
+            .pool_capacity(1)
+            .workers(2)
+            .limits(test_limits())
+            .start()
+            .unwrap();
+        starts_like_a_fresh_instance(&server, source);
+        let stats = server.stop();
+        assert_eq!(stats.envs.live, 0, "{stats}");
+    }
+}
+
 #[test]
 fn compiled_envs_are_reset_between_connections() {
     if !compiler() {

@@ -342,3 +342,21 @@ fn errors_quote_only_a_short_excerpt_of_the_input() {
     let err = Module::new(&bad).unwrap_err();
     assert!(matches!(err, Error::Load(_)), "{err}");
 }
+
+/// WAMR runs the start function again in every spawned instance, on memory
+/// without its data segments. Spawned envs got the parent's memory copied
+/// over that, but only its non-zero pages, and kept the globals the start
+/// function computed from the missing data: they answered [0, 42] where a
+/// fresh instance answers [42, 0].
+#[test]
+fn spawned_envs_start_with_the_globals_and_memory_of_a_fresh_instance() {
+    setup();
+    for source in [EnvSource::Instance, EnvSource::Spawn] {
+        // Pool capacity 1 and more connections than one shard (16): new
+        // spawns, a second parent, and reused (reset) envs all answer alike.
+        let server = start_with(Module::from_wat(START_READS_DATA_WAT).unwrap(), source, 1, test_limits());
+        starts_like_a_fresh_instance(&server, source);
+        let stats = server.stop();
+        assert_eq!(stats.envs.live, 0, "{stats}");
+    }
+}

@@ -565,13 +565,24 @@ impl ExecEnv {
         super::state::MemoryImage::capture(self.inst)
     }
 
-    /// Writes `image` into a memory that was just created (all zero): how a
-    /// spawned env gets the module's data segments, which WAMR does not
-    /// give it.
-    pub(crate) fn load_image(&mut self, image: &super::state::MemoryImage) -> Result<()> {
+    /// Gives a just-spawned env the state of its parent, which is the
+    /// module's initial state: `image`, the memory with its data segments
+    /// (WAMR gives a spawned instance none), and `globals`, all but the
+    /// env's own aux stack pointer. WAMR ran the module's start function in
+    /// the child on that data-less memory, so whatever it wrote, to memory
+    /// or to globals, is overwritten, zero pages included.
+    pub(crate) fn load_image(
+        &mut self,
+        image: &super::state::MemoryImage,
+        globals: &super::state::GlobalsSnapshot,
+    ) -> Result<()> {
         image
-            .apply(self.inst, true)
-            .map_err(|why| Error::ExecEnv(format!("cannot give the spawned env its initial memory: {why}")))
+            .apply(self.inst)
+            .map_err(|why| Error::ExecEnv(format!("cannot give the spawned env its initial memory: {why}")))?;
+        if !super::state::load_spawned_globals(self.inst, globals) {
+            return Err(Error::ExecEnv("cannot give the spawned env its initial globals: sizes differ".into()));
+        }
+        Ok(())
     }
 
     /// Brings the env back to `image` and `globals` (taken when it was
@@ -585,7 +596,7 @@ impl ExecEnv {
         if self.poisoned().is_some() || self.interrupt.is_doomed() {
             return Err("faulted");
         }
-        image.apply(self.inst, false)?;
+        image.apply(self.inst)?;
         if !super::state::restore_globals(self.inst, globals) {
             return Err("globals differ in size");
         }

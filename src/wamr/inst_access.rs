@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 
 extern "C" {
     pub(super) fn wcoro_inst_global_data(inst: sys::wasm_module_inst_t, size: *mut u32) -> *mut u8;
+    pub(super) fn wcoro_inst_aux_stack_global(inst: sys::wasm_module_inst_t, offset: *mut u32) -> bool;
     pub(super) fn wcoro_memory_set_max_pages(inst: sys::wasm_module_inst_t, max_pages: u32) -> bool;
     pub(super) fn wcoro_module_max_pages(module: sys::wasm_module_t, max_pages: *mut u32) -> bool;
     pub(super) fn wcoro_exec_env_operand_stack(

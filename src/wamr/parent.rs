@@ -85,6 +85,12 @@ impl ParentEnv {
         self.env.lock().capture_memory()
     }
 
+    /// A copy of the parent's globals: the module's initial ones (see
+    /// `capture_memory`).
+    pub(crate) fn snapshot_globals(&self) -> super::state::GlobalsSnapshot {
+        self.env.lock().snapshot_globals()
+    }
+
     /// Envs currently spawned from this parent.
     pub fn children(&self) -> usize {
         self.children.load(Ordering::Acquire)

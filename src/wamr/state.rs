@@ -89,6 +89,33 @@ pub(crate) fn restore_globals(inst: sys::wasm_module_inst_t, snap: &GlobalsSnaps
     true
 }
 
+/// Writes `snap` (a parent's globals) into a spawned child's, all but the
+/// child's aux stack pointer: WAMR set that to the child's own slot of the
+/// shadow stack, and the rest is what the module's start function left,
+/// which in the child ran on memory without its data segments. False if the
+/// sizes differ.
+pub(crate) fn load_spawned_globals(inst: sys::wasm_module_inst_t, snap: &GlobalsSnapshot) -> bool {
+    let mut sp = 0u32;
+    // SAFETY: `inst` is live (caller); the accessor reads module fields.
+    let keep = unsafe { super::inst_access::wcoro_inst_aux_stack_global(inst, &mut sp) }.then_some(sp as usize);
+    // SAFETY: as in restore_globals; every copy stays inside the block
+    // (`len` bytes, checked equal to the snapshot's).
+    unsafe {
+        let (ptr, len) = globals_block(inst);
+        if len != snap.0.len() {
+            return false;
+        }
+        match keep {
+            Some(at) if at + 4 <= len => {
+                std::ptr::copy_nonoverlapping(snap.0.as_ptr(), ptr, at);
+                std::ptr::copy_nonoverlapping(snap.0.as_ptr().add(at + 4), ptr.add(at + 4), len - at - 4);
+            }
+            _ => std::ptr::copy_nonoverlapping(snap.0.as_ptr(), ptr, len),
+        }
+    }
+    true
+}
+
 /// Current size of `inst`'s default memory in 64 KiB pages, rounded up
 /// (a shrunk memory has one page of another size).
 fn charge_pages(inst: sys::wasm_module_inst_t) -> u64 {
@@ -186,10 +213,9 @@ impl MemoryImage {
         self.pages
     }
 
-    /// Makes `inst`'s memory equal to the image. `fresh`: the memory is
-    /// known to be all zero (just created), so zero runs are skipped.
+    /// Makes `inst`'s memory equal to the image, zero runs included.
     /// Fails (changing nothing) if the memory is shared or its size differs.
-    pub(crate) fn apply(&self, inst: sys::wasm_module_inst_t, fresh: bool) -> std::result::Result<(), &'static str> {
+    pub(crate) fn apply(&self, inst: sys::wasm_module_inst_t) -> std::result::Result<(), &'static str> {
         // SAFETY: `inst` is live (caller) and not running; every write
         // below stays inside its current memory (same page count as the
         // image, checked first).
@@ -206,7 +232,6 @@ impl MemoryImage {
                     Run::Data { offset, bytes } => {
                         std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(*offset), bytes.len())
                     }
-                    Run::Zero { .. } if fresh => {}
                     Run::Zero { offset, len } => zero_pages(base.add(*offset), *len),
                 }
             }

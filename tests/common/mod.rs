@@ -398,3 +398,62 @@ impl Write for Captured {
         Ok(())
     }
 }
+
+/// A start function that reads the module's data: it sets a mutable global
+/// from it, and writes 42 minus a data byte (0) where the initial memory is
+/// otherwise zero. Answers the global, that byte and the stack pointer
+/// (4 bytes).
+pub const START_READS_DATA_WAT: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global $__stack_pointer (mut i32) (i32.const 65536))
+  (global $g (mut i32) (i32.const 0))
+  (global (export "__data_end") i32 (i32.const 4096))
+  (global (export "__heap_base") i32 (i32.const 196608))
+  (data (i32.const 256) "\2a")
+  (func $init
+    (global.set $g (i32.load8_u (i32.const 256)))
+    (i32.store8 (i32.const 8192) (i32.sub (i32.const 42) (i32.load8_u (i32.const 256)))))
+  (start $init)
+  (func (export "alloc") (param i32) (result i32) (i32.const 131072))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (i32.store8 (i32.const 512) (global.get $g))
+    (i32.store8 (i32.const 513) (i32.load8_u (i32.const 8192)))
+    (i32.store (i32.const 514) (global.get $__stack_pointer))
+    (drop (call $send (local.get $c) (i32.const 512) (i32.const 6)))
+    (i32.const 0)))"#;
+
+/// 20 connections at once (more than one spawn shard of 16: a second
+/// parent), then 5 more (reused, reset envs): each answers as a fresh
+/// instance does, and a spawned env keeps the stack pointer WAMR gave its
+/// own slot of the shadow stack (below the module's initial 65536).
+pub fn starts_like_a_fresh_instance(server: &ServerHandle, source: wamr_coro::EnvSource) {
+    let check = |a: Vec<u8>, what: &str| {
+        assert_eq!(a[..2], [42, 0], "{source:?}, {what}");
+        let sp = u32::from_le_bytes(a[2..6].try_into().unwrap());
+        match source {
+            wamr_coro::EnvSource::Instance => assert_eq!(sp, 65536, "{what}"),
+            wamr_coro::EnvSource::Spawn => assert!(sp < 65536 && sp > 4096, "{what}: stack pointer {sp}"),
+        }
+    };
+    let mut open = Vec::new();
+    for i in 0..20 {
+        let mut s = connect(server.local_addr());
+        s.write_all(b"x").unwrap();
+        check(read_n(&mut s, 6).unwrap(), &format!("connection {i}"));
+        open.push(s);
+    }
+    drop(open);
+    for i in 0..5 {
+        let mut s = connect(server.local_addr());
+        s.write_all(b"x").unwrap();
+        check(read_n(&mut s, 6).unwrap(), &format!("later connection {i}"));
+        drop(s);
+        // Closed before the next one, so its env is back in the pool.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().closed < 21 + i as u64 {
+            assert!(Instant::now() < deadline, "connections did not close: {}", server.stats());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}

@@ -125,3 +125,37 @@ wcoro_exec_env_operand_stack(wasm_exec_env_t env, uint8_t **bottom,
     *bottom = e->wasm_stack.bottom;
     *top_boundary = e->wasm_stack.top_boundary;
 }
+
+/*
+ * Where the instance's aux stack pointer (the global WAMR gives each spawned
+ * env's own slot of the shadow stack, wasm_set_aux_stack/aot_set_aux_stack)
+ * lies in its globals area: *offset bytes in, 4 bytes long. Returns false
+ * when the module has none. Looked up exactly as those two functions do.
+ */
+bool
+wcoro_inst_aux_stack_global(wasm_module_inst_t inst, uint32_t *offset)
+{
+    WASMModuleInstance *mi = (WASMModuleInstance *)inst;
+    if (!mi || !mi->global_data)
+        return false;
+#if WASM_ENABLE_INTERP != 0
+    if (mi->module_type == Wasm_Module_Bytecode) {
+        uint32 idx = mi->module->aux_stack_top_global_index;
+        if (idx == (uint32)-1)
+            return false;
+        *offset = mi->e->globals[idx].data_offset;
+        return true;
+    }
+#endif
+#if WASM_ENABLE_AOT != 0
+    if (mi->module_type == Wasm_Module_AoT) {
+        AOTModule *m = (AOTModule *)mi->module;
+        uint32 idx = m->aux_stack_top_global_index;
+        if (idx == (uint32)-1)
+            return false;
+        *offset = m->globals[idx].data_offset;
+        return true;
+    }
+#endif
+    return false;
+}
