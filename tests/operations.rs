@@ -265,3 +265,45 @@ fn a_replaced_queue_guest_that_ignores_shutdown_is_stopped_by_the_budget() {
     let stats = server.stop();
     assert!(stats.budget_overruns >= 2, "{stats}");
 }
+
+/// An echo guest whose start function spins for a while (a bounded loop):
+/// every env it gets takes that long to make, and so does a reload to it.
+const SLOW_START: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $spun (mut i32) (i32.const 0))
+  (func $slow (local $i i32)
+    (loop $spin (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 40000000))))
+    (global.set $spun (local.get $i)))
+  (start $slow)
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (call $send (local.get $c) (local.get $p) (local.get $n))))"#;
+
+/// A reload still making its guest when `stop` begins: before, it installed
+/// that generation after `stop` had shut the queues down and taken the
+/// runners, so the new generation's runner and its envs lived on, never told
+/// to stop (`stop` gave up waiting with envs alive). Now `stop` waits for
+/// the reload in flight, and a reload that starts after it is refused.
+#[test]
+fn a_reload_racing_stop_leaves_no_runner_or_env_behind() {
+    for mode in [Mode::Queue, Mode::Direct] {
+        let limits = Limits { queue_shards: 1, shutdown_grace: Duration::from_millis(200), ..test_limits() };
+        let server = std::sync::Arc::new(start(module("echo.wat"), mode, EnvPolicy::Connection, limits));
+        let slow = wamr_coro::Module::from_wat(SLOW_START).unwrap();
+        let s = std::sync::Arc::clone(&server);
+        let reload = std::thread::spawn(move || s.reload(slow));
+        // The reload is now instantiating its first env (the start function
+        // runs for far longer than this).
+        std::thread::sleep(Duration::from_millis(30));
+        let stats = server.stop();
+        let reloaded = reload.join().unwrap();
+        assert!(matches!(reloaded, Ok(()) | Err(wamr_coro::Error::Stopping)), "{mode:?}: {reloaded:?}");
+        assert_eq!(stats.envs.live, 0, "{mode:?}: envs alive after stop ({reloaded:?}): {stats}");
+        assert_eq!(server.held_runners(), 0, "{mode:?}: runners left unjoined");
+        // Nor does anything come alive once the reload has returned.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(server.stats().envs.live, 0, "{mode:?}: envs alive after the reload returned: {}", server.stats());
+    }
+}

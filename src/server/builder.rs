@@ -253,6 +253,7 @@ impl ServerBuilder {
             waker: Mutex::new(Some(waker)),
             _watchdog: watchdog,
             metrics,
+            reloading: Mutex::new(()),
         })
     }
 }

@@ -45,6 +45,12 @@ pub struct ServerHandle {
     pub(super) waker: Mutex<Option<socket2::Socket>>,
     pub(super) _watchdog: Option<Watchdog>,
     pub(super) metrics: Option<metrics::MetricsServer>,
+    /// Held by a reload for its whole length, and by `stop` once it has set
+    /// `stopping`: a reload that had passed its check when `stop` began
+    /// installs its generation (and hands over its runners) before `stop`
+    /// shuts the queues down and takes the runners; one that starts later
+    /// sees `stopping` and is refused.
+    pub(super) reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -65,6 +71,7 @@ impl ServerHandle {
     /// guest, whose envs, pool and queue shards go once its last connection
     /// has closed.
     pub fn reload(&self, module: Module) -> Result<()> {
+        let _reloading = self.reloading.lock();
         if self.is_stopping() {
             return Err(Error::Stopping);
         }
@@ -126,6 +133,11 @@ impl ServerHandle {
         };
         let sh = &self.shared;
         sh.stopping.store(true, Ordering::Release);
+        // A reload in flight finishes first: otherwise it would install a
+        // generation (queue runners and their envs) after the phases below
+        // have shut the queues down and taken the runners, and it would
+        // live on unstopped. Later reloads see `stopping`.
+        drop(self.reloading.lock());
         // Wake the acceptor (it checks `stopping` after every accept) by
         // shutting the socket down, not by dialling the port: with
         // SO_REUSEPORT a dial may reach another process.
