@@ -615,8 +615,14 @@ impl GuestEnv {
         }
     }
 
-    /// Records that the env is being discarded for a guest fault.
-    pub(crate) fn note_fault(&self) {
+    /// Records that the env is being discarded for a guest fault, unless
+    /// the host cut its call (shutdown), which is no fault of the guest
+    /// (counted as a shutdown cut instead). Returns whether it counted.
+    pub(crate) fn note_fault(&self) -> bool {
+        if self.env.cut_by_host() {
+            return false;
+        }
         self.guest.registry.note_fault();
+        true
     }
 }

@@ -46,7 +46,8 @@ pub struct PoolStats {
     pub misses: u64,
     /// Envs idle in the pool now.
     pub idle: u64,
-    /// Envs destroyed on release because they faulted.
+    /// Envs destroyed on release because they faulted (not those whose
+    /// call the host cut at shutdown).
     pub discarded: u64,
 }
 
@@ -156,8 +157,9 @@ impl EnvPool {
             return false;
         }
         if env.poisoned().is_some() {
-            env.note_fault();
-            self.discarded.fetch_add(1, Ordering::Relaxed);
+            if env.note_fault() {
+                self.discarded.fetch_add(1, Ordering::Relaxed);
+            }
             return false;
         }
         true

@@ -307,3 +307,44 @@ fn a_reload_racing_stop_leaves_no_runner_or_env_behind() {
         assert_eq!(server.stats().envs.live, 0, "{mode:?}: envs alive after the reload returned: {}", server.stats());
     }
 }
+
+/// `envs.faulted` (the `env_faults` metric) counts envs discarded for a
+/// guest fault. Queue mode discarded its faulted instances without counting
+/// them (0 after a trap and an overrun), and direct mode counted a call the
+/// host cut at shutdown as a fault of the guest, although it is counted as a
+/// shutdown cut, "not a fault of the guest" (guest-abi.md section 8).
+#[test]
+fn env_faults_count_guest_faults_in_both_modes_and_not_shutdown_cuts() {
+    for mode in [Mode::Direct, Mode::Queue] {
+        let server = start(module("faulty.wat"), mode, EnvPolicy::Connection, test_limits());
+        let addr = server.local_addr();
+        assert!(closed_after(addr, b"T", Duration::from_secs(5)), "{mode:?}: trap");
+        assert!(closed_after(addr, b"S", Duration::from_secs(10)), "{mode:?}: spin");
+        // Counted when the env is discarded, just after the close.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.stats().envs.faulted < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stats = server.stop();
+        assert_eq!((stats.traps, stats.budget_overruns), (1, 1), "{mode:?}: {stats}");
+        assert_eq!(stats.envs.faulted, 2, "{mode:?}: {stats}");
+        assert_eq!(stats.envs.live, 0, "{mode:?}: {stats}");
+    }
+    // No call budget: a spinning guest runs until the shutdown grace is over
+    // and the host cuts it.
+    let limits = Limits { call_budget: None, shutdown_grace: Duration::from_millis(200), ..test_limits() };
+    for mode in [Mode::Direct, Mode::Queue] {
+        let server = start(module("faulty.wat"), mode, EnvPolicy::Connection, limits.clone());
+        let mut s = connect(server.local_addr());
+        s.write_all(b"S").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let stats = server.stop();
+        assert_eq!(stats.shutdown_cuts, 1, "{mode:?}: {stats}");
+        assert_eq!(
+            (stats.envs.faulted, stats.pool.discarded),
+            (0, 0),
+            "{mode:?}: a shutdown cut counted as a fault: {stats}"
+        );
+        assert_eq!(stats.envs.live, 0, "{mode:?}: {stats}");
+    }
+}

@@ -90,6 +90,9 @@ pub struct ExecEnv {
     poisoned: Option<String>,
     /// Where calls from a coroutine run (`call_stack.rs`).
     call_stack: CallStack,
+    /// The host stopped its call (shutdown, `Registry::interrupt_all`), so
+    /// its guest did not fault: see [`cut_by_host`](Self::cut_by_host).
+    cut: bool,
 }
 
 /// The slot WAMR's exec env user data points to.
@@ -251,6 +254,7 @@ impl ExecEnv {
             budget: None,
             poisoned: None,
             call_stack: CallStack::Coroutine,
+            cut: false,
         }
     }
 
@@ -286,6 +290,13 @@ impl ExecEnv {
             return Some(p.clone());
         }
         self.parent().and_then(|p| p.poisoned())
+    }
+
+    /// Whether the env is unusable only because the host stopped its call
+    /// ([`Error::Interrupted`]: shutdown), not for a fault of its guest; such
+    /// an env is discarded but not counted as faulted.
+    pub fn cut_by_host(&self) -> bool {
+        self.cut
     }
 
     /// Per-call time budget: a call still running after it is terminated by
@@ -498,6 +509,7 @@ impl ExecEnv {
         } else {
             Error::Trap { func: what.to_string(), message: message.clone() }
         };
+        self.cut = matches!(err, Error::Interrupted { .. });
         self.poison(err.to_string());
         Err(err)
     }

@@ -79,6 +79,10 @@ pub(in crate::server) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::
         };
         let Err(why) = outcome else { break };
         let closed = dispatcher.lock().abandon_generation();
+        // A trap, an overrun, or `run` returning early: the instance is
+        // discarded for a fault, counted as direct mode's are (a call cut at
+        // shutdown is not one).
+        env.note_fault();
         drop(env);
         if sh.stopping.load(Ordering::Acquire) {
             tracing::info!(%why, closed, "queue guest stopped during shutdown; not restarting");
