@@ -273,6 +273,21 @@ impl Guest {
 
     /// Makes a fresh env (not from a pool).
     pub fn create_env(self: &Arc<Self>) -> Result<GuestEnv> {
+        self.make_env(false)
+    }
+
+    /// Makes a fresh env that shares its WAMR cluster with no other env, so
+    /// that no other env's fault can reach it: with [`EnvSource::Spawn`] it
+    /// is spawned from a parent of its own rather than from a shard shared
+    /// with other envs. For envs that must fail alone: queue mode's shard
+    /// instances and their standbys (a trap in one shard's instance used
+    /// to poison every other shard's, and the standbys, through their
+    /// common parent).
+    pub fn create_env_alone(self: &Arc<Self>) -> Result<GuestEnv> {
+        self.make_env(true)
+    }
+
+    fn make_env(self: &Arc<Self>, alone: bool) -> Result<GuestEnv> {
         let before = self.live.fetch_add(1, Ordering::AcqRel);
         if self.config.max_envs > 0 && before >= self.config.max_envs {
             self.live.fetch_sub(1, Ordering::AcqRel);
@@ -281,6 +296,7 @@ impl Guest {
         let make = || {
             match self.config.source {
                 EnvSource::Instance => ExecEnv::new(&self.module, self.inst_cfg),
+                EnvSource::Spawn if alone => self.spawn_alone(),
                 EnvSource::Spawn => self.spawn_from_shard(),
             }
             .and_then(|env| GuestEnv::init(self, env))
@@ -332,6 +348,15 @@ impl Guest {
         s.parents.push(parent);
         s.next = s.parents.len() - 1;
         Ok(env)
+    }
+
+    /// An env spawned from a parent of its own, kept by nobody else: the
+    /// parent goes with the env.
+    fn spawn_alone(&self) -> Result<ExecEnv> {
+        let parent = ParentEnv::new(&self.module, self.inst_cfg)?;
+        // Never called: its memory and globals are the module's initial ones.
+        self.pristine.get_or_init(|| (parent.capture_memory(), parent.snapshot_globals()));
+        parent.spawn()
     }
 
     /// Shard parents alive (spawn source).

@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wamr_coro::server::{EnvPolicy, Limits, Mode, ServerHandle};
-use wamr_coro::Module;
+use wamr_coro::server::{EnvPolicy, Limits, Mode, Server, ServerHandle};
+use wamr_coro::{EnvSource, Module};
 
 fn start_queue(m: Module, shards: usize, limits: Limits) -> ServerHandle {
     start(m, Mode::Queue, EnvPolicy::Connection, Limits { queue_shards: shards, ..limits })
@@ -27,7 +27,27 @@ fn still_echoes(s: &mut TcpStream) -> bool {
 
 #[test]
 fn a_fault_closes_only_its_shards_connections() {
-    let server = start_queue(module("faulty.wat"), 4, test_limits());
+    a_fault_closes_only_its_shards_connections_from(EnvSource::Instance);
+}
+
+/// With `--source spawn` every shard's instance, and every standby, used to
+/// be spawned from one shard parent: WAMR spread one shard's trap to all of
+/// them, so every connection of every shard was closed (and each shard's
+/// standby failed in turn: 8 traps counted for one).
+#[test]
+fn a_fault_closes_only_its_shards_connections_spawn() {
+    a_fault_closes_only_its_shards_connections_from(EnvSource::Spawn);
+}
+
+fn a_fault_closes_only_its_shards_connections_from(source: EnvSource) {
+    let server = Server::builder(module("faulty.wat"))
+        .listen("127.0.0.1:0")
+        .mode(Mode::Queue)
+        .env_source(source)
+        .workers(2)
+        .limits(Limits { queue_shards: 4, ..test_limits() })
+        .start()
+        .unwrap();
     // Connection ids are given in accept order from 1: round-trip each
     // before opening the next, so ids 1..=8 are these, spread over shards
     // id % 4.
@@ -45,7 +65,7 @@ fn a_fault_closes_only_its_shards_connections() {
     // Ids 1 and 5 shared shard 1 with it and are closed; the six others
     // are served as if nothing happened.
     let alive: Vec<bool> = healthy.iter_mut().map(still_echoes).collect();
-    assert_eq!(alive, vec![false, true, true, true, false, true, true, true]);
+    assert_eq!(alive, vec![false, true, true, true, false, true, true, true], "{source:?}");
     // The standby serves shard 1's next connection (id 10 is shard 2, 13 is
     // shard 1) at once.
     let mut fresh: Vec<TcpStream> = (0..4).map(|_| connect(server.local_addr())).collect();
@@ -53,8 +73,8 @@ fn a_fault_closes_only_its_shards_connections() {
         echo_round(s, b"again");
     }
     let stats = server.stop();
-    assert_eq!(stats.queue_restarts, 1, "{stats}");
-    assert_eq!(stats.traps, 1, "{stats}");
+    assert_eq!(stats.queue_restarts, 1, "{source:?}: {stats}");
+    assert_eq!(stats.traps, 1, "{source:?}: {stats}");
     assert_eq!(stats.queue_shard_depths.len(), 4);
 }
 

@@ -31,7 +31,9 @@ pub(in crate::server) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::
         }
         let made = match standby.take() {
             Some(env) => Ok(env),
-            None => guest.create_env(),
+            // Each in a cluster of its own (spawn source): a fault in one
+            // shard's instance must not reach another's, or this standby.
+            None => guest.create_env_alone(),
         };
         let mut env = match made {
             Ok(env) => env,
@@ -44,7 +46,7 @@ pub(in crate::server) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::
         };
         // The replacement for a fault, made now so that the shard's next
         // connections are served at once after one.
-        standby = guest.create_env().inspect_err(|e| tracing::warn!(error = %e, "no standby queue guest")).ok();
+        standby = guest.create_env_alone().inspect_err(|e| tracing::warn!(error = %e, "no standby queue guest")).ok();
         let dispatcher = Arc::new(Mutex::new(Dispatcher::new(&qs, generation)));
         let interrupt = Arc::clone(env.exec_env().interrupt_handle());
         let current = Arc::new(Mutex::new(None));
