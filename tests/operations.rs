@@ -348,3 +348,47 @@ fn env_faults_count_guest_faults_in_both_modes_and_not_shutdown_cuts() {
         assert_eq!(stats.envs.live, 0, "{mode:?}: {stats}");
     }
 }
+
+/// The server's counters are counters: a reload must not take them back.
+/// The pool's were read from the current generation only (back to 0 at
+/// every reload), and resets and queue restarts were summed over the
+/// generations still alive (lost once a replaced guest's last connection
+/// had gone and the next reload forgot it).
+#[test]
+fn counters_never_go_down_across_reloads() {
+    for mode in [Mode::Direct, Mode::Queue] {
+        let server = start(module("faulty.wat"), mode, EnvPolicy::Connection, test_limits());
+        let addr = server.local_addr();
+        for i in 0..4 {
+            let mut s = connect(addr);
+            echo_round(&mut s, format!("round {i}").as_bytes());
+        }
+        if mode == Mode::Queue {
+            assert!(closed_after(addr, b"T", Duration::from_secs(5)));
+        }
+        // Every connection of the first guest has gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().open > 0 {
+            assert!(Instant::now() < deadline, "{mode:?}: {}", server.stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let before = server.stats();
+        match mode {
+            Mode::Direct => assert!(before.pool.hits >= 1 && before.env_resets >= 3, "{before}"),
+            Mode::Queue => assert_eq!(before.queue_restarts, 1, "{before}"),
+        }
+        // The second reload forgets the first guest (nothing uses it).
+        for _ in 0..2 {
+            server.reload(wamr_coro::Module::from_wat(V2).unwrap()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let now = server.stats();
+            assert!(now.pool.hits >= before.pool.hits, "{mode:?}: pool hits went down: {before} -> {now}");
+            assert!(now.pool.misses >= before.pool.misses, "{mode:?}: pool misses went down: {before} -> {now}");
+            assert!(now.env_resets >= before.env_resets, "{mode:?}: resets went down: {before} -> {now}");
+            assert!(now.queue_restarts >= before.queue_restarts, "{mode:?}: restarts went down: {before} -> {now}");
+        }
+        let stats = server.stop();
+        assert_eq!(stats.envs.live, 0, "{mode:?}: {stats}");
+    }
+}

@@ -18,7 +18,7 @@ use super::handle::RunnerHandle;
 use super::{queue, EnvPolicy, QueueRunner, Shared};
 use crate::error::{Error, Result};
 use crate::guest::{Guest, GuestConfig};
-use crate::pool::EnvPool;
+use crate::pool::{EnvPool, PoolStats};
 use crate::registry::Registry;
 use crate::wamr::Module;
 
@@ -83,17 +83,44 @@ pub(crate) fn start_runners(shared: &Arc<Shared>, gen: &Arc<Generation>) -> Resu
 /// The current generation and the retired ones still serving.
 pub(crate) struct Generations {
     current: RwLock<Arc<Generation>>,
-    /// Every generation not yet gone (the current one included).
-    all: Mutex<Vec<Arc<Generation>>>,
+    /// Every generation not yet gone (the current one included), and what
+    /// the gone ones had counted.
+    all: Mutex<(Vec<Arc<Generation>>, GoneCounts)>,
     template: Template,
     reloads: AtomicU64,
+}
+
+/// The counters of generations already forgotten, so that the server's
+/// counters (`ServerStats`, the metrics) never go down when a reload
+/// replaces a guest and its last connection goes.
+#[derive(Default, Clone, Copy)]
+struct GoneCounts {
+    hits: u64,
+    misses: u64,
+    discarded: u64,
+    resets: u64,
+    reset_refusals: u64,
+    queue_restarts: u64,
+}
+
+impl GoneCounts {
+    fn add(&mut self, g: &Generation) {
+        let p = g.pool.stats();
+        let (resets, refusals) = g.pool.guest().reset_counts();
+        self.hits += p.hits;
+        self.misses += p.misses;
+        self.discarded += p.discarded;
+        self.resets += resets;
+        self.reset_refusals += refusals;
+        self.queue_restarts += g.queue.as_ref().map_or(0, |q| q.restarts());
+    }
 }
 
 impl Generations {
     pub(crate) fn new(first: Arc<Generation>, template: Template) -> Generations {
         Generations {
             current: RwLock::new(Arc::clone(&first)),
-            all: Mutex::new(vec![first]),
+            all: Mutex::new((vec![first], GoneCounts::default())),
             template,
             reloads: AtomicU64::new(0),
         }
@@ -121,13 +148,18 @@ impl Generations {
             q.retire();
         }
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        let mut all = self.all.lock();
+        let mut guard = self.all.lock();
+        let (all, gone) = &mut *guard;
         all.push(gen);
         let current = self.current();
         all.retain(|g| {
-            Arc::ptr_eq(g, &current)
+            let keep = Arc::ptr_eq(g, &current)
                 || Arc::strong_count(&g.pool) > 1
-                || g.queue.as_ref().is_some_and(|q| q.open_conns() > 0)
+                || g.queue.as_ref().is_some_and(|q| q.open_conns() > 0);
+            if !keep {
+                gone.add(g);
+            }
+            keep
         });
     }
 
@@ -135,39 +167,59 @@ impl Generations {
         self.reloads.load(Ordering::Relaxed)
     }
 
-    /// Envs reset, and envs that could not be, over every live generation.
+    /// Envs reset, and envs that could not be, over every generation the
+    /// server has had.
     pub(crate) fn reset_counts(&self) -> (u64, u64) {
-        self.all.lock().iter().map(|g| g.pool.guest().reset_counts()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        let all = self.all.lock();
+        let gone = (all.1.resets, all.1.reset_refusals);
+        all.0.iter().map(|g| g.pool.guest().reset_counts()).fold(gone, |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// The pools' counters over every generation the server has had (its
+    /// envs idle now: the live generations').
+    pub(crate) fn pool_stats(&self) -> PoolStats {
+        let all = self.all.lock();
+        let gone = all.1;
+        let init = PoolStats { hits: gone.hits, misses: gone.misses, idle: 0, discarded: gone.discarded };
+        all.0.iter().map(|g| g.pool.stats()).fold(init, |a, p| PoolStats {
+            hits: a.hits + p.hits,
+            misses: a.misses + p.misses,
+            idle: a.idle + p.idle,
+            discarded: a.discarded + p.discarded,
+        })
     }
 
     pub(crate) fn has_queue(&self) -> bool {
-        self.all.lock().iter().any(|g| g.queue.is_some())
+        self.all.lock().0.iter().any(|g| g.queue.is_some())
     }
 
     /// Queue events waiting, per shard, over every live generation.
     pub(crate) fn queue_depths(&self) -> Vec<u64> {
-        self.all.lock().iter().filter_map(|g| g.queue.as_ref()).flat_map(|q| q.depths()).collect()
+        self.all.lock().0.iter().filter_map(|g| g.queue.as_ref()).flat_map(|q| q.depths()).collect()
     }
 
+    /// Queue instances replaced after a fault, over every generation the
+    /// server has had.
     pub(crate) fn queue_restarts(&self) -> u64 {
-        self.all.lock().iter().filter_map(|g| g.queue.as_ref()).map(|q| q.restarts()).sum()
+        let all = self.all.lock();
+        all.1.queue_restarts + all.0.iter().filter_map(|g| g.queue.as_ref()).map(|q| q.restarts()).sum::<u64>()
     }
 
     /// Queue-mode connections whose CLOSE a guest has not seen yet.
     pub(crate) fn queue_open_conns(&self) -> usize {
-        self.all.lock().iter().filter_map(|g| g.queue.as_ref()).map(|q| q.open_conns()).sum()
+        self.all.lock().0.iter().filter_map(|g| g.queue.as_ref()).map(|q| q.open_conns()).sum()
     }
 
     /// Lets every queue guest see SHUTDOWN once its ring is empty.
     pub(crate) fn shut_down_queues(&self) {
-        for q in self.all.lock().iter().filter_map(|g| g.queue.as_ref()) {
+        for q in self.all.lock().0.iter().filter_map(|g| g.queue.as_ref()) {
             q.shut_down();
         }
     }
 
     /// Closes every pool (shutdown).
     pub(crate) fn close_pools(&self) {
-        for g in self.all.lock().iter() {
+        for g in self.all.lock().0.iter() {
             g.pool.close();
         }
     }

@@ -46,7 +46,8 @@ pub struct ServerStats {
     pub shutdown_cuts: u64,
     /// The exec env registry.
     pub envs: RegistryStats,
-    /// The env pool.
+    /// The env pools: counters over every guest the server has had
+    /// (reloads included), idle envs of the guests still serving.
     pub pool: PoolStats,
     /// Envs reset to their initial state for the next connection.
     pub env_resets: u64,
@@ -145,7 +146,7 @@ impl Shared {
             shutdown_cuts: l(&c.shutdown_cuts),
             slow_closes: l(&c.slow_closes),
             envs: self.registry.stats(),
-            pool: generation.pool.stats(),
+            pool: self.generations.pool_stats(),
             env_resets: self.generations.reset_counts().0,
             env_reset_refusals: self.generations.reset_counts().1,
             guest_memory: generation.pool.guest().memory_budget().stats(),
