@@ -132,6 +132,15 @@ fn the_global_guest_memory_budget_bounds_growth_and_new_envs() {
     let limits = Limits { max_guest_memory: 40 << 20, ..test_limits() };
     let server = start_with(Module::from_wat(GROWER).unwrap(), EnvSource::Instance, 64, limits);
     let mut clients: Vec<_> = (0..20).map(|_| connect(server.local_addr())).collect();
+    // Each connection's env is made when the server gets to its `on_open`,
+    // which may be after the first clients have grown their memory: then
+    // the budget refuses it and that client is closed unanswered (seen as a
+    // rare failure of `read_n` below). Start growing once all 20 exist.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().envs.live < 20 {
+        assert!(Instant::now() < deadline, "the 20 envs were not made: {}", server.stats());
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let mut refused_grows = 0;
     for round in 0..6 {
         for c in clients.iter_mut() {
