@@ -293,13 +293,22 @@ impl Guest {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::TooManyEnvs { what: "max_envs", limit: self.config.max_envs });
         }
-        let make = || {
-            match self.config.source {
-                EnvSource::Instance => ExecEnv::new(&self.module, self.inst_cfg),
-                EnvSource::Spawn if alone => self.spawn_alone(),
-                EnvSource::Spawn => self.spawn_from_shard(),
-            }
-            .and_then(|env| GuestEnv::init(self, env))
+        let make = || match self.config.source {
+            EnvSource::Instance => ExecEnv::new(&self.module, self.inst_cfg).and_then(|env| GuestEnv::init(self, env)),
+            EnvSource::Spawn if alone => self.spawn_alone().and_then(|env| GuestEnv::init(self, env)),
+            // A sibling's trap can reach a new env between its spawn and its
+            // first call (`alloc`, in `init`): WAMR spreads the exception to
+            // the whole cluster at once. The env is then part of the faulting
+            // shard, but the connection it was made for is not: one more try,
+            // from a parent that is not failing (the poisoned one has left
+            // the list by then).
+            EnvSource::Spawn => match self.spawn_from_shard().and_then(|env| GuestEnv::init(self, env)) {
+                Err(e) => {
+                    tracing::debug!(error = %e, "a new spawned env failed before serving; trying once more");
+                    self.spawn_from_shard().and_then(|env| GuestEnv::init(self, env))
+                }
+                made => made,
+            },
         };
         // Instantiating goes deep (WAMR's loader and the start function):
         // on the worker's call stack with the env's calls, those frames stay
@@ -335,8 +344,16 @@ impl Guest {
                         s.next = idx;
                         return Ok(env);
                     }
-                    Err(Error::TooManyEnvs { .. }) => continue,
-                    Err(e) => return Err(e),
+                    // Full, or failing: WAMR refuses to spawn into a cluster
+                    // with a pending exception, which a child's trap leaves
+                    // there the moment it happens, before that child's call
+                    // has returned and poisoned the parent. That is the
+                    // faulting shard's business, not this new connection's:
+                    // another parent (a new one, if need be) serves it.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot spawn from this shard parent; trying another");
+                        continue;
+                    }
                 }
             }
         }
