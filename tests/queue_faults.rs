@@ -220,3 +220,68 @@ fn no_data_is_handed_out_for_a_connection_the_guest_closed() {
     assert_eq!(read_n(&mut b, 1).unwrap(), b"0", "DATA events handed out after the guest's close");
     server.stop();
 }
+
+/// On a DATA event starting with 'P', calls `wait_msg` with a bad buffer
+/// in a loop, ignoring its -2; echoes anything else.
+fn bad_pointer_loop_wat() -> String {
+    run_loop_wat(
+        r#"(if (i32.eq (local.get $c) (i32.const 80))
+             (then (loop $bad (drop (call $wait (i32.const -1) (i32.const 16) (i32.const 1024))) (br $bad))))"#,
+    )
+}
+
+/// A `wait_msg` that refuses bad pointers returns at once, without an event
+/// and without waiting; it used to disarm the per-event deadline all the
+/// same, so a guest calling it in a loop spun forever with no budget at all
+/// (the shard dead, its runner's thread busy) until shutdown cut it. The
+/// deadline of the event being handled now stays armed.
+#[test]
+fn a_guest_looping_on_bad_wait_msg_pointers_is_stopped_by_the_budget() {
+    setup();
+    let limits = Limits { queue_shards: 1, ..test_limits() };
+    let server = start(Module::from_wat(&bad_pointer_loop_wat()).unwrap(), Mode::Queue, EnvPolicy::Connection, limits);
+    let mut s = connect(server.local_addr());
+    echo_round(&mut s, b"fine");
+    s.write_all(b"P").unwrap();
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)), "the looping guest was never stopped");
+    // The standby serves the shard's next connection.
+    echo_round(&mut connect(server.local_addr()), b"after the fault");
+    let stats = server.stop();
+    assert!(stats.budget_overruns >= 1, "{stats}");
+    assert!(stats.bad_pointers >= 1, "{stats}");
+    assert_eq!((stats.traps, stats.shutdown_cuts), (0, 0), "{stats}");
+}
+
+/// Keeps calling `wait_msg` after it answered SHUTDOWN instead of
+/// returning from `run`.
+fn ignores_shutdown_wat() -> String {
+    run_loop_wat("").replace("(then (return (i32.const 0)))", "(then (br $next))")
+}
+
+/// SHUTDOWN comes back at once on every later call too; it disarmed the
+/// deadline, so a guest that ignored it spun forever out of the budget's
+/// reach. After a reload (which tells the old guest SHUTDOWN once its last
+/// connection is gone) that guest's runner, env and standby then lived for
+/// as long as the server did. The guest now has its budget to return after
+/// SHUTDOWN, like for any event.
+#[test]
+fn a_guest_that_ignores_shutdown_is_stopped_by_the_budget() {
+    setup();
+    let limits = Limits { queue_shards: 1, ..test_limits() };
+    let server = start(Module::from_wat(&ignores_shutdown_wat()).unwrap(), Mode::Queue, EnvPolicy::Connection, limits);
+    echo_round(&mut connect(server.local_addr()), b"served");
+    // Replaced by a guest that returns on SHUTDOWN: the old one is told
+    // SHUTDOWN now (it has no connection left).
+    server.reload(Module::from_wat(&run_loop_wat("")).unwrap()).unwrap();
+    echo_round(&mut connect(server.local_addr()), b"new guest");
+    // The old runner ends once its guest is stopped, and with it its envs:
+    // left are the new guest's instance and standby.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().envs.live > 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = server.stats();
+    assert_eq!(stats.envs.live, 2, "the old guest spins on after SHUTDOWN: {stats}");
+    assert!(stats.budget_overruns >= 1, "{stats}");
+    server.stop();
+}

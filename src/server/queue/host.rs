@@ -29,6 +29,10 @@ pub(super) struct QueueHost {
     pub(super) peeked: Option<(i32, Option<(Instant, Duration)>)>,
     /// The guest runs its own loop (`run`): only then may it wait.
     pub(super) guest_loop: bool,
+    /// The deadline armed when `wait_msg` first answered SHUTDOWN: the
+    /// guest has its budget to return from `run`, and later calls (answered
+    /// SHUTDOWN at once) keep that deadline rather than buy more time.
+    pub(super) shutdown_deadline: Option<Option<(Instant, Duration)>>,
     /// The connection of the event being handled (`Caller::connection`).
     pub(super) current: Arc<Mutex<Option<crate::abi::ConnInfo>>>,
     /// The guest's budget of log lines.
@@ -118,17 +122,22 @@ impl AbiHost for QueueHost {
         if !self.guest_loop {
             return abi::ERR_NOT_IN_THIS_MODE;
         }
-        // A call refused for its pointers hands out nothing, so it ends
-        // nothing either: the budget of the event being handled runs on
-        // (a guest that looped on a refused call spun out of its reach).
+        // Refused before anything changes: such a call hands out no event
+        // and waits for none, so the deadline of the event being handled
+        // keeps running (disarming it here let a guest that looped on bad
+        // pointers spin forever out of the budget's reach).
         if mem.check(info, abi::EVENT_SIZE).is_none() || cap < 0 || mem.check(buf, cap).is_none() {
             self.sh.counters.bad_pointers.fetch_add(1, Ordering::Relaxed);
             return ERR_BAD_POINTER;
         }
         // The guest is back for more: its time for the last event is over
-        // (unless it only peeks at it again, below).
+        // (unless it only peeks at it again, below). Once told SHUTDOWN, it
+        // has no more events to wait for: its clock keeps running.
         let peeked = self.peeked.take();
-        self.interrupt.set_deadline(None);
+        match self.shutdown_deadline {
+            Some(deadline) => self.interrupt.restore_deadline(deadline),
+            None => self.interrupt.set_deadline(None),
+        }
         if let Some(t) = self.handed_out.take() {
             self.sh.metrics.call_seconds.observe(t.elapsed());
         }
@@ -136,12 +145,15 @@ impl AbiHost for QueueHost {
         // keeps all its bytes for the next call: a peek (guest-abi.md 3).
         let next = self.dispatcher.lock().next(cap as usize);
         let (conn, kind, ret) = match next {
-            // The guest must now return from `run`, and has the budget of an
-            // event to do it: one that ignored SHUTDOWN spun unbounded (after
-            // a reload, for the rest of the server's life).
             Next::Shutdown => {
-                self.interrupt.set_deadline(self.budget);
-                self.interrupt.rearm_instructions();
+                // The guest must now return from `run`, within its budget,
+                // as after an event; later calls keep this deadline (see
+                // above), so one that ignores SHUTDOWN in a loop is stopped,
+                // not left polling forever.
+                if self.shutdown_deadline.is_none() {
+                    self.interrupt.set_deadline(self.budget);
+                    self.shutdown_deadline = Some(self.interrupt.deadline());
+                }
                 return abi::ERR_SHUTDOWN;
             }
             Next::Open(c) => (c, abi::EVENT_OPEN, 0),

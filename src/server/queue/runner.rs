@@ -60,6 +60,7 @@ pub(in crate::server) fn run(sh: Arc<Shared>, qs: Arc<Shard>, guest: Arc<crate::
             handed_out: None,
             peeked: None,
             guest_loop: has_run,
+            shutdown_deadline: None,
             current: Arc::clone(&current),
             log_limit: super::super::ratelimit::LogLimit::new(),
         })));
