@@ -153,6 +153,9 @@ impl AbiHost for QueueHost {
                 if self.shutdown_deadline.is_none() {
                     self.interrupt.set_deadline(self.budget);
                     self.shutdown_deadline = Some(self.interrupt.deadline());
+                    // The instruction budget too: without it the guest had
+                    // only what its last event left to return in.
+                    self.interrupt.rearm_instructions();
                 }
                 return abi::ERR_SHUTDOWN;
             }
