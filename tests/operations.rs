@@ -289,7 +289,15 @@ const SLOW_START: &str = r#"(module
 #[test]
 fn a_reload_racing_stop_leaves_no_runner_or_env_behind() {
     for mode in [Mode::Queue, Mode::Direct] {
-        let limits = Limits { queue_shards: 1, shutdown_grace: Duration::from_millis(200), ..test_limits() };
+        // A call budget the slow start function fits in: the start budget
+        // (the call budget) would otherwise stop it, and the reload would
+        // fail for that instead of racing `stop`.
+        let limits = Limits {
+            queue_shards: 1,
+            shutdown_grace: Duration::from_millis(200),
+            call_budget: Some(Duration::from_secs(20)),
+            ..test_limits()
+        };
         let server = std::sync::Arc::new(start(module("echo.wat"), mode, EnvPolicy::Connection, limits));
         let slow = wamr_coro::Module::from_wat(SLOW_START).unwrap();
         let s = std::sync::Arc::clone(&server);

@@ -20,10 +20,9 @@ pub struct Func {
     pub(super) ty: FuncType,
 }
 
-// SAFETY: a function instance is immutable data of its module instance; the
-// pointer is only dereferenced by WAMR during a call on the very env it was
-// looked up on (alive, since it is making the call), which
-// ExecEnv::call_cells checks (`env` must match that env's unique id).
+// The pointer is only dereferenced by WAMR during a call on the very env it
+// was looked up on (alive: it is making the call); call_cells checks `env`.
+// SAFETY: so it is immutable data of a live instance, readable anywhere.
 unsafe impl Send for Func {}
 // SAFETY: see Send.
 unsafe impl Sync for Func {}
