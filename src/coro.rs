@@ -17,6 +17,11 @@ use crate::error::{Error, Result};
 
 pub use crate::wamr::stack::{current_bounds, StackBounds};
 
+/// The `may` this crate runs on: 0.3.51 with five changes of ours
+/// (`vendor/README.md`). Use it for your own coroutines, channels and
+/// sockets, so that they share the server's scheduler.
+pub use may;
+
 /// Default coroutine stack: 256 KiB. WAMR plus a host import used about
 /// 3 KiB; host imports that format logs or write sockets use more, and
 /// WAMR's stack guard (`wamr/stack.rs`, `GUARD`) is reserved below.

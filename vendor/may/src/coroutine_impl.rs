@@ -115,14 +115,7 @@ pub struct Coroutine {
 impl Coroutine {
     // Used only internally to construct a coroutine object without spawning
     fn new(name: Option<String>, stack_size: usize) -> Coroutine {
-        Coroutine {
-            inner: Arc::new(Inner {
-                name,
-                stack_size,
-                park: Park::new(),
-                cancel: Cancel::new(),
-            }),
-        }
+        Coroutine { inner: Arc::new(Inner { name, stack_size, park: Park::new(), cancel: Cancel::new() }) }
     }
 
     /// Gets the coroutine stack size.
@@ -223,11 +216,7 @@ impl Builder {
     /// Generates the base configuration for spawning a coroutine, from which
     /// configuration methods can be chained.
     pub fn new() -> Builder {
-        Builder {
-            name: None,
-            stack_size: None,
-            id: None,
-        }
+        Builder { name: None, stack_size: None, id: None }
     }
 
     /// Names the thread-to-be. Currently the name is used for identification
@@ -270,9 +259,7 @@ impl Builder {
         let their_join = join.clone();
         let their_packet = packet.clone();
 
-        let subscriber = EventSubscriber {
-            resource: &DONE as &dyn EventSource as *const _ as *mut dyn EventSource,
-        };
+        let subscriber = EventSubscriber { resource: &DONE as &dyn EventSource as *const _ as *mut dyn EventSource };
 
         let closure = move || {
             // trigger the JoinHandler

@@ -15,10 +15,7 @@ pub struct ThreadPark {
 
 impl ThreadPark {
     pub fn new() -> Self {
-        ThreadPark {
-            lock: Mutex::new(0),
-            cvar: Condvar::new(),
-        }
+        ThreadPark { lock: Mutex::new(0), cvar: Condvar::new() }
     }
 
     pub fn park_timeout(&self, dur: Option<Duration>) -> Result<(), ParkError> {
@@ -141,11 +138,7 @@ impl SyncBlocker {
     pub fn current() -> Arc<Self> {
         let blocker = Blocker::new(true);
 
-        Arc::new(SyncBlocker {
-            unparked: AtomicBool::new(false),
-            release: AtomicBool::new(false),
-            blocker,
-        })
+        Arc::new(SyncBlocker { unparked: AtomicBool::new(false), release: AtomicBool::new(false), blocker })
     }
 
     #[inline]

@@ -23,10 +23,7 @@ struct Park<'a, T> {
 
 impl<'a, T> Park<'a, T> {
     fn new(queue: &'a InnerQueue<T>) -> Park<'a, T> {
-        Park {
-            queue,
-            wait_kernel: AtomicBool::new(true),
-        }
+        Park { queue, wait_kernel: AtomicBool::new(true) }
     }
 
     fn delay_drop(&self) -> DropGuard<T> {
