@@ -80,7 +80,11 @@ impl<T: CancelIo> Default for CancelImpl<T> {
 // real io cancel impl is in io module
 impl<T: CancelIo> CancelImpl<T> {
     pub fn new() -> Self {
-        CancelImpl { state: AtomicUsize::new(0), io: T::new(), co: AtomicOption::none() }
+        CancelImpl {
+            state: AtomicUsize::new(0),
+            io: T::new(),
+            co: AtomicOption::none(),
+        }
     }
 
     // judge if the coroutine cancel flag is set

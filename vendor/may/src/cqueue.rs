@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
-use crate::coroutine_impl::{current_cancel_data, run_coroutine, Coroutine, CoroutineImpl, EventSource};
+use crate::coroutine_impl::{
+    current_cancel_data, run_coroutine, Coroutine, CoroutineImpl, EventSource,
+};
 use crate::join::JoinHandle;
 use crate::scoped::spawn_unsafe;
 use crate::sync::Mutex;
@@ -169,7 +171,12 @@ impl Cqueue {
     where
         F: FnOnce(EventSender) + Send + 'a,
     {
-        let sender = EventSender { id: self.total.load(Ordering::Relaxed), token, extra: 0.into(), cqueue: self };
+        let sender = EventSender {
+            id: self.total.load(Ordering::Relaxed),
+            token,
+            extra: 0.into(),
+            cqueue: self,
+        };
         let h = unsafe { spawn_unsafe(move || f(sender)) };
         let co = h.coroutine().clone();
         self.cnt.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +204,11 @@ impl Cqueue {
         }
 
         use generator::Error;
-        match self.selectors.lock().unwrap()[id].take().expect("join handler not set").join() {
+        match self.selectors.lock().unwrap()[id]
+            .take()
+            .expect("join handler not set")
+            .join()
+        {
             Ok(_) => {}
             Err(panic) => {
                 if let Some(err) = panic.downcast_ref::<Error>() {
@@ -268,10 +279,15 @@ impl Drop for Cqueue {
     // and wait until all of them return back
     fn drop(&mut self) {
         // first cancel all the select coroutines if they are running
-        self.selectors.lock().unwrap().iter().map(|j| j.as_ref()).fold((), |_, join| match join {
-            Some(j) if !j.is_done() => unsafe { j.coroutine().cancel() },
-            _ => {}
-        });
+        self.selectors
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|j| j.as_ref())
+            .fold((), |_, join| match join {
+                Some(j) if !j.is_done() => unsafe { j.coroutine().cancel() },
+                _ => {}
+            });
 
         // if self.is_panicking {
         //     return;

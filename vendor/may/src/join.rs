@@ -25,7 +25,11 @@ pub struct Join {
 // this is the join resource type
 impl Join {
     pub fn new(panic: Arc<AtomicOption<Box<dyn Any + Send>>>) -> Self {
-        Join { to_wake: AtomicOption::none(), state: AtomicBool::new(true), panic }
+        Join {
+            to_wake: AtomicOption::none(),
+            state: AtomicBool::new(true),
+            panic,
+        }
     }
 
     // the the panic for the coroutine
@@ -74,7 +78,12 @@ pub fn make_join_handle<T>(
     packet: Arc<AtomicOption<T>>,
     panic: Arc<AtomicOption<Box<dyn Any + Send>>>,
 ) -> JoinHandle<T> {
-    JoinHandle { co, join, packet, panic }
+    JoinHandle {
+        co,
+        join,
+        packet,
+        panic,
+    }
 }
 
 impl<T> JoinHandle<T> {
@@ -98,7 +107,9 @@ impl<T> JoinHandle<T> {
         self.join.wait();
 
         // take the result
-        self.packet.take().ok_or_else(|| self.panic.take().unwrap_or_else(|| Box::new(Error::Cancel)))
+        self.packet
+            .take()
+            .ok_or_else(|| self.panic.take().unwrap_or_else(|| Box::new(Error::Cancel)))
     }
 }
 

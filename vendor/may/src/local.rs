@@ -25,7 +25,11 @@ pub struct CoroutineLocal {
 impl CoroutineLocal {
     /// create coroutine local storage
     pub fn new(co: Coroutine, join: Arc<Join>) -> Box<Self> {
-        Box::new(CoroutineLocal { co, join, local_data: RefCell::new(HashMap::default()) })
+        Box::new(CoroutineLocal {
+            co,
+            join,
+            local_data: RefCell::new(HashMap::default()),
+        })
     }
 
     // get the coroutine handle

@@ -81,7 +81,9 @@ macro_rules! go_with {
             f
         }
         let f = _go_check($name, $stack_size, $func);
-        let builder = $crate::coroutine::Builder::new().name($name.to_owned()).stack_size($stack_size);
+        let builder = $crate::coroutine::Builder::new()
+            .name($name.to_owned())
+            .stack_size($stack_size);
         unsafe { builder.spawn(f) }
     }};
 }
@@ -192,7 +194,10 @@ macro_rules! coroutine_local {
                 struct __A;
                 ::std::any::TypeId::of::<__A>()
             }
-            $crate::LocalKey { __init: __init, __key: __key }
+            $crate::LocalKey {
+                __init: __init,
+                __key: __key,
+            }
         };
     };
 }

@@ -243,7 +243,9 @@ impl Scheduler {
     #[inline]
     pub fn schedule_global(&self, co: CoroutineImpl) {
         static NEXT_THREAD_ID: AtomicUsize = AtomicUsize::new(0);
-        let thread_id = NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed).rem_euclid(self.workers);
+        let thread_id = NEXT_THREAD_ID
+            .fetch_add(1, Ordering::Relaxed)
+            .rem_euclid(self.workers);
         let global = unsafe { self.global_queues.get_unchecked(thread_id) };
         global.push(co);
         // signal one waiting thread if any

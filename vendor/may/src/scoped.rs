@@ -73,7 +73,9 @@ pub fn scope<'a, F, R>(f: F) -> R
 where
     F: FnOnce(&Scope<'a>) -> R,
 {
-    let mut scope = Scope { dtors: RefCell::new(None) };
+    let mut scope = Scope {
+        dtors: RefCell::new(None),
+    };
     let ret = f(&scope);
     scope.drop_all();
     ret
@@ -123,7 +125,10 @@ impl<'a> Scope<'a> {
         F: FnOnce() + 'a,
     {
         let mut dtors = self.dtors.borrow_mut();
-        *dtors = Some(DtorChain { dtor: Box::new(f), next: dtors.take().map(Box::new) });
+        *dtors = Some(DtorChain {
+            dtor: Box::new(f),
+            next: dtors.take().map(Box::new),
+        });
     }
 
     /// Create a scoped coroutine.
@@ -159,7 +164,11 @@ impl<'a> Scope<'a> {
             state.join();
         });
 
-        ScopedJoinHandle { inner: my_handle, packet: my_packet, co }
+        ScopedJoinHandle {
+            inner: my_handle,
+            packet: my_packet,
+            co,
+        }
     }
 
     /// Create a scoped coroutine.

@@ -44,7 +44,10 @@ struct TimeoutQueueWrapper<T> {
 
 impl<T> TimeoutQueueWrapper<T> {
     fn new() -> Self {
-        TimeoutQueueWrapper { inner: TimeoutQueue::new(), in_use: AtomicUsize::new(0) }
+        TimeoutQueueWrapper {
+            inner: TimeoutQueue::new(),
+            in_use: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -135,7 +138,11 @@ impl<T> TimeOutList<T> {
             let (handle, is_head) = interval_list.inner.push(timeout);
             if is_head {
                 // install the interval list to the binary heap
-                self.install_timer_bh(IntervalEntry { time, interval, list: interval_list });
+                self.install_timer_bh(IntervalEntry {
+                    time,
+                    interval,
+                    list: interval_list,
+                });
             }
             return (handle, is_head);
         }
@@ -148,7 +155,11 @@ impl<T> TimeOutList<T> {
             let (handle, is_head) = interval_list.inner.push(timeout);
             if is_head {
                 // this rarely happens
-                self.install_timer_bh(IntervalEntry { time, interval, list: interval_list.clone() });
+                self.install_timer_bh(IntervalEntry {
+                    time,
+                    interval,
+                    list: interval_list.clone(),
+                });
             }
             return (handle, is_head);
         }
@@ -160,7 +171,11 @@ impl<T> TimeOutList<T> {
         mem::drop(interval_map_w);
 
         // install the new interval list to the binary heap
-        self.install_timer_bh(IntervalEntry { time, interval, list: interval_list });
+        self.install_timer_bh(IntervalEntry {
+            time,
+            interval,
+            list: interval_list,
+        });
 
         (ret, true)
     }
@@ -236,7 +251,11 @@ pub struct TimerThread<T> {
 
 impl<T> TimerThread<T> {
     pub fn new() -> Self {
-        TimerThread { timer_list: TimeOutList::new(), remove_list: Queue::new(), wakeup: AtomicOption::none() }
+        TimerThread {
+            timer_list: TimeOutList::new(),
+            remove_list: Queue::new(),
+            wakeup: AtomicOption::none(),
+        }
     }
 
     pub fn add_timer(&self, dur: Duration, data: T) -> TimeoutHandle<T> {

@@ -445,7 +445,10 @@ impl TcpListener {
         let s = self.sys.try_clone()?;
         s.set_nonblocking(true)?;
         io_impl::add_socket(&s).ok();
-        Ok(TcpListener { _io: io_impl::IoData::new(0), sys: s })
+        Ok(TcpListener {
+            _io: io_impl::IoData::new(0),
+            sys: s,
+        })
     }
 
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
@@ -526,7 +529,8 @@ impl AsRawFd for TcpListener {
 impl FromRawFd for TcpListener {
     unsafe fn from_raw_fd(fd: RawFd) -> TcpListener {
         let s: net::TcpListener = FromRawFd::from_raw_fd(fd);
-        TcpListener::new(s).unwrap_or_else(|e| panic!("from_raw_socket for TcpListener, err = {e:?}"))
+        TcpListener::new(s)
+            .unwrap_or_else(|e| panic!("from_raw_socket for TcpListener, err = {e:?}"))
     }
 }
 
@@ -590,6 +594,7 @@ impl AsRawSocket for TcpListener {
 impl FromRawSocket for TcpListener {
     unsafe fn from_raw_socket(s: RawSocket) -> TcpListener {
         let s: net::TcpListener = FromRawSocket::from_raw_socket(s);
-        TcpListener::new(s).unwrap_or_else(|e| panic!("from_raw_socket for TcpListener, err = {e:?}"))
+        TcpListener::new(s)
+            .unwrap_or_else(|e| panic!("from_raw_socket for TcpListener, err = {e:?}"))
     }
 }

@@ -14,11 +14,15 @@ const _: () = assert!(AtomicCell::<Option<Arc<Blocker>>>::is_lock_free());
 
 impl<T> AtomicOption<T> {
     pub const fn none() -> AtomicOption<T> {
-        AtomicOption { inner: AtomicCell::new(None) }
+        AtomicOption {
+            inner: AtomicCell::new(None),
+        }
     }
 
     pub const fn some(t: T) -> AtomicOption<T> {
-        AtomicOption { inner: AtomicCell::new(Some(t)) }
+        AtomicOption {
+            inner: AtomicCell::new(Some(t)),
+        }
     }
 
     #[inline]

@@ -79,7 +79,14 @@ impl Barrier {
     #[must_use]
     #[inline]
     pub fn new(n: usize) -> Barrier {
-        Barrier { lock: Mutex::new(BarrierState { count: 0, generation_id: 0 }), cvar: Condvar::new(), num_threads: n }
+        Barrier {
+            lock: Mutex::new(BarrierState {
+                count: 0,
+                generation_id: 0,
+            }),
+            cvar: Condvar::new(),
+            num_threads: n,
+        }
     }
 
     /// Blocks the current thread until all threads have rendezvoused here.
@@ -122,7 +129,10 @@ impl Barrier {
         let local_gen = lock.generation_id;
         lock.count += 1;
         if lock.count < self.num_threads {
-            let _guard = self.cvar.wait_while(lock, |state| local_gen == state.generation_id).unwrap();
+            let _guard = self
+                .cvar
+                .wait_while(lock, |state| local_gen == state.generation_id)
+                .unwrap();
             BarrierWaitResult(false)
         } else {
             lock.count = 0;

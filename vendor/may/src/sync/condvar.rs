@@ -33,7 +33,10 @@ pub struct Condvar {
 
 impl Condvar {
     pub fn new() -> Condvar {
-        Condvar { to_wake: SegQueue::new(), mutex: AtomicUsize::new(0) }
+        Condvar {
+            to_wake: SegQueue::new(),
+            mutex: AtomicUsize::new(0),
+        }
     }
 
     // return false if timeout happened
@@ -119,7 +122,11 @@ impl Condvar {
         }
     }
 
-    pub fn wait_while<'a, T, F>(&self, mut guard: MutexGuard<'a, T>, mut condition: F) -> LockResult<MutexGuard<'a, T>>
+    pub fn wait_while<'a, T, F>(
+        &self,
+        mut guard: MutexGuard<'a, T>,
+        mut condition: F,
+    ) -> LockResult<MutexGuard<'a, T>>
     where
         F: FnMut(&mut T) -> bool,
     {
@@ -146,7 +153,10 @@ impl Condvar {
                 // now we can safely go with the cancel panic
                 trigger_cancel_panic();
             }
-            (mutex::guard_poison(&guard).get(), WaitTimeoutResult(ret.is_err()))
+            (
+                mutex::guard_poison(&guard).get(),
+                WaitTimeoutResult(ret.is_err()),
+            )
         };
         if poisoned {
             Err(PoisonError::new((guard, result)))
@@ -176,7 +186,10 @@ impl Condvar {
     }
 
     fn verify(&self, addr: usize) {
-        match self.mutex.compare_exchange(0, addr, Ordering::SeqCst, Ordering::SeqCst) {
+        match self
+            .mutex
+            .compare_exchange(0, addr, Ordering::SeqCst, Ordering::SeqCst)
+        {
             // If we got out 0, then we have successfully bound the mutex to
             // this condvar.
             Ok(0) => {}
@@ -280,7 +293,9 @@ mod tests {
             let _g = m2.lock().unwrap();
             c2.notify_one();
         });
-        let (g, timeout_res) = c.wait_timeout(g, Duration::from_millis(u32::MAX as u64)).unwrap();
+        let (g, timeout_res) = c
+            .wait_timeout(g, Duration::from_millis(u32::MAX as u64))
+            .unwrap();
         assert!(!timeout_res.timed_out());
         drop(g);
     }

@@ -10,7 +10,9 @@ pub struct DelayDrop {
 
 impl DelayDrop {
     pub fn new() -> Self {
-        DelayDrop { can_drop: AtomicUsize::new(0) }
+        DelayDrop {
+            can_drop: AtomicUsize::new(0),
+        }
     }
 
     pub fn delay_drop(&self) -> DropGuard {

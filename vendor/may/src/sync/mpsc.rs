@@ -716,7 +716,10 @@ mod tests {
         let (tx, rx) = channel();
         tx.send(()).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Ok(()));
-        assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
         tx.send(()).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Ok(()));
     }
@@ -819,7 +822,10 @@ mod tests {
             rx.recv().unwrap();
         }
 
-        assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
         tx.send(()).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Ok(()));
     }

@@ -41,7 +41,12 @@ pub struct MutexGuard<'a, T: ?Sized + 'a> {
 impl<T> Mutex<T> {
     /// Creates a new mutex in an unlocked state ready for use.
     pub fn new(t: T) -> Mutex<T> {
-        Mutex { to_wake: Queue::new(), cnt: AtomicUsize::new(0), poison: poison::Flag::new(), data: UnsafeCell::new(t) }
+        Mutex {
+            to_wake: Queue::new(),
+            cnt: AtomicUsize::new(0),
+            poison: poison::Flag::new(),
+            data: UnsafeCell::new(t),
+        }
     }
 }
 
@@ -59,7 +64,10 @@ impl<T: ?Sized> Mutex<T> {
         self.to_wake.push(cur.clone());
         // inc the cnt, if it's the first grab, unpark the first waiter
         if self.cnt.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.to_wake.pop().map(|w| self.unpark_one(&w)).expect("got null blocker!");
+            self.to_wake
+                .pop()
+                .map(|w| self.unpark_one(&w))
+                .expect("got null blocker!");
         }
         loop {
             match cur.park(None) {
@@ -106,7 +114,10 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     pub fn try_lock(&self) -> TryLockResult<MutexGuard<T>> {
-        match self.cnt.compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed) {
+        match self
+            .cnt
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed)
+        {
             Ok(_) => Ok(MutexGuard::new(self)?),
             Err(_) => Err(TryLockError::WouldBlock),
         }
@@ -121,7 +132,10 @@ impl<T: ?Sized> Mutex<T> {
 
     fn unlock(&self) {
         if self.cnt.fetch_sub(1, Ordering::SeqCst) > 1 {
-            self.to_wake.pop().map(|w| self.unpark_one(&w)).expect("got null blocker!");
+            self.to_wake
+                .pop()
+                .map(|w| self.unpark_one(&w))
+                .expect("got null blocker!");
         }
     }
 
@@ -169,7 +183,10 @@ impl<'mutex, T: ?Sized> MutexGuard<'mutex, T> {
         // after get the lock we should sync the mem
         fence(Ordering::SeqCst);
 
-        poison::map_result(lock.poison.borrow(), |guard| MutexGuard { __lock: lock, __poison: guard })
+        poison::map_result(lock.poison.borrow(), |guard| MutexGuard {
+            __lock: lock,
+            __poison: guard,
+        })
     }
 }
 
@@ -199,7 +216,9 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
 
 impl<T: ?Sized + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.debug_struct("MutexGuard").field("lock", &self.__lock).finish()
+        f.debug_struct("MutexGuard")
+            .field("lock", &self.__lock)
+            .finish()
     }
 }
 

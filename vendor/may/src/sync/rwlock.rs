@@ -81,7 +81,10 @@ impl<T: ?Sized> RwLock<T> {
         self.to_wake.push(cur.clone());
         // inc the cnt, if it's the first grab, unpark the first waiter
         if self.cnt.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.to_wake.pop().map(|w| self.unpark_one(&w)).expect("got null blocker!");
+            self.to_wake
+                .pop()
+                .map(|w| self.unpark_one(&w))
+                .expect("got null blocker!");
         }
         match cur.park(None) {
             Ok(_) => Ok(()),
@@ -105,7 +108,10 @@ impl<T: ?Sized> RwLock<T> {
 
     fn try_lock(&self) -> TryLockResult<()> {
         if self.cnt.load(Ordering::SeqCst) == 0 {
-            match self.cnt.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst) {
+            match self
+                .cnt
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
                 Ok(_) => Ok(()),
                 Err(_) => {
                     if self.poison.get() {
@@ -122,7 +128,10 @@ impl<T: ?Sized> RwLock<T> {
 
     fn unlock(&self) {
         if self.cnt.fetch_sub(1, Ordering::SeqCst) > 1 {
-            self.to_wake.pop().map(|w| self.unpark_one(&w)).expect("got null blocker!");
+            self.to_wake
+                .pop()
+                .map(|w| self.unpark_one(&w))
+                .expect("got null blocker!");
         }
     }
 
@@ -154,7 +163,9 @@ impl<T: ?Sized> RwLock<T> {
         let mut r = match self.rlock.try_lock() {
             Ok(r) => r,
             Err(TryLockError::Poisoned(_)) => {
-                return Err(TryLockError::Poisoned(PoisonError::new(RwLockReadGuard { __lock: self })));
+                return Err(TryLockError::Poisoned(PoisonError::new(RwLockReadGuard {
+                    __lock: self,
+                })));
             }
             Err(TryLockError::WouldBlock) => return Err(TryLockError::WouldBlock),
         };
@@ -247,19 +258,26 @@ impl<'rwlock, T: ?Sized> RwLockReadGuard<'rwlock, T> {
 
 impl<'rwlock, T: ?Sized> RwLockWriteGuard<'rwlock, T> {
     fn new(lock: &'rwlock RwLock<T>) -> LockResult<RwLockWriteGuard<'rwlock, T>> {
-        poison::map_result(lock.poison.borrow(), |guard| RwLockWriteGuard { __lock: lock, __poison: guard })
+        poison::map_result(lock.poison.borrow(), |guard| RwLockWriteGuard {
+            __lock: lock,
+            __poison: guard,
+        })
     }
 }
 
 impl<T: fmt::Debug> fmt::Debug for RwLockReadGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.debug_struct("RwLockReadGuard").field("lock", &self.__lock).finish()
+        f.debug_struct("RwLockReadGuard")
+            .field("lock", &self.__lock)
+            .finish()
     }
 }
 
 impl<T: fmt::Debug> fmt::Debug for RwLockWriteGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.debug_struct("RwLockWriteGuard").field("lock", &self.__lock).finish()
+        f.debug_struct("RwLockWriteGuard")
+            .field("lock", &self.__lock)
+            .finish()
     }
 }
 

@@ -51,7 +51,10 @@ impl Semphore {
     /// create a semphore with the initial value
     pub fn new(init: usize) -> Self {
         assert!(init < isize::MAX as usize);
-        Semphore { to_wake: SegQueue::new(), cnt: AtomicIsize::new(init as isize) }
+        Semphore {
+            to_wake: SegQueue::new(),
+            cnt: AtomicIsize::new(init as isize),
+        }
     }
 
     #[inline]
@@ -126,7 +129,10 @@ impl Semphore {
         // just manipulate the cnt is enough
         let mut cnt = self.cnt.load(Ordering::SeqCst);
         while cnt > 0 {
-            match self.cnt.compare_exchange(cnt, cnt - 1, Ordering::SeqCst, Ordering::SeqCst) {
+            match self
+                .cnt
+                .compare_exchange(cnt, cnt - 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
                 Ok(_) => return true,
                 Err(x) => cnt = x,
             }

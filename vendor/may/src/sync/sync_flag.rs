@@ -52,7 +52,10 @@ pub struct SyncFlag {
 
 impl Default for SyncFlag {
     fn default() -> Self {
-        SyncFlag { to_wake: SegQueue::new(), cnt: AtomicIsize::new(0) }
+        SyncFlag {
+            to_wake: SegQueue::new(),
+            cnt: AtomicIsize::new(0),
+        }
     }
 }
 

@@ -57,7 +57,12 @@ struct Inner {
 
 impl Default for WaitGroup {
     fn default() -> Self {
-        Self { inner: Arc::new(Inner { cvar: Condvar::new(), count: Mutex::new(1) }) }
+        Self {
+            inner: Arc::new(Inner {
+                cvar: Condvar::new(),
+                count: Mutex::new(1),
+            }),
+        }
     }
 }
 
@@ -129,7 +134,9 @@ impl Clone for WaitGroup {
         let mut count = self.inner.count.lock().unwrap();
         *count += 1;
 
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 

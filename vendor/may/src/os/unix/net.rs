@@ -1124,7 +1124,10 @@ mod test {
         });
 
         let mut stream = or_panic!(UnixStream::connect(&socket_path));
-        assert_eq!(Some(&*socket_path), stream.peer_addr().unwrap().as_pathname());
+        assert_eq!(
+            Some(&*socket_path),
+            stream.peer_addr().unwrap().as_pathname()
+        );
         or_panic!(stream.write_all(msg1));
         let mut buf = vec![];
         or_panic!(stream.read_to_end(&mut buf));
@@ -1291,7 +1294,10 @@ mod test {
         or_panic!(stream.read_exact(&mut buf));
         assert_eq!(b"hello world", &buf[..]);
 
-        let kind = stream.read_exact(&mut buf).expect_err("expected error").kind();
+        let kind = stream
+            .read_exact(&mut buf)
+            .expect_err("expected error")
+            .kind();
         assert!(kind == io::ErrorKind::WouldBlock || kind == io::ErrorKind::TimedOut);
     }
 

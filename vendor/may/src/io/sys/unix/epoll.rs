@@ -117,7 +117,9 @@ pub(crate) struct Selector {
 
 impl Selector {
     pub fn new(io_workers: usize) -> io::Result<Self> {
-        let mut s = Selector { vec: SmallVec::new() };
+        let mut s = Selector {
+            vec: SmallVec::new(),
+        };
 
         for _ in 0..io_workers {
             let ss = SingleSelector::new()?;
@@ -137,8 +139,9 @@ impl Selector {
     ) -> io::Result<Option<u64>> {
         assert!(id < self.vec.len());
         #[cfg(feature = "io_timeout")]
-        let timeout_ms =
-            _timeout.map(|to| EpollTimeout::try_from(to.div_ceil(1_000_000)).unwrap()).unwrap_or(EpollTimeout::NONE);
+        let timeout_ms = _timeout
+            .map(|to| EpollTimeout::try_from(to.div_ceil(1_000_000)).unwrap())
+            .unwrap_or(EpollTimeout::NONE);
         #[cfg(not(feature = "io_timeout"))]
         let timeout_ms = EpollTimeout::NONE;
         // info!("select; timeout={:?}", timeout_ms);
@@ -174,7 +177,9 @@ impl Selector {
 
         // deal with the timer list
         #[cfg(feature = "io_timeout")]
-        let next_expire = single_selector.timer_list.schedule_timer(now(), &timeout_handler);
+        let next_expire = single_selector
+            .timer_list
+            .schedule_timer(now(), &timeout_handler);
         #[cfg(not(feature = "io_timeout"))]
         let next_expire = None;
         Ok(next_expire)
@@ -282,7 +287,10 @@ impl Selector {
     #[inline]
     pub fn add_fd(&self, io_data: IoData) -> io::Result<IoData> {
         let info = EpollEvent::new(
-            EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET,
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLOUT
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLET,
             io_data.as_ref() as *const _ as _,
         );
 
@@ -291,7 +299,10 @@ impl Selector {
         let single_selector = &self.vec[id];
         let epoll = &single_selector.epoll;
         info!("add fd to epoll select, fd={:?}", fd);
-        epoll.add(unsafe { BorrowedFd::borrow_raw(fd) }, info).map_err(from_nix_error).map(|_| io_data)
+        epoll
+            .add(unsafe { BorrowedFd::borrow_raw(fd) }, info)
+            .map_err(from_nix_error)
+            .map(|_| io_data)
     }
 
     #[inline]
@@ -313,7 +324,9 @@ impl Selector {
         let single_selector = &self.vec[id];
         let epoll = &single_selector.epoll;
         info!("mod fd to epoll select, fd={:?}, is_read={}", fd, is_read);
-        epoll.modify(unsafe { BorrowedFd::borrow_raw(fd) }, &mut info).map_err(from_nix_error)
+        epoll
+            .modify(unsafe { BorrowedFd::borrow_raw(fd) }, &mut info)
+            .map_err(from_nix_error)
     }
 
     #[inline]

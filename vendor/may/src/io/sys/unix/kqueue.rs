@@ -94,7 +94,9 @@ pub(crate) struct Selector {
 
 impl Selector {
     pub fn new(io_workers: usize) -> io::Result<Self> {
-        let mut s = Selector { vec: SmallVec::new() };
+        let mut s = Selector {
+            vec: SmallVec::new(),
+        };
 
         for _ in 0..io_workers {
             let ss = SingleSelector::new()?;
@@ -116,11 +118,17 @@ impl Selector {
         #[cfg(feature = "io_timeout")]
         let timeout_spec = _timeout.map(|to| {
             let dur = Duration::from_nanos(to);
-            libc::timespec { tv_sec: dur.as_secs() as libc::time_t, tv_nsec: dur.subsec_nanos() as libc::c_long }
+            libc::timespec {
+                tv_sec: dur.as_secs() as libc::time_t,
+                tv_nsec: dur.subsec_nanos() as libc::c_long,
+            }
         });
 
         #[cfg(feature = "io_timeout")]
-        let timeout = timeout_spec.as_ref().map(|s| s as *const _).unwrap_or(ptr::null());
+        let timeout = timeout_spec
+            .as_ref()
+            .map(|s| s as *const _)
+            .unwrap_or(ptr::null());
         #[cfg(not(feature = "io_timeout"))]
         let timeout = ptr::null();
         // debug!("select; timeout={:?}", timeout_spec);
@@ -129,7 +137,14 @@ impl Selector {
 
         // Wait for kqueue events for at most timeout_ms milliseconds
         let kqfd = single_selector.as_raw_fd();
-        let n = syscall!(kevent(kqfd, ptr::null(), 0, events.as_mut_ptr(), events.len() as libc::c_int, timeout,))?;
+        let n = syscall!(kevent(
+            kqfd,
+            ptr::null(),
+            0,
+            events.as_mut_ptr(),
+            events.len() as libc::c_int,
+            timeout,
+        ))?;
 
         let n = n as usize;
 
@@ -140,7 +155,8 @@ impl Selector {
             }
             let data = unsafe { &mut *(event.udata as *mut EventData) };
             // info!("select got event, data={:p}", data);
-            data.io_flag.fetch_or(event.flags as usize, Ordering::Release);
+            data.io_flag
+                .fetch_or(event.flags as usize, Ordering::Release);
 
             // first check the atomic co, this may be grab by the worker first
             let co = match data.co.take() {
@@ -173,7 +189,9 @@ impl Selector {
 
         // deal with the timer list
         #[cfg(feature = "io_timeout")]
-        let next_expire = single_selector.timer_list.schedule_timer(now(), &timeout_handler);
+        let next_expire = single_selector
+            .timer_list
+            .schedule_timer(now(), &timeout_handler);
         #[cfg(not(feature = "io_timeout"))]
         let next_expire = None;
         Ok(next_expire)
@@ -208,7 +226,10 @@ impl Selector {
 
         let flags = libc::EV_ADD | libc::EV_CLEAR | libc::EV_RECEIPT;
         let udata = io_data.as_ref() as *const _;
-        let mut changes = [kevent!(fd, libc::EVFILT_READ, flags, udata), kevent!(fd, libc::EVFILT_WRITE, flags, udata)];
+        let mut changes = [
+            kevent!(fd, libc::EVFILT_READ, flags, udata),
+            kevent!(fd, libc::EVFILT_WRITE, flags, udata),
+        ];
 
         syscall!(kevent(
             kqfd,

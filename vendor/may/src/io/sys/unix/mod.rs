@@ -170,7 +170,9 @@ impl EventData {
 
     #[cfg(feature = "io_timeout")]
     pub fn timer_data(&self) -> TimerData {
-        TimerData { event_data: self as *const _ as *mut _ }
+        TimerData {
+            event_data: self as *const _ as *mut _,
+        }
     }
 
     /// wamr-coro: whether the socket is known to hold no data, given
@@ -190,7 +192,8 @@ impl EventData {
     #[inline]
     pub fn note_read(&self, edges: usize, asked: usize, got: usize) {
         let drained = got > 0 && got < asked;
-        self.drained_at.store(if drained { edges } else { NOT_DRAINED }, Ordering::Relaxed);
+        self.drained_at
+            .store(if drained { edges } else { NOT_DRAINED }, Ordering::Relaxed);
     }
 
     #[inline]

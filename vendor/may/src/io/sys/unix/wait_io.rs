@@ -61,7 +61,9 @@ pub struct WaitIoWaker {
 impl WaitIoWaker {
     /// wakeup the coroutine that is blocked by `WaitIo::wait_io`
     pub fn wakeup(&self) {
-        self.io_data.io_flag.fetch_or(0x8000_0000, Ordering::Release);
+        self.io_data
+            .io_flag
+            .fetch_or(0x8000_0000, Ordering::Release);
         self.io_data.schedule();
     }
 }
@@ -94,6 +96,8 @@ impl<T: io_impl::AsIoData> WaitIo for T {
     }
 
     fn waker(&self) -> WaitIoWaker {
-        WaitIoWaker { io_data: (*self.as_io_data()).clone() }
+        WaitIoWaker {
+            io_data: (*self.as_io_data()).clone(),
+        }
     }
 }

@@ -12,7 +12,9 @@ unsafe impl Send for CancelIoData {}
 
 impl CancelIoData {
     pub fn new(ev_data: &EventData) -> Self {
-        CancelIoData { ev_data: ev_data as *const _ as *mut _ }
+        CancelIoData {
+            ev_data: ev_data as *const _ as *mut _,
+        }
     }
 
     pub unsafe fn cancel(&self) -> io::Result<()> {

@@ -34,7 +34,12 @@ pub struct EventData {
 
 impl EventData {
     pub fn new(handle: HANDLE) -> EventData {
-        EventData { overlapped: UnsafeCell::new(unsafe { ::std::mem::zeroed() }), handle, timer: None, co: None }
+        EventData {
+            overlapped: UnsafeCell::new(unsafe { ::std::mem::zeroed() }),
+            handle,
+            timer: None,
+            co: None,
+        }
     }
 
     #[inline]
@@ -44,7 +49,9 @@ impl EventData {
 
     #[cfg(feature = "io_timeout")]
     pub fn timer_data(&self) -> TimerData {
-        TimerData { event_data: self as *const _ as *mut _ }
+        TimerData {
+            event_data: self as *const _ as *mut _,
+        }
     }
 
     pub fn get_io_size(&self) -> usize {
@@ -65,7 +72,10 @@ struct SingleSelector {
 impl SingleSelector {
     pub fn new() -> io::Result<SingleSelector> {
         // only let one thread working, other threads blocking, this is more efficient
-        CompletionPort::new(1).map(|cp| SingleSelector { port: cp, timer_list: TimerList::new() })
+        CompletionPort::new(1).map(|cp| SingleSelector {
+            port: cp,
+            timer_list: TimerList::new(),
+        })
     }
 }
 
@@ -76,7 +86,9 @@ pub(crate) struct Selector {
 
 impl Selector {
     pub fn new(io_workers: usize) -> io::Result<Self> {
-        let mut s = Selector { vec: SmallVec::new() };
+        let mut s = Selector {
+            vec: SmallVec::new(),
+        };
 
         for _ in 0..io_workers {
             let ss = SingleSelector::new()?;
@@ -174,7 +186,9 @@ impl Selector {
         scheduler.run_queued_tasks(id);
 
         // deal with the timer list
-        let next_expire = single_selector.timer_list.schedule_timer(now(), &timeout_handler);
+        let next_expire = single_selector
+            .timer_list
+            .schedule_timer(now(), &timeout_handler);
         Ok(next_expire)
     }
 
@@ -182,7 +196,10 @@ impl Selector {
     #[inline]
     pub fn wakeup(&self, id: usize) {
         // this is not correct for multi thread io, which thread will it wakeup?
-        self.vec[id].port.post(CompletionStatus::new(0, 0, ptr::null_mut())).unwrap();
+        self.vec[id]
+            .port
+            .post(CompletionStatus::new(0, 0, ptr::null_mut()))
+            .unwrap();
     }
 
     // register file handle to the iocp

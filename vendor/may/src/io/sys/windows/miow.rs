@@ -1,7 +1,9 @@
 //! ported from miow crate which is not maintained anymore
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
+use std::net::{
+    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+};
 use std::os::windows::io::{AsRawHandle, AsRawSocket, RawHandle, RawSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,7 +33,9 @@ impl CompletionPort {
     /// allowed for threads associated with this port. Consult the Windows
     /// documentation for more information about this value.
     pub fn new(threads: u32) -> io::Result<CompletionPort> {
-        let ret = unsafe { CreateIoCompletionPort(INVALID_HANDLE_VALUE, std::ptr::null_mut(), 0, threads) };
+        let ret = unsafe {
+            CreateIoCompletionPort(INVALID_HANDLE_VALUE, std::ptr::null_mut(), 0, threads)
+        };
         if ret.is_null() {
             Err(io::Error::last_os_error())
         } else {
@@ -96,7 +100,15 @@ impl CompletionPort {
         let mut token = 0;
         let mut overlapped = std::ptr::null_mut();
         let timeout = dur2ms(timeout);
-        let ret = unsafe { GetQueuedCompletionStatus(self.handle, &mut bytes, &mut token, &mut overlapped, timeout) };
+        let ret = unsafe {
+            GetQueuedCompletionStatus(
+                self.handle,
+                &mut bytes,
+                &mut token,
+                &mut overlapped,
+                timeout,
+            )
+        };
         cvt(ret, 0).map(|_| {
             CompletionStatus(OVERLAPPED_ENTRY {
                 dwNumberOfBytesTransferred: bytes,
@@ -121,12 +133,23 @@ impl CompletionPort {
         list: &'a mut [CompletionStatus],
         timeout: Option<Duration>,
     ) -> io::Result<&'a mut [CompletionStatus]> {
-        debug_assert_eq!(std::mem::size_of::<CompletionStatus>(), std::mem::size_of::<OVERLAPPED_ENTRY>());
+        debug_assert_eq!(
+            std::mem::size_of::<CompletionStatus>(),
+            std::mem::size_of::<OVERLAPPED_ENTRY>()
+        );
         let mut removed = 0;
         let timeout = dur2ms(timeout);
         let len = std::cmp::min(list.len(), u32::MAX as usize) as u32;
-        let ret =
-            unsafe { GetQueuedCompletionStatusEx(self.handle, list.as_ptr() as *mut _, len, &mut removed, timeout, 0) };
+        let ret = unsafe {
+            GetQueuedCompletionStatusEx(
+                self.handle,
+                list.as_ptr() as *mut _,
+                len,
+                &mut removed,
+                timeout,
+                0,
+            )
+        };
         match cvt_ret(ret) {
             Ok(_) => Ok(&mut list[..removed as usize]),
             Err(e) => Err(e),
@@ -309,7 +332,10 @@ fn dur2ms(dur: Option<Duration>) -> u32 {
 }
 
 unsafe fn slice2buf(slice: &[u8]) -> WSABUF {
-    WSABUF { len: std::cmp::min(slice.len(), u32::MAX as usize) as u32, buf: slice.as_ptr() as *mut _ }
+    WSABUF {
+        len: std::cmp::min(slice.len(), u32::MAX as usize) as u32,
+        buf: slice.as_ptr() as *mut _,
+    }
 }
 
 fn last_err() -> io::Result<Option<usize>> {
@@ -356,10 +382,18 @@ impl SocketAddrCRepr {
 fn socket_addr_to_ptrs(addr: &SocketAddr) -> (SocketAddrCRepr, i32) {
     match *addr {
         SocketAddr::V4(ref a) => {
-            let sin_addr = IN_ADDR { S_un: IN_ADDR_0 { S_addr: u32::from_ne_bytes(a.ip().octets()) } };
+            let sin_addr = IN_ADDR {
+                S_un: IN_ADDR_0 {
+                    S_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+            };
 
-            let sockaddr_in =
-                SOCKADDR_IN { sin_family: AF_INET as _, sin_port: a.port().to_be(), sin_addr, sin_zero: [0; 8] };
+            let sockaddr_in = SOCKADDR_IN {
+                sin_family: AF_INET as _,
+                sin_port: a.port().to_be(),
+                sin_addr,
+                sin_zero: [0; 8],
+            };
 
             let sockaddr = SocketAddrCRepr { v4: sockaddr_in };
             (sockaddr, std::mem::size_of::<SOCKADDR_IN>() as i32)
@@ -368,9 +402,15 @@ fn socket_addr_to_ptrs(addr: &SocketAddr) -> (SocketAddrCRepr, i32) {
             let sockaddr_in6 = SOCKADDR_IN6 {
                 sin6_family: AF_INET6 as _,
                 sin6_port: a.port().to_be(),
-                sin6_addr: IN6_ADDR { u: IN6_ADDR_0 { Byte: a.ip().octets() } },
+                sin6_addr: IN6_ADDR {
+                    u: IN6_ADDR_0 {
+                        Byte: a.ip().octets(),
+                    },
+                },
                 sin6_flowinfo: a.flowinfo(),
-                Anonymous: SOCKADDR_IN6_0 { sin6_scope_id: a.scope_id() },
+                Anonymous: SOCKADDR_IN6_0 {
+                    sin6_scope_id: a.scope_id(),
+                },
             };
 
             let sockaddr = SocketAddrCRepr { v6: sockaddr_in6 };
@@ -406,7 +446,12 @@ unsafe fn ptrs_to_socket_addr(ptr: *const SOCKADDR, len: i32) -> Option<SocketAd
         AF_INET if len as usize >= std::mem::size_of::<SOCKADDR_IN>() => {
             let b = &*(ptr as *const SOCKADDR_IN);
             let ip = ntoh(b.sin_addr.S_un.S_addr);
-            let ip = Ipv4Addr::new((ip >> 24) as u8, (ip >> 16) as u8, (ip >> 8) as u8, ip as u8);
+            let ip = Ipv4Addr::new(
+                (ip >> 24) as u8,
+                (ip >> 16) as u8,
+                (ip >> 8) as u8,
+                ip as u8,
+            );
             Some(SocketAddr::V4(SocketAddrV4::new(ip, ntoh(b.sin_port))))
         }
         AF_INET6 if len as usize >= std::mem::size_of::<SOCKADDR_IN6>() => {
@@ -422,7 +467,12 @@ unsafe fn ptrs_to_socket_addr(ptr: *const SOCKADDR, len: i32) -> Option<SocketAd
                 ((arr[12] as u16) << 8) | (arr[13] as u16),
                 ((arr[14] as u16) << 8) | (arr[15] as u16),
             );
-            let addr = SocketAddrV6::new(ip, ntoh(b.sin6_port), ntoh(b.sin6_flowinfo), ntoh(b.Anonymous.sin6_scope_id));
+            let addr = SocketAddrV6::new(
+                ip,
+                ntoh(b.sin6_port),
+                ntoh(b.sin6_flowinfo),
+                ntoh(b.Anonymous.sin6_scope_id),
+            );
             Some(SocketAddr::V6(addr))
         }
         _ => None,
@@ -438,11 +488,23 @@ pub unsafe fn socket_read(
     let buf = slice2buf(buf);
     let mut bytes_read: u32 = 0;
     let mut flags = flags as u32;
-    let r = WSARecv(socket as SOCKET, &buf, 1, &mut bytes_read, &mut flags, overlapped, None);
+    let r = WSARecv(
+        socket as SOCKET,
+        &buf,
+        1,
+        &mut bytes_read,
+        &mut flags,
+        overlapped,
+        None,
+    );
     cvt(r, bytes_read)
 }
 
-pub unsafe fn socket_write(socket: RawSocket, buf: &[u8], overlapped: *mut OVERLAPPED) -> io::Result<Option<usize>> {
+pub unsafe fn socket_write(
+    socket: RawSocket,
+    buf: &[u8],
+    overlapped: *mut OVERLAPPED,
+) -> io::Result<Option<usize>> {
     let buf = slice2buf(buf);
     let mut bytes_written = 0;
     // Note here that we capture the number of bytes written. The
@@ -461,7 +523,15 @@ pub unsafe fn socket_write(socket: RawSocket, buf: &[u8], overlapped: *mut OVERL
     // As a result we use this to and report back the result.
     //
     // [1]: https://github.com/carllerche/mio/pull/520#issuecomment-273983823
-    let r = WSASend(socket as SOCKET, &buf, 1, &mut bytes_written, 0, overlapped, None);
+    let r = WSASend(
+        socket as SOCKET,
+        &buf,
+        1,
+        &mut bytes_written,
+        0,
+        overlapped,
+        None,
+    );
     cvt(r, bytes_written)
 }
 
@@ -507,8 +577,15 @@ pub unsafe fn connect_overlapped(
 
 pub fn connect_complete(socket: RawSocket) -> io::Result<()> {
     const SO_UPDATE_CONNECT_CONTEXT: i32 = 0x7010;
-    let result =
-        unsafe { setsockopt(socket as SOCKET, SOL_SOCKET as _, SO_UPDATE_CONNECT_CONTEXT, std::ptr::null_mut(), 0) };
+    let result = unsafe {
+        setsockopt(
+            socket as SOCKET,
+            SOL_SOCKET as _,
+            SO_UPDATE_CONNECT_CONTEXT,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
     if result == 0 {
         Ok(())
     } else {
@@ -566,16 +643,31 @@ impl AcceptAddrsBuf {
         let ptr = GETACCEPTEXSOCKADDRS.get(socket.as_raw_socket() as SOCKET)?;
         assert!(ptr != 0);
         unsafe {
-            let get_sockaddrs = std::mem::transmute::<usize, LPFN_GETACCEPTEXSOCKADDRS>(ptr).unwrap();
+            let get_sockaddrs =
+                std::mem::transmute::<usize, LPFN_GETACCEPTEXSOCKADDRS>(ptr).unwrap();
             let (a, b, c, d) = self.args();
-            get_sockaddrs(a, b, c, d, &mut ret.local, &mut ret.local_len, &mut ret.remote, &mut ret.remote_len);
+            get_sockaddrs(
+                a,
+                b,
+                c,
+                d,
+                &mut ret.local,
+                &mut ret.local_len,
+                &mut ret.remote,
+                &mut ret.remote_len,
+            );
             Ok(ret)
         }
     }
 
     fn args(&self) -> (*mut std::ffi::c_void, u32, u32, u32) {
         let remote_offset = std::mem::offset_of!(AcceptAddrsBuf, remote);
-        (self as *const _ as *mut _, 0, remote_offset as u32, (std::mem::size_of_val(self) - remote_offset) as u32)
+        (
+            self as *const _ as *mut _,
+            0,
+            remote_offset as u32,
+            (std::mem::size_of_val(self) - remote_offset) as u32,
+        )
     }
 }
 
@@ -623,7 +715,16 @@ pub unsafe fn accept_overlapped(
 
     let mut bytes = 0;
     let (a, b, c, d) = (*addrs).args();
-    let r = accept_ex(me as SOCKET, socket.as_raw_socket() as SOCKET, a, b, c, d, &mut bytes, overlapped);
+    let r = accept_ex(
+        me as SOCKET,
+        socket.as_raw_socket() as SOCKET,
+        a,
+        b,
+        c,
+        d,
+        &mut bytes,
+        overlapped,
+    );
     let succeeded = if r == TRUE {
         true
     } else {
@@ -668,7 +769,10 @@ impl SocketAddrBuf {
     /// This should be used before a call to `recv_from_overlapped` overlapped
     /// to create an instance to pass down.
     pub fn new() -> SocketAddrBuf {
-        SocketAddrBuf { buf: unsafe { std::mem::zeroed() }, len: std::mem::size_of::<SOCKADDR_STORAGE>() as i32 }
+        SocketAddrBuf {
+            buf: unsafe { std::mem::zeroed() },
+            len: std::mem::size_of::<SOCKADDR_STORAGE>() as i32,
+        }
     }
 
     /// Parses this buffer to return a standard socket address.
@@ -737,8 +841,15 @@ pub unsafe fn pipe_read_overlapped(
 ) -> io::Result<Option<usize>> {
     let wait = FALSE;
     let len = std::cmp::min(buf.len(), u32::MAX as usize) as u32;
-    let res =
-        cvt_ret({ ReadFile(handle as HANDLE, buf.as_mut_ptr() as *mut _, len, std::ptr::null_mut(), overlapped) });
+    let res = cvt_ret({
+        ReadFile(
+            handle as HANDLE,
+            buf.as_mut_ptr() as *mut _,
+            len,
+            std::ptr::null_mut(),
+            overlapped,
+        )
+    });
     match res {
         Ok(_) => (),
         Err(ref e) if e.raw_os_error() == Some(ERROR_IO_PENDING as i32) => (),
@@ -746,10 +857,17 @@ pub unsafe fn pipe_read_overlapped(
     }
 
     let mut bytes = 0;
-    let res = cvt_ret(GetOverlappedResult(handle as HANDLE, overlapped, &mut bytes, wait));
+    let res = cvt_ret(GetOverlappedResult(
+        handle as HANDLE,
+        overlapped,
+        &mut bytes,
+        wait,
+    ));
     match res {
         Ok(_) => Ok(Some(bytes as usize)),
-        Err(ref e) if e.raw_os_error() == Some(ERROR_IO_INCOMPLETE as i32) && wait == FALSE => Ok(None),
+        Err(ref e) if e.raw_os_error() == Some(ERROR_IO_INCOMPLETE as i32) && wait == FALSE => {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -761,7 +879,15 @@ pub unsafe fn pipe_write_overlapped(
 ) -> io::Result<Option<usize>> {
     let wait = FALSE;
     let len = std::cmp::min(buf.len(), u32::MAX as usize) as u32;
-    let res = cvt_ret({ WriteFile(handle as HANDLE, buf.as_ptr() as *const _, len, std::ptr::null_mut(), overlapped) });
+    let res = cvt_ret({
+        WriteFile(
+            handle as HANDLE,
+            buf.as_ptr() as *const _,
+            len,
+            std::ptr::null_mut(),
+            overlapped,
+        )
+    });
     match res {
         Ok(_) => (),
         Err(ref e) if e.raw_os_error() == Some(ERROR_IO_PENDING as i32) => (),
@@ -769,10 +895,17 @@ pub unsafe fn pipe_write_overlapped(
     }
 
     let mut bytes = 0;
-    let res = cvt_ret(GetOverlappedResult(handle as HANDLE, overlapped, &mut bytes, wait));
+    let res = cvt_ret(GetOverlappedResult(
+        handle as HANDLE,
+        overlapped,
+        &mut bytes,
+        wait,
+    ));
     match res {
         Ok(_) => Ok(Some(bytes as usize)),
-        Err(ref e) if e.raw_os_error() == Some(ERROR_IO_INCOMPLETE as i32) && wait == FALSE => Ok(None),
+        Err(ref e) if e.raw_os_error() == Some(ERROR_IO_INCOMPLETE as i32) && wait == FALSE => {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }

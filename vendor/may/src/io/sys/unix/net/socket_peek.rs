@@ -72,7 +72,9 @@ impl EventSource for SocketPeek<'_> {
 
         #[cfg(feature = "io_timeout")]
         if let Some(dur) = self.timeout {
-            crate::scheduler::get_scheduler().get_selector().add_io_timer(self.io_data, dur);
+            crate::scheduler::get_scheduler()
+                .get_selector()
+                .add_io_timer(self.io_data, dur);
         }
 
         // after register the coroutine, it's possible that other thread run it immediately

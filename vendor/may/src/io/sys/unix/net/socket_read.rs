@@ -59,7 +59,11 @@ impl<'a> SocketRead<'a> {
 
             // finish the read operation
             let edges = self.io_data.read_edges.load(Ordering::Acquire);
-            let got = if self.socket { recv(fd.as_raw_fd(), self.buf, MsgFlags::empty()) } else { read(fd, self.buf) };
+            let got = if self.socket {
+                recv(fd.as_raw_fd(), self.buf, MsgFlags::empty())
+            } else {
+                read(fd, self.buf)
+            };
             match got {
                 Ok(n) => {
                     // wamr-coro: lets the next TcpStream::read skip its
@@ -94,7 +98,9 @@ impl EventSource for SocketRead<'_> {
 
         #[cfg(feature = "io_timeout")]
         if let Some(dur) = self.timeout {
-            crate::scheduler::get_scheduler().get_selector().add_io_timer(self.io_data, dur);
+            crate::scheduler::get_scheduler()
+                .get_selector()
+                .add_io_timer(self.io_data, dur);
         }
 
         // after register the coroutine, it's possible that other thread run it immediately

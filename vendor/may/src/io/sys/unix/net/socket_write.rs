@@ -19,7 +19,11 @@ pub struct SocketWrite<'a> {
 }
 
 impl<'a> SocketWrite<'a> {
-    pub fn new<T: AsIoData>(s: &'a T, buf: &'a [u8], #[cfg(feature = "io_timeout")] timeout: Option<Duration>) -> Self {
+    pub fn new<T: AsIoData>(
+        s: &'a T,
+        buf: &'a [u8],
+        #[cfg(feature = "io_timeout")] timeout: Option<Duration>,
+    ) -> Self {
         SocketWrite {
             io_data: s.as_io_data(),
             buf,
@@ -63,7 +67,9 @@ impl EventSource for SocketWrite<'_> {
 
         #[cfg(feature = "io_timeout")]
         if let Some(dur) = self.timeout {
-            crate::scheduler::get_scheduler().get_selector().add_io_timer(self.io_data, dur);
+            crate::scheduler::get_scheduler()
+                .get_selector()
+                .add_io_timer(self.io_data, dur);
         }
         io_data.co.store(co);
 

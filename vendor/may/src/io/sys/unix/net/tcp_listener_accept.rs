@@ -18,7 +18,11 @@ pub struct TcpListenerAccept<'a> {
 
 impl<'a> TcpListenerAccept<'a> {
     pub fn new(socket: &'a TcpListener) -> io::Result<Self> {
-        Ok(TcpListenerAccept { io_data: socket.as_io_data(), socket: socket.inner(), is_coroutine: is_coroutine() })
+        Ok(TcpListenerAccept {
+            io_data: socket.as_io_data(),
+            socket: socket.inner(),
+            is_coroutine: is_coroutine(),
+        })
     }
 
     pub fn done(&mut self) -> io::Result<(TcpStream, SocketAddr)> {

@@ -117,7 +117,9 @@ impl EventSource for TcpStreamConnect {
 
         #[cfg(feature = "io_timeout")]
         if let Some(dur) = self.timeout {
-            crate::scheduler::get_scheduler().get_selector().add_io_timer(&self.io_data, dur);
+            crate::scheduler::get_scheduler()
+                .get_selector()
+                .add_io_timer(&self.io_data, dur);
         }
         io_data.co.store(co);
 

@@ -69,7 +69,9 @@ impl EventSource for UnixSendTo<'_> {
 
         #[cfg(feature = "io_timeout")]
         if let Some(dur) = self.timeout {
-            crate::scheduler::get_scheduler().get_selector().add_io_timer(self.io_data, dur);
+            crate::scheduler::get_scheduler()
+                .get_selector()
+                .add_io_timer(self.io_data, dur);
         }
         io_data.co.store(co);
 

@@ -95,7 +95,9 @@ impl EventSource for UnixStreamConnect {
         let io_data = &self.io_data;
 
         #[cfg(feature = "io_timeout")]
-        crate::scheduler::get_scheduler().get_selector().add_io_timer(&self.io_data, Duration::from_secs(2));
+        crate::scheduler::get_scheduler()
+            .get_selector()
+            .add_io_timer(&self.io_data, Duration::from_secs(2));
         io_data.co.store(co);
 
         // there is event, re-run the coroutine

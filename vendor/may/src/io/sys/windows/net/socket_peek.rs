@@ -67,7 +67,12 @@ impl EventSource for SocketPeek<'_> {
 
         // call the overlapped read API
         co_try!(s, self.io_data.co.take().expect("can't get co"), unsafe {
-            socket_read(self.socket, self.buf, MSG_PEEK, self.io_data.get_overlapped())
+            socket_read(
+                self.socket,
+                self.buf,
+                MSG_PEEK,
+                self.io_data.get_overlapped(),
+            )
         });
 
         #[cfg(feature = "io_cancel")]

@@ -19,7 +19,11 @@ pub struct SocketWrite<'a> {
 }
 
 impl<'a> SocketWrite<'a> {
-    pub fn new<T: AsRawSocket>(s: &T, buf: &'a [u8], #[cfg(feature = "io_timeout")] timeout: Option<Duration>) -> Self {
+    pub fn new<T: AsRawSocket>(
+        s: &T,
+        buf: &'a [u8],
+        #[cfg(feature = "io_timeout")] timeout: Option<Duration>,
+    ) -> Self {
         let socket = s.as_raw_socket();
         SocketWrite {
             io_data: EventData::new(socket as HANDLE),

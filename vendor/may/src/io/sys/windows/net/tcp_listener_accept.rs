@@ -54,10 +54,10 @@ impl<'a> TcpListenerAccept<'a> {
             add_socket(&ss).map(|io| TcpStream::from_stream(ss, io))
         })?;
 
-        let addr = self
-            .addr
-            .parse(self.socket)
-            .and_then(|a| a.remote().ok_or_else(|| io::Error::other("could not obtain remote address")))?;
+        let addr = self.addr.parse(self.socket).and_then(|a| {
+            a.remote()
+                .ok_or_else(|| io::Error::other("could not obtain remote address"))
+        })?;
 
         Ok((s, addr))
     }
@@ -75,7 +75,12 @@ impl EventSource for TcpListenerAccept<'_> {
 
         // call the overlapped read API
         co_try!(s, self.io_data.co.take().expect("can't get co"), unsafe {
-            accept_overlapped(self.socket.as_raw_socket(), &self.ret, &mut self.addr, self.io_data.get_overlapped())
+            accept_overlapped(
+                self.socket.as_raw_socket(),
+                &self.ret,
+                &mut self.addr,
+                self.io_data.get_overlapped(),
+            )
         });
 
         #[cfg(feature = "io_cancel")]

@@ -62,19 +62,21 @@ impl TcpStreamConnect {
                     }
                 };
 
-                socket.bind(&any.into()).map(|_| socket.into()).and_then(|s: std::net::TcpStream| {
-                    // must register io first
-                    s.set_nonblocking(true)?;
-                    add_socket(&s).map(|_io| TcpStreamConnect {
-                        io_data: EventData::new(s.as_raw_socket() as HANDLE),
-                        addr,
-                        stream: OptionCell::new(s),
-                        #[cfg(feature = "io_timeout")]
-                        timeout,
-                        can_drop: DelayDrop::new(),
-                        is_coroutine: is_coroutine(),
-                    })
-                })
+                socket.bind(&any.into()).map(|_| socket.into()).and_then(
+                    |s: std::net::TcpStream| {
+                        // must register io first
+                        s.set_nonblocking(true)?;
+                        add_socket(&s).map(|_io| TcpStreamConnect {
+                            io_data: EventData::new(s.as_raw_socket() as HANDLE),
+                            addr,
+                            stream: OptionCell::new(s),
+                            #[cfg(feature = "io_timeout")]
+                            timeout,
+                            can_drop: DelayDrop::new(),
+                            is_coroutine: is_coroutine(),
+                        })
+                    },
+                )
             })
     }
 
@@ -100,7 +102,12 @@ impl EventSource for TcpStreamConnect {
 
         // call the overlapped connect API
         co_try!(s, self.io_data.co.take().expect("can't get co"), unsafe {
-            connect_overlapped(self.stream.as_raw_socket(), &self.addr, &[], self.io_data.get_overlapped())
+            connect_overlapped(
+                self.stream.as_raw_socket(),
+                &self.addr,
+                &[],
+                self.io_data.get_overlapped(),
+            )
         });
 
         #[cfg(feature = "io_cancel")]

@@ -43,7 +43,10 @@ impl<'a> UdpRecvFrom<'a> {
 
     pub fn done(&mut self) -> io::Result<(usize, SocketAddr)> {
         let size = co_io_result(&self.io_data, self.is_coroutine)?;
-        let addr = self.addr.get_socket_addr().ok_or_else(|| io::Error::other("could not obtain remote address"))?;
+        let addr = self
+            .addr
+            .get_socket_addr()
+            .ok_or_else(|| io::Error::other("could not obtain remote address"))?;
         Ok((size, addr))
     }
 }
@@ -62,7 +65,12 @@ impl EventSource for UdpRecvFrom<'_> {
         self.io_data.co = Some(co);
         // call the overlapped read API
         co_try!(s, self.io_data.co.take().expect("can't get co"), unsafe {
-            recv_from_overlapped(self.socket.as_raw_socket(), self.buf, &mut self.addr, self.io_data.get_overlapped())
+            recv_from_overlapped(
+                self.socket.as_raw_socket(),
+                self.buf,
+                &mut self.addr,
+                self.io_data.get_overlapped(),
+            )
         });
 
         #[cfg(feature = "io_cancel")]

@@ -22,9 +22,15 @@ pub struct UdpSendTo<'a> {
 }
 
 impl<'a> UdpSendTo<'a> {
-    pub fn new<A: ToSocketAddrs>(socket: &'a UdpSocket, buf: &'a [u8], addr: A) -> io::Result<Self> {
-        addr.to_socket_addrs()?.next().ok_or_else(|| io::Error::other("no socket addresses resolved")).map(|addr| {
-            UdpSendTo {
+    pub fn new<A: ToSocketAddrs>(
+        socket: &'a UdpSocket,
+        buf: &'a [u8],
+        addr: A,
+    ) -> io::Result<Self> {
+        addr.to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::other("no socket addresses resolved"))
+            .map(|addr| UdpSendTo {
                 io_data: EventData::new(socket.as_raw_socket() as HANDLE),
                 buf,
                 socket: socket.inner(),
@@ -32,8 +38,7 @@ impl<'a> UdpSendTo<'a> {
                 #[cfg(feature = "io_timeout")]
                 timeout: socket.write_timeout().unwrap(),
                 is_coroutine: is_coroutine(),
-            }
-        })
+            })
     }
 
     pub fn done(&mut self) -> io::Result<usize> {
@@ -52,7 +57,12 @@ impl EventSource for UdpSendTo<'_> {
         self.io_data.co = Some(co);
         // call the overlapped read API
         co_try!(s, self.io_data.co.take().expect("can't get co"), unsafe {
-            send_to_overlapped(self.socket.as_raw_socket(), self.buf, &self.addr, self.io_data.get_overlapped())
+            send_to_overlapped(
+                self.socket.as_raw_socket(),
+                self.buf,
+                &self.addr,
+                self.io_data.get_overlapped(),
+            )
         });
     }
 }

@@ -18,7 +18,11 @@ pub struct PipeWrite<'a> {
 }
 
 impl<'a> PipeWrite<'a> {
-    pub fn new<T: AsRawHandle>(s: &T, buf: &'a [u8], #[cfg(feature = "io_timeout")] timeout: Option<Duration>) -> Self {
+    pub fn new<T: AsRawHandle>(
+        s: &T,
+        buf: &'a [u8],
+        #[cfg(feature = "io_timeout")] timeout: Option<Duration>,
+    ) -> Self {
         let pipe = s.as_raw_handle();
         PipeWrite {
             io_data: EventData::new(pipe),
