@@ -34,6 +34,15 @@ fn register() {
         // host function may be (it may block).
         rt.register(HostFunc::wrap("cs", "wait", |_: Caller<'_>| may::coroutine::sleep(Duration::from_millis(1))))
             .unwrap();
+        // () -> i32: takes LOCK, wrongly declared never_blocks.
+        rt.register(
+            HostFunc::wrap("cs", "lock", |_: Caller<'_>| -> i32 {
+                drop(LOCK.lock().unwrap());
+                1
+            })
+            .never_blocks(),
+        )
+        .unwrap();
         // The same, wrongly declared never_blocks.
         rt.register(
             HostFunc::wrap("cs", "wait_declared_never_blocks", |_: Caller<'_>| {
@@ -45,12 +54,17 @@ fn register() {
     });
 }
 
+/// A `may` mutex a host function takes.
+static LOCK: std::sync::LazyLock<may::sync::Mutex<()>> = std::sync::LazyLock::new(|| may::sync::Mutex::new(()));
+
 const GUEST: &str = r#"(module
   (import "cs" "sp" (func $sp (result i64)))
   (import "cs" "block" (func $block (result i32)))
+  (import "cs" "lock" (func $lock (result i32)))
   (memory (export "memory") 1)
   (func (export "where") (result i64) (call $sp))
-  (func (export "block") (result i32) (call $block)))"#;
+  (func (export "block") (result i32) (call $block))
+  (func (export "lock") (result i32) (call $lock)))"#;
 
 fn env(m: &Module, at: CallStack) -> ExecEnv {
     let mut env = ExecEnv::new(m, InstanceConfig::default()).unwrap();
@@ -115,6 +129,28 @@ fn a_host_function_that_blocks_on_the_worker_stack_fails_the_call_cleanly() {
     }
     again.expect("a later call on the worker stack");
     assert_eq!(blocked.unwrap(), vec![Val::I32(7)]);
+}
+
+/// A host function that would wait for a `may` mutex on the worker stack
+/// fails before it queues itself as a waiter: the mutex is left as it was.
+/// (Refused only where the wait was finally suspended, it stayed queued,
+/// and the holder's unlock handed the lock to that dead waiter for good.)
+#[test]
+fn a_refused_wait_for_a_may_mutex_leaves_the_mutex_usable() {
+    register();
+    let m = Module::from_wat(GUEST).unwrap();
+    let h = coro::spawn(move || {
+        let held = LOCK.lock().unwrap();
+        let mut w = env(&m, CallStack::Worker);
+        let f = w.func(&m, "lock").unwrap();
+        let refused = w.call(&f, &[]);
+        drop(held);
+        let free_after = LOCK.try_lock().is_ok();
+        (refused, free_after)
+    });
+    let (refused, free_after) = h.join().unwrap();
+    assert!(matches!(refused, Err(Error::Trap { .. })), "{refused:?}");
+    assert!(free_after, "the mutex was left locked after the refused wait");
 }
 
 /// A direct-mode guest whose on_recv waits in `import`, then answers

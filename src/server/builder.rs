@@ -87,8 +87,10 @@ impl ServerBuilder {
     /// Where direct mode's guest calls run: on the worker thread's call
     /// stack (the default, [`CallStack::Worker`]: it stays in cache however
     /// many connections there are), or on each connection coroutine's own
-    /// stack. The server's imports never block; host functions of your own
-    /// that block the coroutine need [`CallStack::Coroutine`].
+    /// stack. A guest that imports a host function not declared
+    /// [`HostFunc::never_blocks`](crate::HostFunc::never_blocks) runs on the
+    /// connections' stacks whatever this says (the ABI's imports are
+    /// declared so).
     pub fn call_stack(mut self, where_: CallStack) -> Self {
         self.call_stack = where_;
         self

@@ -530,9 +530,17 @@ impl ExecEnv {
     /// Makes WAMR's native stack boundary match the stack the call runs on:
     /// `on`, or the current stack.
     fn bind_stack(&self, on: Option<super::stack::CurrentStack>) -> Result<()> {
-        let sp = on.map_or_else(super::stack::sp, |s| s.high - 1);
-        let (lo, hi) = self.bound.get();
-        if sp >= lo && sp < hi {
+        let bound = self.bound.get();
+        let same = match on {
+            // A given stack: exactly the one bound (a stale range could
+            // contain its top).
+            Some(s) => bound == (s.low, s.high),
+            None => {
+                let sp = super::stack::sp();
+                sp >= bound.0 && sp < bound.1
+            }
+        };
+        if same {
             return Ok(());
         }
         let cur = match on {
@@ -541,7 +549,7 @@ impl ExecEnv {
         };
         // SAFETY: `raw` is live; the boundary is either NULL (WAMR uses the
         // pthread stack, correct on an OS thread) or GUARD bytes above the
-        // low end of the coroutine stack we are running on.
+        // low end of the stack the call will run on (`on`, or this one).
         unsafe { sys::wasm_runtime_set_native_stack_boundary(self.raw, cur.boundary as *mut u8) };
         self.bound.set((cur.low, cur.high));
         Ok(())

@@ -456,9 +456,9 @@ unsafe extern "C" fn trampoline(env: sys::wasm_exec_env_t, args: *mut u64) {
     let ty = &reg.func.ty;
     // SAFETY: `env` is the calling env, alive during the call.
     let inst = unsafe { sys::wasm_runtime_get_module_inst(env) };
-    // Only the declared parameters are written: the array sits on the
-    // calling coroutine's stack, whose lines are cold when there are many
-    // connections, and writing all sixteen cost four cache lines per call.
+    // Only the declared parameters are written: on a coroutine's own stack
+    // the lines are cold when there are many connections, and writing all
+    // sixteen cost four cache lines per call.
     let mut slots = [const { MaybeUninit::<Val>::uninit() }; 16];
     for (i, t) in ty.params.iter().enumerate() {
         // SAFETY: WAMR's raw convention: one u64 slot per declared parameter

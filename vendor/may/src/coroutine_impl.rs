@@ -115,7 +115,14 @@ pub struct Coroutine {
 impl Coroutine {
     // Used only internally to construct a coroutine object without spawning
     fn new(name: Option<String>, stack_size: usize) -> Coroutine {
-        Coroutine { inner: Arc::new(Inner { name, stack_size, park: Park::new(), cancel: Cancel::new() }) }
+        Coroutine {
+            inner: Arc::new(Inner {
+                name,
+                stack_size,
+                park: Park::new(),
+                cancel: Cancel::new(),
+            }),
+        }
     }
 
     /// Gets the coroutine stack size.
@@ -216,7 +223,11 @@ impl Builder {
     /// Generates the base configuration for spawning a coroutine, from which
     /// configuration methods can be chained.
     pub fn new() -> Builder {
-        Builder { name: None, stack_size: None, id: None }
+        Builder {
+            name: None,
+            stack_size: None,
+            id: None,
+        }
     }
 
     /// Names the thread-to-be. Currently the name is used for identification
@@ -259,7 +270,9 @@ impl Builder {
         let their_join = join.clone();
         let their_packet = packet.clone();
 
-        let subscriber = EventSubscriber { resource: &DONE as &dyn EventSource as *const _ as *mut dyn EventSource };
+        let subscriber = EventSubscriber {
+            resource: &DONE as &dyn EventSource as *const _ as *mut dyn EventSource,
+        };
 
         let closure = move || {
             // trigger the JoinHandler
@@ -506,7 +519,13 @@ pub fn park_timeout(dur: Duration) {
 /// run the coroutine
 #[inline]
 pub(crate) fn run_coroutine(mut co: CoroutineImpl) {
-    match co.resume() {
+    // wamr-coro: a coroutine resumed from inside another (spawn_local, an
+    // unpark that runs the woken one at once) is not bound by the caller's
+    // `forbid_yield`; the caller's is back when it returns.
+    let forbidden = crate::yield_now::forbid_yield(None);
+    let resumed = co.resume();
+    crate::yield_now::forbid_yield(forbidden);
+    match resumed {
         Some(ev) => ev.subscribe(co),
         None => {
             // panic happened here

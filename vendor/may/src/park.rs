@@ -138,6 +138,8 @@ impl Park {
     /// if timeout happens, return Err(ParkError::Timeout)
     /// if cancellation detected, return Err(ParkError::Canceled)
     pub fn park_timeout(&self, dur: Option<Duration>) -> Result<(), ParkError> {
+        // wamr-coro: before the park token is taken (fifth change).
+        crate::yield_now::check_yield_allowed();
         // if the state is not set, need to wait
         if !self.check_park() {
             return Ok(());
@@ -201,7 +203,10 @@ impl EventSource for Park {
         let cancel = co_cancel_data(&co);
         // if we share the same park, the previous timer may wake up it by false
         // if we not deleted the timer in time
-        let timeout_handle = self.timeout.take().map(|dur| get_scheduler().add_timer(dur, self.wait_co.clone()));
+        let timeout_handle = self
+            .timeout
+            .take()
+            .map(|dur| get_scheduler().add_timer(dur, self.wait_co.clone()));
         self.set_timeout_handle(timeout_handle);
 
         let _g = self.delay_drop();

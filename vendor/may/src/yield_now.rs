@@ -33,8 +33,13 @@ pub fn forbid_yield(why: Option<&'static str>) -> Option<&'static str> {
     NO_YIELD.with(|c| c.replace(why))
 }
 
+/// wamr-coro: panics if the running coroutine may not yield now. Called
+/// first by `yield_with` and `yield_with_io`, and by every blocking
+/// primitive before it changes any state (registers a waiter, takes a park
+/// token, unlocks a mutex for a condvar wait), so that the panic leaves
+/// nothing half done.
 #[inline]
-fn check_yield_allowed() {
+pub(crate) fn check_yield_allowed() {
     if let Some(why) = NO_YIELD.with(|c| c.get()) {
         yield_forbidden(why);
     }

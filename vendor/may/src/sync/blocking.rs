@@ -15,7 +15,10 @@ pub struct ThreadPark {
 
 impl ThreadPark {
     pub fn new() -> Self {
-        ThreadPark { lock: Mutex::new(0), cvar: Condvar::new() }
+        ThreadPark {
+            lock: Mutex::new(0),
+            cvar: Condvar::new(),
+        }
     }
 
     pub fn park_timeout(&self, dur: Option<Duration>) -> Result<(), ParkError> {
@@ -61,6 +64,8 @@ impl Blocker {
     /// create a new blocker
     pub fn new(ignore_cancel: bool) -> Self {
         let parker = if is_coroutine() {
+            // wamr-coro: before any waiter is registered (fifth change).
+            crate::yield_now::check_yield_allowed();
             let park = Park::new();
             park.ignore_cancel(ignore_cancel);
             Parker::Coroutine(park)
@@ -138,7 +143,11 @@ impl SyncBlocker {
     pub fn current() -> Arc<Self> {
         let blocker = Blocker::new(true);
 
-        Arc::new(SyncBlocker { unparked: AtomicBool::new(false), release: AtomicBool::new(false), blocker })
+        Arc::new(SyncBlocker {
+            unparked: AtomicBool::new(false),
+            release: AtomicBool::new(false),
+            blocker,
+        })
     }
 
     #[inline]

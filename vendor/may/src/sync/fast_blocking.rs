@@ -100,6 +100,8 @@ impl Blocker {
     /// create a new fast blocker
     pub fn new() -> Arc<Self> {
         let blocker = if is_coroutine() {
+            // wamr-coro: before any waiter is registered (fifth change).
+            crate::yield_now::check_yield_allowed();
             Blocker::Coroutine(Park::new())
         } else {
             Blocker::Thread(ThreadPark::new())

@@ -23,7 +23,10 @@ struct Park<'a, T> {
 
 impl<'a, T> Park<'a, T> {
     fn new(queue: &'a InnerQueue<T>) -> Park<'a, T> {
-        Park { queue, wait_kernel: AtomicBool::new(true) }
+        Park {
+            queue,
+            wait_kernel: AtomicBool::new(true),
+        }
     }
 
     fn delay_drop(&self) -> DropGuard<T> {
@@ -159,6 +162,8 @@ impl<T> InnerQueue<T> {
         match self.try_recv() {
             Err(TryRecvError::Empty) => {
                 if is_coroutine() {
+                    // wamr-coro: before the park exists (its drop may yield).
+                    crate::yield_now::check_yield_allowed();
                     let park = Park::new(self);
                     yield_with(&park);
                 } else {
