@@ -30,9 +30,8 @@
 //!
 //! The switch costs about 170 instructions a call (psm's switch, the claim,
 //! the yield guard's two thread-local writes; cachegrind, docs/BENCHMARKS.md).
-//! Typed calls (`call_typed`) and env creation switch first and do their
-//! bookkeeping on the call stack too; other calls switch around WAMR's call
-//! only.
+//! A call's bookkeeping runs on the call stack with it, and typed calls
+//! (`call_typed`) and env creation switch before they build anything.
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
@@ -149,7 +148,7 @@ pub(crate) fn run<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// This thread's call stack, held for one call: free again when dropped.
-pub(crate) struct Claim {
+struct Claim {
     low: usize,
     high: usize,
 }
@@ -157,7 +156,7 @@ pub(crate) struct Claim {
 /// Takes this thread's call stack for a call made by a coroutine, if it is
 /// free and as large as `may`'s coroutine stacks. (An OS thread's own stack
 /// is hot already, and usually larger.)
-pub(crate) fn claim() -> Option<Claim> {
+fn claim() -> Option<Claim> {
     if BUSY.with(|b| b.get()) || !may::coroutine::is_coroutine() {
         return None;
     }
@@ -173,14 +172,9 @@ pub(crate) fn claim() -> Option<Claim> {
 }
 
 impl Claim {
-    /// The stack and the boundary WAMR is to check calls on it against.
-    pub(crate) fn stack(&self) -> super::stack::CurrentStack {
-        super::stack::CurrentStack { low: self.low, high: self.high, boundary: self.low + super::stack::GUARD }
-    }
-
     /// Runs `f` on the call stack; the coroutine may not yield until it
     /// returns.
-    pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         let before = may::coroutine::forbid_yield(Some(WHY));
         // `[low, high)` is this thread's mapped call stack, page-aligned, and
         // nothing runs on it (we hold the claim). `f` does not unwind out of

@@ -439,36 +439,29 @@ impl ExecEnv {
                 why: "function belongs to another exec env".into(),
             });
         }
-        let claim = match self.call_stack {
-            CallStack::Worker => super::call_stack::claim(),
-            CallStack::Coroutine => None,
-        };
-        self.enter(claim.as_ref().map(|c| c.stack()))?;
-        let (raw, f, cells) = (self.raw, func.raw, cells.as_mut_ptr());
-        // `raw` and `func` belong to this live env (checked above); the
-        // callers size `cells` from the function's type; `enter` bound WAMR's
-        // boundary to the stack the call runs on. Host functions may yield
-        // inside a call on the coroutine's stack; the env is not shared.
-        // SAFETY: as just said, WAMR gets valid handles and buffers.
-        let call = || unsafe { sys::wasm_runtime_call_wasm(raw, f, argc, cells) };
-        let ok = match &claim {
-            Some(c) => c.run(call),
-            None => call(),
-        };
-        drop(claim);
-        self.leave(ok, &func.name)
+        // A typed call is on the call stack already (`call_typed`); then
+        // this runs where it is.
+        self.on_call_stack(|env| {
+            env.enter()?;
+            // `raw` and `func` belong to this live env (checked above); the
+            // callers size `cells` from the function's type; `enter` bound
+            // WAMR's boundary to this stack. Host functions may yield inside
+            // a call on the coroutine's stack; the env is not shared.
+            // SAFETY: as just said, WAMR gets valid handles and buffers.
+            let ok = unsafe { sys::wasm_runtime_call_wasm(env.raw, func.raw, argc, cells.as_mut_ptr()) };
+            env.leave(ok, &func.name)
+        })
     }
 
     /// Everything a call of guest code needs first: refuses a poisoned or
     /// doomed env, binds the stack, marks the call in flight (with its
     /// budget: the watchdog and shutdown can stop it from here on), opens
     /// the memory account and arms the instruction budget.
-    /// `on`: the stack the call will run on, if not the caller's own.
-    fn enter(&mut self, on: Option<super::stack::CurrentStack>) -> Result<()> {
+    fn enter(&mut self) -> Result<()> {
         if let Some(why) = self.poisoned() {
             return Err(Error::Poisoned(why));
         }
-        self.bind_stack(on)?;
+        self.bind_stack()?;
         // `doom` sets `doomed`, then stops a call in flight: checking it
         // under the lock that marks the call in flight leaves no moment in
         // which a doomed env's call could start unstopped.
@@ -527,29 +520,18 @@ impl ExecEnv {
         self.poisoned = Some(why);
     }
 
-    /// Makes WAMR's native stack boundary match the stack the call runs on:
-    /// `on`, or the current stack.
-    fn bind_stack(&self, on: Option<super::stack::CurrentStack>) -> Result<()> {
-        let bound = self.bound.get();
-        let same = match on {
-            // A given stack: exactly the one bound (a stale range could
-            // contain its top).
-            Some(s) => bound == (s.low, s.high),
-            None => {
-                let sp = super::stack::sp();
-                sp >= bound.0 && sp < bound.1
-            }
-        };
-        if same {
+    /// Makes WAMR's native stack boundary match the current stack (a
+    /// worker's call stack, a coroutine's or a thread's).
+    fn bind_stack(&self) -> Result<()> {
+        let sp = super::stack::sp();
+        let (lo, hi) = self.bound.get();
+        if sp >= lo && sp < hi {
             return Ok(());
         }
-        let cur = match on {
-            Some(s) => s,
-            None => super::stack::current()?,
-        };
+        let cur = super::stack::current()?;
         // SAFETY: `raw` is live; the boundary is either NULL (WAMR uses the
         // pthread stack, correct on an OS thread) or GUARD bytes above the
-        // low end of the stack the call will run on (`on`, or this one).
+        // low end of the stack we are running on.
         unsafe { sys::wasm_runtime_set_native_stack_boundary(self.raw, cur.boundary as *mut u8) };
         self.bound.set((cur.low, cur.high));
         Ok(())
@@ -647,7 +629,7 @@ impl ExecEnv {
     /// the budget, stoppable by the watchdog and at shutdown, and a trap or
     /// an overrun poisons the env.
     pub fn heap_alloc(&mut self, size: u32) -> Result<u32> {
-        self.enter(None)?;
+        self.enter()?;
         let mut native: *mut libc::c_void = std::ptr::null_mut();
         // SAFETY: `inst` is alive; WAMR returns 0 on failure. It may call the
         // guest's malloc export on its own env (`enter` bound the stack).

@@ -179,20 +179,16 @@ pub(crate) fn with_coroutine_boundary<R>(f: impl FnOnce() -> R) -> R {
             unsafe { super::sys::os_thread_set_stack_boundary_override(std::ptr::null_mut()) };
         }
     }
-    // `low + GUARD` is the boundary calls on this stack get (`current`).
-    // Instantiating and spawning do not yield unless a host function the
+    // The boundary calls on this stack get (`current`): a worker's call
+    // stack (an env made for `CallStack::Worker`) or a coroutine's; NULL on
+    // a thread or a coroutine of unknown bounds. Instantiating and spawning do not yield unless a host function the
     // start function calls does; if one did and the coroutine resumed on
     // another worker, the rest of the start function would run with that
     // worker's own boundary (as without this), and the value left on the
     // first worker is replaced by the next instantiation there (every one
     // sets it, NULL included) and read by nothing else: every call we make
     // sets its env's own boundary first (`ExecEnv::bind_stack`).
-    // On a worker's call stack (an env made for `CallStack::Worker`), its
-    // own boundary.
-    let boundary = match super::call_stack::containing(sp()) {
-        Some((low, _)) => (low + GUARD) as *mut u8,
-        None => current_bounds().map_or(std::ptr::null_mut(), |b| (b.low + GUARD) as *mut u8),
-    };
+    let boundary = current().map_or(std::ptr::null_mut(), |s| s.boundary as *mut u8);
     // SAFETY: the setter only stores a thread-local pointer, read by WAMR on
     // this thread while `f` runs; `Clear` resets it before we return.
     unsafe { super::sys::os_thread_set_stack_boundary_override(boundary) };
