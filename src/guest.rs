@@ -89,7 +89,9 @@ pub struct GuestConfig {
     /// [`MemoryBudget::default_bytes`] (half the machine's memory).
     pub memory_budget: Option<Arc<MemoryBudget>>,
     /// Where calls made from coroutines run ([`CallStack`]). Applies to
-    /// direct-mode envs only: a queue guest's `run` blocks in `wait_msg`.
+    /// direct-mode envs only: a queue guest's `run` blocks in `wait_msg`
+    /// ([`Guest::config`] then reports [`CallStack::Coroutine`], as it does
+    /// for a guest that imports a host function that may block).
     /// Default [`CallStack::Coroutine`]; the server uses
     /// [`CallStack::Worker`] (its imports never block).
     pub call_stack: CallStack,
@@ -186,6 +188,11 @@ impl Guest {
             }
         }
         let mut config = config;
+        // The worker's call stack is for direct mode only (a queue guest's
+        // `run` blocks in `wait_msg`); decided here once, for every env.
+        if config.mode != ModeReq::Direct {
+            config.call_stack = CallStack::Coroutine;
+        }
         // A host function that may block the coroutine cannot run on a
         // worker's call stack: the guest's calls stay on the connection's.
         if config.call_stack == CallStack::Worker {
@@ -313,11 +320,8 @@ impl Guest {
         // Instantiating goes deep (WAMR's loader and the start function):
         // on the worker's call stack with the env's calls, those frames stay
         // off the connection's own stack, which then holds fewer pages.
-        let made = if self.config.mode == ModeReq::Direct && self.config.call_stack == CallStack::Worker {
-            crate::wamr::call_stack::run(make)
-        } else {
-            make()
-        };
+        let made =
+            if self.config.call_stack == CallStack::Worker { crate::wamr::call_stack::run(make) } else { make() };
         if made.is_err() {
             self.live.fetch_sub(1, Ordering::AcqRel);
             self.registry.note_failure();
@@ -457,9 +461,7 @@ impl GuestEnv {
         }
         env.set_budget(guest.config.call_budget);
         env.set_instruction_budget(guest.config.instruction_budget);
-        if guest.config.mode == ModeReq::Direct {
-            env.set_call_stack(guest.config.call_stack);
-        }
+        env.set_call_stack(guest.config.call_stack);
         let m = &guest.module;
         let e = guest.exports;
         let funcs = Funcs {
