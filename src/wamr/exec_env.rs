@@ -525,7 +525,15 @@ impl ExecEnv {
     fn bind_stack(&self) -> Result<()> {
         let sp = super::stack::sp();
         let (lo, hi) = self.bound.get();
-        if sp >= lo && sp < hi {
+        let same = match super::call_stack::containing(sp) {
+            // On a worker's call stack: exactly the range bound. A stale
+            // range (a coroutine stack since unmapped, its addresses reused
+            // by the call stack) could contain the stack pointer with a
+            // boundary that is not this stack's.
+            Some(range) => range == (lo, hi),
+            None => sp >= lo && sp < hi,
+        };
+        if same {
             return Ok(());
         }
         let cur = super::stack::current()?;
