@@ -27,12 +27,40 @@ pub use may;
 /// WAMR's stack guard (`wamr/stack.rs`, `GUARD`) is reserved below.
 pub const DEFAULT_STACK_BYTES: usize = 256 * 1024;
 
+/// Most workers [`configure`] accepts. Each is an OS thread with its own
+/// epoll and eventfd; past a few per core they only add scheduling work.
+pub const MAX_WORKERS: usize = 1024;
+
+/// File descriptors each `may` worker opens when the scheduler starts: its
+/// epoll and its eventfd.
+const FDS_PER_WORKER: u64 = 2;
+
+/// Descriptors a worker count must leave for the rest of a server to start:
+/// stdio, the listener and its spare, the runtime's own (about 10 at rest).
+/// Connections need more, and are refused while there are none
+/// (`server/listener.rs`).
+const FD_HEADROOM: u64 = 16;
+
 /// Sets `may`'s worker count and default coroutine stack size. Process-wide;
 /// takes effect for coroutines spawned afterwards (`may` reads the worker
 /// count when its scheduler starts, at the first spawn).
+///
+/// Refuses 0 workers, more than [`MAX_WORKERS`], and more than the soft
+/// `RLIMIT_NOFILE` leaves descriptors for (two per worker, and 16 more):
+/// `may` opens them when its scheduler starts and panics if it cannot.
 pub fn configure(workers: usize, stack_bytes: usize) -> Result<()> {
     if workers == 0 {
         return Err(Error::Config("workers must be at least 1".into()));
+    }
+    if workers > MAX_WORKERS {
+        return Err(Error::Config(format!("workers must be at most {MAX_WORKERS}, not {workers}")));
+    }
+    let need = workers as u64 * FDS_PER_WORKER + FD_HEADROOM;
+    if let Some(limit) = crate::server::fd_limit().filter(|&l| l < need) {
+        return Err(Error::Config(format!(
+            "{workers} workers need {need} file descriptors ({FDS_PER_WORKER} each and {FD_HEADROOM} more), \
+             but RLIMIT_NOFILE allows {limit}"
+        )));
     }
     let min = crate::wamr::stack::GUARD + 32 * 1024;
     if stack_bytes < min {

@@ -215,7 +215,8 @@ struct ServeArgs {
     /// stays in cache, or on each connection coroutine's own stack.
     #[arg(long, value_enum, default_value_t = CallStack::Worker)]
     call_stack: CallStack,
-    /// may worker threads (default: number of CPUs).
+    /// may worker threads (default: number of CPUs; 1 to 1024, two file
+    /// descriptors each).
     #[arg(long)]
     workers: Option<usize>,
     /// Coroutine stack size in KiB.

@@ -20,9 +20,10 @@ const CLIENTS: usize = 120;
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
-fn serve_with_nofile(mode: &str) -> (common::ServerChild, SocketAddr, std::io::BufReader<std::process::ChildStdout>) {
+/// `wamr-coro serve ARGS` with a descriptor limit of [`NOFILE`].
+fn with_nofile(args: &[&str]) -> std::process::Command {
     let mut cmd = common::wamr_coro();
-    cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--workers", "2", "--mode", mode]);
+    cmd.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
     // SAFETY: setrlimit is async-signal-safe and touches only the child
     // being set up between fork and exec; the struct outlives the call.
     unsafe {
@@ -34,7 +35,11 @@ fn serve_with_nofile(mode: &str) -> (common::ServerChild, SocketAddr, std::io::B
             Ok(())
         })
     };
-    spawn_server(&mut cmd)
+    cmd
+}
+
+fn serve_with_nofile(mode: &str) -> (common::ServerChild, SocketAddr, std::io::BufReader<std::process::ChildStdout>) {
+    spawn_server(&mut with_nofile(&["--workers", "2", "--mode", mode]))
 }
 
 /// What became of one client that sent a request.
@@ -112,4 +117,30 @@ fn direct_mode_out_of_descriptors_refuses_new_clients_and_serves_the_rest() {
 #[test]
 fn queue_mode_out_of_descriptors_refuses_new_clients_and_serves_the_rest() {
     out_of_descriptors("queue");
+}
+
+/// Runs `serve ARGS` under [`NOFILE`], which must refuse to start: its exit
+/// code and what it wrote to stderr.
+fn refused_start(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = common::ServerChild(
+        with_nofile(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap(),
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(20), "serve started with a worker count it cannot hold");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code(), err)
+}
+
+#[test]
+fn a_worker_count_past_the_descriptor_limit_is_a_clear_error_not_a_panic() {
+    // Each may worker opens an epoll and an eventfd when the scheduler
+    // starts, and may panics if it cannot: 40 workers need 80 of the 64.
+    let (code, err) = refused_start(&["--workers", "40"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("40 workers need 96 file descriptors") && err.contains("RLIMIT_NOFILE allows 64"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, err) = refused_start(&["--workers", "100000"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("workers must be at most 1024"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -95,7 +95,10 @@ impl ServerBuilder {
         self.call_stack = where_;
         self
     }
-    /// `may` worker threads (process-wide; set before the first server).
+    /// `may` worker threads (process-wide; set before the first server):
+    /// 1 to [`crate::coro::MAX_WORKERS`], two file descriptors each
+    /// ([`start`](Self::start) refuses a count the descriptor limit cannot
+    /// hold).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self

@@ -47,6 +47,7 @@ pub use builder::{Server, ServerBuilder};
 pub use config::{EnvPolicy, Limits, Mode, DEFAULT_POOL_CAPACITY};
 pub use handle::ServerHandle;
 pub use queue::QueueRunner;
+pub(crate) use socket::fd_limit;
 pub use socket::raise_fd_limit;
 pub use stats::ServerStats;
 
