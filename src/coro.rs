@@ -27,6 +27,10 @@ pub use may;
 /// WAMR's stack guard (`wamr/stack.rs`, `GUARD`) is reserved below.
 pub const DEFAULT_STACK_BYTES: usize = 256 * 1024;
 
+/// Largest coroutine stack [`configure`] accepts: 64 MiB. Each coroutine
+/// maps its stack when it is spawned, and `may` panics if the mapping fails.
+pub const MAX_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most workers [`configure`] accepts. Each is an OS thread with its own
 /// epoll and eventfd; past a few per core they only add scheduling work.
 pub const MAX_WORKERS: usize = 1024;
@@ -45,7 +49,8 @@ const FD_HEADROOM: u64 = 16;
 /// takes effect for coroutines spawned afterwards (`may` reads the worker
 /// count when its scheduler starts, at the first spawn).
 ///
-/// Refuses 0 workers, more than [`MAX_WORKERS`], and more than the soft
+/// Refuses a stack outside 56 KiB..=[`MAX_STACK_BYTES`], 0 workers, more
+/// than [`MAX_WORKERS`], and more than the soft
 /// `RLIMIT_NOFILE` leaves descriptors for (two per worker, and 16 more):
 /// `may` opens them when its scheduler starts and panics if it cannot.
 pub fn configure(workers: usize, stack_bytes: usize) -> Result<()> {
@@ -65,6 +70,9 @@ pub fn configure(workers: usize, stack_bytes: usize) -> Result<()> {
     let min = crate::wamr::stack::GUARD + 32 * 1024;
     if stack_bytes < min {
         return Err(Error::Config(format!("coroutine stack must be at least {min} bytes")));
+    }
+    if stack_bytes > MAX_STACK_BYTES {
+        return Err(Error::Config(format!("coroutine stack must be at most {MAX_STACK_BYTES} bytes")));
     }
     may::config().set_workers(workers).set_stack_size(stack_bytes / std::mem::size_of::<usize>());
     Ok(())

@@ -198,11 +198,12 @@ struct ServeArgs {
     /// Queue mode: run the guest on a dedicated thread or in a coroutine.
     #[arg(long, value_enum, default_value_t)]
     runner: QueueRunner,
-    /// Queue mode: events the ring holds at most.
+    /// Queue mode: events the ring holds at most (at least 1).
     #[arg(long, default_value_t = limits().queue_capacity)]
     queue_capacity: usize,
     /// Queue mode: guest instances (shards), each with its own ring and
-    /// runner; a fault costs one shard's connections. 0 = one per worker.
+    /// runner; a fault costs one shard's connections. 0 = one per worker;
+    /// at most 1024.
     #[arg(long, default_value_t = limits().queue_shards)]
     queue_shards: usize,
     /// Env per connection, or leased per message (stateless guests only).
@@ -219,7 +220,7 @@ struct ServeArgs {
     /// descriptors each).
     #[arg(long)]
     workers: Option<usize>,
-    /// Coroutine stack size in KiB.
+    /// Coroutine stack size in KiB (56 to 65536).
     #[arg(long, default_value_t = wamr_coro::coro::DEFAULT_STACK_BYTES / 1024)]
     stack_kib: usize,
     /// Open connections at most.
@@ -243,7 +244,7 @@ struct ServeArgs {
     /// Bytes per on_recv at most.
     #[arg(long, default_value_t = limits().chunk_size)]
     chunk_size: usize,
-    /// Close connections idle this long (ms).
+    /// Close connections idle this long (ms; at least 1).
     #[arg(long, default_value_t = ms(limits().idle_timeout))]
     idle_timeout_ms: u64,
     /// Terminate guest calls running longer (ms); 0 = unlimited.

@@ -143,9 +143,7 @@ impl ServerBuilder {
 
     /// Validates the guest, binds, and starts accepting.
     pub fn start(self) -> Result<ServerHandle> {
-        if self.limits.chunk_size == 0 || self.limits.output_limit == 0 || self.limits.max_connections == 0 {
-            return Err(Error::Config("chunk_size, output_limit and max_connections must be > 0".into()));
-        }
+        self.limits.check()?;
         let addr: SocketAddr = self
             .listen
             .to_socket_addrs()

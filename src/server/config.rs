@@ -2,6 +2,10 @@
 //! defaults.
 use std::time::Duration;
 
+/// Queue shards a server accepts at most ([`Limits::queue_shards`]): each is
+/// a guest instance with a runner thread of its own.
+pub const MAX_QUEUE_SHARDS: usize = 1024;
+
 /// Idle envs a server keeps for reuse unless told otherwise
 /// ([`ServerBuilder::pool_capacity`](super::ServerBuilder::pool_capacity)).
 pub const DEFAULT_POOL_CAPACITY: usize = 1024;
@@ -119,5 +123,34 @@ impl Default for Limits {
             max_memory_pages: 256,
             max_guest_memory: crate::wamr::state::MemoryBudget::default_bytes(),
         }
+    }
+}
+
+impl Limits {
+    /// The limits a server can run with: sizes and counts that must be
+    /// positive are, `idle_timeout` is not zero (it also bounds writes to a
+    /// client that reads nothing), and `queue_shards` is at most
+    /// [`MAX_QUEUE_SHARDS`]. [`ServerBuilder::start`](super::ServerBuilder::start)
+    /// refuses others with [`Error::Config`](crate::Error::Config).
+    pub fn check(&self) -> crate::Result<()> {
+        let positive = [
+            ("chunk_size", self.chunk_size),
+            ("output_limit", self.output_limit),
+            ("max_connections", self.max_connections),
+            ("queue_capacity", self.queue_capacity),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(crate::Error::Config(format!("{name} must be > 0")));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(crate::Error::Config("idle_timeout must be > 0".into()));
+        }
+        if self.queue_shards > MAX_QUEUE_SHARDS {
+            return Err(crate::Error::Config(format!(
+                "queue_shards must be at most {MAX_QUEUE_SHARDS}, not {}",
+                self.queue_shards
+            )));
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,70 @@
+//! Configuration a server cannot run with is refused, with an error naming
+//! the setting, before the server binds or starts anything: never a panic
+//! deep inside `may`, never a server that limps (every keep-alive
+//! connection cut within milliseconds, a ring quietly given another size).
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use wamr_coro::server::{Limits, Mode, Server, MAX_QUEUE_SHARDS};
+use wamr_coro::Error;
+
+fn refused(limits: Limits, mode: Mode) -> String {
+    let server = Server::builder(common::module("echo.wat"))
+        .listen("127.0.0.1:0")
+        .mode(mode)
+        .workers(2)
+        .limits(limits.clone())
+        .start();
+    match server {
+        Err(e @ Error::Config(_)) => e.to_string(),
+        Err(e) => panic!("not a configuration error: {e}"),
+        Ok(s) => {
+            let _ = s.stop();
+            panic!("started with {limits:?}")
+        }
+    }
+}
+
+#[test]
+fn limits_a_server_cannot_run_with_are_refused_by_name() {
+    let base = common::test_limits();
+    let cases: [(Limits, Mode, &str); 6] = [
+        (Limits { chunk_size: 0, ..base.clone() }, Mode::Direct, "chunk_size must be > 0"),
+        (Limits { output_limit: 0, ..base.clone() }, Mode::Direct, "output_limit must be > 0"),
+        (Limits { max_connections: 0, ..base.clone() }, Mode::Direct, "max_connections must be > 0"),
+        (Limits { queue_capacity: 0, ..base.clone() }, Mode::Queue, "queue_capacity must be > 0"),
+        (Limits { idle_timeout: Duration::ZERO, ..base.clone() }, Mode::Direct, "idle_timeout must be > 0"),
+        (
+            Limits { queue_shards: MAX_QUEUE_SHARDS + 1, ..base.clone() },
+            Mode::Queue,
+            "queue_shards must be at most 1024",
+        ),
+    ];
+    for (limits, mode, want) in cases {
+        let got = refused(limits, mode);
+        assert!(got.contains(want), "{got:?} does not say {want:?}");
+    }
+}
+
+#[test]
+fn a_coroutine_stack_too_large_to_map_is_refused_not_a_panic() {
+    // 100 GB a coroutine: may's stack allocation failed and panicked at the
+    // first spawn.
+    let mut child = common::ServerChild(
+        common::wamr_coro()
+            .args(["serve", "--listen", "127.0.0.1:0", "--stack-kib", "99999999"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = common::wait_exit(&mut child, Duration::from_secs(20), "serve started with a 100 GB stack");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("coroutine stack must be at most 67108864 bytes"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
