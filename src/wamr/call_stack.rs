@@ -133,6 +133,7 @@ fn map_this_threads_stack() -> (usize, usize) {
 }
 
 /// The bounds of this thread's call stack if `sp` lies in it.
+#[inline(never)]
 pub(crate) fn containing(sp: usize) -> Option<(usize, usize)> {
     let (low, high) = BOUNDS.with(|c| c.get());
     (sp >= low && sp < high).then_some((low, high))
@@ -156,6 +157,14 @@ struct Claim {
 /// Takes this thread's call stack for a call made by a coroutine, if it is
 /// free and as large as `may`'s coroutine stacks. (An OS thread's own stack
 /// is hot already, and usually larger.)
+///
+/// Never inlined, nor is the release in `Drop`: they are this module's only
+/// reads and writes of its thread-locals, and a coroutine moves between
+/// threads at its yields while the compiler may compute a thread-local's
+/// address once per function. Inlined into a connection's loop (call, read,
+/// call), a coroutine could claim the call stack of the thread it ran on
+/// before. A call computes the addresses on the thread it runs on.
+#[inline(never)]
 fn claim() -> Option<Claim> {
     if BUSY.with(|b| b.get()) || !may::coroutine::is_coroutine() {
         return None;
@@ -189,6 +198,7 @@ impl Claim {
 }
 
 impl Drop for Claim {
+    #[inline(never)]
     fn drop(&mut self) {
         BUSY.with(|b| b.set(false));
     }

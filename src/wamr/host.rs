@@ -43,7 +43,10 @@
 //! - **No thread-locals across a yield**: after a `may` primitive parks the
 //!   coroutine it may resume on another worker, so a `thread_local!` read
 //!   before and after can be two different values; keep per-call state in
-//!   locals or in the env's host data.
+//!   locals or in the env's host data. The compiler may also compute a
+//!   thread-local's address once for a whole function, so read one only in
+//!   a function that does not yield and is `#[inline(never)]`, or after a
+//!   yield the read can be another thread's (`vendor/README.md`, fifth change).
 //! - Keep it short: a guest call cannot be preempted, so a long host
 //!   function stalls its worker like a spinning guest.
 //! - Check every guest pointer through [`Caller::memory`] ([`GuestMemory`]

@@ -203,6 +203,10 @@ pub(crate) fn sp() -> usize {
     std::hint::black_box(&marker) as *const u8 as usize
 }
 
+/// This OS thread's own stack. Never inlined: a thread-local read inlined
+/// into code that yields could use the address computed on another thread
+/// (see `call_stack::claim`).
+#[inline(never)]
 fn thread_stack() -> (usize, usize) {
     thread_local! {
         static BOUNDS: (usize, usize) = query_thread_stack();

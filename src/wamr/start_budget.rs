@@ -56,11 +56,26 @@ pub(crate) fn install() {
 /// instantiation runs held to `budget` (`None`: unbounded). Returns what
 /// `f` returned, and whether they were stopped for overrunning it.
 pub(crate) fn run<R>(budget: Option<Duration>, f: impl FnOnce() -> R) -> (R, bool) {
-    let before = BUDGET.replace(budget);
-    STOPPED.set(false);
+    let before = enter(budget);
     let r = f();
+    (r, leave(before))
+}
+
+/// Gives this thread's instantiations `budget`; returns the one before.
+/// Never inlined, nor is [`leave`]: `run` is, into coroutines that move
+/// between threads at their yields, and the compiler may compute a
+/// thread-local's address once per function (see `call_stack::claim`).
+#[inline(never)]
+fn enter(budget: Option<Duration>) -> Option<Duration> {
+    STOPPED.set(false);
+    BUDGET.replace(budget)
+}
+
+/// Restores the budget `enter` replaced; whether functions were stopped.
+#[inline(never)]
+fn leave(before: Option<Duration>) -> bool {
     BUDGET.set(before);
-    (r, STOPPED.replace(false))
+    STOPPED.replace(false)
 }
 
 /// Called by WAMR (patch 0600) on the instantiating thread.

@@ -30,6 +30,18 @@ cfg_if::cfg_if! {
 // thread id, only workers are normal ones
 thread_local! { pub static WORKER_ID: Cell<usize> = const { Cell::new(usize::MAX) }; }
 
+/// wamr-coro: this thread's worker id (`usize::MAX` off the workers). Never
+/// inlined: `schedule` runs inside coroutines (spawn, unpark), which can move
+/// to another thread at any yield, while the compiler may compute a
+/// thread-local's address once per function. Inlined into a coroutine's
+/// loop, the id of the thread the loop started on could be used on another,
+/// and a coroutine pushed onto a worker's local queue that only its owner
+/// may push to. A call reads the id of the thread it runs on.
+#[inline(never)]
+fn current_worker_id() -> usize {
+    WORKER_ID.get()
+}
+
 // here we use Arc<AtomicOption<>> for that in the select implementation
 // other event may try to consume the coroutine while timer thread consume it
 type TimerData = Arc<AtomicOption<CoroutineImpl>>;
@@ -215,7 +227,7 @@ impl Scheduler {
     /// put the coroutine to correct queue so that next time it can be scheduled
     #[inline]
     pub fn schedule(&self, co: CoroutineImpl) {
-        let id = WORKER_ID.get();
+        let id = current_worker_id();
 
         if id != usize::MAX {
             self.schedule_with_id(co, id);

@@ -28,9 +28,26 @@ thread_local! {
 /// worker's call stack): a coroutine suspended there would be resumed on
 /// frames another coroutine has since overwritten, or on another thread.
 /// Returns the previous value, to restore.
-#[inline]
+///
+/// Never inlined, like every access to `NO_YIELD`: a coroutine can move to
+/// another thread at any yield, but the compiler assumes a function stays
+/// on one thread and may compute a thread-local's address once for the
+/// whole function. Inlined into a coroutine's loop that yields (call, yield,
+/// call), the address from the first thread was used on the next, so a
+/// coroutine set and restored another worker's flag: that worker's
+/// coroutines then panicked at their next yield, or ran a call unguarded
+/// (`wamr-coro stress --coroutines 20000 --workers 2`: about 100 such panics
+/// a run). A call computes the address on the thread it runs on.
+#[inline(never)]
 pub fn forbid_yield(why: Option<&'static str>) -> Option<&'static str> {
     NO_YIELD.with(|c| c.replace(why))
+}
+
+/// wamr-coro: the reason yielding is forbidden now, if it is (never
+/// inlined: see `forbid_yield`).
+#[inline(never)]
+fn yield_forbidden_why() -> Option<&'static str> {
+    NO_YIELD.with(|c| c.get())
 }
 
 /// wamr-coro: panics if the running coroutine may not yield now. Called
@@ -40,7 +57,7 @@ pub fn forbid_yield(why: Option<&'static str>) -> Option<&'static str> {
 /// nothing half done.
 #[inline]
 pub(crate) fn check_yield_allowed() {
-    if let Some(why) = NO_YIELD.with(|c| c.get()) {
+    if let Some(why) = yield_forbidden_why() {
         yield_forbidden(why);
     }
 }
