@@ -546,15 +546,24 @@ impl ExecEnv {
     }
 
     /// WAMR's current exception text for this instance.
+    ///
+    /// Copied under WAMR's exception lock (`wcoro_inst_copy_exception`):
+    /// another thread may be writing it right now (a watchdog's terminate,
+    /// a sibling's trap spread over the cluster), and WAMR writes it under
+    /// that lock. `wasm_runtime_get_exception` would hand out a pointer
+    /// into the instance, read with no lock, racing with such a write.
     pub fn exception(&self) -> Option<String> {
-        // SAFETY: `inst` is alive; WAMR returns NULL or a NUL-terminated
-        // string inside the instance, copied out before anything else runs.
-        let p = unsafe { sys::wasm_runtime_get_exception(self.inst) };
-        if p.is_null() {
+        let mut buf = [0 as std::ffi::c_char; ERROR_BUF_LEN];
+        // SAFETY: `inst` is alive (we own it or its parent keeps it); the
+        // copy takes the instance's exception lock and writes at most
+        // `buf.len()` bytes, NUL-terminated, into our buffer.
+        let any =
+            unsafe { super::inst_access::wcoro_inst_copy_exception(self.inst, buf.as_mut_ptr(), buf.len() as u32) };
+        if !any {
             return None;
         }
-        // SAFETY: non-null, NUL-terminated (see above).
-        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        // SAFETY: the copy NUL-terminated `buf` within its length.
+        Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
     }
 
     /// The instance's default linear memory (a view valid until the next call

@@ -1,6 +1,7 @@
 //! What WAMR's public API does not reach: an instance's globals area, the
 //! growth limit of its memory, a module's memory maximum as WAMR's loader
-//! left it, and an exec env's operand stack.
+//! left it, an exec env's operand stack, and a copy of an instance's
+//! exception text taken under WAMR's exception lock.
 //!
 //! Both are read or written by `wamr/src/inst_access.c`, compiled against
 //! WAMR's internal headers with the same defines as WAMR itself (build.rs),
@@ -19,6 +20,11 @@ extern "C" {
     pub(super) fn wcoro_inst_aux_stack_global(inst: sys::wasm_module_inst_t, offset: *mut u32) -> bool;
     pub(super) fn wcoro_memory_set_max_pages(inst: sys::wasm_module_inst_t, max_pages: u32) -> bool;
     pub(super) fn wcoro_module_max_pages(module: sys::wasm_module_t, max_pages: *mut u32) -> bool;
+    pub(super) fn wcoro_inst_copy_exception(
+        inst: sys::wasm_module_inst_t,
+        buf: *mut std::ffi::c_char,
+        buf_len: u32,
+    ) -> bool;
     pub(super) fn wcoro_exec_env_operand_stack(
         env: sys::wasm_exec_env_t,
         bottom: *mut *mut u8,

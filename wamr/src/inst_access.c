@@ -11,6 +11,7 @@
  */
 #include "wasm_runtime.h"
 #include "aot_runtime.h"
+#include <string.h>
 
 /*
  * The instance's globals area (`global_data`, `global_data_size` bytes): the
@@ -158,4 +159,36 @@ wcoro_inst_aux_stack_global(wasm_module_inst_t inst, uint32_t *offset)
     }
 #endif
     return false;
+}
+
+/*
+ * Copies the instance's exception text into buf (buf_len bytes, always
+ * NUL-terminated when buf_len > 0) under WAMR's exception lock, the lock
+ * wasm_set_exception writes it under, from whichever thread (a watchdog's
+ * wasm_runtime_terminate, a sibling's trap spread by the cluster). Returns
+ * whether there is an exception. wasm_runtime_get_exception instead returns a
+ * pointer into the instance, read without that lock. wasm_copy_exception
+ * copies all EXCEPTION_BUF_LEN bytes, hence the local buffer of that size.
+ */
+bool
+wcoro_inst_copy_exception(wasm_module_inst_t inst, char *buf, uint32_t buf_len)
+{
+    char text[EXCEPTION_BUF_LEN];
+    uint32_t n;
+    if (buf && buf_len > 0)
+        buf[0] = '\0';
+    if (!inst)
+        return false;
+    text[0] = '\0';
+    if (!wasm_copy_exception((WASMModuleInstance *)inst, text))
+        return false;
+    text[EXCEPTION_BUF_LEN - 1] = '\0';
+    if (buf && buf_len > 0) {
+        n = (uint32_t)strlen(text);
+        if (n >= buf_len)
+            n = buf_len - 1;
+        memcpy(buf, text, n);
+        buf[n] = '\0';
+    }
+    return true;
 }
