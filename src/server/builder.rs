@@ -230,20 +230,26 @@ impl ServerBuilder {
             // Idle connections are closed between idle_timeout and 1/8 of
             // it later (at most 1 s later).
             let period = (sh.limits.idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            std::thread::Builder::new()
-                .name("wamr-coro-idle".into())
-                .spawn(move || {
-                    let mut last = Instant::now();
-                    while !sh.stopping.load(Ordering::Acquire) {
-                        // Short naps, so that stop() need not wait a period.
-                        std::thread::sleep(period.min(Duration::from_millis(50)));
-                        if last.elapsed() >= period {
-                            socket::sweep_idle(&sh);
-                            last = Instant::now();
-                        }
+            std::thread::Builder::new().name("wamr-coro-idle".into()).spawn(move || {
+                let mut last = Instant::now();
+                while !sh.stopping.load(Ordering::Acquire) {
+                    // Short naps, so that stop() need not wait a period.
+                    std::thread::sleep(period.min(Duration::from_millis(50)));
+                    if last.elapsed() >= period {
+                        socket::sweep_idle(&sh);
+                        last = Instant::now();
                     }
-                })
-                .map_err(|e| Error::io("starting the idle sweeper", e))?
+                }
+            })
+        };
+        let sweeper = match sweeper {
+            Ok(t) => t,
+            Err(e) => {
+                // The runners already run: stopped here, or they would
+                // keep their envs for the life of the process.
+                generation::stop_runners(&first, runners);
+                return Err(Error::io("starting the idle sweeper", e));
+            }
         };
         let acceptor = listener::start(Arc::clone(&shared), listener);
         tracing::info!(%local_addr, mode = ?self.mode, policy = ?self.policy, source = ?self.source, "listening");

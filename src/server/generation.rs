@@ -62,22 +62,52 @@ impl Template {
 }
 
 /// Starts the queue runners of `gen` (none in direct mode).
+///
+/// All or nothing: if one cannot start, those already started are stopped
+/// and joined (see [`stop_runners`]) before the error returns. Left alone
+/// they would run for the life of the process, each with its shard, an
+/// env and a standby, waiting for connections of a generation that is
+/// never installed.
 pub(crate) fn start_runners(shared: &Arc<Shared>, gen: &Arc<Generation>) -> Result<Vec<RunnerHandle>> {
+    start_runners_with(shared, gen, |name, f| std::thread::Builder::new().name(name).spawn(f))
+}
+
+/// [`start_runners`], with `spawn_thread` starting each `Thread` runner.
+fn start_runners_with(
+    shared: &Arc<Shared>,
+    gen: &Arc<Generation>,
+    mut spawn_thread: impl FnMut(String, Box<dyn FnOnce() + Send>) -> std::io::Result<std::thread::JoinHandle<()>>,
+) -> Result<Vec<RunnerHandle>> {
     let mut runners = Vec::new();
     let Some(q) = &gen.queue else { return Ok(runners) };
     for (i, shard) in q.shards.iter().enumerate() {
         let (sh, qs, guest) = (Arc::clone(shared), Arc::clone(shard), Arc::clone(gen.pool.guest()));
-        runners.push(match gen.runner {
-            QueueRunner::Thread => RunnerHandle::Thread(
-                std::thread::Builder::new()
-                    .name(format!("wamr-coro-queue-{i}"))
-                    .spawn(move || queue::run(sh, qs, guest))
-                    .map_err(|e| Error::io("starting a queue runner", e))?,
-            ),
-            QueueRunner::Coroutine => RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs, guest))),
-        });
+        match gen.runner {
+            QueueRunner::Thread => {
+                match spawn_thread(format!("wamr-coro-queue-{i}"), Box::new(move || queue::run(sh, qs, guest))) {
+                    Ok(h) => runners.push(RunnerHandle::Thread(h)),
+                    Err(e) => {
+                        stop_runners(gen, runners);
+                        return Err(Error::io("starting a queue runner", e));
+                    }
+                }
+            }
+            QueueRunner::Coroutine => {
+                runners.push(RunnerHandle::Coroutine(crate::coro::spawn(move || queue::run(sh, qs, guest))))
+            }
+        }
     }
     Ok(runners)
+}
+
+/// Stops and joins `runners` of `gen`, a generation never installed (so no
+/// connection reached its shards): each guest is told SHUTDOWN, and each
+/// runner destroys its env and standby as it leaves.
+pub(crate) fn stop_runners(gen: &Generation, runners: Vec<RunnerHandle>) {
+    if let Some(q) = &gen.queue {
+        q.shut_down();
+    }
+    runners.into_iter().for_each(RunnerHandle::join);
 }
 
 /// The current generation and the retired ones still serving.
@@ -222,5 +252,55 @@ impl Generations {
         for g in self.all.lock().0.iter() {
             g.pool.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::abi::ModeReq;
+    use crate::server::{Mode, Server};
+
+    /// The third of three runner threads cannot start (as when the process
+    /// is out of threads): the two started are stopped and joined, and
+    /// their envs destroyed, before the error returns.
+    #[test]
+    fn a_runner_that_cannot_start_leaves_no_runner_behind() {
+        let module = Module::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/guests/echo.wat")).unwrap();
+        // A direct-mode server: its Shared, with no runner of its own.
+        let server = Server::builder(module.clone()).listen("127.0.0.1:0").mode(Mode::Direct).start().unwrap();
+        let shared = &server.shared;
+        let mut template = shared.generations.template().clone();
+        template.config.mode = ModeReq::Queue;
+        template.queue = Some(QueueTemplate { shards: 3, capacity: 64, runner: QueueRunner::Thread });
+        let gen = template.make(module, &shared.registry).unwrap();
+        let (guest_envs, registered) = (gen.pool.guest().live_envs(), shared.registry.live());
+
+        let running = Arc::new(AtomicUsize::new(0));
+        let mut spawned = 0;
+        let err = start_runners_with(shared, &gen, |name, f| {
+            spawned += 1;
+            if spawned == 3 {
+                return Err(std::io::Error::other("no more threads"));
+            }
+            let running = Arc::clone(&running);
+            running.fetch_add(1, Ordering::SeqCst);
+            std::thread::Builder::new().name(name).spawn(move || {
+                f();
+                running.fetch_sub(1, Ordering::SeqCst);
+            })
+        })
+        .err()
+        .expect("the third runner could not start");
+        assert!(err.to_string().contains("no more threads"), "{err}");
+        assert_eq!(spawned, 3);
+        assert_eq!(running.load(Ordering::SeqCst), 0, "runners started before the failure still run");
+        assert_eq!(gen.pool.guest().live_envs(), guest_envs, "their envs are still alive");
+        assert_eq!(shared.registry.live(), registered, "their envs are still registered");
+        let q = gen.queue.as_ref().unwrap();
+        assert!(q.shards.iter().all(|s| Arc::strong_count(s) == 1), "a runner still holds its shard");
+        server.stop();
     }
 }

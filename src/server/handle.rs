@@ -25,7 +25,7 @@ impl RunnerHandle {
             RunnerHandle::Coroutine(h) => h.is_done(),
         }
     }
-    fn join(self) {
+    pub(super) fn join(self) {
         let _ = match self {
             RunnerHandle::Thread(h) => h.join().map_err(|_| ()),
             RunnerHandle::Coroutine(h) => h.join().map_err(|_| ()),
