@@ -3,7 +3,8 @@
 //!
 //! [`EnvPool::acquire`] takes an idle env — first from its thread's slot
 //! (one env per slot, behind a lock only that thread normally takes), then
-//! from a shared lock-free queue (`crossbeam` ArrayQueue) — or creates one;
+//! from a shared lock-free queue (`crossbeam` ArrayQueue), then from the
+//! other threads' slots — or creates one;
 //! the returned [`Lease`] puts it back when dropped (into the slot if it is
 //! empty, else into the queue) — unless the guest faulted (trap, budget
 //! overrun, poisoned shard), in which case the env is destroyed, or the pool
@@ -145,6 +146,20 @@ impl EnvPool {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
         }
+        // Other threads' slots last: an env released on another worker
+        // waits there. Creating one instead cost an instance more, and
+        // failed outright when `max_envs` or the guest-memory budget had
+        // room for no more: a connection was refused (or, policy message,
+        // closed) with an env idle.
+        for s in self.slots.iter() {
+            let cached = s.env.lock().take();
+            if let Some(env) = cached {
+                if self.reusable(&env) {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
+                }
+            }
+        }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let env = Box::new(self.guest.create_env()?);
         Ok(Lease { env: Some(env), pool: Arc::clone(self) })
@@ -279,5 +294,38 @@ impl Drop for Lease {
         if let Some(env) = self.env.take() {
             self.pool.release(env);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::GuestConfig;
+    use crate::registry::Registry;
+
+    /// With room for one env, it serves whichever thread asks: released on
+    /// one thread (into that thread's slot), it is taken on the next.
+    /// Before, the next thread found its own slot and the queue empty,
+    /// tried to create a second env, and was refused while the one env
+    /// sat idle.
+    #[test]
+    fn an_env_idle_in_another_threads_slot_is_taken_before_creating_one() {
+        let module = crate::wamr::Module::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/guests/echo.wat")).unwrap();
+        let config = GuestConfig { max_envs: 1, ..GuestConfig::default() };
+        let guest = Guest::new(module, config, Registry::new()).unwrap();
+        let pool = EnvPool::new_shared_state(guest, 4);
+        // Fresh threads, one after another: at least two of them have
+        // different slots.
+        for i in 0..4 {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let lease = pool.acquire().unwrap_or_else(|e| panic!("thread {i}: {e}"));
+                drop(lease);
+            })
+            .join()
+            .unwrap();
+        }
+        let stats = pool.stats();
+        assert_eq!((stats.misses, stats.hits, stats.idle), (1, 3, 1), "{stats:?}");
     }
 }
