@@ -223,6 +223,72 @@ fn shutdown_calls_on_close_for_every_open_connection() {
     }
 }
 
+/// Counts `on_open`/`on_close`; echoes, except that a message starting
+/// with `S` spins until the call budget stops it. No `memory.grow`: each env
+/// costs the same fixed pages of the guest-memory budget.
+const SPIN_OR_ECHO_COUNTING_WAT: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "test_hooks" "opened" (func $opened (param i32)))
+  (import "test_hooks" "closed" (func $closed (param i32)))
+  (memory (export "memory") 4)
+  (global (export "__heap_base") i32 (i32.const 196608))
+  (func (export "alloc") (param i32) (result i32) (i32.const 131072))
+  (func (export "on_open") (param i32) (result i32) (call $opened (local.get 0)) (i32.const 0))
+  (func (export "on_close") (param i32) (call $closed (local.get 0)))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 83)) (then (loop $spin (br $spin))))
+    (call $send (local.get $c) (local.get $p) (local.get $n))))
+"#;
+
+/// `--policy message`: a connection whose `on_open` the guest accepted, and
+/// whose later message finds no env (the guest-memory budget has room for
+/// one, and another connection's call holds it), is closed, and still gets
+/// its `on_close` (GUEST_ABI: exactly once for every accepted connection,
+/// faults aside), once an env is free again. Before, it was closed with no
+/// `on_close` at all.
+#[test]
+fn a_message_that_finds_no_env_still_gets_its_connection_an_on_close() {
+    setup();
+    let _hooks = HOOKS.lock();
+    let (opened0, closed0) = (OPENED.load(Ordering::SeqCst), CLOSED.load(Ordering::SeqCst));
+    // Room for one env (3 pages), not two; the spinner is stopped after 3 s.
+    let limits = Limits { max_guest_memory: 5 * 65536, call_budget: Some(Duration::from_secs(3)), ..test_limits() };
+    let m = wamr_coro::Module::from_wat(SPIN_OR_ECHO_COUNTING_WAT).unwrap();
+    let server = start(m, Mode::Direct, EnvPolicy::Message, limits);
+    let mut a = connect(server.local_addr());
+    echo_round(&mut a, b"one");
+    let mem = server.stats().guest_memory;
+    assert!(mem.used_bytes > 0 && 2 * mem.used_bytes > mem.limit_bytes, "not a one-env budget: {mem:?}");
+    // B's on_open, then its spinning call, on the one env.
+    let mut b = connect(server.local_addr());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while OPENED.load(Ordering::SeqCst) - opened0 < 2 || server.stats().pool.idle == 0 {
+        assert!(Instant::now() < deadline, "B was not opened: {}", server.stats());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    b.write_all(b"S").unwrap();
+    while server.stats().pool.idle > 0 {
+        assert!(Instant::now() < deadline, "B's call did not take the env: {}", server.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A's next message finds no env: A is closed, unanswered.
+    a.write_all(b"two").unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut a, &mut rest);
+    assert_eq!(rest, b"", "A was answered without an env");
+    // B's call was stopped (a fault: no on_close for B); A's on_close ran.
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut b, &mut rest);
+    assert_eq!(rest, b"", "the spinning call answered");
+    let stats = server.stop();
+    assert_eq!(stats.budget_overruns, 1, "{stats}");
+    assert_eq!(OPENED.load(Ordering::SeqCst) - opened0, 2);
+    assert_eq!(CLOSED.load(Ordering::SeqCst) - closed0, 1, "A's on_close was skipped: {stats}");
+    assert_eq!(stats.envs.live, 0, "{stats}");
+}
+
 #[test]
 fn sends_past_the_output_limit_are_refused() {
     for (mode, policy) in variants() {

@@ -9,7 +9,8 @@
 //! * A guest fault (trap, budget overrun) closes this connection only; its
 //!   env is discarded and `on_close` is not called on it (docs/guest-abi.md).
 //! * Otherwise `on_close` runs exactly once after `on_open` accepted: on
-//!   peer close, guest close, `on_recv` < 0, idle timeout, I/O error, stop.
+//!   peer close, guest close, `on_recv` < 0, idle timeout, I/O error, stop,
+//!   or (policy message) a message that finds no env.
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +38,16 @@ pub(super) fn start(shared: &Arc<Shared>, pool: &Arc<EnvPool>, stream: may::net:
 /// by default), so clients that each asked for one large answer and then
 /// held their connections open idle cost that much apiece.
 const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+
+/// Why a guest callback did not run to completion.
+#[derive(Debug)]
+enum CallError {
+    /// No env could be had (the pool closed, `max_envs`, the guest-memory
+    /// budget): the guest was not called.
+    NoEnv,
+    /// The guest faulted (its env is discarded).
+    Fault,
+}
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +110,9 @@ impl DirectConn {
         let _ = self.stream.set_write_timeout(Some(self.sh.limits.idle_timeout));
         let end = self.serve();
         if end == End::Close {
+            // With policy message the connection holds no env here: one is
+            // waited for, since on_close is owed (GUEST_ABI).
+            self.wait_for_env();
             // on_close's own failure changes nothing for the peer.
             let _ = self.callback(|env, id| env.on_close(id).map(|_| 0));
         }
@@ -142,7 +156,10 @@ impl DirectConn {
             };
             let r = match result {
                 Ok(r) => r,
-                Err(_) => return End::NoOnClose,
+                // Policy message: no env for this message. The guest saw the
+                // connection open, so it is closed with on_close.
+                Err(CallError::NoEnv) => return End::Close,
+                Err(CallError::Fault) => return End::NoOnClose,
             };
             if self.flush().is_err() || r < 0 || self.state.lock().closed_by_guest {
                 return End::Close;
@@ -152,7 +169,7 @@ impl DirectConn {
 
     /// Runs one guest callback on this connection's env (acquiring it first
     /// as the policy says). A guest fault discards the env and is counted.
-    fn callback(&mut self, f: impl FnOnce(&mut GuestEnv, i32) -> Result<i32>) -> Result<i32> {
+    fn callback(&mut self, f: impl FnOnce(&mut GuestEnv, i32) -> Result<i32>) -> Result<i32, CallError> {
         self.callback_from(None, f)
     }
 
@@ -163,21 +180,15 @@ impl DirectConn {
         &mut self,
         mut read_at: Option<std::time::Instant>,
         f: impl FnOnce(&mut GuestEnv, i32) -> Result<i32>,
-    ) -> Result<i32> {
+    ) -> Result<i32, CallError> {
         if self.lease.is_none() {
             read_at = None;
-            let mut lease = self.pool.acquire().inspect_err(|e| {
+            let lease = self.pool.acquire().inspect_err(|e| {
                 if let Some(suppressed) = self.sh.log_limits.no_env.allow() {
                     tracing::warn!(conn = self.id, error = %e, suppressed, "no env for connection");
                 }
-            })?;
-            lease.set_host(Some(Box::new(ConnHost {
-                conn: self.id,
-                peer: Some(self.peer),
-                state: Arc::clone(&self.state),
-                sh: Arc::clone(&self.sh),
-            })));
-            self.lease = Some(lease);
+            });
+            self.hold(lease.map_err(|_| CallError::NoEnv)?);
         }
         let lease = self.lease.as_mut().expect("acquired above");
         let started = read_at.unwrap_or_else(std::time::Instant::now);
@@ -193,7 +204,46 @@ impl DirectConn {
         } else if self.sh.policy == EnvPolicy::Message {
             self.lease = None;
         }
-        result
+        result.map_err(|_| CallError::Fault)
+    }
+
+    /// Makes `lease` this connection's env, its host pointing here.
+    fn hold(&mut self, mut lease: Lease) {
+        lease.set_host(Some(Box::new(ConnHost {
+            conn: self.id,
+            peer: Some(self.peer),
+            state: Arc::clone(&self.state),
+            sh: Arc::clone(&self.sh),
+        })));
+        self.lease = Some(lease);
+    }
+
+    /// Policy message, before `on_close`: waits for an env when none can be
+    /// had now (every one busy in other connections' calls, and no room for
+    /// another), since the guest is owed the `on_close`. Each call is
+    /// bounded by the call budget, and at shutdown calls past the grace
+    /// period are terminated, so one is normally free soon. Gives up (the
+    /// `on_close` is then lost, and logged) when the pool closes or after
+    /// `idle_timeout`.
+    fn wait_for_env(&mut self) {
+        if self.lease.is_some() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + self.sh.limits.idle_timeout;
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match self.pool.acquire() {
+                Ok(lease) => return self.hold(lease),
+                Err(e) if matches!(e, crate::Error::PoolClosed) || std::time::Instant::now() >= deadline => {
+                    tracing::warn!(conn = self.id, error = %e, "no env for on_close: the guest does not see this connection close");
+                    return;
+                }
+                Err(_) => {
+                    may::coroutine::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+            }
+        }
     }
 
     /// Writes what the guest queued, under the minimum-progress rule for
