@@ -8,8 +8,12 @@
 //! queue events) run. `/healthz` answers 200 while the server accepts and
 //! 503 once it drains, so a balancer stops sending before connections end.
 //!
-//! The endpoint is served by one plain thread, not a coroutine: a scrape
-//! must work even when every `may` worker is busy in a guest.
+//! The endpoint is served by plain threads, not coroutines: a scrape must
+//! work even when every `may` worker is busy in a guest. One thread accepts;
+//! each scrape is answered on a thread of its own, at most
+//! [`MAX_SCRAPES`] at once (past that, connections wait in the listen
+//! backlog), so a scraper that sends nothing, or reads slowly, holds one
+//! of those and delays no other scrape or health check.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,18 +172,41 @@ impl MetricsServer {
         listener.set_nonblocking(true)?;
         let mut registry = Registry::default();
         registry.register_collector(Box::new(StatsCollector(Arc::clone(&shared))));
+        let registry = Arc::new(registry);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name("wamr-coro-metrics".into()).spawn(move || {
+            let mut scrapes: Vec<std::thread::JoinHandle<()>> = Vec::new();
             while !flag.load(Ordering::Acquire) {
+                let (done, busy): (Vec<_>, Vec<_>) = scrapes.drain(..).partition(|t| t.is_finished());
+                done.into_iter().for_each(|t| drop(t.join()));
+                scrapes = busy;
+                if scrapes.len() >= MAX_SCRAPES {
+                    // Every scrape slot is taken: the next connection waits
+                    // in the backlog until one frees (within the deadlines).
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 match listener.accept() {
-                    Ok((s, _)) => answer(s, &registry, &shared),
+                    Ok((s, _)) => {
+                        let (registry, shared) = (Arc::clone(&registry), Arc::clone(&shared));
+                        let spawned = std::thread::Builder::new()
+                            .name("wamr-coro-scrape".into())
+                            .spawn(move || answer(s, &registry, &shared));
+                        match spawned {
+                            Ok(t) => scrapes.push(t),
+                            // The connection went with the closure: closed.
+                            Err(e) => tracing::warn!(error = %e, "metrics endpoint: cannot start a scrape"),
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20))
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
+            // Each is bounded by its request and answer deadlines.
+            scrapes.into_iter().for_each(|t| drop(t.join()));
         })?;
         Ok(MetricsServer { addr, stop, thread: Some(thread) })
     }
@@ -199,19 +226,26 @@ impl Drop for MetricsServer {
     }
 }
 
-/// How long one scraper may take to send its request: the endpoint
-/// serves one connection at a time.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Scrapes answered at once at most. Before, the endpoint answered one
+/// connection at a time: a scraper that connected and sent nothing held
+/// every other scrape and health check for its whole request deadline,
+/// and a few of them in a row for a few times that.
+pub(crate) const MAX_SCRAPES: usize = 8;
+
+/// How long one scraper may take to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long one scraper may take to read its answer.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 
 /// One request, one answer, then close.
 ///
-/// The request must arrive within [`REQUEST_DEADLINE`] in all, not per
-/// read: the endpoint answers one connection at a time, and with a timeout
-/// per read a client trickling a byte a second kept it (and with it every
-/// health check) for as long as it liked, up to the 8 KiB the head may have.
+/// The request must arrive within [`REQUEST_DEADLINE`] in all, and the
+/// answer be taken within [`ANSWER_DEADLINE`], not per read or write: with
+/// a timeout per call a client trickling a byte a second kept its scrape
+/// slot for as long as it liked.
 fn answer(mut s: TcpStream, registry: &Registry, shared: &Shared) {
     let _ = s.set_nonblocking(false);
-    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
     let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
@@ -241,9 +275,21 @@ fn answer(mut s: TcpStream, registry: &Registry, shared: &Shared) {
         "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
     };
-    let _ = write!(
-        s,
+    let out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let deadline = std::time::Instant::now() + ANSWER_DEADLINE;
+    let mut left = out.as_bytes();
+    while !left.is_empty() {
+        let time = deadline.saturating_duration_since(std::time::Instant::now());
+        if time.is_zero() || s.set_write_timeout(Some(time)).is_err() {
+            return;
+        }
+        match s.write(left) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = &left[n..],
+        }
+    }
 }
