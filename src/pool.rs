@@ -80,6 +80,9 @@ struct Slot {
 }
 
 /// This thread's slot index (threads numbered as they first use a pool).
+/// Never inlined, so that a coroutine that moved to another worker gets
+/// that worker's slot (see `server::striped`'s `stripe`).
+#[inline(never)]
 fn thread_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {

@@ -25,7 +25,13 @@ fn stripe_count() -> usize {
 }
 
 /// This thread's stripe: the same index for every striped value.
-#[inline]
+///
+/// Never inlined: a connection's coroutine moves between workers at its
+/// yields, and inlined into its loop the compiler computed the stripe's
+/// thread-local address once, on the first worker (`DirectConn::run` kept it
+/// for the connection's life), so after a move two workers added to one
+/// stripe. A call reads the running thread's.
+#[inline(never)]
 fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
