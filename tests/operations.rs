@@ -386,6 +386,14 @@ fn env_faults_count_guest_faults_in_both_modes_and_not_shutdown_cuts() {
         let server = start(module("faulty.wat"), mode, EnvPolicy::Connection, limits.clone());
         let mut s = connect(server.local_addr());
         s.write_all(b"S").unwrap();
+        // The spin has started once its byte was read (the call follows at
+        // once, and never returns). A fixed 100 ms was not always enough
+        // for the server to accept the connection on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats().bytes_in == 0 {
+            assert!(Instant::now() < deadline, "{mode:?}: the spinning request was never read");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(Duration::from_millis(100));
         let stats = server.stop();
         assert_eq!(stats.shutdown_cuts, 1, "{mode:?}: {stats}");
