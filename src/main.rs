@@ -130,7 +130,7 @@ struct BenchArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     warmup: Option<Duration>,
     /// Soak: plot RSS, descriptors and envs over time to this SVG file.
-    #[arg(long)]
+    #[arg(long, requires = "soak")]
     plot: Option<PathBuf>,
     /// Soak: seed of the clients' random choices.
     #[arg(long, default_value_t = 1)]

@@ -139,3 +139,34 @@ fn the_engine_is_passed_to_the_servers() {
         assert!(log.contains("guest AOT-compiled") && !log.contains("guest interpreted"), "{log}");
     }
 }
+
+/// A bench of nothing (no connections, no requests in flight, no time) is
+/// an error naming the flag: it used to print a row of zeros, with 10,000 µs
+/// of CPU per request, and exit 0 as if it had measured something.
+#[test]
+fn a_bench_of_nothing_is_refused_by_name() {
+    for (args, want) in [
+        (&["--conns", "0", "--duration", "1"][..], "--conns and --pipeline must be at least 1"),
+        (&["--pipeline", "0", "--duration", "1"][..], "--conns and --pipeline must be at least 1"),
+        (&["--duration", "0"][..], "--duration must be a positive number of seconds"),
+        (&["--hold", "0"][..], "--hold needs at least 1 connection"),
+    ] {
+        let mut child = common::ServerChild(
+            common::wamr_coro()
+                .args(["bench", "--mode", "direct"])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let status = common::wait_exit(&mut child, Duration::from_secs(60), "bench of nothing did not end");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!out.contains("native"), "{args:?} printed a result: {out}");
+    }
+}

@@ -113,6 +113,22 @@ pub fn run(cfg: &BenchConfig) -> Result<Report> {
     if order.is_empty() {
         return Err(Error::Config("bench needs --mode direct, queue or all".into()));
     }
+    // A run of nothing reported a row of zeros (and 10,000 µs of CPU per
+    // request) as if it had measured something.
+    match cfg.hold {
+        Some(0) => return Err(Error::Config("--hold needs at least 1 connection".into())),
+        Some(_) => {}
+        None if cfg.conns == 0 || cfg.pipeline == 0 => {
+            return Err(Error::Config("--conns and --pipeline must be at least 1".into()))
+        }
+        None if !(cfg.duration_s > 0.0 && cfg.duration_s.is_finite()) => {
+            return Err(Error::Config(format!(
+                "--duration must be a positive number of seconds, not {}",
+                cfg.duration_s
+            )))
+        }
+        None => {}
+    }
     // WebAssembly first: the module's answer decides the protocol the
     // native server then speaks.
     order.push(Target::Native);
