@@ -700,3 +700,121 @@ fn spawnable_run_loop() -> String {
         1,
     )
 }
+
+/// Every limit has the default docs/guest-abi.md (section 8) gives it.
+#[test]
+fn limits_have_their_documented_defaults() {
+    let l = Limits::default();
+    assert_eq!(l.chunk_size, 65_536);
+    assert_eq!(l.chunk_size, wamr_coro::abi::DEFAULT_CHUNK_SIZE);
+    assert_eq!(l.output_limit, 1 << 20);
+    assert_eq!(l.call_budget, Some(Duration::from_millis(1000)));
+    assert_eq!(l.instruction_budget, None);
+    assert_eq!(l.max_memory_pages, 256);
+    let phys = {
+        // SAFETY: sysconf has no preconditions.
+        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        pages as u64 * size as u64
+    };
+    assert_eq!(l.max_guest_memory, phys / 2);
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.idle_timeout, Duration::from_secs(60));
+    assert_eq!(l.queue_capacity, 1024);
+    assert_eq!(l.queue_shards, 0, "0: the number of may workers");
+    assert_eq!(l.shutdown_grace, Duration::from_millis(2000));
+    assert_eq!(l.max_connections_per_ip, 2500);
+    assert_eq!((l.min_recv_bytes, l.min_send_bytes), (0, 0));
+}
+
+/// The exports the host uses are checked when the server starts: no
+/// `memory`, no `on_recv` in direct mode (nor `run` or `on_recv` in queue
+/// mode), or a wrong signature of any of them is a start-up error naming
+/// the export; `run` alone serves queue mode.
+#[test]
+fn exports_are_checked_when_the_server_starts() {
+    setup();
+    let guest = |body: &str| {
+        Module::from_wat(&format!(
+            r#"(module
+                 (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+                 (import "env" "wait_msg" (func $wait (param i32 i32 i32) (result i32)))
+                 {body})"#
+        ))
+        .unwrap()
+    };
+    let start_err = |m: Module, mode: Mode| match Server::builder(m).listen("127.0.0.1:0").mode(mode).workers(1).start()
+    {
+        Ok(s) => {
+            s.stop();
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    let mem = r#"(memory (export "memory") 1)"#;
+    let recv = r#"(func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0))"#;
+    let run = r#"(func (export "run") (result i32)
+                   (loop $l (br_if $l (i32.ne (call $wait (i32.const 0) (i32.const 0) (i32.const 64)) (i32.const -4))))
+                   (i32.const 0))"#;
+    for mode in [Mode::Direct, Mode::Queue] {
+        let e = start_err(guest(&format!("(memory 1) {recv}")), mode).expect("no memory export");
+        assert!(e.contains("memory"), "{mode:?}: {e}");
+        for (name, bad) in [
+            ("on_recv", r#"(func (export "on_recv") (param i32 i32) (result i32) (i32.const 0))"#),
+            ("on_open", r#"(func (export "on_open") (param i32))"#),
+            ("on_close", r#"(func (export "on_close") (param i32) (result i32) (i32.const 0))"#),
+            ("run", r#"(func (export "run"))"#),
+            ("alloc", r#"(func (export "alloc") (param i64) (result i32) (i32.const 0))"#),
+        ] {
+            let body = if name == "on_recv" { format!("{mem} {bad}") } else { format!("{mem} {recv} {bad}") };
+            let e = start_err(guest(&body), mode).unwrap_or_else(|| panic!("{mode:?}: bad {name} accepted"));
+            assert!(e.contains(&format!("`{name}`")) && e.contains("expected"), "{mode:?} {name}: {e}");
+        }
+    }
+    let e = start_err(guest(&format!("{mem} {run}")), Mode::Direct).expect("direct mode without on_recv");
+    assert!(e.contains("on_recv"), "{e}");
+    let e = start_err(guest(mem), Mode::Queue).expect("queue mode without run or on_recv");
+    assert!(e.contains("run") && e.contains("on_recv"), "{e}");
+    assert_eq!(start_err(guest(&format!("{mem} {run}")), Mode::Queue), None, "run alone serves queue mode");
+}
+
+/// `alloc`'s answer must be non-zero with the whole chunk inside memory:
+/// otherwise creating the env fails with an error quoting the address (at
+/// start: the server makes one env first), in both modes and sources.
+#[test]
+fn a_bad_alloc_answer_is_refused_with_its_address() {
+    setup();
+    let guest = |at: i32| {
+        Module::from_wat(&format!(
+            r#"(module
+                 (memory (export "memory") 3)
+                 (global $__stack_pointer (mut i32) (i32.const 65536))
+                 (global (export "__data_end") i32 (i32.const 4096))
+                 (global (export "__heap_base") i32 (i32.const 196608))
+                 (func (export "alloc") (param i32) (result i32) (i32.const {at}))
+                 (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#
+        ))
+        .unwrap()
+    };
+    for (mode, source) in [
+        (Mode::Direct, EnvSource::Instance),
+        (Mode::Direct, EnvSource::Spawn),
+        (Mode::Queue, EnvSource::Instance),
+        (Mode::Queue, EnvSource::Spawn),
+    ] {
+        let limits = Limits { chunk_size: 4096, ..test_limits() };
+        let start = |at: i32| {
+            Server::builder(guest(at))
+                .listen("127.0.0.1:0")
+                .mode(mode)
+                .env_source(source)
+                .limits(limits.clone())
+                .start()
+        };
+        for at in [0, -1, i32::MIN, 196608 - 4095, 196608] {
+            let e = start(at).err().unwrap_or_else(|| panic!("{mode:?} {source:?}: alloc {at} accepted"));
+            assert!(e.to_string().contains(&format!("returned {at},")), "{mode:?} {source:?} {at}: {e}");
+        }
+        // Exactly at the end of memory: fine.
+        start(196608 - 4096).unwrap().stop();
+    }
+}
