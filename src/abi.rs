@@ -48,7 +48,7 @@ pub const ERR_BAD_POINTER: i32 = consts::WCORO_ERR_BAD_POINTER;
 pub const ERR_WOULD_EXCEED_LIMIT: i32 = consts::WCORO_ERR_WOULD_EXCEED_LIMIT;
 /// Error / `wait_msg` stop value: the server is stopping.
 pub const ERR_SHUTDOWN: i32 = consts::WCORO_ERR_SHUTDOWN;
-/// Error: `wait_msg` called in direct mode.
+/// Error: `wait_msg` called outside a queue guest's own `run` loop.
 pub const ERR_NOT_IN_THIS_MODE: i32 = consts::WCORO_ERR_NOT_IN_THIS_MODE;
 /// Size of the `{conn, kind}` record `wait_msg` writes.
 pub const EVENT_SIZE: i32 = consts::WCORO_EVENT_SIZE as i32;

@@ -67,7 +67,8 @@ pub const ERR_BAD_POINTER: i32 = -2;
 pub const ERR_WOULD_EXCEED_LIMIT: i32 = -3;
 /// Error: the server is stopping (`wait_msg`'s stop value).
 pub const ERR_SHUTDOWN: i32 = -4;
-/// Error: `wait_msg` in direct mode.
+/// Error: `wait_msg` outside a queue guest's own `run` loop (direct mode, or a
+/// handler the host's loop calls).
 pub const ERR_NOT_IN_THIS_MODE: i32 = -5;
 /// The host's default chunk size: most bytes per `on_recv` / `DATA` event.
 pub const DEFAULT_CHUNK_SIZE: usize = 65536;
@@ -116,7 +117,7 @@ pub enum Error {
     WouldExceedLimit,
     /// `-4`: the server is stopping.
     Shutdown,
-    /// `-5`: `wait_msg` outside queue mode.
+    /// `-5`: `wait_msg` outside a queue guest's own `run` loop.
     NotInThisMode,
     /// A code this version of the ABI does not define.
     Other(i32),

@@ -53,7 +53,7 @@ extern "C" {
 #define WCORO_ERR_BAD_POINTER (-2)       /* range not inside linear memory  */
 #define WCORO_ERR_WOULD_EXCEED_LIMIT (-3) /* per-connection output limit    */
 #define WCORO_ERR_SHUTDOWN (-4)          /* server stops; wait_msg's stop   */
-#define WCORO_ERR_NOT_IN_THIS_MODE (-5)  /* wait_msg called in direct mode  */
+#define WCORO_ERR_NOT_IN_THIS_MODE (-5)  /* wait_msg outside a run loop     */
 
 /* ---- Log levels for wcoro_log -------------------------------------------- */
 #define WCORO_LOG_ERROR 0
@@ -117,8 +117,9 @@ WCORO_IMPORT("close") int32_t wcoro_close(int32_t conn);
 /* Queue mode only: block until the next event and write {conn, kind} at
  * info. DATA: copies at most cap bytes to buf and returns the count; OPEN and
  * CLOSE: returns 0. WCORO_ERR_SHUTDOWN: return from `run`.
- * WCORO_ERR_NOT_IN_THIS_MODE in direct mode; WCORO_ERR_BAD_POINTER if buf/cap
- * or info is outside memory (no event is consumed). See docs/guest-abi.md. */
+ * WCORO_ERR_NOT_IN_THIS_MODE outside a queue guest's own `run` (direct mode,
+ * or a handler the host's loop calls); WCORO_ERR_BAD_POINTER if buf/cap or
+ * info is outside memory (no event is consumed). See docs/guest-abi.md. */
 WCORO_IMPORT("wait_msg")
 int32_t wcoro_wait_msg(void *buf, int32_t cap, wcoro_event *info);
 

@@ -171,7 +171,7 @@ impl AbiHost for QueueHost {
             }
         };
         *self.current.lock() = conn_info(&self.dispatcher.lock(), conn);
-        let mut rec = [0u8; 8];
+        let mut rec = [0u8; abi::EVENT_SIZE as usize];
         rec[..4].copy_from_slice(&conn.to_le_bytes());
         rec[4..].copy_from_slice(&kind.to_le_bytes());
         mem.write(info, &rec);
