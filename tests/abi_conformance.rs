@@ -818,3 +818,57 @@ fn a_bad_alloc_answer_is_refused_with_its_address() {
         start(196608 - 4096).unwrap().stop();
     }
 }
+
+/// Answers 3 bytes: what the function in table slot 0 returns ('A' at
+/// first), whether slot 1 is null ('1'), the table's size ('2'). A message
+/// starting with 'M' then changes all three: slot 0 := $b ('B'), slot 1
+/// from a passive segment it then drops, one more slot.
+const TABLES: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (type $f (func (result i32)))
+  (table $t 2 10 funcref)
+  (elem (i32.const 0) $a)
+  (elem $passive func $b)
+  (func $a (result i32) (i32.const 65))
+  (func $b (result i32) (i32.const 66))
+  (memory (export "memory") 3)
+  (global $__stack_pointer (mut i32) (i32.const 65536))
+  (global (export "__data_end") i32 (i32.const 4096))
+  (global (export "__heap_base") i32 (i32.const 196608))
+  (func (export "alloc") (param i32) (result i32) (i32.const 131072))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (i32.store8 (i32.const 512) (call_indirect (type $f) (i32.const 0)))
+    (i32.store8 (i32.const 513) (i32.add (i32.const 48) (ref.is_null (table.get $t (i32.const 1)))))
+    (i32.store8 (i32.const 514) (i32.add (i32.const 48) (table.size $t)))
+    (drop (call $send (local.get $c) (i32.const 512) (i32.const 3)))
+    (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 77))
+      (then
+        (table.init $t $passive (i32.const 1) (i32.const 0) (i32.const 1))
+        (table.copy $t $t (i32.const 0) (i32.const 1) (i32.const 1))
+        (elem.drop $passive)
+        (drop (table.grow $t (ref.null func) (i32.const 1)))))
+    (i32.const 0)))"#;
+
+/// Direct mode, `--policy connection`: a later connection's env starts
+/// with the module's initial tables, whatever an earlier one changed
+/// (table.set/init/copy/grow, elem.drop), with either env source.
+#[test]
+fn changed_tables_do_not_survive_into_the_next_connection() {
+    setup();
+    let m = Module::from_wat(TABLES).unwrap();
+    for source in [EnvSource::Instance, EnvSource::Spawn] {
+        let server = serve(m.clone(), Mode::Direct, source, EnvPolicy::Connection, test_limits());
+        for i in 0..5u64 {
+            let mut s = connect(server.local_addr());
+            s.write_all(b"M").unwrap();
+            assert_eq!(read_n(&mut s, 3).unwrap(), b"A12", "{source:?} round {i}: fresh env");
+            s.write_all(b"x").unwrap();
+            assert_eq!(read_n(&mut s, 3).unwrap(), b"B03", "{source:?} round {i}: changed in its own env");
+            drop(s);
+            // Closed (its env released) before the next connection.
+            wait_for("the close", Duration::from_secs(10), || server.stats().closed > i);
+        }
+        let stats = server.stop();
+        assert_eq!(stats.traps, 0, "{source:?}: {stats}");
+    }
+}
