@@ -362,7 +362,8 @@ const ORDER: &str = r#"(module
 
 /// ORDER as a guest with its own `run` loop: it reports each event as
 /// `conf.ev(kind + 10, conn)` (OPEN 11, DATA 10, CLOSE 12) and SHUTDOWN as
-/// `conf.ev(99, 0)` before it returns. A connection it would refuse, and
+/// `conf.ev(99, 0)` before it returns; any other answer of `wait_msg`, and
+/// an OPEN or CLOSE not answered 0, ends `run` early (a fault). A connection it would refuse, and
 /// 'g' and 'n', it closes itself; 't' traps.
 const ORDER_RUN: &str = r#"(module
   (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
@@ -385,6 +386,9 @@ const ORDER_RUN: &str = r#"(module
       (local.set $c (i32.load (i32.const 1024)))
       (local.set $kind (i32.load (i32.const 1028)))
       (call $ev (i32.add (local.get $kind) (i32.const 10)) (local.get $c))
+      ;; OPEN and CLOSE answer 0: anything else ends `run` early, a fault.
+      (if (i32.and (i32.ne (local.get $kind) (i32.const 0)) (i32.ne (local.get $n) (i32.const 0)))
+        (then (return (i32.const 97))))
       (if (i32.and (i32.eq (local.get $kind) (i32.const 1)) (call $refuse))
         (then (drop (call $close (local.get $c)))))
       (if (i32.eqz (local.get $kind))
