@@ -876,3 +876,42 @@ fn changed_tables_do_not_survive_into_the_next_connection() {
         assert_eq!(stats.traps, 0, "{source:?}: {stats}");
     }
 }
+
+/// Queue mode with several shards: a guest addresses the connections its
+/// shard serves, and a connection of another shard is UNKNOWN_CONN to it
+/// (and gets nothing), with the host's loop or the guest's own.
+#[test]
+fn a_queue_guest_addresses_only_its_own_shards_connections() {
+    register();
+    let _conf = CONF.lock();
+    for (source, run) in [(EnvSource::Instance, false), (EnvSource::Spawn, false), (EnvSource::Instance, true)] {
+        let what = format!("{source:?} run={run}");
+        *REPORTS.lock() = None;
+        let limits = Limits { queue_shards: 2, ..test_limits() };
+        let server =
+            serve(Module::from_wat(&hostile(run)).unwrap(), Mode::Queue, source, EnvPolicy::Connection, limits);
+        let addr = server.local_addr();
+        let mut others: Vec<_> = (0..4).map(|_| open(addr)).collect();
+        let (mut h, id) = open(addr);
+        let recs: Vec<[i32; 4]> = others.iter().map(|(_, o)| [SEND, *o, 0, 3]).collect();
+        let got = run_records(&mut h, id, &recs);
+        let (mut same, mut other) = (0, 0);
+        for ((s, o), r) in others.iter_mut().zip(got) {
+            // The host deals connections to shards by id modulo their
+            // number (queue/mod.rs `shard_of`).
+            if (*o - id) % 2 == 0 {
+                assert_eq!(r, 3, "{what}: {o} shares {id}'s shard");
+                assert_eq!(read_n(s, 3).unwrap(), b"ABC", "{what}");
+                same += 1;
+            } else {
+                assert_eq!(r, -1, "{what}: {o} is another shard's");
+                other += 1;
+            }
+            echo_round(s, b"#nothing else");
+        }
+        assert!(same > 0 && other > 0, "{what}: ids {id} and others");
+        drop((h, others));
+        let stats = server.stop();
+        assert_eq!((stats.traps, stats.queue_restarts), (0, 0), "{what}: {stats}");
+    }
+}
