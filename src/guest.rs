@@ -10,13 +10,14 @@
 //! | source | per env | a trap affects | notes |
 //! |---|---|---|---|
 //! | [`EnvSource::Instance`] (default) | instantiate + create_exec_env | that env only | own cluster per env |
-//! | [`EnvSource::Spawn`] | `wasm_runtime_spawn_exec_env` from a shard parent | every env of its shard (≤ `envs_per_parent`) | needs `__heap_base`/`__data_end`; required for shared memory |
+//! | [`EnvSource::Spawn`] | `wasm_runtime_spawn_exec_env` from a shard parent | that env only (WAMR patch 0700) | needs `__heap_base`/`__data_end`; required for shared memory |
 //!
-//! WAMR spreads a spawned env's trap, and `wasm_runtime_terminate`, to its
-//! whole cluster, and clearing it on one sibling clears it on all (even real
-//! traps, which then read as successes). The contract says a trap closes one
-//! connection, and only independent instances honour that, so they are the
-//! default. What it costs, measured on the project's 2-core machine
+//! Upstream WAMR spreads a spawned env's trap, and `wasm_runtime_terminate`,
+//! to its whole cluster, and clearing it on one sibling clears it on all
+//! (even real traps, which then read as successes). Our patch 0700 keeps an
+//! exception in its own instance, so both sources honour the contract's "a
+//! trap closes one connection"; independent instances stay the default, as
+//! the simpler path. What it costs, measured on the project's 2-core machine
 //! (`cargo bench --bench core`, `wamr-coro stress --coroutines N --source S`):
 //!
 //! | | instance | spawn |
@@ -29,12 +30,10 @@
 //! from one global list by scanning it: destroy cost grows with the number of
 //! live envs. The pool (`pool.rs`) keeps envs for reuse, so a server
 //! destroys envs only when the pool overflows and at shutdown; for very large
-//! connection counts with heavy churn, [`EnvSource::Spawn`] trades the
-//! contract's per-connection fault isolation for a blast radius of one shard
-//! (`envs_per_parent`, default 16). Spawned envs are spread across shard
-//! parents so the per-cluster cap, the O(n) in-cluster destroy and the blast
-//! radius stay bounded by `envs_per_parent`; a faulted shard is retired (see
-//! `wamr::parent`). A trap costs O(all live envs) in both sources: WAMR
+//! connection counts with heavy churn, [`EnvSource::Spawn`] destroys in
+//! near-constant time. Spawned envs are spread across shard parents so the
+//! per-cluster cap and the O(n) in-cluster destroy stay bounded by
+//! `envs_per_parent`. A trap costs O(all live envs) in both sources: WAMR
 //! looks the trapping instance up in every cluster.
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -303,12 +302,10 @@ impl Guest {
         let make = || match self.config.source {
             EnvSource::Instance => ExecEnv::new(&self.module, self.inst_cfg).and_then(|env| GuestEnv::init(self, env)),
             EnvSource::Spawn if alone => self.spawn_alone().and_then(|env| GuestEnv::init(self, env)),
-            // A sibling's trap can reach a new env between its spawn and its
-            // first call (`alloc`, in `init`): WAMR spreads the exception to
-            // the whole cluster at once. The env is then part of the faulting
-            // shard, but the connection it was made for is not: one more try,
-            // from a parent that is not failing (the poisoned one has left
-            // the list by then).
+            // One more try if a new env fails before it serves. Upstream WAMR
+            // let a sibling's trap reach it between its spawn and its first
+            // call (`alloc`, in `init`); patch 0700 keeps exceptions in their
+            // instance, and the retry stays for whatever else fails once.
             EnvSource::Spawn => match self.spawn_from_shard().and_then(|env| GuestEnv::init(self, env)) {
                 Err(e) => {
                     tracing::debug!(error = %e, "a new spawned env failed before serving; trying once more");
@@ -336,8 +333,6 @@ impl Guest {
 
     fn spawn_from_shard(&self) -> Result<ExecEnv> {
         let mut s = self.shards.lock();
-        // Retired parents leave the list; they die with their last child.
-        s.parents.retain(|p| p.poisoned().is_none());
         let n = s.parents.len();
         for i in 0..n {
             let idx = (s.next + i) % n;
@@ -348,12 +343,10 @@ impl Guest {
                         s.next = idx;
                         return Ok(env);
                     }
-                    // Full, or failing: WAMR refuses to spawn into a cluster
-                    // with a pending exception, which a child's trap leaves
-                    // there the moment it happens, before that child's call
-                    // has returned and poisoned the parent. That is the
-                    // faulting shard's business, not this new connection's:
-                    // another parent (a new one, if need be) serves it.
+                    // Full, or failing (upstream WAMR also refused to spawn
+                    // into a cluster with a child's exception pending, which
+                    // patch 0700 ends): another parent, a new one if need
+                    // be, serves this connection.
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot spawn from this shard parent; trying another");
                         continue;

@@ -8,12 +8,11 @@
 //!   terminate touches nothing else.
 //! * [`ParentEnv::spawn`] — `wasm_runtime_spawn_exec_env` from a parent. For
 //!   modules without shared memory WAMR instantiates a fresh instance (own
-//!   memory and globals), but the env joins the parent's cluster, and WAMR
-//!   spreads a trap or terminate to every env of that cluster. That is why a
-//!   fault in a spawned env *poisons its parent*: every sibling's next call
-//!   fails with [`Error::Poisoned`], no exception is ever cleared (clearing
-//!   raced with other traps and reported trapped calls as successes —
-//!   docs/wamr-notes.md), and the parent retires once its last child is gone.
+//!   memory and globals), but the env joins the parent's cluster. Upstream
+//!   WAMR spreads a trap or terminate to every env of that cluster, and a
+//!   clear on one to all; our patch 0700 keeps an exception in its own
+//!   instance, so a spawned env's fault poisons that env only, like an
+//!   independent one's (docs/wamr-notes.md).
 //!
 //! Every call sets WAMR's native stack boundary for the calling coroutine or
 //! thread (see `stack.rs`) when the stack changed since the last call.
@@ -286,10 +285,7 @@ impl ExecEnv {
 
     /// Why the env cannot be used any more, if it cannot.
     pub fn poisoned(&self) -> Option<String> {
-        if let Some(p) = &self.poisoned {
-            return Some(p.clone());
-        }
-        self.parent().and_then(|p| p.poisoned())
+        self.poisoned.clone()
     }
 
     /// Whether the env is unusable only because the host stopped its call
@@ -513,10 +509,10 @@ impl ExecEnv {
         self.interrupt.state.lock().budget.as_millis() as u64
     }
 
+    /// Marks this env unusable. A spawned env's fault stays its own: WAMR
+    /// keeps an exception in its instance (patch 0700), so its siblings
+    /// and their parent go on.
     fn poison(&mut self, why: String) {
-        if let Owner::Spawned { parent } = &self.owner {
-            parent.poison(&why);
-        }
         self.poisoned = Some(why);
     }
 

@@ -161,7 +161,8 @@ impl InterruptHandle {
         st.in_call = false;
         // ExecEnv::drop zeroes `inst` under this lock before destroying it.
         // SAFETY: so a non-zero `inst` is alive; wasm_runtime_terminate only
-        // sets flags (on a spawned env's siblings too; the parent keeps them).
+        // sets this instance's exception and flags (patch 0700: not its
+        // spawned siblings').
         unsafe { sys::wasm_runtime_terminate(st.inst as sys::wasm_module_inst_t) };
         true
     }

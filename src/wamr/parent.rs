@@ -1,6 +1,6 @@
 //! Parent instances that private envs are spawned from
 //! (`wasm_runtime_spawn_exec_env`): one WAMR cluster each.
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -16,17 +16,11 @@ pub struct ParentEnv {
     pub(super) lock: Mutex<()>,
     pub(super) children: AtomicUsize,
     capacity: usize,
-    poison: Mutex<Option<String>>,
-    poisoned: AtomicBool,
 }
 
 impl std::fmt::Debug for ParentEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParentEnv")
-            .field("children", &self.children())
-            .field("capacity", &self.capacity)
-            .field("poisoned", &self.poisoned())
-            .finish()
+        f.debug_struct("ParentEnv").field("children", &self.children()).field("capacity", &self.capacity).finish()
     }
 }
 
@@ -37,21 +31,11 @@ impl ParentEnv {
         module.check_spawnable()?;
         let env = ExecEnv::new(module, cfg)?;
         let capacity = super::runtime::Runtime::get()?.config().envs_per_parent as usize;
-        Ok(Arc::new(ParentEnv {
-            env: Mutex::new(env),
-            lock: Mutex::new(()),
-            children: 0.into(),
-            capacity,
-            poison: Mutex::new(None),
-            poisoned: AtomicBool::new(false),
-        }))
+        Ok(Arc::new(ParentEnv { env: Mutex::new(env), lock: Mutex::new(()), children: 0.into(), capacity }))
     }
 
     /// Spawns a private env (`wasm_runtime_spawn_exec_env`).
     pub fn spawn(self: &Arc<Self>) -> Result<ExecEnv> {
-        if let Some(why) = self.poisoned() {
-            return Err(Error::Poisoned(why));
-        }
         let _g = self.lock.lock();
         if self.children.load(Ordering::Acquire) >= self.capacity {
             return Err(Error::TooManyEnvs { what: "envs_per_parent", limit: self.capacity });
@@ -99,21 +83,5 @@ impl ParentEnv {
     /// How many children fit (WAMR's `max_thread_num`).
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// Why the cluster is unusable, if it is.
-    pub fn poisoned(&self) -> Option<String> {
-        if !self.poisoned.load(Ordering::Acquire) {
-            return None;
-        }
-        self.poison.lock().clone()
-    }
-
-    pub(super) fn poison(&self, why: &str) {
-        let mut p = self.poison.lock();
-        if p.is_none() {
-            *p = Some(format!("a sibling in the same cluster failed: {why}"));
-        }
-        self.poisoned.store(true, Ordering::Release);
     }
 }
