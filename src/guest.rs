@@ -343,10 +343,11 @@ impl Guest {
                         s.next = idx;
                         return Ok(env);
                     }
-                    // Full, or failing (upstream WAMR also refused to spawn
-                    // into a cluster with a child's exception pending, which
-                    // patch 0700 ends): another parent, a new one if need
-                    // be, serves this connection.
+                    // Full, or failing: WAMR refuses to spawn into a cluster
+                    // while an exception is pending in it (a child's trap, a
+                    // failed spawn's start function) until a call clears
+                    // it. Another parent, a new one if need be, serves this
+                    // connection.
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot spawn from this shard parent; trying another");
                         continue;
