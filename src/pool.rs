@@ -164,7 +164,7 @@ impl EnvPool {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let env = Box::new(self.guest.create_env()?);
+        let env = self.guest.create_env_boxed()?;
         Ok(Lease { env: Some(env), pool: Arc::clone(self) })
     }
 
