@@ -401,17 +401,6 @@ const ORDER_RUN: &str = r#"(module
       (br $next))
     (i32.const 0)))"#;
 
-fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{from}:0").parse().unwrap();
-    sock.bind(&local.into()).unwrap();
-    sock.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
-}
-
 /// The events of each connection, in order, sorted (the server's order of
 /// connections is its own); events of conn 0 (SHUTDOWN) left out.
 fn per_connection(events: &[(i32, i32)]) -> Vec<Vec<i32>> {

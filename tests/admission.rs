@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use wamr_coro::server::{EnvPolicy, Limits, Mode};
 
-/// A client connected from local address `from` (any 127.x.y.z works on
-/// loopback).
-fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{from}:0").parse().unwrap();
-    sock.bind(&local.into()).unwrap();
-    sock.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
-}
-
 fn modes() -> [Mode; 2] {
     [Mode::Direct, Mode::Queue]
 }

@@ -151,20 +151,11 @@ fn a_bench_of_nothing_is_refused_by_name() {
         (&["--duration", "0"][..], "--duration must be a positive number of seconds"),
         (&["--hold", "0"][..], "--hold needs at least 1 connection"),
     ] {
-        let mut child = common::ServerChild(
-            common::wamr_coro()
-                .args(["bench", "--mode", "direct"])
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
+        let (status, out, err) = common::run_to_exit(
+            common::wamr_coro().args(["bench", "--mode", "direct"]).args(args),
+            Duration::from_secs(60),
+            "bench of nothing did not end",
         );
-        let status = common::wait_exit(&mut child, Duration::from_secs(60), "bench of nothing did not end");
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
         assert_eq!(status.code(), Some(1), "{args:?}: {out}{err}");
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!out.contains("native"), "{args:?} printed a result: {out}");

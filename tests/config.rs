@@ -4,8 +4,6 @@
 //! connection cut within milliseconds, a ring quietly given another size).
 mod common;
 
-use std::io::Read;
-use std::process::Stdio;
 use std::time::Duration;
 
 use wamr_coro::server::{Limits, Mode, Server, MAX_QUEUE_SHARDS};
@@ -53,17 +51,11 @@ fn limits_a_server_cannot_run_with_are_refused_by_name() {
 fn a_coroutine_stack_too_large_to_map_is_refused_not_a_panic() {
     // 100 GB a coroutine: may's stack allocation failed and panicked at the
     // first spawn.
-    let mut child = common::ServerChild(
-        common::wamr_coro()
-            .args(["serve", "--listen", "127.0.0.1:0", "--stack-kib", "99999999"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (status, _, err) = common::run_to_exit(
+        common::wamr_coro().args(["serve", "--listen", "127.0.0.1:0", "--stack-kib", "99999999"]),
+        Duration::from_secs(20),
+        "serve started with a 100 GB stack",
     );
-    let status = common::wait_exit(&mut child, Duration::from_secs(20), "serve started with a 100 GB stack");
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("coroutine stack must be at most 67108864 bytes"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -122,12 +122,11 @@ fn queue_mode_out_of_descriptors_refuses_new_clients_and_serves_the_rest() {
 /// Runs `serve ARGS` under [`NOFILE`], which must refuse to start: its exit
 /// code and what it wrote to stderr.
 fn refused_start(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = common::ServerChild(
-        with_nofile(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap(),
+    let (status, _, err) = common::run_to_exit(
+        &mut with_nofile(args),
+        Duration::from_secs(20),
+        "serve started with a worker count it cannot hold",
     );
-    let status = wait_exit(&mut child, Duration::from_secs(20), "serve started with a worker count it cannot hold");
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     (status.code(), err)
 }
 

@@ -8,8 +8,6 @@
 //! that ships.
 mod common;
 
-use std::io::Read;
-use std::process::Stdio;
 use std::time::Duration;
 
 fn stress(source: &str) {
@@ -17,19 +15,13 @@ fn stress(source: &str) {
         Some(bin) => std::process::Command::new(bin),
         None => common::wamr_coro(),
     };
-    let mut child = common::ServerChild(
-        cmd.args(["stress", "--coroutines", "5000", "--calls", "4", "--workers", "2", "--source", source])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
     // A coroutine that panics never reports ready, and the tool would wait
     // for it forever: bounded here.
-    let status = common::wait_exit(&mut child, Duration::from_secs(120), "stress did not finish");
-    let (mut out, mut err) = (String::new(), String::new());
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (status, out, err) = common::run_to_exit(
+        cmd.args(["stress", "--coroutines", "5000", "--calls", "4", "--workers", "2", "--source", source]),
+        Duration::from_secs(120),
+        "stress did not finish",
+    );
     assert!(!err.contains("panicked"), "{source}: {err}");
     assert!(status.success(), "{source}: {status}\n{err}");
     let summary = out.lines().last().unwrap_or_default();

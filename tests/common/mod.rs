@@ -243,6 +243,37 @@ pub fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus 
     }
 }
 
+/// Runs `cmd` to its end, within `within` (else the test fails with
+/// `what`, and the child is killed): its exit status, stdout and stderr.
+/// Both pipes are read while it runs, so a chatty child cannot block.
+pub fn run_to_exit(cmd: &mut Command, within: Duration, what: &str) -> (ExitStatus, String, String) {
+    let mut child = ServerChild(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = wait_exit(&mut child, within, what);
+    (status, out.join().unwrap(), err.join().unwrap())
+}
+
+/// A client connected from local address `from` (any 127.x.y.z works on
+/// loopback), with the tests' usual timeouts.
+pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&local.into()).unwrap();
+    sock.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
 /// The tests' compile cache (`serve` compiles guests by default): under
 /// cargo's target directory, never the user's `$HOME/.cache/wamr-coro/aot`.
 pub fn test_cache_home() -> PathBuf {
