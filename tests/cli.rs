@@ -236,6 +236,7 @@ fn an_oversized_module_file_is_refused_unread() {
         let pid = child.id() as libc::pid_t;
         // Reaped with wait4 for its resource use (bounded: 60 s).
         let deadline = Instant::now() + Duration::from_secs(60);
+        // SAFETY: `rusage` is plain integers and timevals: all-zero is valid.
         let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
         loop {
             // SAFETY: `pid` is our child, not reaped yet; both out-pointers

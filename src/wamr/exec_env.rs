@@ -544,17 +544,16 @@ impl ExecEnv {
     /// WAMR's current exception text for this instance.
     ///
     /// Copied under WAMR's exception lock (`wcoro_inst_copy_exception`):
-    /// another thread may be writing it right now (a watchdog's terminate,
-    /// a sibling's trap spread over the cluster), and WAMR writes it under
-    /// that lock. `wasm_runtime_get_exception` would hand out a pointer
-    /// into the instance, read with no lock, racing with such a write.
+    /// another thread may be writing it right now (the watchdog's
+    /// terminate), and WAMR writes it under that lock.
+    /// `wasm_runtime_get_exception` would hand out a pointer into the
+    /// instance, read with no lock, racing with such a write.
     pub fn exception(&self) -> Option<String> {
         let mut buf = [0 as std::ffi::c_char; ERROR_BUF_LEN];
-        // SAFETY: `inst` is alive (we own it or its parent keeps it); the
-        // copy takes the instance's exception lock and writes at most
-        // `buf.len()` bytes, NUL-terminated, into our buffer.
-        let any =
-            unsafe { super::inst_access::wcoro_inst_copy_exception(self.inst, buf.as_mut_ptr(), buf.len() as u32) };
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
+        // SAFETY: `inst` is alive (owned, or kept by its parent); the copy
+        // takes its exception lock and writes at most `len` bytes, NUL included.
+        let any = unsafe { super::inst_access::wcoro_inst_copy_exception(self.inst, ptr, len) };
         if !any {
             return None;
         }
