@@ -132,13 +132,9 @@ impl EnvPool {
             return Err(crate::Error::PoolClosed);
         }
         let slot = self.slot();
-        // A separate statement: the slot's lock is released at its end.
-        let cached = slot.env.lock().take();
-        if let Some(env) = cached {
-            if self.reusable(&env) {
-                slot.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
-            }
+        if let Some(env) = self.take_reusable(slot) {
+            slot.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
         }
         while let Some(env) = self.idle.pop() {
             // Its shard may have faulted, or destroy_all doomed it, while it
@@ -154,18 +150,21 @@ impl EnvPool {
         // failed outright when `max_envs` or the guest-memory budget had
         // room for no more: a connection was refused (or, policy message,
         // closed) with an env idle.
-        for s in self.slots.iter() {
-            let cached = s.env.lock().take();
-            if let Some(env) = cached {
-                if self.reusable(&env) {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
-                }
-            }
+        if let Some(env) = self.slots.iter().find_map(|s| self.take_reusable(s)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Lease { env: Some(env), pool: Arc::clone(self) });
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let env = self.guest.create_env_boxed()?;
         Ok(Lease { env: Some(env), pool: Arc::clone(self) })
+    }
+
+    /// The env idle in `slot`, if there is one and it may serve again (a
+    /// faulted one is dropped, which destroys it).
+    fn take_reusable(&self, slot: &Slot) -> Option<Box<GuestEnv>> {
+        // A separate statement: the slot's lock is released at its end.
+        let cached = slot.env.lock().take();
+        cached.filter(|env| self.reusable(env))
     }
 
     /// Whether `env` may serve again; a faulted one is counted (the caller
