@@ -103,6 +103,11 @@ struct BenchArgs {
     /// process's limits, several servers share the port (--reuse-port).
     #[arg(long)]
     hold: Option<usize>,
+    /// Hold: fail when a WebAssembly server keeps more than this many KiB
+    /// of resident memory per held connection (a guard for CI: the
+    /// default mode's target is 32).
+    #[arg(long, requires = "hold")]
+    max_kib_per_conn: Option<f64>,
     /// Write the results as JSON to PATH.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -353,6 +358,9 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
         BenchModeArg::Queue => vec![Target::Queue],
         BenchModeArg::All => vec![Target::Direct, Target::Queue],
     };
+    if let Some(max) = a.max_kib_per_conn.filter(|m| !(*m > 0.0 && m.is_finite())) {
+        return Err(Error::Config(format!("--max-kib-per-conn must be a positive number of KiB, not {max}")));
+    }
     if let Some(duration) = a.soak {
         let cfg = SoakConfig {
             module: a.module,
@@ -403,6 +411,17 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
     let errors: u64 = report.runs.iter().map(|r| r.errors).chain(report.holds.iter().map(|h| h.errors)).sum();
     if errors > 0 {
         return Err(Error::Bench(format!("{errors} errors during the bench (see the table)")));
+    }
+    if let Some(max) = a.max_kib_per_conn {
+        let over: Vec<String> = report
+            .holds
+            .iter()
+            .filter(|h| h.name != "native" && !(h.rss_per_conn_kib <= max))
+            .map(|h| format!("{} keeps {:.1} KiB per connection", h.name, h.rss_per_conn_kib))
+            .collect();
+        if !over.is_empty() {
+            return Err(Error::Bench(format!("over --max-kib-per-conn {max}: {}", over.join(", "))));
+        }
     }
     Ok(())
 }

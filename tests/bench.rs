@@ -68,7 +68,8 @@ fn echo_guest_is_probed_and_pipelined_requests_are_checked() {
 
 #[test]
 fn hold_reports_every_connection_held() {
-    let (v, _) = bench(&["--mode", "direct", "--hold", "200"]);
+    // A bound far above what a connection keeps passes.
+    let (v, _) = bench(&["--mode", "direct", "--hold", "200", "--max-kib-per-conn", "1024"]);
     let holds = v["holds"].as_array().unwrap();
     assert_eq!(holds.len(), 2, "{v}");
     for h in holds {
@@ -150,6 +151,7 @@ fn a_bench_of_nothing_is_refused_by_name() {
         (&["--pipeline", "0", "--duration", "1"][..], "--conns and --pipeline must be at least 1"),
         (&["--duration", "0"][..], "--duration must be a positive number of seconds"),
         (&["--hold", "0"][..], "--hold needs at least 1 connection"),
+        (&["--hold", "10", "--max-kib-per-conn", "0"][..], "--max-kib-per-conn must be a positive number of KiB"),
     ] {
         let (status, out, err) = common::run_to_exit(
             common::wamr_coro().args(["bench", "--mode", "direct"]).args(args),
@@ -159,5 +161,32 @@ fn a_bench_of_nothing_is_refused_by_name() {
         assert_eq!(status.code(), Some(1), "{args:?}: {out}{err}");
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!out.contains("native"), "{args:?} printed a result: {out}");
+    }
+}
+
+/// `--max-kib-per-conn` fails the run, after printing its table, when a
+/// WebAssembly server keeps more per held connection (CI's memory guard).
+#[test]
+fn hold_over_max_kib_per_conn_fails_naming_the_server() {
+    let (status, out, err) = common::run_to_exit(
+        common::wamr_coro().args(["bench", "--mode", "direct", "--hold", "200", "--max-kib-per-conn", "0.5"]),
+        Duration::from_secs(120),
+        "hold bench did not end",
+    );
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("over --max-kib-per-conn 0.5: direct keeps"), "{err}");
+    assert!(!err.contains("native keeps"), "the native baseline is not judged: {err}");
+    assert!(out.contains("direct"), "the table is printed first: {out}");
+}
+
+/// The bench is one client spread over a few source addresses: its servers
+/// must not apply the per-address limit (2,500 by default), which refused
+/// the connections of a hold past it as errors.
+#[test]
+fn a_hold_past_the_per_address_limit_is_held_whole() {
+    let (v, _) = bench(&["--mode", "direct", "--hold", "2600"]);
+    for h in v["holds"].as_array().unwrap() {
+        assert_eq!(h["errors"], 0, "{h}");
+        assert_eq!(h["held"], 2600, "{h}");
     }
 }
