@@ -262,3 +262,40 @@ fn an_oversized_module_file_is_refused_unread() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--help` states each default twice: clap's `[default: X]`, and the words
+/// of a possible value's help ("(default)", "The default"). Both must name
+/// the same value: `--call-stack`'s `coroutine` once said "The default"
+/// (`CallStack`'s default for a bare `ExecEnv`) while `serve` used `worker`.
+#[test]
+fn help_names_the_default_each_flag_really_has() {
+    let mut checked = 0;
+    for sub in ["serve", "bench", "stress", "compile"] {
+        let (status, help, err) =
+            common::run_to_exit(common::wamr_coro().args([sub, "--help"]), Duration::from_secs(20), "--help");
+        assert!(status.success(), "{sub} --help: {err}");
+        // Option blocks start at a line whose first word is a flag.
+        let mut blocks: Vec<Vec<&str>> = Vec::new();
+        for line in help.lines() {
+            let t = line.trim_start();
+            if t.starts_with("--") || (t.starts_with('-') && t.get(2..4) == Some(", ")) {
+                blocks.push(vec![t]);
+            } else if let Some(b) = blocks.last_mut() {
+                b.push(t);
+            }
+        }
+        for block in blocks {
+            let Some(default) = block.iter().find_map(|l| l.strip_prefix("[default: ")?.strip_suffix(']')) else {
+                continue;
+            };
+            for l in &block {
+                let Some((value, text)) = l.strip_prefix("- ").and_then(|v| v.split_once(':')) else { continue };
+                if text.to_lowercase().contains("default") {
+                    checked += 1;
+                    assert_eq!(value.trim(), default, "{sub} {}: the value whose help says default", block[0]);
+                }
+            }
+        }
+    }
+    assert!(checked >= 2, "found only {checked} possible values that name a default");
+}

@@ -41,7 +41,8 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum CallStack {
     /// On the calling coroutine's own stack; host functions may block the
-    /// coroutine (wait for I/O, a channel, a lock). The default.
+    /// coroutine (wait for I/O, a channel, a lock). Where a bare `ExecEnv`
+    /// calls unless told otherwise; the server's direct mode uses `Worker`.
     #[default]
     Coroutine,
     /// On a stack of the worker thread, shared by every call that worker
