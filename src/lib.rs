@@ -57,7 +57,9 @@ pub use registry::{Registry, RegistryStats};
 pub use wamr::aot;
 pub use wamr::host::{Caller, HostError, HostFunc, HostPlainReturn, HostResult, HostReturn, HostValue, IntoHostFunc};
 pub use wamr::memory::GuestMemory;
-pub use wamr::module::{read_module_file, Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType};
+pub use wamr::module::{
+    read_module_file, Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType, MAX_MODULE_BYTES,
+};
 pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog};
 pub use wamr::state::{MemoryBudget, MemoryBudgetStats};
 pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};

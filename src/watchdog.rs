@@ -20,9 +20,6 @@ use std::time::{Duration, Instant};
 
 use crate::registry::Registry;
 
-/// Scan period of [`Watchdog::start`].
-pub const TICK: Duration = Duration::from_millis(10);
-
 /// Shortest and longest tick [`Watchdog::for_budget`] picks.
 const TICK_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
 
@@ -35,9 +32,12 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts watching `registry`, scanning every [`TICK`].
+    /// Scan period of [`Watchdog::start`]: 10 ms.
+    pub const TICK: Duration = Duration::from_millis(10);
+
+    /// Starts watching `registry`, scanning every [`TICK`](Self::TICK).
     pub fn start(registry: &Arc<Registry>) -> std::io::Result<Watchdog> {
-        Self::with_tick(registry, TICK)
+        Self::with_tick(registry, Self::TICK)
     }
 
     /// Starts watching `registry` for calls with `budget`: the tick is a

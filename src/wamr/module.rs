@@ -195,7 +195,8 @@ impl fmt::Debug for Module {
 
 impl Module {
     /// Loads a module from `.wasm` bytes, `.wat` text or an AOT file made by
-    /// `wamr-coro compile` (detected by content; see [`Module::from_aot`]).
+    /// `wamr-coro compile` (detected by content; see [`Module::from_aot`]),
+    /// of at most [`MAX_MODULE_BYTES`].
     pub fn new(bytes: impl AsRef<[u8]>) -> Result<Module> {
         let bytes = bytes.as_ref();
         if bytes.len() > MAX_MODULE_BYTES {
@@ -474,7 +475,7 @@ fn check_aot_matches(inner: &ModuleInner, wasm: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Largest module accepted (binary or text).
+/// Largest module accepted (binary, text or AOT file): 256 MiB.
 pub const MAX_MODULE_BYTES: usize = 256 << 20;
 
 /// The bytes of the module file at `path`, refused without reading them
