@@ -207,7 +207,7 @@ impl AbiVersionRecord {
 }
 
 /// The raw imports. Prefer the safe wrappers.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub mod sys {
     use super::RawEvent;
     #[link(wasm_import_module = "env")]
@@ -236,7 +236,7 @@ impl Conn {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 impl Conn {
     /// Queues `data` for the connection (copied before it returns; never
     /// blocks). Returns the byte count, or why the host refused.
@@ -265,14 +265,14 @@ impl Conn {
 }
 
 /// Logs `text` at `level` through the host's log.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub fn log(level: Level, text: &str) {
     // SAFETY: `text` is a live slice of our memory; the host copies it.
     unsafe { sys::log(level as i32, text.as_ptr(), text.len().min(i32::MAX as usize) as i32) }
 }
 
 /// Milliseconds on a monotonic clock since the server started.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub fn now_ms() -> i64 {
     // SAFETY: no arguments.
     unsafe { sys::now_ms() }
@@ -309,7 +309,7 @@ impl<'a> Event<'a> {
 
 /// Queue mode: blocks until the next event; `DATA` bytes land in `buf`.
 /// `Err(Error::Shutdown)` means the server stops: return from `run`.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub fn wait_msg(buf: &mut [u8]) -> Result<Event<'_>, Error> {
     let mut raw = RawEvent::default();
     let cap = buf.len().min(i32::MAX as usize) as i32;
@@ -388,8 +388,14 @@ pub struct BumpArena<const N: usize> {
     // First, so it shares a page with the first block (which the host's
     // receive buffer dirties anyway) instead of dirtying one of its own.
     used: UnsafeCell<usize>,
-    bytes: UnsafeCell<[u8; N]>,
+    // Aligned itself (as the C SDK's arena is), so that offsets rounded up
+    // to 16 are addresses rounded up to 16: after `used` alone the blocks
+    // sat 4 (wasm32) or 8 bytes past an aligned address.
+    bytes: UnsafeCell<Aligned16<N>>,
 }
+
+#[repr(C, align(16))]
+struct Aligned16<const N: usize>([u8; N]);
 
 // SAFETY: as for GuestCell: one thread per (non-shared) memory.
 unsafe impl<const N: usize> Sync for BumpArena<N> {}
@@ -397,7 +403,7 @@ unsafe impl<const N: usize> Sync for BumpArena<N> {}
 impl<const N: usize> BumpArena<N> {
     /// An empty arena.
     pub const fn new() -> Self {
-        BumpArena { used: UnsafeCell::new(0), bytes: UnsafeCell::new([0; N]) }
+        BumpArena { used: UnsafeCell::new(0), bytes: UnsafeCell::new(Aligned16([0; N])) }
     }
 
     /// The next block of `size` bytes, or `None` when `size` is negative or
@@ -411,7 +417,8 @@ impl<const N: usize> BumpArena<N> {
             return None;
         }
         *used = start + size;
-        // SAFETY: start + size <= N, inside the array.
+        // SAFETY: start + size <= N, inside the array (at offset 0 of the
+        // repr(C) `Aligned16`).
         Some(unsafe { (self.bytes.get() as *mut u8).add(start) })
     }
 }
@@ -427,7 +434,7 @@ impl<const N: usize> Default for BumpArena<N> {
 /// own loop would. A refused `on_open` closes the connection and its later
 /// `CLOSE` is not passed to `on_close` (the loop remembers up to 64 refused
 /// connections; beyond that `on_close` may see one).
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub fn run_loop<G: Guest>(guest: &mut G, buf: &mut [u8]) -> i32 {
     let mut refused = [0i32; 64];
     let mut next = 0usize;
@@ -472,7 +479,7 @@ pub fn run_loop<G: Guest>(guest: &mut G, buf: &mut [u8]) -> i32 {
 /// `alloc` is required for `--source spawn` (spawned envs have no WAMR app
 /// heap); size it for the host's chunk size plus 16. Without `run`, queue
 /// mode runs the loop in the host (slightly cheaper; identical semantics).
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_guest {
     (guest: $ty:ty = $init:expr $(, alloc: $arena:expr)? $(, run: $buf:expr)? $(,)?) => {
