@@ -230,7 +230,8 @@ pub mod sys {
 pub struct Conn(pub i32);
 
 impl Conn {
-    /// The connection id (positive, never reused while the server runs).
+    /// The connection id (positive; not reused while the server runs, until
+    /// `i32` wraps, and even then never while a connection holds it).
     pub fn id(self) -> i32 {
         self.0
     }
