@@ -300,7 +300,7 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t)]
     aot_target: wamr_coro::aot::Target,
     /// When compiling: where compiled modules are cached (default:
-    /// $XDG_CACHE_HOME/wamr-coro/aot).
+    /// $XDG_CACHE_HOME/wamr-coro/aot, else $HOME/.cache/wamr-coro/aot).
     #[arg(long)]
     aot_cache: Option<PathBuf>,
     /// (bench internal) Answer `stats` lines on stdin; stop when it closes.
