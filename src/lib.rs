@@ -19,6 +19,25 @@
 //! Everything else is private. [`internals`] is not API: it exists for this
 //! crate's own command line, tests and benches.
 //!
+//! ## Embedding
+//!
+//! The README's example (kept equal to it; `cargo test --doc` compiles it):
+//!
+//! ```no_run
+//! use wamr_coro::{server::{Server, Mode}, Caller, Module, Runtime, RuntimeConfig, HostFunc, ValType, Val};
+//!
+//! let rt = Runtime::init(RuntimeConfig::default())?;           // once per process, settings fixed
+//! rt.register(HostFunc::new("svc", "visits", &[], &[ValType::I64],
+//!     |_caller, _args| Ok(Some(Val::I64(42)))))?;               // before loading modules that import it
+//! rt.register(HostFunc::wrap("svc", "conn_id",                  // typed: () -> i32, inferred
+//!     |mut caller: Caller<'_>| caller.connection().map_or(0, |c| c.id)))?;
+//! let server = Server::builder(Module::from_file("guests/echo.wat")?)
+//!     .listen("127.0.0.1:0").mode(Mode::Queue).start()?;
+//! let stats = server.stop();                                    // graceful: on_close for every connection
+//! # let _ = stats;
+//! # Ok::<(), wamr_coro::Error>(())
+//! ```
+//!
 //! ## The data path, file by file
 //!
 //! `server/listener.rs` (accept) → `server/connection.rs` (one coroutine per
