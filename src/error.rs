@@ -209,6 +209,17 @@ pub enum Error {
         cap: u32,
     },
 
+    /// A module's tables take more host memory per env than the per-env
+    /// cap allows its linear memory (every env allocates them whole at
+    /// instantiation, before any budget can refuse it).
+    #[error("the module's tables take {} KiB per env, more than the per-env cap of {cap} pages ({} KiB, max_memory_pages)", bytes / 1024, *cap as u64 * 64)]
+    TablesTooLarge {
+        /// Bytes WAMR allocates for the tables of one instance.
+        bytes: u64,
+        /// The cap, pages.
+        cap: u32,
+    },
+
     /// The pool (or server) is shutting down and hands out no more envs.
     #[error("the env pool is closed")]
     PoolClosed,

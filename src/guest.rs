@@ -186,6 +186,14 @@ impl Guest {
                 return Err(Error::MemoryTooLarge { initial, cap: config.max_memory_pages });
             }
         }
+        // Tables are host memory the per-env cap did not cover: a module
+        // declaring a 10-million-element table took 80 MB per connection
+        // (its instances allocate and fill it whole before the global budget
+        // is asked, so concurrent ones overshot that too).
+        let cap_bytes = config.max_memory_pages as u64 * 65536;
+        if config.max_memory_pages > 0 && facts.table_bytes > cap_bytes {
+            return Err(Error::TablesTooLarge { bytes: facts.table_bytes, cap: config.max_memory_pages });
+        }
         let mut config = config;
         // The worker's call stack is for direct mode only (a queue guest's
         // `run` blocks in `wait_msg`); decided here once, for every env.

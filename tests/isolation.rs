@@ -414,3 +414,30 @@ fn a_trap_in_a_spawn_shard_never_refuses_a_new_connection() {
     assert_eq!(stats.envs.failures, 0, "connections were refused an env: {stats}");
     assert_eq!(stats.envs.live, 0, "{stats}");
 }
+
+/// Tables are host memory each env allocates and fills whole when it is
+/// instantiated. Before, the per-env cap did not cover them: a module with
+/// a 10-million-element table was accepted and took 80 MB per connection
+/// (and concurrent instantiations overshot the global budget, asked only
+/// after).
+#[test]
+fn a_module_whose_tables_are_over_the_cap_is_refused_at_start() {
+    setup();
+    let m = Module::from_wat(
+        r#"(module (table 10000000 funcref)
+             (memory (export "memory") 1)
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let err = Server::builder(m).listen("127.0.0.1:0").start().unwrap_err();
+    assert!(matches!(err, Error::TablesTooLarge { bytes: 80_000_000, cap: 256 }), "{err}");
+    assert!(err.to_string().contains("tables take 78125 KiB per env"), "{err}");
+    // A table within the cap is served.
+    let m = Module::from_wat(
+        r#"(module (table 1000 funcref)
+             (memory (export "memory") 1)
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    Server::builder(m).listen("127.0.0.1:0").start().unwrap().stop();
+}
