@@ -299,3 +299,41 @@ fn help_names_the_default_each_flag_really_has() {
     }
     assert!(checked >= 2, "found only {checked} possible values that name a default");
 }
+
+/// A module file replaced by a FIFO: the SIGHUP reload opened it and
+/// waited for a writer forever, and with it the loop that handles signals,
+/// so SIGTERM no longer stopped the server. Now it reads as empty, the
+/// reload fails, the old guest keeps serving and the server stops.
+#[test]
+fn a_reload_from_a_fifo_nobody_writes_does_not_hang_the_server() {
+    let dir = std::env::temp_dir().join(format!("wamr-coro-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("guest.wat");
+    std::fs::copy(common::guest_path("echo.wat"), &path).unwrap();
+    let mut cmd = common::wamr_coro();
+    cmd.args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--workers", "2", "--engine", "interp"]);
+    let log = dir.join("stderr");
+    cmd.stderr(std::fs::File::create(&log).unwrap()).stdout(std::process::Stdio::piped());
+    let mut child = common::ServerChild(cmd.spawn().unwrap());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    signal(&child, libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap().contains("reload failed") {
+        assert!(Instant::now() < deadline, "the reload from a FIFO did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    common::echo_round(&mut connect(addr), b"the old guest");
+    let (code, _) = stop_with(child, out, libc::SIGTERM);
+    assert_eq!(code, 0);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("is empty (or a pipe nobody wrote to)"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

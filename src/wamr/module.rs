@@ -489,8 +489,28 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>> {
     let too_big = |what: String| {
         Error::Load(format!("{} {what}, more than the {MAX_MODULE_BYTES}-byte module limit", path.display()))
     };
-    let file = std::fs::File::open(path).map_err(fail)?;
+    // Opened without blocking: opening a FIFO blocks until a writer comes,
+    // which hung a SIGHUP reload (and with it the handling of SIGTERM)
+    // forever. A FIFO without a writer reads as empty.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(fail)?
+    };
     let meta = file.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        // Reads of a pipe or device block again, as they should.
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: `fd` is the open descriptor `file` owns for this call;
+        // F_GETFL/F_SETFL only read and set its status flags.
+        let ok = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+        };
+        if !ok {
+            return Err(fail(std::io::Error::last_os_error()));
+        }
+    }
     if meta.is_file() && meta.len() > MAX_MODULE_BYTES as u64 {
         return Err(too_big(format!("is {} bytes", meta.len())));
     }
@@ -498,6 +518,11 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>> {
     file.take(MAX_MODULE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(fail)?;
     if bytes.len() > MAX_MODULE_BYTES {
         return Err(too_big("gave more bytes".into()));
+    }
+    if bytes.is_empty() {
+        // Text would parse as an empty module, reported as its missing
+        // exports; a FIFO nobody writes to reads as empty too.
+        return Err(Error::Load(format!("{} is empty (or a pipe nobody wrote to)", path.display())));
     }
     Ok(bytes)
 }
