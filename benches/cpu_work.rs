@@ -97,7 +97,7 @@ fn cpu_work(c: &mut Criterion) {
     check(&interp);
     let compiled = if aot::compiler_available() {
         let wasm = wat::parse_str(&text).unwrap();
-        let m = Module::new(aot::compile(&wasm, aot::Target::Native).unwrap()).unwrap();
+        let m = Module::from_aot(&aot::compile(&wasm, aot::Target::Native).unwrap()).unwrap();
         check(&m);
         Some(m)
     } else {
@@ -106,7 +106,7 @@ fn cpu_work(c: &mut Criterion) {
     };
     let other = std::env::var_os("CPU_WORK_AOT").map(|path| {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("CPU_WORK_AOT={path:?}: {e}"));
-        let m = Module::new(bytes).unwrap();
+        let m = Module::from_aot(&bytes).unwrap();
         assert!(m.is_aot(), "CPU_WORK_AOT={path:?} is not an AOT file");
         check(&m);
         m

@@ -61,7 +61,7 @@ soak --engine interp --json "$out/soak-interp.json"
 # against both forms of the line).
 if ./target/release/wamr-coro --version | grep -q "^aot compiler: WAMR's"; then
   ./target/release/wamr-coro compile guests/soak.wat -o "$out/soak.aot" --target portable >/dev/null
-  soak "$out/soak.aot" --json "$out/soak-aot.json"
+  soak "$out/soak.aot" --engine aot --json "$out/soak-aot.json"
 else
   echo "leakcheck: this build has no AOT compiler; compiled guests not checked" >&2
 fi

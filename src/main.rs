@@ -159,6 +159,16 @@ struct CompileArgs {
     /// CPU to generate code for.
     #[arg(long, value_enum, default_value_t)]
     target: wamr_coro::aot::Target,
+    /// Stop the compiler after this many seconds (an error).
+    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_s: u64,
+    /// Memory (data) the compiler may use, MiB.
+    #[arg(long, default_value_t = compile_limits().max_memory >> 20, value_parser = clap::value_parser!(u64).range(64..))]
+    max_memory_mib: u64,
+}
+
+fn compile_limits() -> wamr_coro::aot::CompileLimits {
+    wamr_coro::aot::CompileLimits::default()
 }
 
 #[derive(clap::Args)]
@@ -290,7 +300,8 @@ struct ServeArgs {
     /// (`aot`), WAMR's interpreter (`interp`), or `auto`: compiled when this
     /// build has the compiler and no --instruction-budget is set (WAMR meters
     /// only its interpreter), interpreted otherwise or if compiling fails.
-    /// An AOT file always runs compiled.
+    /// An AOT file (made by `compile`) loads only with `aot`: it is native
+    /// code that runs unchecked in this process, so load only files you made.
     #[arg(long, value_enum, default_value_t)]
     engine: Engine,
     /// The same as --engine aot.
@@ -300,9 +311,19 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t)]
     aot_target: wamr_coro::aot::Target,
     /// When compiling: where compiled modules are cached (default:
-    /// $XDG_CACHE_HOME/wamr-coro/aot, else $HOME/.cache/wamr-coro/aot).
+    /// $XDG_CACHE_HOME/wamr-coro/aot, or ~/.cache/wamr-coro/aot; none
+    /// without either). Entries are native code loaded as they are: a
+    /// directory another user owns or that group or others can write is
+    /// not used.
     #[arg(long)]
     aot_cache: Option<PathBuf>,
+    /// When compiling: stop the compiler after this many seconds (with
+    /// `auto`, the guest is then interpreted).
+    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    aot_timeout_s: u64,
+    /// When compiling: memory (data) the compiler may use, MiB.
+    #[arg(long, default_value_t = compile_limits().max_memory >> 20, value_parser = clap::value_parser!(u64).range(64..))]
+    aot_max_memory_mib: u64,
     /// (bench internal) Answer `stats` lines on stdin; stop when it closes.
     #[arg(long, hide = true)]
     control_stdin: bool,
@@ -454,7 +475,9 @@ fn stress(a: StressArgs) -> Result<(), Error> {
 
 fn compile(a: CompileArgs) -> Result<(), Error> {
     let input = wamr_coro::read_module_file(&a.module)?;
-    let aot = wamr_coro::aot::compile(&input, a.target)?;
+    let limits =
+        wamr_coro::aot::CompileLimits { timeout: Duration::from_secs(a.timeout_s), max_memory: a.max_memory_mib << 20 };
+    let aot = wamr_coro::aot::compile_with(&input, a.target, &limits)?;
     std::fs::write(&a.output, &aot)
         .map_err(|source| Error::Io { context: format!("writing {}", a.output.display()), source })?;
     println!("{} -> {} ({} bytes, target {})", a.module.display(), a.output.display(), aot.len(), a.target);
@@ -510,21 +533,36 @@ fn load_module(a: &ServeArgs) -> Result<Module, Error> {
 /// [`load_module`]'s choice of engine for `bytes`.
 fn load_engine(a: &ServeArgs, bytes: Vec<u8>) -> Result<Module, Error> {
     let compiled = |bytes: &[u8]| {
-        let dir = a.aot_cache.clone().unwrap_or_else(wamr_coro::aot::default_cache_dir);
-        wamr_coro::aot::load_compiled(bytes, a.aot_target, &dir)
+        let dir = a.aot_cache.clone().or_else(wamr_coro::aot::default_cache_dir);
+        if dir.is_none() {
+            tracing::info!("no AOT cache: neither XDG_CACHE_HOME nor HOME is set (nor --aot-cache)");
+        }
+        let limits = wamr_coro::aot::CompileLimits {
+            timeout: Duration::from_secs(a.aot_timeout_s),
+            max_memory: a.aot_max_memory_mib << 20,
+        };
+        wamr_coro::aot::load_compiled(bytes, a.aot_target, dir.as_deref(), &limits)
     };
+    let engine = if a.aot { Engine::Aot } else { a.engine };
     if bytes.starts_with(wamr_coro::aot::AOT_MAGIC) {
-        if a.engine == Engine::Interp {
-            tracing::warn!("--engine interp: the module is an AOT file, which only runs compiled");
+        // Native code: only when asked for. A file that turns out to be an
+        // AOT file (on disk at a SIGHUP too) is refused under any other
+        // engine; before, every engine ran it.
+        if engine != Engine::Aot {
+            let name = a.module.as_deref().map_or("the module".into(), |p| p.display().to_string());
+            return Err(Error::Config(format!(
+                "{name} is an AOT file: native code that would run unchecked in this process. \
+                 Load only AOT files you made yourself (`wamr-coro compile`), and say so with --engine aot"
+            )));
         }
         tracing::info!("guest loaded from an AOT file");
-        return Module::new(bytes);
+        return Module::from_aot(&bytes);
     }
     let interpreted = |bytes: Vec<u8>, why: &str| {
         tracing::info!(why, "guest interpreted");
         Module::new(bytes)
     };
-    match if a.aot { Engine::Aot } else { a.engine } {
+    match engine {
         Engine::Aot => compiled(&bytes),
         Engine::Interp => interpreted(bytes, "--engine interp"),
         Engine::Auto if a.instruction_budget > 0 => {

@@ -46,7 +46,7 @@ fn aot_bytes(name: &str) -> Vec<u8> {
 }
 
 fn aot_module(name: &str) -> Module {
-    let m = Module::new(aot_bytes(name)).unwrap();
+    let m = Module::from_aot(&aot_bytes(name)).unwrap();
     assert!(m.is_aot());
     m
 }
@@ -146,7 +146,8 @@ fn cpu_guest_compiled_answers_like_the_interpreter() {
         assert_eq!(answers(aot_module("cpu.wat"), mode), interp, "{mode:?}");
     }
     // Portable code answers the same.
-    let portable = Module::new(aot::compile(guest_text("cpu.wat").as_bytes(), Target::Portable).unwrap()).unwrap();
+    let portable =
+        Module::from_aot(&aot::compile(guest_text("cpu.wat").as_bytes(), Target::Portable).unwrap()).unwrap();
     assert_eq!(answers(portable, Mode::Direct), interp);
 }
 
@@ -205,7 +206,7 @@ fn compiled_rotates_match_wasm_semantics() {
     let portable = aot::compile(&wasm, Target::Portable).unwrap();
     let native = aot::compile(&wasm, Target::Native).unwrap();
     for (what, bytes) in [("interpreted", wasm), ("native AOT", native), ("portable AOT", portable)] {
-        let m = Module::new(bytes).unwrap();
+        let m = if what == "interpreted" { Module::new(bytes) } else { Module::from_aot(&bytes) }.unwrap();
         let server = start_aot(m, Mode::Direct, EnvSource::Instance, test_limits());
         let mut s = connect(server.local_addr());
         for &v in &values {
@@ -270,7 +271,7 @@ fn compiled_deep_recursion_traps_cleanly_and_the_server_keeps_serving() {
     if !compiler() {
         return;
     }
-    let m = Module::new(aot::compile(RECURSE.as_bytes(), Target::Native).unwrap()).unwrap();
+    let m = Module::from_aot(&aot::compile(RECURSE.as_bytes(), Target::Native).unwrap()).unwrap();
     for mode in [Mode::Direct, Mode::Queue] {
         let server = start_aot(m.clone(), mode, EnvSource::Instance, test_limits());
         let addr = server.local_addr();
@@ -329,7 +330,7 @@ fn a_start_function_too_deep_for_a_coroutine_fails_the_env_not_the_process() {
     if !compiler() {
         return;
     }
-    let m = Module::new(aot::compile(DEEP_START.as_bytes(), Target::Native).unwrap()).unwrap();
+    let m = Module::from_aot(&aot::compile(DEEP_START.as_bytes(), Target::Native).unwrap()).unwrap();
     for source in [EnvSource::Instance, EnvSource::Spawn] {
         // The server's first env is made here, on the test's thread.
         let server = start_aot(m.clone(), Mode::Direct, source, test_limits());
@@ -356,7 +357,7 @@ fn a_compiled_start_function_that_never_returns_is_a_start_up_error() {
     let wat = r#"(module (memory (export "memory") 1)
         (func $spin (loop $l (br $l))) (start $spin)
         (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
-    let m = Module::new(aot::compile(wat.as_bytes(), Target::Native).unwrap()).unwrap();
+    let m = Module::from_aot(&aot::compile(wat.as_bytes(), Target::Native).unwrap()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let limits = Limits { call_budget: Some(Duration::from_millis(200)), ..test_limits() };
@@ -431,7 +432,7 @@ fn compiled_spawned_envs_start_with_the_globals_and_memory_of_a_fresh_instance()
     if !compiler() {
         return;
     }
-    let m = Module::new(aot::compile(START_READS_DATA_WAT.as_bytes(), Target::Native).unwrap()).unwrap();
+    let m = Module::from_aot(&aot::compile(START_READS_DATA_WAT.as_bytes(), Target::Native).unwrap()).unwrap();
     for source in [EnvSource::Instance, EnvSource::Spawn] {
         let server = Server::builder(m.clone())
             .listen("127.0.0.1:0")
@@ -499,10 +500,10 @@ fn an_aot_file_without_its_wasm_is_refused_clearly() {
     let at = good.windows(aot::WASM_SECTION.len()).position(|w| w == aot::WASM_SECTION.as_bytes()).unwrap();
     let mut bad = good.clone();
     bad[at] = b'X';
-    let err = Module::new(&bad).unwrap_err().to_string();
+    let err = Module::from_aot(&bad).unwrap_err().to_string();
     assert!(err.contains("wamr-coro compile"), "{err}");
     // Truncated files are WAMR's to refuse.
-    assert!(Module::new(&good[..good.len() / 2]).is_err());
+    assert!(Module::from_aot(&good[..good.len() / 2]).is_err());
 }
 
 /// A `serve` child that is killed if the test ends without [`stop`] (a
@@ -599,16 +600,11 @@ fn cli_compile_then_serve_and_serve_aot_with_its_cache() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     assert!(std::fs::read(&out).unwrap().starts_with(b"\0aot"));
     for mode in ["direct", "queue"] {
-        let (child, addr) = serve(&[out.to_str().unwrap(), "--mode", mode]);
+        let (child, addr) = serve(&[out.to_str().unwrap(), "--mode", mode, "--engine", "aot"]);
         assert_eq!(http_get(&addr), HTTP_RESPONSE, "{mode}");
         let log = stop(child);
         assert!(log.contains("guest loaded from an AOT file"), "{log}");
     }
-    // An AOT file runs compiled whatever --engine says, and says so.
-    let (child, addr) = serve(&[out.to_str().unwrap(), "--engine", "interp"]);
-    assert_eq!(http_get(&addr), HTTP_RESPONSE);
-    let log = stop(child);
-    assert!(log.contains("only runs compiled"), "{log}");
     // serve --aot: the first start compiles into the cache, the second
     // finds it there.
     let cache = dir.join("cache");
@@ -639,14 +635,15 @@ fn cli_instruction_budget_with_aot_keeps_the_time_budget() {
     std::fs::write(&out, aot_bytes("faulty.wat")).unwrap();
     let p = out.to_str().unwrap();
     // Said at start; a spinning compiled guest is still stopped, by time.
-    let (child, addr) = serve(&[p, "--instruction-budget", "1000", "--call-budget-ms", "100"]);
+    let (child, addr) = serve(&[p, "--engine", "aot", "--instruction-budget", "1000", "--call-budget-ms", "100"]);
     spinner_is_stopped_and_others_served(&addr, "the spinner was not stopped");
     let log = stop(child);
     assert!(log.contains("does not apply to AOT-compiled code"), "{log}");
     // With no time budget at all, a compiled guest would run unbounded:
     // refused at start.
     let st = common::wamr_coro()
-        .args(["serve", p, "--instruction-budget", "1000", "--call-budget-ms", "0", "--listen", "127.0.0.1:0"])
+        .args(["serve", p, "--engine", "aot", "--instruction-budget", "1000", "--call-budget-ms", "0"])
+        .args(["--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!st.status.success());
@@ -694,13 +691,14 @@ fn cli_serve_compiles_by_default_and_interprets_when_told_or_metered() {
     let (child, addr) = serve(&[http.to_str().unwrap(), "--aot-cache", bad.to_str().unwrap()]);
     assert_eq!(http_get(&addr), HTTP_RESPONSE);
     let log = stop(child);
-    assert!(log.contains("cannot cache the compiled guest") && log.contains("guest AOT-compiled"), "{log}");
+    assert!(log.contains("AOT cache directory not used") && log.contains("guest AOT-compiled"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A SIGHUP reload is held to the rule the start is: with an instruction
-/// budget and no time budget, a module that has become an AOT file on disk
-/// would run unbounded, so the reload is refused and the interpreted guest
+/// A SIGHUP reload is held to the rules the start is: a module that has
+/// become an AOT file on disk is native code nobody asked for (no
+/// `--engine aot`), and with an instruction budget and no time budget it
+/// would run unbounded; the reload is refused and the interpreted guest
 /// keeps serving (and keeps being stopped by its budget).
 #[test]
 fn a_reload_to_compiled_code_without_a_time_budget_is_refused() {
@@ -717,6 +715,201 @@ fn a_reload_to_compiled_code_without_a_time_budget_is_refused() {
     std::thread::sleep(Duration::from_millis(500));
     spinner_is_stopped_and_others_served(&addr, "the spinner ran unbounded: the reload was taken");
     let log = stop(child);
-    assert!(log.contains("reload failed") && log.contains("give AOT guests a time budget"), "{log}");
+    assert!(log.contains("reload failed") && log.contains("is an AOT file"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An AOT file is native code: it loads only when asked for by name.
+/// Before, `Module::new` and `Module::from_file` loaded any bytes with the
+/// `\0aot` magic, and `serve` ran an AOT file under every `--engine` (a
+/// `guest.wasm` that was really an AOT file ran as native code under the
+/// default engine, and under `--engine interp` with only a warning).
+#[test]
+fn an_aot_file_runs_only_when_asked_for() {
+    if !compiler() {
+        return;
+    }
+    let dir = fresh_dir("aot-asked");
+    let bytes = aot_bytes("echo.wat");
+    // Named like a wasm module, which is what a user would not suspect.
+    let path = dir.join("guest.wasm");
+    std::fs::write(&path, &bytes).unwrap();
+    for err in [Module::new(&bytes).unwrap_err(), Module::from_file(&path).unwrap_err()] {
+        let err = err.to_string();
+        assert!(err.contains("AOT file") && err.contains("Module::from_aot"), "{err}");
+    }
+    let err = aot::load_compiled(&bytes, Target::Portable, None, &aot::CompileLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("already an AOT file"), "{err}");
+    assert!(Module::from_aot(&bytes).unwrap().is_aot());
+    for engine in [None, Some("auto"), Some("interp")] {
+        let mut cmd = common::wamr_coro();
+        cmd.args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+        if let Some(e) = engine {
+            cmd.args(["--engine", e]);
+        }
+        let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let out = wait_output(out, Duration::from_secs(30), "serve of an AOT file did not end");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{engine:?}: served an AOT file nobody asked for");
+        assert!(err.contains("guest.wasm is an AOT file") && err.contains("--engine aot"), "{engine:?}: {err}");
+    }
+    // Asked for, it is served.
+    let (child, addr) = serve(&[path.to_str().unwrap(), "--engine", "aot"]);
+    echo_round(&mut connect(addr.parse().unwrap()), b"asked for");
+    let log = stop(child);
+    assert!(log.contains("guest loaded from an AOT file"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `child`'s output once it exits, within `within` (killed otherwise).
+fn wait_output(mut child: std::process::Child, within: Duration, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A cache entry is loaded as native code, so a cache others can write is
+/// not used. Before, an entry planted in a group- or world-writable
+/// directory (the shared temporary directory was the default without
+/// `$HOME`) was loaded as the compiled form of whatever module hashed to
+/// its name: here the HTTP guest's code served for the echo guest.
+#[test]
+fn an_aot_cache_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    if !compiler() {
+        return;
+    }
+    setup();
+    let dir = fresh_dir("aot-poison");
+    let cache = dir.join("cache");
+    let limits = aot::CompileLimits::default();
+    let echo = guest_text("echo.wat");
+    let first = aot::compile_cached(echo.as_bytes(), Target::Portable, Some(&cache), &limits).unwrap();
+    let entry = first.path.clone().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700, "the cache directory is private");
+    assert_eq!(mode(&entry), 0o600, "cache entries are private");
+    assert!(aot::compile_cached(echo.as_bytes(), Target::Portable, Some(&cache), &limits).unwrap().hit);
+    // Someone else's code under the echo guest's name.
+    let poison = aot::compile(guest_text("http.wat").as_bytes(), Target::Portable).unwrap();
+    let plant = |dir_mode: u32, entry_mode: u32| {
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+        std::fs::write(&entry, &poison).unwrap();
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(entry_mode)).unwrap();
+    };
+    for (dir_mode, entry_mode) in [(0o777, 0o600), (0o770, 0o600), (0o700, 0o666), (0o700, 0o620)] {
+        plant(dir_mode, entry_mode);
+        let got = aot::compile_cached(echo.as_bytes(), Target::Portable, Some(&cache), &limits).unwrap();
+        assert!(!got.hit && got.aot != poison, "{dir_mode:o}/{entry_mode:o}: the planted entry was loaded");
+        let m = aot::load_compiled(echo.as_bytes(), Target::Portable, Some(&cache), &limits).unwrap();
+        let server = start_aot(m, Mode::Direct, EnvSource::Instance, test_limits());
+        echo_round(&mut connect(server.local_addr()), b"the echo guest");
+        server.stop();
+    }
+    // No $HOME and no $XDG_CACHE_HOME: no cache, not one in the shared
+    // temporary directory.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut cmd = common::wamr_coro();
+    cmd.env_remove("HOME").env_remove("XDG_CACHE_HOME").env("TMPDIR", &tmp);
+    cmd.args(["serve", guest_path("echo.wat").to_str().unwrap(), "--listen", "127.0.0.1:0", "--workers", "2"]);
+    let (child, addr, out) = spawn_server(&mut cmd);
+    echo_round(&mut connect(addr), b"uncached");
+    signal(&child, libc::SIGTERM);
+    let mut child = child;
+    wait_exit(&mut child, Duration::from_secs(10), "serve did not stop");
+    drop(out);
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "serve left {left:?} in the temporary directory");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 20,000 empty functions, an 80 KB module that took the compiler 100 s
+/// and 1.5 GB (WAMR's compiler and LLVM grow faster than the input).
+fn costly_to_compile() -> String {
+    let mut wat = String::from(
+        r#"(module (memory (export "memory") 1)
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0))"#,
+    );
+    for _ in 0..20_000 {
+        wat.push_str("(func)");
+    }
+    wat.push(')');
+    wat
+}
+
+/// The compiler runs under a time and a memory limit, and dies with its
+/// parent. Before, a hostile 80 KB module held `compile` and `serve`'s
+/// start (default engine) for minutes and gigabytes, and a `serve` killed
+/// meanwhile left the compiler running.
+#[test]
+fn a_module_too_costly_to_compile_is_stopped_by_the_limits() {
+    if !compiler() {
+        return;
+    }
+    setup();
+    let wat = costly_to_compile();
+    let started = Instant::now();
+    let limits = aot::CompileLimits { timeout: Duration::from_secs(1), max_memory: 8 << 30 };
+    let err = aot::compile_with(wat.as_bytes(), Target::Portable, &limits).unwrap_err().to_string();
+    assert!(err.contains("time limit (1 s)"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the time limit did not stop the compiler");
+    let limits = aot::CompileLimits { timeout: Duration::from_secs(300), max_memory: 200 << 20 };
+    let err = aot::compile_with(wat.as_bytes(), Target::Portable, &limits).unwrap_err().to_string();
+    assert!(err.contains("memory limit (200 MiB)"), "{err}");
+
+    let dir = fresh_dir("aot-costly");
+    let path = dir.join("costly.wat");
+    std::fs::write(&path, &wat).unwrap();
+    // `serve` (engine auto) gives up compiling and interprets.
+    let (child, _) = serve(&[path.to_str().unwrap(), "--aot-timeout-s", "1"]);
+    let log = stop(child);
+    assert!(log.contains("time limit") && log.contains("interpreting it"), "{log}");
+    // A `serve` killed while it compiles takes the compiler with it.
+    let mut child = common::wamr_coro()
+        .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--aot-cache", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let children = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let compiler = loop {
+        if let Some(&c) = children(child.id()).first() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "serve started no compiler");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Gone, or a zombie waiting for whoever adopted it.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{compiler}/stat"))
+            .map(|st| !st.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive() {
+        if Instant::now() > deadline {
+            // SAFETY: kill(2) on a pid we saw as our child's child; it is
+            // still running (not a zombie), so not reused.
+            unsafe { libc::kill(compiler as i32, libc::SIGKILL) };
+            panic!("the compiler outlived the serve that started it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

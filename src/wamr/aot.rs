@@ -28,7 +28,19 @@
 //! **Trust.** An AOT file is native code that this process maps executable
 //! and runs: load only AOT files you (or this binary's `compile`) made.
 //! Hostile *wasm* is safe to compile; a hostile *AOT file* is not safe to
-//! load, whatever checks precede it.
+//! load, whatever checks precede it. So nothing here loads AOT bytes it was
+//! handed as input ([`load_compiled`] and [`super::Module::new`] refuse
+//! them: only [`super::Module::from_aot`] takes them), and the cache, whose
+//! files are loaded as they are, is used only in a directory no one else
+//! can write (see below).
+//!
+//! **Hostile wasm costs the compiler, not the caller.** WAMR's compiler and
+//! LLVM take time and memory that grow faster than the input: 20,000 empty
+//! functions (an 80 KB module) took 100 s and 1.5 GB, 100,000 more than
+//! 5 minutes. The compiler runs under [`CompileLimits`] (a wall-clock
+//! timeout, after which it is killed, and `RLIMIT_DATA`), and is killed
+//! with the process that started it (`PR_SET_PDEATHSIG`): a `serve` killed
+//! while compiling at start left it running for minutes.
 //!
 //! **Compile options** (fixed in `aotc.c`): software bound checks and
 //! native-stack bound checks on (the runtime has no hardware bound checks,
@@ -43,9 +55,17 @@
 //! WAMR's and LLVM's versions, a hash of the embedded compiler) and the
 //! target (for `native`, this machine's CPU model and flags). Entries are
 //! written to a temporary file and renamed, so a reader never sees half a
-//! file; an entry WAMR cannot load is compiled again.
+//! file; an entry WAMR cannot load is compiled again. A cache entry is
+//! native code loaded without question, so whoever can write one runs code
+//! in the server: the directory is created `0700`, and one (or an entry)
+//! owned by another user or writable by group or others is not used (the
+//! module is compiled uncached, and the log says why). There is no default
+//! cache without `$XDG_CACHE_HOME` or `$HOME`: the shared temporary
+//! directory, the fallback before, let any local user plant entries under
+//! the predictable names.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -129,6 +149,25 @@ fn unavailable() -> Error {
     )
 }
 
+/// What the compiler may take (see the module docs): past `timeout` it is
+/// killed; past `max_memory` bytes of data (`RLIMIT_DATA`) its allocations
+/// fail and it stops. Either is a compile error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileLimits {
+    /// Wall-clock time one compile may take.
+    pub timeout: Duration,
+    /// Data (heap) the compiler process may use, bytes.
+    pub max_memory: u64,
+}
+
+impl Default for CompileLimits {
+    /// 60 s and 2 GiB: the guests in `guests/` compile in well under a
+    /// second and 100 MB.
+    fn default() -> CompileLimits {
+        CompileLimits { timeout: Duration::from_secs(60), max_memory: 2 << 30 }
+    }
+}
+
 /// `wasm` bytes of `input` (a wasm binary or WebAssembly text); an AOT file
 /// is refused.
 fn to_wasm(input: &[u8]) -> Result<Vec<u8>> {
@@ -201,8 +240,14 @@ impl Drop for Scratch {
 }
 
 /// Compiles a module (wasm binary or WebAssembly text) into an AOT file's
-/// bytes for `target`, carrying the module's wasm ([`WASM_SECTION`]).
+/// bytes for `target`, carrying the module's wasm ([`WASM_SECTION`]), under
+/// the default [`CompileLimits`].
 pub fn compile(input: &[u8], target: Target) -> Result<Vec<u8>> {
+    compile_with(input, target, &CompileLimits::default())
+}
+
+/// [`compile`] under `limits`.
+pub fn compile_with(input: &[u8], target: Target, limits: &CompileLimits) -> Result<Vec<u8>> {
     if !compiler_available() {
         return Err(unavailable());
     }
@@ -214,13 +259,23 @@ pub fn compile(input: &[u8], target: Target) -> Result<Vec<u8>> {
     let mut args: Vec<std::ffi::OsString> = vec![inp.into(), out.clone().into()];
     args.push(format!("--emit-section={WASM_SECTION}").into());
     args.extend(target.compiler_args().into_iter().map(Into::into));
-    let output = run_compiler(&args, &scratch.0)?;
-    if !output.status.success() {
+    let output = run_compiler(&args, &scratch.0, limits)?;
+    let Some(status) = output.status else {
+        return Err(Error::Compile(format!(
+            "the compiler ran past its time limit ({} s) and was stopped: the module is too large or \
+             too complex to compile in that time",
+            limits.timeout.as_secs_f64()
+        )));
+    };
+    if !status.success() {
         let text = String::from_utf8_lossy(&output.stderr).trim().to_string();
         let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        // Out of memory shows as LLVM's bad_alloc abort or WAMR's
+        // "allocate memory failed", depending on who asked first.
+        let memory = text.contains("bad_alloc") || text.contains("allocate memory failed");
         return Err(Error::Compile(format!(
-            "the compiler failed ({}): {}",
-            output.status,
+            "the compiler failed ({status}){}: {}",
+            if memory { format!(", out of its memory limit ({} MiB)", limits.max_memory >> 20) } else { String::new() },
             super::module::excerpt(if text.is_empty() { &stdout } else { &text }, 2000)
         )));
     }
@@ -232,10 +287,18 @@ pub fn compile(input: &[u8], target: Target) -> Result<Vec<u8>> {
     Ok(aot)
 }
 
+/// What the compiler did: its exit status (`None`: killed at the time
+/// limit) and the start of its output.
+struct CompilerOutput {
+    status: Option<std::process::ExitStatus>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
 /// Runs the embedded compiler with `args`, from a memfd (or, where that
-/// cannot be executed, from a copy in `scratch`).
+/// cannot be executed, from a copy in `scratch`), under `limits`.
 #[cfg(wamr_aotc)]
-fn run_compiler(args: &[std::ffi::OsString], scratch: &Path) -> Result<std::process::Output> {
+fn run_compiler(args: &[std::ffi::OsString], scratch: &Path, limits: &CompileLimits) -> Result<CompilerOutput> {
     use std::io::Write;
     use std::os::fd::{FromRawFd, OwnedFd};
     let io = |context: &str, source: std::io::Error| Error::Io { context: context.into(), source };
@@ -247,7 +310,7 @@ fn run_compiler(args: &[std::ffi::OsString], scratch: &Path) -> Result<std::proc
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut file = std::fs::File::from(owned);
         file.write_all(COMPILER).map_err(|e| io("writing the compiler to a memfd", e))?;
-        match std::process::Command::new(format!("/proc/self/fd/{fd}")).args(args).output() {
+        match run_limited(std::process::Command::new(format!("/proc/self/fd/{fd}")).args(args), scratch, limits) {
             Ok(out) => return Ok(out),
             Err(e) => tracing::debug!(error = %e, "cannot execute the compiler from a memfd; using a file"),
         }
@@ -264,11 +327,69 @@ fn run_compiler(args: &[std::ffi::OsString], scratch: &Path) -> Result<std::proc
             .map_err(|e| io("writing the compiler", e))?;
         f.write_all(COMPILER).map_err(|e| io("writing the compiler", e))?;
     }
-    std::process::Command::new(&exe).args(args).output().map_err(|e| io("running the AOT compiler", e))
+    run_limited(std::process::Command::new(&exe).args(args), scratch, limits)
+        .map_err(|e| io("running the AOT compiler", e))
+}
+
+/// Runs `cmd` under `limits`: its data limited, killed if this process
+/// dies, killed at the time limit; its output goes to files in `scratch`
+/// (a pipe nobody reads while we wait could fill and stall it), of which
+/// the first 64 KiB are kept.
+#[cfg(wamr_aotc)]
+fn run_limited(
+    cmd: &mut std::process::Command,
+    scratch: &Path,
+    limits: &CompileLimits,
+) -> std::io::Result<CompilerOutput> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let (out_path, err_path) = (scratch.join("stdout"), scratch.join("stderr"));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?);
+    let parent = std::process::id() as libc::pid_t;
+    let data =
+        libc::rlimit { rlim_cur: limits.max_memory as libc::rlim_t, rlim_max: limits.max_memory as libc::rlim_t };
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only async-signal-safe functions (prctl, getppid, setrlimit, raise) on
+    // values copied in before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+                || libc::setrlimit(libc::RLIMIT_DATA, &data) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the death signal was armed.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn()?;
+    let deadline = Instant::now() + limits.timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let head = |p: &Path| -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        std::fs::File::open(p)?.take(64 << 10).read_to_end(&mut v)?;
+        Ok(v)
+    };
+    Ok(CompilerOutput { status, stdout: head(&out_path)?, stderr: head(&err_path)? })
 }
 
 #[cfg(not(wamr_aotc))]
-fn run_compiler(_args: &[std::ffi::OsString], _scratch: &Path) -> Result<std::process::Output> {
+fn run_compiler(_args: &[std::ffi::OsString], _scratch: &Path, _limits: &CompileLimits) -> Result<CompilerOutput> {
     Err(unavailable())
 }
 
@@ -295,14 +416,68 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The default cache directory: `$XDG_CACHE_HOME/wamr-coro/aot`, else
-/// `$HOME/.cache/wamr-coro/aot`, else one under the temporary directory.
-pub fn default_cache_dir() -> PathBuf {
+/// `$HOME/.cache/wamr-coro/aot`, else none (no cache: a directory every
+/// user can write, such as the temporary one, would let any of them plant
+/// native code under the cache's predictable names).
+pub fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("wamr-coro").join("aot")
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("wamr-coro").join("aot"))
+}
+
+/// Why `meta` (of the cache directory or an entry) may not be trusted:
+/// another owner, or writable by group or others. `None` if it is ours.
+fn untrusted(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Some(format!("it belongs to uid {}, not to this process's uid {me}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!("its mode {:o} lets group or others write it", meta.mode() & 0o7777));
+    }
+    None
+}
+
+/// `dir`, created `0700` if missing, if it can hold cache entries safely
+/// (see the module docs); why not otherwise.
+fn open_cache_dir(dir: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory (a symbolic link?)", dir.display()));
+    }
+    match untrusted(&meta) {
+        Some(why) => Err(format!("{}: {why}", dir.display())),
+        None => Ok(()),
+    }
+}
+
+/// The cache entry at `path`, if there is one this process may trust.
+fn read_entry(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Not through a symbolic link; checked on the descriptor it is read from.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    if let Some(why) = untrusted(&meta) {
+        tracing::warn!(path = %path.display(), why, "cached AOT file not trusted; compiling again");
+        return None;
+    }
+    let mut aot = Vec::with_capacity(meta.len().min(super::module::MAX_MODULE_BYTES as u64) as usize);
+    f.take(super::module::MAX_MODULE_BYTES as u64).read_to_end(&mut aot).ok()?;
+    aot.starts_with(AOT_MAGIC).then_some(aot)
 }
 
 /// The cache file for `wasm` compiled for `target`.
@@ -321,28 +496,36 @@ fn cache_path(dir: &Path, wasm: &[u8], target: Target) -> PathBuf {
 pub struct Cached {
     /// The AOT file's bytes.
     pub aot: Vec<u8>,
-    /// Where they are cached.
-    pub path: PathBuf,
+    /// Where they are cached (`None`: not cached, no usable cache).
+    pub path: Option<PathBuf>,
     /// Whether they came from the cache (no compilation).
     pub hit: bool,
 }
 
-/// [`compile`], cached in `dir` (see the module docs for the key).
-pub fn compile_cached(input: &[u8], target: Target, dir: &Path) -> Result<Cached> {
+/// [`compile_with`], cached in `dir` (see the module docs for the key and
+/// for which directories are used); `None`: not cached.
+pub fn compile_cached(input: &[u8], target: Target, dir: Option<&Path>, limits: &CompileLimits) -> Result<Cached> {
     if !compiler_available() {
         return Err(unavailable());
     }
     let wasm = to_wasm(input)?;
-    let path = cache_path(dir, &wasm, target);
-    if let Ok(aot) = std::fs::read(&path) {
-        if aot.starts_with(AOT_MAGIC) {
-            return Ok(Cached { aot, path, hit: true });
+    let dir = dir.and_then(|d| match open_cache_dir(d) {
+        Ok(()) => Some(d),
+        Err(why) => {
+            tracing::warn!(why, "AOT cache directory not used; the guest is compiled uncached");
+            None
         }
+    });
+    let path = dir.map(|d| cache_path(d, &wasm, target));
+    if let Some(aot) = path.as_deref().and_then(read_entry) {
+        return Ok(Cached { aot, path, hit: true });
     }
-    let aot = compile(&wasm, target)?;
+    let aot = compile_with(&wasm, target, limits)?;
     // An unwritable cache costs the next start a compile, not this one.
-    if let Err(e) = store(dir, &path, &aot) {
-        tracing::warn!(error = %e, "cannot cache the compiled guest; it is used uncached");
+    if let (Some(dir), Some(path)) = (dir, &path) {
+        if let Err(e) = store(dir, path, &aot) {
+            tracing::warn!(error = %e, "cannot cache the compiled guest; it is used uncached");
+        }
     }
     Ok(Cached { aot, path, hit: false })
 }
@@ -357,7 +540,13 @@ fn store(dir: &Path, path: &Path, aot: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
     static N: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    std::fs::write(&tmp, aot).map_err(|e| {
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A new file, ours alone (never one found under the name).
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?.write_all(aot)
+    };
+    write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io("writing", &tmp, e)
     })?;
@@ -367,26 +556,35 @@ fn store(dir: &Path, path: &Path, aot: &[u8]) -> Result<()> {
     })
 }
 
-/// `serve --aot`: compiles `input` (wasm or text; an AOT file is loaded as
-/// it is) through the cache in `dir` and loads the result. A cached entry
-/// WAMR cannot load is evicted and compiled again, once.
-pub fn load_compiled(input: &[u8], target: Target, dir: &Path) -> Result<super::Module> {
-    load_compiled_evicting(input, target, dir, evict)
+/// `serve --aot`: compiles `input` (wasm or text; an AOT file is refused,
+/// see [`super::Module::from_aot`]) through the cache in `dir` (`None`: no
+/// cache) under `limits`, and loads the result. A cached entry WAMR cannot
+/// load is evicted and compiled again, once.
+pub fn load_compiled(
+    input: &[u8],
+    target: Target,
+    dir: Option<&Path>,
+    limits: &CompileLimits,
+) -> Result<super::Module> {
+    load_compiled_evicting(input, target, dir, limits, evict)
 }
 
 /// [`load_compiled`] with the eviction passed in, so that a test can have
 /// it fail (as it does in a read-only cache, which root's permissions
 /// never give a test).
-fn load_compiled_evicting(input: &[u8], target: Target, dir: &Path, evict: impl Fn(&Path)) -> Result<super::Module> {
-    if input.starts_with(AOT_MAGIC) {
-        return super::Module::new(input);
-    }
+fn load_compiled_evicting(
+    input: &[u8],
+    target: Target,
+    dir: Option<&Path>,
+    limits: &CompileLimits,
+    evict: impl Fn(&Path),
+) -> Result<super::Module> {
     let started = std::time::Instant::now();
-    let cached = compile_cached(input, target, dir)?;
-    match super::Module::new(&cached.aot) {
+    let cached = compile_cached(input, target, dir, limits)?;
+    match super::Module::from_aot(&cached.aot) {
         Ok(m) => {
             tracing::info!(
-                path = %cached.path.display(),
+                path = %cached.path.as_deref().unwrap_or(Path::new("(not cached)")).display(),
                 cache_hit = cached.hit,
                 ms = started.elapsed().as_millis() as u64,
                 %target,
@@ -395,15 +593,16 @@ fn load_compiled_evicting(input: &[u8], target: Target, dir: &Path, evict: impl 
             Ok(m)
         }
         Err(e) if cached.hit => {
-            tracing::warn!(error = %e, path = %cached.path.display(), "cached AOT file does not load; compiling again");
-            evict(&cached.path);
+            let (Some(dir), Some(path)) = (dir, &cached.path) else { unreachable!("a hit has a cache") };
+            tracing::warn!(error = %e, path = %path.display(), "cached AOT file does not load; compiling again");
+            evict(path);
             // Not through the cache: if the bad entry could not be removed
             // (a read-only cache), reading it again would fail again.
-            let aot = compile(input, target)?;
-            if let Err(e) = store(dir, &cached.path, &aot) {
+            let aot = compile_with(input, target, limits)?;
+            if let Err(e) = store(dir, path, &aot) {
                 tracing::warn!(error = %e, "cannot cache the compiled guest; it is used uncached");
             }
-            super::Module::new(&aot)
+            super::Module::from_aot(&aot)
         }
         Err(e) => Err(e),
     }
@@ -452,26 +651,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let wat = br#"(module (memory (export "memory") 1)
             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
-        let good = compile_cached(wat, Target::Portable, &dir).unwrap();
+        let good = compile_cached(wat, Target::Portable, Some(&dir), &CompileLimits::default()).unwrap();
         assert!(!good.hit);
-        let spoil = || std::fs::write(&good.path, &good.aot[..16]).unwrap();
+        let path = good.path.clone().unwrap();
+        let spoil = || std::fs::write(&path, &good.aot[..16]).unwrap();
         spoil();
         let evictions = std::cell::Cell::new(0);
-        let loaded = load_compiled_evicting(wat, Target::Portable, &dir, |_| evictions.set(evictions.get() + 1));
+        let loaded = load_compiled_evicting(wat, Target::Portable, Some(&dir), &CompileLimits::default(), |_| {
+            evictions.set(evictions.get() + 1)
+        });
         assert!(loaded.is_ok(), "{:?}", loaded.err());
         assert_eq!(evictions.get(), 1, "the bad entry was found");
         // Evicted as usual, the entry goes, and a good one takes its place.
         spoil();
         let removed = std::cell::Cell::new(false);
-        load_compiled_evicting(wat, Target::Portable, &dir, |p| {
+        load_compiled_evicting(wat, Target::Portable, Some(&dir), &CompileLimits::default(), |p| {
             evict(p);
             removed.set(!p.exists());
         })
         .unwrap();
         assert!(removed.get(), "evict left the bad entry");
-        let entry = std::fs::read(&good.path).unwrap();
+        let entry = std::fs::read(&path).unwrap();
         assert!(entry.len() > 16 && entry.starts_with(AOT_MAGIC));
-        assert!(compile_cached(wat, Target::Portable, &dir).unwrap().hit);
+        assert!(compile_cached(wat, Target::Portable, Some(&dir), &CompileLimits::default()).unwrap().hit);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -194,9 +194,12 @@ impl fmt::Debug for Module {
 }
 
 impl Module {
-    /// Loads a module from `.wasm` bytes, `.wat` text or an AOT file made by
-    /// `wamr-coro compile` (detected by content; see [`Module::from_aot`]),
-    /// of at most [`MAX_MODULE_BYTES`].
+    /// Loads a module from `.wasm` bytes or `.wat` text. An AOT file is
+    /// refused: it is native code this process would run unchecked, so it
+    /// loads only when asked for by name, with [`Module::from_aot`]. At most
+    /// [`MAX_MODULE_BYTES`]. (This loaded AOT files by their magic before:
+    /// any caller handing it bytes from elsewhere would have run native code
+    /// it never asked for.)
     pub fn new(bytes: impl AsRef<[u8]>) -> Result<Module> {
         let bytes = bytes.as_ref();
         if bytes.len() > MAX_MODULE_BYTES {
@@ -208,7 +211,7 @@ impl Module {
         if bytes.starts_with(b"\0asm") {
             Module::from_binary(bytes)
         } else if bytes.starts_with(super::aot::AOT_MAGIC) {
-            Module::from_aot(bytes)
+            Err(Error::Load(AOT_NOT_ASKED_FOR.into()))
         } else {
             let text = std::str::from_utf8(bytes)
                 .map_err(|_| Error::Load("neither a wasm binary (no \\0asm magic) nor UTF-8 text".into()))?;
@@ -222,7 +225,9 @@ impl Module {
         Module::from_binary(&bin)
     }
 
-    /// Loads a module from a `.wasm`, `.wat` or `.aot` file.
+    /// Loads a module from a `.wasm` or `.wat` file; an AOT file is refused
+    /// as by [`Module::new`] (load a trusted one with
+    /// `Module::from_aot(&read_module_file(path)?)`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Module> {
         Module::new(read_module_file(path.as_ref())?)
     }
@@ -230,7 +235,7 @@ impl Module {
     /// Loads a module from a wasm binary.
     pub fn from_binary(bytes: &[u8]) -> Result<Module> {
         if bytes.starts_with(super::aot::AOT_MAGIC) {
-            return Err(Error::Load("this is an AOT file: load it with Module::new or Module::from_aot".into()));
+            return Err(Error::Load(AOT_NOT_ASKED_FOR.into()));
         }
         Module::load(bytes, false)
     }
@@ -245,6 +250,9 @@ impl Module {
     /// An AOT file is native code this process will execute: load only
     /// files you trust (compile untrusted wasm yourself).
     pub fn from_aot(bytes: &[u8]) -> Result<Module> {
+        if !bytes.starts_with(super::aot::AOT_MAGIC) {
+            return Err(Error::Load("not an AOT file (no \\0aot magic)".into()));
+        }
         Module::load(bytes, true)
     }
 
@@ -474,6 +482,11 @@ fn check_aot_matches(inner: &ModuleInner, wasm: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Why [`Module::new`] refuses an AOT file.
+const AOT_NOT_ASKED_FOR: &str = "this is an AOT file: native code that would run unchecked in this \
+     process, so it is loaded only when asked for (`Module::from_aot`, `serve --engine aot`), and \
+     only if you made it yourself";
 
 /// Largest module accepted (binary, text or AOT file): 256 MiB.
 pub const MAX_MODULE_BYTES: usize = 256 << 20;
