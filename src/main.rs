@@ -475,6 +475,18 @@ fn stress(a: StressArgs) -> Result<(), Error> {
 
 fn compile(a: CompileArgs) -> Result<(), Error> {
     let input = wamr_coro::read_module_file(&a.module)?;
+    // `-o` naming the input (or a link to it) replaced the module with its
+    // native code, which `serve` then refuses to run unasked.
+    let id = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    };
+    if id(&a.output).is_some() && id(&a.output) == id(&a.module) {
+        return Err(Error::Config(format!(
+            "-o {} is the input module itself: compiling would overwrite it; write the AOT file elsewhere",
+            a.output.display()
+        )));
+    }
     let limits =
         wamr_coro::aot::CompileLimits { timeout: Duration::from_secs(a.timeout_s), max_memory: a.max_memory_mib << 20 };
     let aot = wamr_coro::aot::compile_with(&input, a.target, &limits)?;

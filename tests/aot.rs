@@ -913,3 +913,28 @@ fn a_module_too_costly_to_compile_is_stopped_by_the_limits() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `compile -o` naming the input (here through a symbolic link) is refused
+/// and the module left as it was. Before, the wasm was overwritten with
+/// its native code.
+#[test]
+fn compile_refuses_to_overwrite_its_input() {
+    if !compiler() {
+        return;
+    }
+    let dir = fresh_dir("aot-same");
+    let path = dir.join("guest.wat");
+    std::fs::copy(guest_path("echo.wat"), &path).unwrap();
+    let link = dir.join("link.aot");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    for out in [&path, &link] {
+        let st = common::wamr_coro()
+            .args(["compile", path.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(!st.status.success() && err.contains("is the input module itself"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), guest_text("echo.wat"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
