@@ -871,8 +871,10 @@ fn a_module_too_costly_to_compile_is_stopped_by_the_limits() {
     let (child, _) = serve(&[path.to_str().unwrap(), "--aot-timeout-s", "1"]);
     let log = stop(child);
     assert!(log.contains("time limit") && log.contains("interpreting it"), "{log}");
-    // A `serve` killed while it compiles takes the compiler with it.
+    // A `serve` killed while it compiles takes the compiler with it. (Its
+    // scratch directory stays: in `dir`, removed below.)
     let mut child = common::wamr_coro()
+        .env("TMPDIR", &dir)
         .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--aot-cache", dir.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -937,4 +939,29 @@ fn compile_refuses_to_overwrite_its_input() {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), guest_text("echo.wat"));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The compiler's scratch directory is not at a name another local user
+/// can take first. Before, it was `$TMPDIR/wamr-coro-aot-PID-N`, and a
+/// directory created there in advance made every compile of that process
+/// fail with "File exists" (here: the first 2,000 names of this process).
+#[test]
+fn compiling_survives_taken_scratch_names() {
+    if !compiler() {
+        return;
+    }
+    let tmp = std::env::temp_dir();
+    let taken: Vec<PathBuf> =
+        (0..2000).map(|n| tmp.join(format!("wamr-coro-aot-{}-{n}", std::process::id()))).collect();
+    let mut made = Vec::new();
+    for d in &taken {
+        if std::fs::create_dir(d).is_ok() {
+            made.push(d.clone());
+        }
+    }
+    let got = aot::compile(guest_text("echo.wat").as_bytes(), Target::Portable);
+    for d in &made {
+        let _ = std::fs::remove_dir(d);
+    }
+    assert!(got.unwrap().starts_with(b"\0aot"));
 }

@@ -220,16 +220,25 @@ fn with_wasm_section(wasm: &[u8]) -> Result<Vec<u8>> {
 struct Scratch(PathBuf);
 
 impl Scratch {
+    /// A new directory, `0700`, under the temporary directory. Its name is
+    /// not predictable and a taken one is skipped: with a name made of the
+    /// pid and a counter alone, any local user could create it first and
+    /// make every compile fail ("File exists").
     fn new() -> Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
         static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wamr-coro-aot-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&dir)
-            .map_err(|source| Error::Io { context: format!("creating {}", dir.display()), source })?;
-        Ok(Scratch(dir))
+        let mut attempt = 0;
+        loop {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let mut h = Sha256::new();
+            h.update(format!("{}/{}/{nanos:?}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+            let dir = std::env::temp_dir().join(format!("wamr-coro-aot-{}", &hex(&h.finalize())[..16]));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(Scratch(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+                Err(source) => return Err(Error::Io { context: format!("creating {}", dir.display()), source }),
+            }
+        }
     }
 }
 
