@@ -313,7 +313,7 @@ struct ServeArgs {
     /// When compiling: where compiled modules are cached (default:
     /// $XDG_CACHE_HOME/wamr-coro/aot, or ~/.cache/wamr-coro/aot; none
     /// without either). Entries are native code loaded as they are: a
-    /// directory another user owns or that group or others can write is
+    /// directory another user (but root) owns or that group or others can write is
     /// not used.
     #[arg(long)]
     aot_cache: Option<PathBuf>,

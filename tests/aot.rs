@@ -812,6 +812,14 @@ fn an_aot_cache_others_can_write_is_not_used() {
         echo_round(&mut connect(server.local_addr()), b"the echo guest");
         server.stop();
     }
+    // An entry of another user (only root can make one here).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        plant(0o700, 0o600);
+        std::os::unix::fs::chown(&entry, Some(12345), None).unwrap();
+        let got = aot::compile_cached(echo.as_bytes(), Target::Portable, Some(&cache), &limits).unwrap();
+        assert!(!got.hit && got.aot != poison, "an entry of uid 12345 was loaded");
+    }
     // No $HOME and no $XDG_CACHE_HOME: no cache, not one in the shared
     // temporary directory.
     let tmp = dir.join("tmp");

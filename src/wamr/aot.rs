@@ -58,8 +58,8 @@
 //! file; an entry WAMR cannot load is compiled again. A cache entry is
 //! native code loaded without question, so whoever can write one runs code
 //! in the server: the directory is created `0700`, and one (or an entry)
-//! owned by another user or writable by group or others is not used (the
-//! module is compiled uncached, and the log says why). There is no default
+//! owned by another user (root aside) or writable by group or others is
+//! not used (the module is compiled uncached, and the log says why). There is no default
 //! cache without `$XDG_CACHE_HOME` or `$HOME`: the shared temporary
 //! directory, the fallback before, let any local user plant entries under
 //! the predictable names.
@@ -437,13 +437,15 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// Why `meta` (of the cache directory or an entry) may not be trusted:
-/// another owner, or writable by group or others. `None` if it is ours.
+/// another owner than this process's user or root (who can replace this
+/// binary anyway: a cache root provisioned read-only is fine), or writable
+/// by group or others. `None` if it is trusted.
 fn untrusted(meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        return Some(format!("it belongs to uid {}, not to this process's uid {me}", meta.uid()));
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!("it belongs to uid {}, neither this process's uid {me} nor root", meta.uid()));
     }
     if meta.mode() & 0o022 != 0 {
         return Some(format!("its mode {:o} lets group or others write it", meta.mode() & 0o7777));
