@@ -39,8 +39,10 @@ pub enum Error {
     #[error("invalid WebAssembly text: {0}")]
     Wat(String),
 
-    /// WAMR rejected the binary; the text is WAMR's.
-    #[error("WAMR could not load the module: {0}")]
+    /// The module was refused: by WAMR (the text is WAMR's), or before
+    /// WAMR saw it (too large, empty, neither wasm nor text, an AOT file not
+    /// asked for).
+    #[error("cannot load the module: {0}")]
     Load(String),
 
     /// AOT compilation failed, or is not available in this build

@@ -63,10 +63,18 @@ fn serve_module_file_and_clear_error_for_bad_module() {
     let o = common::wamr_coro().args(["serve", bad.to_str().unwrap()]).output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("WAMR could not load the module"), "{err}");
+    assert!(err.contains("cannot load the module"), "{err}");
     // The loader's error alone: not first a fallback from compiling to
     // interpreting that then fails.
     assert!(!err.contains("interpreting it"), "{err}");
+    // A refusal made before WAMR saw the bytes does not name WAMR.
+    let empty = dir.join("empty.wasm");
+    std::fs::write(&empty, b"").unwrap();
+    let o = common::wamr_coro().args(["serve", empty.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot load the module") && err.contains("is empty"), "{err}");
+    assert!(!err.contains("WAMR"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
