@@ -256,7 +256,8 @@ struct ServeArgs {
     /// Bytes a connection may have queued by `send`.
     #[arg(long, default_value_t = limits().output_limit)]
     output_limit: usize,
-    /// Bytes per on_recv at most.
+    /// Bytes per on_recv (direct mode) or per DATA event (queue mode) at
+    /// most.
     #[arg(long, default_value_t = limits().chunk_size)]
     chunk_size: usize,
     /// Close connections idle this long (ms; at least 1).
@@ -487,11 +488,20 @@ fn compile(a: CompileArgs) -> Result<(), Error> {
             a.output.display()
         )));
     }
+    // An output that cannot be written is an error before the compile, not
+    // after a minute of it. A file made only for this check goes if the
+    // compile fails.
+    let writing = |source| Error::Io { context: format!("writing {}", a.output.display()), source };
+    let existed = std::fs::symlink_metadata(&a.output).is_ok();
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&a.output).map_err(writing)?;
     let limits =
         wamr_coro::aot::CompileLimits { timeout: Duration::from_secs(a.timeout_s), max_memory: a.max_memory_mib << 20 };
-    let aot = wamr_coro::aot::compile_with(&input, a.target, &limits)?;
-    std::fs::write(&a.output, &aot)
-        .map_err(|source| Error::Io { context: format!("writing {}", a.output.display()), source })?;
+    let aot = wamr_coro::aot::compile_with(&input, a.target, &limits).inspect_err(|_| {
+        if !existed {
+            let _ = std::fs::remove_file(&a.output);
+        }
+    })?;
+    std::fs::write(&a.output, &aot).map_err(writing)?;
     println!("{} -> {} ({} bytes, target {})", a.module.display(), a.output.display(), aot.len(), a.target);
     Ok(())
 }

@@ -949,6 +949,36 @@ fn compile_refuses_to_overwrite_its_input() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An output `compile` cannot write is refused before compiling: it was
+/// found only after the compile, which a costly module runs to its time
+/// limit. A failed compile leaves no empty output behind.
+#[test]
+fn compile_refuses_an_unwritable_output_before_compiling() {
+    if !compiler() {
+        return;
+    }
+    let dir = fresh_dir("aot-unwritable");
+    let path = dir.join("costly.wat");
+    std::fs::write(&path, costly_to_compile()).unwrap();
+    let missing = dir.join("no-such-dir").join("out.aot");
+    let st = common::wamr_coro()
+        .args(["compile", path.to_str().unwrap(), "-o", missing.to_str().unwrap(), "--timeout-s", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success() && err.contains("writing") && err.contains("no-such-dir"), "{err}");
+    assert!(!err.contains("time limit"), "compiled first: {err}");
+    let out = dir.join("out.aot");
+    let st = common::wamr_coro()
+        .args(["compile", path.to_str().unwrap(), "-o", out.to_str().unwrap(), "--timeout-s", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success() && err.contains("time limit"), "{err}");
+    assert!(!out.exists(), "a failed compile left {} behind", out.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The compiler's scratch directory is not at a name another local user
 /// can take first. Before, it was `$TMPDIR/wamr-coro-aot-PID-N`, and a
 /// directory created there in advance made every compile of that process
