@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use wamr_coro::server::{EnvPolicy, Limits, Mode, QueueRunner, Server, DEFAULT_POOL_CAPACITY};
+use wamr_coro::server::{EnvPolicy, Limits, Mode, QueueRunner, Server, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY};
 use wamr_coro::{CallStack, EnvSource, Error, Module, Runtime, RuntimeConfig, WamrLog};
 
 // Every default below comes from the library (`Limits::default()`,
@@ -229,7 +229,7 @@ struct ServeArgs {
     source: EnvSource,
     /// Direct mode: run guest calls on the worker thread's call stack, which
     /// stays in cache, or on each connection coroutine's own stack.
-    #[arg(long, value_enum, default_value_t = CallStack::Worker)]
+    #[arg(long, value_enum, default_value_t = DEFAULT_CALL_STACK)]
     call_stack: CallStack,
     /// may worker threads (default: number of CPUs; 1 to 1024, two file
     /// descriptors each).

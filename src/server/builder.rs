@@ -18,7 +18,7 @@ use crate::watchdog::Watchdog;
 use super::handle::ServerHandle;
 use super::stats::Counters;
 use super::{bind, generation, listener, metrics, ratelimit, socket, Shared};
-use super::{EnvPolicy, Limits, Mode, QueueRunner, DEFAULT_POOL_CAPACITY};
+use super::{EnvPolicy, Limits, Mode, QueueRunner, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY};
 
 /// Builds a [`Server`].
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ impl Server {
             mode: Mode::Direct,
             policy: EnvPolicy::Connection,
             source: EnvSource::Instance,
-            call_stack: CallStack::Worker,
+            call_stack: DEFAULT_CALL_STACK,
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             stack_bytes: crate::coro::DEFAULT_STACK_BYTES,
             pool_capacity: DEFAULT_POOL_CAPACITY,

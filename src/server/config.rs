@@ -10,6 +10,12 @@ pub const MAX_QUEUE_SHARDS: usize = 1024;
 /// ([`ServerBuilder::pool_capacity`](super::ServerBuilder::pool_capacity)).
 pub const DEFAULT_POOL_CAPACITY: usize = 1024;
 
+/// Where a server runs direct mode's guest calls unless told otherwise
+/// ([`ServerBuilder::call_stack`](super::ServerBuilder::call_stack)): the
+/// worker's call stack. A bare [`ExecEnv`](crate::ExecEnv) defaults to the
+/// caller's own stack instead ([`CallStack::Coroutine`](crate::CallStack::Coroutine)).
+pub const DEFAULT_CALL_STACK: crate::CallStack = crate::CallStack::Worker;
+
 /// How connections reach the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
