@@ -99,8 +99,10 @@ where
 #[inline(never)]
 fn run_entry<T>(f: Box<dyn FnOnce() -> T + Send>) -> T {
     crate::wamr::stack::record_coroutine_bounds();
-    // 4 KiB less resident per coroutine (an idle connection holds one);
-    // given back before `may` checks the stack's sentinel.
-    let _bottom = crate::wamr::stack::release_bottom_page();
+    // Only the top of a stack stays resident: 4 KiB less per coroutine (an
+    // idle connection holds one), and nothing of what the stack's last user
+    // in `may`'s pool touched. The sentinel is put back before `may` checks
+    // it.
+    let _bottom = crate::wamr::stack::release_unused_pages();
     f()
 }

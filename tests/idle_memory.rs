@@ -1,14 +1,19 @@
-//! What an idle connection keeps after its answers. Alone in its binary:
-//! it measures the process's resident memory, which other tests running in
-//! parallel would move.
+//! What an idle connection keeps after its answers, and what a finished
+//! connection leaves in `may`'s pool of stacks. Alone in their binary, and
+//! run one at a time: they measure resident memory, which other tests
+//! running in parallel would move.
 mod common;
 
 use std::io::Write;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
 use wamr_coro::server::{EnvPolicy, Mode};
-use wamr_coro::Module;
+use wamr_coro::{Caller, HostFunc, Module, Runtime};
+
+/// One test at a time: each measures the whole process.
+static ALONE: Mutex<()> = Mutex::new(());
 
 /// Answers every message with 1 MiB (the default output limit) in one send.
 const BIG_ANSWER: &str = r#"(module
@@ -26,7 +31,8 @@ const BIG_ANSWER: &str = r#"(module
 /// written). Measured for both env policies.
 #[test]
 fn idle_connections_do_not_keep_the_buffer_of_their_largest_answer() {
-    setup();
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    setup_deep();
     for policy in [EnvPolicy::Connection, EnvPolicy::Message] {
         let server = start(Module::from_wat(BIG_ANSWER).unwrap(), Mode::Direct, policy, test_limits());
         // One round first, so that allocator and pool warm-up is not counted.
@@ -49,4 +55,107 @@ fn idle_connections_do_not_keep_the_buffer_of_their_largest_answer() {
         drop(held);
         server.stop();
     }
+}
+
+/// `may`'s pool of finished coroutines in this binary: two, so that the
+/// stack a connection leaves comes back to the next connections (with the
+/// default 1,000 it would come back a thousand coroutines later).
+const POOL: usize = 2;
+
+/// `setup`, with a small coroutine pool (`may` reads its capacity when its
+/// scheduler starts, at the first coroutine: every test here calls this
+/// first), and the host functions `deep.dig` and `deep.probe`.
+fn setup_deep() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        may::config().set_pool_capacity(POOL);
+        setup();
+        let rt = Runtime::get().unwrap();
+        rt.register(HostFunc::wrap("deep", "dig", |_: Caller<'_>| {
+            let mut pit = [0u8; DIG_BYTES];
+            for (i, b) in pit.iter_mut().enumerate() {
+                *b = i as u8 | 1;
+            }
+            std::hint::black_box(&mut pit);
+        }))
+        .unwrap();
+        // () -> i32: pages of the calling coroutine's stack resident more
+        // than a page below this frame (the bottom page left out).
+        rt.register(HostFunc::wrap("deep", "probe", |_: Caller<'_>| -> i32 {
+            let b = wamr_coro::coro::current_bounds().expect("a coroutine started by coro::spawn");
+            let marker = 0u8;
+            let sp = std::hint::black_box(&marker) as *const u8 as usize;
+            resident_pages(b.low + 4096, (sp & !4095) - 2 * 4096) as i32
+        }))
+        .unwrap();
+    });
+}
+
+/// Bytes of stack `deep.dig` writes: a deep path, like a fault's warning
+/// line, only deeper, so that it shows plainly.
+const DIG_BYTES: usize = 64 * 1024;
+
+/// Pages of `[from, to)` resident now; an unmapped range (a stack `may`
+/// freed instead of pooling) has none.
+fn resident_pages(from: usize, to: usize) -> usize {
+    let n = (to - from) / 4096;
+    let mut v = vec![0u8; n];
+    // SAFETY: `v` has one byte per page of the page-aligned range; mincore
+    // only writes them.
+    let rc = unsafe { libc::mincore(from as *mut libc::c_void, to - from, v.as_mut_ptr()) };
+    if rc != 0 {
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOMEM), "mincore");
+        return 0;
+    }
+    v.iter().filter(|&&b| b & 1 == 1).count()
+}
+
+/// 'd': digs (`deep.dig`) and answers -1; anything else: answers what
+/// `deep.probe` finds. Both imports may block, so the env runs on the
+/// connection's own coroutine stack.
+const DIG_OR_PROBE: &str = r#"(module
+  (import "deep" "dig" (func $dig))
+  (import "deep" "probe" (func $probe (result i32)))
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 100))
+      (then (call $dig) (i32.store (i32.const 0) (i32.const -1)))
+      (else (i32.store (i32.const 0) (call $probe))))
+    (drop (call $send (local.get $c) (i32.const 0) (i32.const 4)))
+    (i32.const 0)))"#;
+
+/// A connection's coroutine starts with none of the stack pages that earlier
+/// users of its stack made resident. `may` hands out the stacks of finished
+/// coroutines as they are; before, only their bottom page was given back, so
+/// a connection kept every page the deepest path of any earlier user had
+/// touched (here 16 pages, from `deep.dig`), and RSS grew with every rare
+/// deep path (a soak with hostile clients: +2 MiB in 200 s).
+#[test]
+fn a_new_connection_does_not_inherit_the_stack_pages_of_earlier_ones() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    setup_deep();
+    let server = start(Module::from_wat(DIG_OR_PROBE).unwrap(), Mode::Direct, EnvPolicy::Connection, test_limits());
+    let ask = |what: &[u8]| -> i32 {
+        let mut c = connect(server.local_addr());
+        c.write_all(what).unwrap();
+        let answer = read_n(&mut c, 4).unwrap();
+        drop(c);
+        i32::from_le_bytes(answer.try_into().unwrap())
+    };
+    // Every stack in the pool, and more, dug deep and handed back.
+    for _ in 0..4 * POOL {
+        assert_eq!(ask(b"dig"), -1);
+    }
+    // Give the dug connections' coroutines time to end (the client's close
+    // must reach the server) and their stacks to reach the pool.
+    std::thread::sleep(Duration::from_millis(300));
+    let found: Vec<i32> = (0..4 * POOL).map(|_| ask(b"probe")).collect();
+    assert!(
+        found.iter().all(|&pages| pages == 0),
+        "resident stack pages below each new connection's frames: {found:?} ({} KiB were dug on earlier ones)",
+        DIG_BYTES / 1024
+    );
+    server.stop();
 }

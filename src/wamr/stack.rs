@@ -53,28 +53,48 @@ pub(crate) fn record_coroutine_bounds() {
 const SENTINEL_BYTES: usize = 64;
 const PAGE: usize = 4096;
 
-/// The bottom page of the current coroutine's stack, given back to the
-/// kernel while the coroutine runs; dropping it (the coroutine's entry
-/// frame returning or unwinding) puts the sentinel back.
+/// The sentinel `generator` keeps at the bottom of the current coroutine's
+/// stack, saved while [`release_unused_pages`] has the page given back;
+/// dropping it (the coroutine's entry frame returning or unwinding) puts the
+/// bytes back.
 ///
 /// `generator` writes its overflow sentinel into the lowest bytes of every
 /// stack, which makes the stack's bottom page resident: 4 KiB per coroutine,
 /// a third of an idle connection's stack pages, for bytes read once, when
-/// the coroutine ends. [`release_bottom_page`] saves those bytes and drops
-/// the page (`MADV_DONTNEED`: it reads back as zeros, with no RSS); the
-/// drop writes them back if the page is still all zero where they were —
-/// so a coroutine that really reached its bottom still leaves whatever it
-/// wrote there, and `may` reports the overflow as before.
+/// the coroutine ends. The drop writes them back if the page is still all
+/// zero where they were — so a coroutine that really reached its bottom
+/// still leaves whatever it wrote there, and `may` reports the overflow as
+/// before.
 pub(crate) struct BottomPage {
     at: usize,
     saved: [u8; SENTINEL_BYTES],
 }
 
-/// Gives back the current coroutine's bottom stack page (see
-/// [`BottomPage`]); `None` outside a coroutine started by `coro::spawn`,
-/// when its bottom is not page-aligned (a stack size that is not a whole
-/// number of pages), or when `may` measures its use (an odd size in words).
-pub(crate) fn release_bottom_page() -> Option<BottomPage> {
+/// Gives back to the kernel every page of the current coroutine's stack
+/// below its entry frame, the bottom page with `generator`'s sentinel among
+/// them (saved in the returned [`BottomPage`]); called first thing in the
+/// entry frame. `None` outside a coroutine started by `coro::spawn`, when its
+/// bottom is not page-aligned (a stack size that is not a whole number of
+/// pages), or when `may` measures its use (an odd size in words).
+///
+/// Besides the bottom page, a stack fresh from `may`'s pool of finished
+/// coroutines holds whatever pages its last coroutine made resident: `may`
+/// reuses stacks as they are. An idle connection's coroutine keeps to the
+/// top page (its guest calls run on the worker's call stack), but rarer
+/// paths go deeper (a fault's warning line, a page; with a host function
+/// that may block, the whole guest call), and without this a new connection
+/// kept the deepest pages any earlier user of its stack had touched: a soak
+/// with hostile clients saw RSS creep 2 MiB in 200 s as warnings reached
+/// more and more of the pool. Still one `madvise` per coroutine, as for the
+/// bottom page alone: its range only grows.
+///
+/// Everything below the stack pointer is dead here, so this changes nothing
+/// the coroutine can observe: the pages read back as zeros if it goes that
+/// deep.
+pub(crate) fn release_unused_pages() -> Option<BottomPage> {
+    /// Bytes under the stack pointer that stay mapped: far more than this
+    /// function's frame and `madvise`'s take.
+    const MARGIN: usize = 1024;
     let b = current_bounds()?;
     // An odd size in words asks `generator` to fill the whole stack with
     // the sentinel and measure its use (printed when the coroutine ends):
@@ -82,20 +102,23 @@ pub(crate) fn release_bottom_page() -> Option<BottomPage> {
     if may::coroutine::current().stack_size() & 1 == 1 {
         return None;
     }
-    // The page must be far below anything live: the caller is the entry
-    // frame, a few hundred bytes under the top.
-    if b.low % PAGE != 0 || b.high.saturating_sub(b.low) < 4 * PAGE || sp() < b.low + 2 * PAGE {
+    let here = sp();
+    // Given back: [low, top), the pages wholly more than MARGIN below here.
+    let top = here.saturating_sub(MARGIN) & !(PAGE - 1);
+    if b.low % PAGE != 0 || here < b.low || here >= b.high || top < b.low + 2 * PAGE {
         return None;
     }
     let mut saved = [0u8; SENTINEL_BYTES];
-    // [low, low + PAGE) is the bottom page of this coroutine's own stack,
-    // mapped read-write (the guard page lies below `low`, checked by the
-    // `stack_bounds_match_proc_maps` test), and unused: the stack pointer is
-    // pages above it. Nothing else runs on this stack.
-    // SAFETY: so reading it and dropping it (it reads back as zeros) is sound.
+    // [low, top) is part of this coroutine's own stack, mapped read-write
+    // (the guard page lies below `low`, checked by the
+    // `stack_bounds_match_proc_maps` test), and at least MARGIN below the
+    // stack pointer: no live frame is there, and nothing else runs on this
+    // stack.
+    // SAFETY: so reading its first bytes and dropping it (it reads back as
+    // zeros) is sound.
     unsafe {
         std::ptr::copy_nonoverlapping(b.low as *const u8, saved.as_mut_ptr(), SENTINEL_BYTES);
-        if libc::madvise(b.low as *mut libc::c_void, PAGE, libc::MADV_DONTNEED) != 0 {
+        if libc::madvise(b.low as *mut libc::c_void, top - b.low, libc::MADV_DONTNEED) != 0 {
             return None;
         }
     }
