@@ -838,6 +838,65 @@ fn an_aot_cache_others_can_write_is_not_used() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A cache directory inside a directory others can write is not used
+/// either, however far up: whoever can write a directory on the way can
+/// rename the private cache away and put one of their own, full of planted
+/// entries, in its place. A sticky directory of root's (`/tmp`) is fine:
+/// others cannot rename what is not theirs there. Links are resolved first,
+/// so a cache reached through one is judged where it really is. Before, only
+/// the cache directory itself and its entries were checked.
+#[test]
+fn an_aot_cache_inside_a_directory_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    if !compiler() {
+        return;
+    }
+    setup();
+    let dir = fresh_dir("aot-parent");
+    let open = dir.join("open");
+    let cache = open.join("deeper").join("cache");
+    std::fs::create_dir_all(&open).unwrap();
+    let set = |mode: u32| std::fs::set_permissions(&open, std::fs::Permissions::from_mode(mode)).unwrap();
+    let limits = aot::CompileLimits::default();
+    let echo = guest_text("echo.wat");
+    let cached =
+        |at: &std::path::Path| aot::compile_cached(echo.as_bytes(), Target::Portable, Some(at), &limits).unwrap();
+    set(0o755);
+    assert!(cached(&cache).path.is_some(), "a cache under 0755 directories is used");
+    assert!(cached(&cache).hit);
+    for mode in [0o777, 0o775, 0o757] {
+        set(mode);
+        let got = cached(&cache);
+        assert!(
+            got.path.is_none() && !got.hit,
+            "a cache two levels inside a directory of mode {mode:o} was used: {:?}",
+            got.path
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // The test's directories are root's: sticky and root's, like /tmp.
+        set(0o1777);
+        assert!(cached(&cache).hit, "a cache inside a sticky directory of root's was not used");
+    }
+    // Reached through a link to the directory above it.
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(open.join("deeper"), &link).unwrap();
+    set(0o777);
+    let got = cached(&link.join("cache"));
+    assert!(got.path.is_none(), "a cache reached through a link was judged by the link's path: {:?}", got.path);
+    set(0o755);
+    let got = cached(&link.join("cache"));
+    let real = std::fs::canonicalize(&cache).unwrap();
+    assert!(got.hit, "the same cache through a link, with trusted directories, was not used");
+    assert!(
+        got.path.as_deref().is_some_and(|p| p.starts_with(&real)),
+        "entry path {:?} is not under {real:?}",
+        got.path
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// 20,000 empty functions, an 80 KB module that took the compiler 100 s
 /// and 1.5 GB (WAMR's compiler and LLVM grow faster than the input).
 fn costly_to_compile() -> String {

@@ -59,7 +59,10 @@
 //! native code loaded without question, so whoever can write one runs code
 //! in the server: the directory is created `0700`, and one (or an entry)
 //! owned by another user (root aside) or writable by group or others is
-//! not used (the module is compiled uncached, and the log says why). There is no default
+//! not used (the module is compiled uncached, and the log says why); nor
+//! is one inside such a directory, at any level up to the root (whoever
+//! can write a directory can swap what is in it), except a sticky one of
+//! root's such as `/tmp`. There is no default
 //! cache without `$XDG_CACHE_HOME` or `$HOME`: the shared temporary
 //! directory, the fallback before, let any local user plant entries under
 //! the predictable names.
@@ -453,9 +456,24 @@ fn untrusted(meta: &std::fs::Metadata) -> Option<String> {
     None
 }
 
+/// Why the directory `meta` describes, an ancestor of the cache directory,
+/// may not be trusted: whoever can write it can rename the cache away and
+/// put one of their own in its place. As [`untrusted`], except that a
+/// sticky directory of root's that everyone may write (`/tmp`) is fine:
+/// there only an entry's owner may rename or remove it.
+fn untrusted_ancestor(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() == 0 && meta.mode() & 0o1000 != 0 {
+        return None;
+    }
+    untrusted(meta)
+}
+
 /// `dir`, created `0700` if missing, if it can hold cache entries safely
-/// (see the module docs); why not otherwise.
-fn open_cache_dir(dir: &Path) -> std::result::Result<(), String> {
+/// (see the module docs), as the path to use for them: `dir` with every
+/// symbolic link resolved, the path whose directories were checked. Why
+/// not otherwise.
+fn open_cache_dir(dir: &Path) -> std::result::Result<PathBuf, String> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -466,10 +484,20 @@ fn open_cache_dir(dir: &Path) -> std::result::Result<(), String> {
     if !meta.is_dir() {
         return Err(format!("{} is not a directory (a symbolic link?)", dir.display()));
     }
-    match untrusted(&meta) {
-        Some(why) => Err(format!("{}: {why}", dir.display())),
-        None => Ok(()),
+    if let Some(why) = untrusted(&meta) {
+        return Err(format!("{}: {why}", dir.display()));
     }
+    // Every directory above it too, up to the root, on the path with its
+    // links resolved: the cache's own mode means nothing if someone else
+    // can swap it, or a directory on the way to it, for one of theirs.
+    let real = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for up in real.ancestors().skip(1) {
+        let meta = std::fs::symlink_metadata(up).map_err(|e| format!("{}: {e}", up.display()))?;
+        if let Some(why) = untrusted_ancestor(&meta) {
+            return Err(format!("{} is inside {}, and {why}", dir.display(), up.display()));
+        }
+    }
+    Ok(real)
 }
 
 /// The cache entry at `path`, if there is one this process may trust.
@@ -521,19 +549,19 @@ pub fn compile_cached(input: &[u8], target: Target, dir: Option<&Path>, limits: 
     }
     let wasm = to_wasm(input)?;
     let dir = dir.and_then(|d| match open_cache_dir(d) {
-        Ok(()) => Some(d),
+        Ok(real) => Some(real),
         Err(why) => {
             tracing::warn!(why, "AOT cache directory not used; the guest is compiled uncached");
             None
         }
     });
-    let path = dir.map(|d| cache_path(d, &wasm, target));
+    let path = dir.as_deref().map(|d| cache_path(d, &wasm, target));
     if let Some(aot) = path.as_deref().and_then(read_entry) {
         return Ok(Cached { aot, path, hit: true });
     }
     let aot = compile_with(&wasm, target, limits)?;
     // An unwritable cache costs the next start a compile, not this one.
-    if let (Some(dir), Some(path)) = (dir, &path) {
+    if let (Some(dir), Some(path)) = (&dir, &path) {
         if let Err(e) = store(dir, path, &aot) {
             tracing::warn!(error = %e, "cannot cache the compiled guest; it is used uncached");
         }
@@ -604,7 +632,10 @@ fn load_compiled_evicting(
             Ok(m)
         }
         Err(e) if cached.hit => {
-            let (Some(dir), Some(path)) = (dir, &cached.path) else { unreachable!("a hit has a cache") };
+            // The entry's own directory: the cache's, links resolved, as checked.
+            let Some((path, dir)) = cached.path.as_deref().and_then(|p| Some((p, p.parent()?))) else {
+                unreachable!("a hit has a cache")
+            };
             tracing::warn!(error = %e, path = %path.display(), "cached AOT file does not load; compiling again");
             evict(path);
             // Not through the cache: if the bad entry could not be removed
