@@ -150,10 +150,10 @@ fn release_operand_stack(raw: sys::wasm_exec_env_t) {
     let (mut bottom, mut top) = (std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: `raw` is a live exec env; the accessor reads two of its fields.
     unsafe { super::inst_access::wcoro_exec_env_operand_stack(raw, &mut bottom, &mut top) };
-    const PAGE: usize = 4096;
+    let page = super::page_size();
     // Keep the first (partial or whole) page: the first frames land there.
-    let lo = (bottom as usize + PAGE) & !(PAGE - 1);
-    let hi = top as usize & !(PAGE - 1);
+    let lo = (bottom as usize + page) & !(page - 1);
+    let hi = top as usize & !(page - 1);
     if bottom.is_null() || hi <= lo {
         return;
     }

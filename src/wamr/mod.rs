@@ -65,3 +65,22 @@ pub(crate) fn error_text(buf: &[u8]) -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).trim().to_string()
 }
+
+/// The kernel's page size (4 KiB on x86-64; 4, 16 or 64 KiB on aarch64),
+/// read once. What `madvise` and `mincore` are told must be whole pages of
+/// this size: `madvise` rounds a length up to it, so a range computed in
+/// 4 KiB pages would reach memory past its end.
+pub(crate) fn page_size() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SIZE: AtomicUsize = AtomicUsize::new(0);
+    match SIZE.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            let n = if n > 0 { n as usize } else { 4096 };
+            SIZE.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
+}
