@@ -99,10 +99,8 @@ where
 #[inline(never)]
 fn run_entry<T>(f: Box<dyn FnOnce() -> T + Send>) -> T {
     crate::wamr::stack::record_coroutine_bounds();
-    // Only the top of a stack stays resident: 4 KiB less per coroutine (an
-    // idle connection holds one), and nothing of what the stack's last user
-    // in `may`'s pool touched. The sentinel is put back before `may` checks
-    // it.
-    let _bottom = crate::wamr::stack::release_unused_pages();
+    // Nothing of what the stack's last user in `may`'s pool touched stays
+    // resident below this frame (the bottom page, `generator`'s, aside).
+    crate::wamr::stack::release_unused_pages();
     f()
 }

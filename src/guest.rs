@@ -213,6 +213,10 @@ impl Guest {
                 config.call_stack = CallStack::Coroutine;
             }
         }
+        if config.call_stack == CallStack::Coroutine {
+            // New coroutines keep a call's depth of their reused stacks.
+            crate::wamr::stack::keep_call_depth();
+        }
         let resettable = !facts.mutates_tables_or_segments;
         let budget =
             config.memory_budget.clone().unwrap_or_else(|| Arc::new(MemoryBudget::new(MemoryBudget::default_bytes())));

@@ -72,6 +72,8 @@ fn setup_deep() {
         setup();
         let rt = Runtime::get().unwrap();
         rt.register(HostFunc::wrap("deep", "dig", |_: Caller<'_>| {
+            let b = wamr_coro::coro::current_bounds().expect("a coroutine started by coro::spawn");
+            DUG_STACKS.lock().unwrap().push(b.low);
             let mut pit = [0u8; DIG_BYTES];
             for (i, b) in pit.iter_mut().enumerate() {
                 *b = i as u8 | 1;
@@ -80,16 +82,21 @@ fn setup_deep() {
         }))
         .unwrap();
         // () -> i32: pages of the calling coroutine's stack resident more
-        // than a page below this frame (the bottom page left out).
+        // than 32 KiB below its top (the bottom page left out): below what
+        // a new coroutine keeps of a reused stack for guest calls on it
+        // (16 KiB under its entry frame), above what `deep.dig` reached.
         rt.register(HostFunc::wrap("deep", "probe", |_: Caller<'_>| -> i32 {
             let b = wamr_coro::coro::current_bounds().expect("a coroutine started by coro::spawn");
-            let marker = 0u8;
-            let sp = std::hint::black_box(&marker) as *const u8 as usize;
-            resident_pages(b.low + 4096, (sp & !4095) - 2 * 4096) as i32
+            PROBED_STACKS.lock().unwrap().push(b.low);
+            resident_pages(b.low + 4096, b.high - 32 * 1024) as i32
         }))
         .unwrap();
     });
 }
+
+/// The stacks (their low ends) `deep.dig` and `deep.probe` ran on.
+static DUG_STACKS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+static PROBED_STACKS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// Bytes of stack `deep.dig` writes: a deep path, like a fault's warning
 /// line, only deeper, so that it shows plainly.
@@ -152,6 +159,9 @@ fn a_new_connection_does_not_inherit_the_stack_pages_of_earlier_ones() {
     // must reach the server) and their stacks to reach the pool.
     std::thread::sleep(Duration::from_millis(300));
     let found: Vec<i32> = (0..4 * POOL).map(|_| ask(b"probe")).collect();
+    let dug = DUG_STACKS.lock().unwrap().clone();
+    let reused = PROBED_STACKS.lock().unwrap().iter().filter(|low| dug.contains(low)).count();
+    assert!(reused > 0, "no probe ran on a stack a dig had used: nothing was tested");
     assert!(
         found.iter().all(|&pages| pages == 0),
         "resident stack pages below each new connection's frames: {found:?} ({} KiB were dug on earlier ones)",

@@ -18,6 +18,7 @@
 //! small boxed closure above it, see the `stack_bounds_match_proc_maps`
 //! test), and the bottom is the top minus the stack size `may` allocated.
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -47,99 +48,85 @@ pub(crate) fn record_coroutine_bounds() {
     STACK.with(|s| s.set(Some(StackBounds { low, high })));
 }
 
-/// Bytes at the bottom of a coroutine stack that `generator` (under `may`)
-/// fills with a sentinel when it makes the stack, and reads when the
-/// coroutine ends to tell whether it overflowed (8 words).
-const SENTINEL_BYTES: usize = 64;
-const PAGE: usize = 4096;
-
-/// The sentinel `generator` keeps at the bottom of the current coroutine's
-/// stack, saved while [`release_unused_pages`] has the page given back;
-/// dropping it (the coroutine's entry frame returning or unwinding) puts the
-/// bytes back.
+/// Gives back to the kernel the pages of the current coroutine's stack
+/// between its bottom page and its entry frame; called first thing in the
+/// entry frame (`coro::spawn`). Does nothing outside a coroutine started by
+/// `coro::spawn`, when the stack's bottom is not page-aligned (a size that
+/// is not a whole number of pages), or when `may` measures the stack's use
+/// (an odd size in words).
 ///
-/// `generator` writes its overflow sentinel into the lowest bytes of every
-/// stack, which makes the stack's bottom page resident: 4 KiB per coroutine,
-/// a third of an idle connection's stack pages, for bytes read once, when
-/// the coroutine ends. The drop writes them back if the page is still all
-/// zero where they were — so a coroutine that really reached its bottom
-/// still leaves whatever it wrote there, and `may` reports the overflow as
-/// before.
-pub(crate) struct BottomPage {
-    at: usize,
-    saved: [u8; SENTINEL_BYTES],
-}
-
-/// Gives back to the kernel every page of the current coroutine's stack
-/// below its entry frame, the bottom page with `generator`'s sentinel among
-/// them (saved in the returned [`BottomPage`]); called first thing in the
-/// entry frame. `None` outside a coroutine started by `coro::spawn`, when its
-/// bottom is not page-aligned (a stack size that is not a whole number of
-/// pages), or when `may` measures its use (an odd size in words).
+/// `may` hands out the stacks of finished coroutines as they are, with
+/// whatever pages they made resident. An idle connection's coroutine keeps
+/// to the top page (its guest calls run on the worker's call stack), but
+/// rarer paths go deeper (a fault's warning line, a page; with a host
+/// function that may block, the whole guest call), and without this a new
+/// connection kept the deepest pages any earlier user of its stack had
+/// touched: a soak with hostile clients saw RSS creep 2 MiB in 200 s.
 ///
-/// Besides the bottom page, a stack fresh from `may`'s pool of finished
-/// coroutines holds whatever pages its last coroutine made resident: `may`
-/// reuses stacks as they are. An idle connection's coroutine keeps to the
-/// top page (its guest calls run on the worker's call stack), but rarer
-/// paths go deeper (a fault's warning line, a page; with a host function
-/// that may block, the whole guest call), and without this a new connection
-/// kept the deepest pages any earlier user of its stack had touched: a soak
-/// with hostile clients saw RSS creep 2 MiB in 200 s as warnings reached
-/// more and more of the pool. Still one `madvise` per coroutine, as for the
-/// bottom page alone: its range only grows.
+/// Usually none of those pages is resident, and the `madvise` costs about
+/// 0.1 µs. Dropping a resident page costs far more: the kernel must flush
+/// it from the TLB of every CPU running another thread of the process (the
+/// other workers), by inter-processor interrupt, about 18 µs in a VM
+/// (`scripts/madvise_cost.c`). That is why the bottom page is left alone:
+/// `generator` keeps its overflow sentinel there, so the page is resident
+/// whenever a stack comes back from the pool. Until 2026-12-07 it was
+/// given back here and the sentinel written back when the coroutine ended,
+/// 4 KiB less per idle connection for two such flushes per connection,
+/// which under connection churn took half the server's CPU.
 ///
 /// Everything below the stack pointer is dead here, so this changes nothing
 /// the coroutine can observe: the pages read back as zeros if it goes that
 /// deep.
-pub(crate) fn release_unused_pages() -> Option<BottomPage> {
+pub(crate) fn release_unused_pages() {
     /// Bytes under the stack pointer that stay mapped: far more than this
-    /// function's frame and `madvise`'s take.
+    /// function's frame and `madvise`'s take (its frame is 80 bytes in the
+    /// release build, and `sp()` is the address of one of its locals).
     const MARGIN: usize = 1024;
-    let b = current_bounds()?;
+    let Some(b) = current_bounds() else { return };
     // An odd size in words asks `generator` to fill the whole stack with
     // the sentinel and measure its use (printed when the coroutine ends):
     // leave such stacks alone.
     if may::coroutine::current().stack_size() & 1 == 1 {
-        return None;
+        return;
     }
+    let page = super::page_size();
     let here = sp();
-    // Given back: [low, top), the pages wholly more than MARGIN below here.
-    let top = here.saturating_sub(MARGIN) & !(PAGE - 1);
-    if b.low % PAGE != 0 || here < b.low || here >= b.high || top < b.low + 2 * PAGE {
-        return None;
+    // Given back: [from, top), the pages above the bottom one, and wholly
+    // more than MARGIN and the kept call depth below here.
+    let keep = KEEP_BELOW_ENTRY.load(Ordering::Relaxed);
+    let top = here.saturating_sub(MARGIN + keep) & !(page - 1);
+    let from = b.low + page;
+    if b.low % page != 0 || here < b.low || here >= b.high || top <= from {
+        return;
     }
-    let mut saved = [0u8; SENTINEL_BYTES];
-    // [low, top) is part of this coroutine's own stack, mapped read-write
+    // [from, top) is part of this coroutine's own stack, mapped read-write
     // (the guard page lies below `low`, checked by the
-    // `stack_bounds_match_proc_maps` test), and at least MARGIN below the
-    // stack pointer: no live frame is there, and nothing else runs on this
-    // stack.
-    // SAFETY: so reading its first bytes and dropping it (it reads back as
-    // zeros) is sound.
-    unsafe {
-        std::ptr::copy_nonoverlapping(b.low as *const u8, saved.as_mut_ptr(), SENTINEL_BYTES);
-        if libc::madvise(b.low as *mut libc::c_void, top - b.low, libc::MADV_DONTNEED) != 0 {
-            return None;
-        }
-    }
-    Some(BottomPage { at: b.low, saved })
+    // `stack_bounds_match_proc_maps` test), above its bottom page and at
+    // least MARGIN below the stack pointer, in whole kernel pages: no live
+    // frame is there, and nothing else runs on this stack.
+    // SAFETY: so dropping the range (it reads back as zeros) is sound.
+    unsafe { libc::madvise(from as *mut libc::c_void, top - from, libc::MADV_DONTNEED) };
 }
 
-impl Drop for BottomPage {
-    fn drop(&mut self) {
-        // `at` is the bottom of the stack we are still running on (the guard
-        // lives in the coroutine's entry frame).
-        // SAFETY: the range is readable and writable and, unless the stack
-        // overflowed into it, unused.
-        unsafe {
-            let p = self.at as *mut u8;
-            let mut now = [0u8; SENTINEL_BYTES];
-            std::ptr::copy_nonoverlapping(p as *const u8, now.as_mut_ptr(), SENTINEL_BYTES);
-            if now.iter().all(|&x| x == 0) {
-                std::ptr::copy_nonoverlapping(self.saved.as_ptr(), p, SENTINEL_BYTES);
-            }
-        }
-    }
+/// Bytes below a new coroutine's entry frame that [`release_unused_pages`]
+/// leaves resident: 0 while every guest call runs on a worker's call stack,
+/// [`COROUTINE_CALL_DEPTH`] once a guest calls on its coroutines' own
+/// stacks ([`keep_call_depth`]).
+static KEEP_BELOW_ENTRY: AtomicUsize = AtomicUsize::new(0);
+
+/// What a guest call on a coroutine's own stack takes below the entry frame
+/// (WAMR, the guest and an import: 5–6 KiB; imports that format more take
+/// more), kept resident from one user of a pooled stack to the next once
+/// such calls happen: dropping it at every new connection would cost a TLB
+/// flush each, and faulting it in again.
+pub(crate) const COROUTINE_CALL_DEPTH: usize = 16 * 1024;
+
+/// Called when a guest's calls will run on coroutine stacks
+/// (`CallStack::Coroutine`): from then on [`release_unused_pages`] keeps
+/// their depth. Process-wide, and never lowered: it only decides how much
+/// of a reused stack stays resident, never what a coroutine sees.
+pub(crate) fn keep_call_depth() {
+    KEEP_BELOW_ENTRY.fetch_max(COROUTINE_CALL_DEPTH, Ordering::Relaxed);
 }
 
 /// Bounds of the current coroutine's stack, if it was started by
