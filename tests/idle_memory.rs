@@ -134,11 +134,12 @@ const DIG_OR_PROBE: &str = r#"(module
     (i32.const 0)))"#;
 
 /// A connection's coroutine starts with none of the stack pages that earlier
-/// users of its stack made resident. `may` hands out the stacks of finished
-/// coroutines as they are; before, only their bottom page was given back, so
-/// a connection kept every page the deepest path of any earlier user had
-/// touched (here 16 pages, from `deep.dig`), and RSS grew with every rare
-/// deep path (a soak with hostile clients: +2 MiB in 200 s).
+/// users of its stack made resident, beyond what a guest call on it takes.
+/// `may` hands out the stacks of finished coroutines as they are; before, a
+/// connection kept every page the deepest path of any earlier user had
+/// touched (here 10 pages of the region probed, from `deep.dig`), and RSS
+/// grew with every rare deep path (a soak with hostile clients: +2 MiB in
+/// 200 s).
 #[test]
 fn a_new_connection_does_not_inherit_the_stack_pages_of_earlier_ones() {
     let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
