@@ -49,7 +49,8 @@ const FD_HEADROOM: u64 = 16;
 /// takes effect for coroutines spawned afterwards (`may` reads the worker
 /// count when its scheduler starts, at the first spawn).
 ///
-/// Refuses a stack outside 56 KiB..=[`MAX_STACK_BYTES`], 0 workers, more
+/// Refuses a stack size other than the one coroutines already run with
+/// (`may` pools their stacks), a stack outside 56 KiB..=[`MAX_STACK_BYTES`], 0 workers, more
 /// than [`MAX_WORKERS`], and more than the soft
 /// `RLIMIT_NOFILE` leaves descriptors for (two per worker, and 16 more):
 /// `may` opens them when its scheduler starts and panics if it cannot.
@@ -67,6 +68,16 @@ pub fn configure(workers: usize, stack_bytes: usize) -> Result<()> {
              but RLIMIT_NOFILE allows {limit}"
         )));
     }
+    let words = stack_bytes / std::mem::size_of::<usize>();
+    let fixed = FIXED_STACK_WORDS.load(std::sync::atomic::Ordering::Relaxed);
+    if fixed != 0 && fixed != words {
+        return Err(Error::Config(format!(
+            "the coroutine stack size is fixed at {} bytes once coroutines have run, not {stack_bytes}: \
+             may keeps finished coroutines' stacks for reuse, and a coroutine handed one of another size \
+             would take the wrong bounds",
+            fixed * std::mem::size_of::<usize>()
+        )));
+    }
     let min = crate::wamr::stack::GUARD + 32 * 1024;
     if stack_bytes < min {
         return Err(Error::Config(format!("coroutine stack must be at least {min} bytes")));
@@ -74,9 +85,16 @@ pub fn configure(workers: usize, stack_bytes: usize) -> Result<()> {
     if stack_bytes > MAX_STACK_BYTES {
         return Err(Error::Config(format!("coroutine stack must be at most {MAX_STACK_BYTES} bytes")));
     }
-    may::config().set_workers(workers).set_stack_size(stack_bytes / std::mem::size_of::<usize>());
+    may::config().set_workers(workers).set_stack_size(words);
     Ok(())
 }
+
+/// `may`'s stack size (in words) when [`spawn`] first ran; 0 before. From
+/// then on `may` hands out pooled stacks of that size whatever its setting
+/// says, while a coroutine's bounds are computed from the setting: a
+/// different size would put them off the real stack (WAMR's stack limit
+/// with them), so [`configure`] refuses to change it.
+static FIXED_STACK_WORDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Spawns a `may` coroutine that can call guests: it records its own stack
 /// bounds first. Panics inside `f` unwind the coroutine (dropping every env
@@ -89,6 +107,14 @@ where
     // Boxed so that the closure `may` stores at the top of the coroutine
     // stack stays a few words, whatever `f` captures.
     let f: Box<dyn FnOnce() -> T + Send> = Box::new(f);
+    if FIXED_STACK_WORDS.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        let _ = FIXED_STACK_WORDS.compare_exchange(
+            0,
+            may::config().get_stack_size(),
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     // may::coroutine::spawn is unsafe because a coroutine may migrate between
     // workers at any yield, so thread-locals are not coroutine-local.
     // SAFETY: this crate holds no TLS reference across a yield; the stack

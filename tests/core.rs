@@ -837,3 +837,19 @@ fn a_func_of_a_destroyed_env_is_refused_even_at_a_reused_address() {
         assert_eq!(b.call(&g, &args).unwrap(), vec![Val::I64(2)]);
     }
 }
+
+/// Once coroutines have run, `coro::configure` refuses another stack size.
+/// `may` keeps finished coroutines' stacks in a pool and hands them out
+/// again whatever its setting says, while a coroutine's bounds (WAMR's stack
+/// limit, and the pages a new coroutine gives back) are computed from the
+/// setting: a second server built with a larger `stack_bytes` used to get
+/// stacks whose bottom lay below the real one.
+#[test]
+fn the_coroutine_stack_size_cannot_change_once_coroutines_have_run() {
+    setup();
+    assert_eq!(coro::spawn(|| 1).join().unwrap(), 1);
+    let err = coro::configure(2, 512 * 1024).unwrap_err().to_string();
+    assert!(err.contains("fixed at 262144 bytes"), "{err}");
+    coro::configure(2, 256 * 1024).expect("the same size again is fine");
+    assert_eq!(coro::spawn(|| 2).join().unwrap(), 2);
+}
