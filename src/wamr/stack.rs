@@ -42,7 +42,7 @@ pub(crate) fn record_coroutine_bounds() {
     let sp = std::hint::black_box(&marker) as *const u8 as usize;
     let words = may::coroutine::current().stack_size();
     let bytes = words * std::mem::size_of::<usize>();
-    let page = 4096;
+    let page = super::page_size();
     let high = (sp + page - 1) & !(page - 1);
     let low = high.saturating_sub(bytes);
     STACK.with(|s| s.set(Some(StackBounds { low, high })));
@@ -119,7 +119,7 @@ static KEEP_BELOW_ENTRY: AtomicUsize = AtomicUsize::new(0);
 /// more), kept resident from one user of a pooled stack to the next once
 /// such calls happen: dropping it at every new connection would cost a TLB
 /// flush each, and faulting it in again.
-pub(crate) const COROUTINE_CALL_DEPTH: usize = 16 * 1024;
+const COROUTINE_CALL_DEPTH: usize = 16 * 1024;
 
 /// Called when a guest's calls will run on coroutine stacks
 /// (`CallStack::Coroutine`): from then on [`release_unused_pages`] keeps

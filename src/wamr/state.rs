@@ -368,11 +368,11 @@ impl MemoryBudget {
     /// Half of the machine's physical memory: the default bound.
     pub fn default_bytes() -> u64 {
         // SAFETY: sysconf has no preconditions.
-        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
-        if pages <= 0 || size <= 0 {
+        let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+        if pages <= 0 {
             return 4 << 30;
         }
-        (pages as u64 * size as u64) / 2
+        (pages as u64 * super::page_size() as u64) / 2
     }
 
     /// Counters.
