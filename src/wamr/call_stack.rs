@@ -56,8 +56,6 @@ pub enum CallStack {
 /// bytes of a trap's message, which also names the host function).
 const WHY: &str = "guest call on a worker stack (CallStack::Worker)";
 
-const PAGE: usize = 4096;
-
 /// One thread's call stack: `[low, high)`, with an inaccessible guard page
 /// below `low`; unmapped when the thread exits.
 struct Mapping {
@@ -69,7 +67,8 @@ impl Mapping {
     /// A stack of `bytes` (whole pages) plus the guard page; `None` if the
     /// kernel will not map it (calls then run in place).
     fn new(bytes: usize) -> Option<Mapping> {
-        let total = bytes + PAGE;
+        let page = super::page_size();
+        let total = bytes + page;
         // SAFETY: a fresh anonymous private mapping; the guard page at its
         // start is made inaccessible before anything runs on the rest.
         unsafe {
@@ -84,11 +83,11 @@ impl Mapping {
             if p == libc::MAP_FAILED {
                 return None;
             }
-            if libc::mprotect(p, PAGE, libc::PROT_NONE) != 0 {
+            if libc::mprotect(p, page, libc::PROT_NONE) != 0 {
                 libc::munmap(p, total);
                 return None;
             }
-            let low = p as usize + PAGE;
+            let low = p as usize + page;
             Some(Mapping { low, high: low + bytes })
         }
     }
@@ -98,9 +97,10 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // No later claim on this thread may use the range.
         BOUNDS.with(|c| c.set(REFUSED));
-        // SAFETY: the mapping made by `new` (guard page included); its thread
-        // is exiting, so nothing runs on it.
-        unsafe { libc::munmap((self.low - PAGE) as *mut libc::c_void, self.high - self.low + PAGE) };
+        let page = super::page_size();
+        // SAFETY: the mapping made by `new` (guard page included, one page of
+        // the same size); its thread is exiting, so nothing runs on it.
+        unsafe { libc::munmap((self.low - page) as *mut libc::c_void, self.high - self.low + page) };
     }
 }
 
@@ -120,7 +120,8 @@ thread_local! {
 
 #[cold]
 fn map_this_threads_stack() -> (usize, usize) {
-    let bytes = (may::config().get_stack_size() * std::mem::size_of::<usize>()).div_ceil(PAGE) * PAGE;
+    let page = super::page_size();
+    let bytes = (may::config().get_stack_size() * std::mem::size_of::<usize>()).div_ceil(page) * page;
     let bounds = match Mapping::new(bytes) {
         Some(m) => {
             let b = (m.low, m.high);
