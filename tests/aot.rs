@@ -980,6 +980,40 @@ fn a_module_too_costly_to_compile_is_stopped_by_the_limits() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Its scratch directory stayed behind. The next compile of another
+    // process removes it once it is old, and leaves a young one, a live
+    // process's and another name alone. Before, they stayed for good.
+    let scratch = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("wamr-coro-aot-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let left = scratch(&dir);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let young = format!("wamr-coro-aot-{}-00000000000000aa", child.id());
+    let live = format!("wamr-coro-aot-{}-00000000000000bb", std::process::id());
+    let other = "wamr-coro-aot-cache-x".to_string();
+    for n in [&young, &live, &other] {
+        std::fs::create_dir(dir.join(n)).unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for n in [&left[0], &live, &other] {
+        std::fs::File::open(dir.join(n)).unwrap().set_modified(two_hours_ago).unwrap();
+    }
+    let out = dir.join("echo.aot");
+    let st = common::wamr_coro()
+        .env("TMPDIR", &dir)
+        .args(["compile", guest_path("echo.wat").to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let mut kept = vec![young, live, other];
+    kept.sort();
+    assert_eq!(scratch(&dir), kept, "{} should be gone and the others kept", left[0]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -222,24 +222,85 @@ fn with_wasm_section(wasm: &[u8]) -> Result<Vec<u8>> {
 /// A private scratch directory, removed on drop.
 struct Scratch(PathBuf);
 
+/// Scratch directories are named `SCRATCH_PREFIX{pid}-{16 hex digits}`.
+const SCRATCH_PREFIX: &str = "wamr-coro-aot-";
+
+/// How old a dead process's scratch directory must be before
+/// [`Scratch::sweep`] removes it.
+const STALE_AFTER: Duration = Duration::from_secs(3600);
+
 impl Scratch {
     /// A new directory, `0700`, under the temporary directory. Its name is
     /// not predictable and a taken one is skipped: with a name made of the
     /// pid and a counter alone, any local user could create it first and
-    /// make every compile fail ("File exists").
+    /// make every compile fail ("File exists"). The pid stays in the name
+    /// so that [`Scratch::sweep`] can tell whose it is.
     fn new() -> Result<Scratch> {
         use std::os::unix::fs::DirBuilderExt;
         static N: AtomicU64 = AtomicU64::new(0);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(Scratch::sweep);
         let mut attempt = 0;
         loop {
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             let mut h = Sha256::new();
-            h.update(format!("{}/{}/{nanos:?}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-            let dir = std::env::temp_dir().join(format!("wamr-coro-aot-{}", &hex(&h.finalize())[..16]));
+            let pid = std::process::id();
+            h.update(format!("{pid}/{}/{nanos:?}", N.fetch_add(1, Ordering::Relaxed)));
+            let dir = std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{pid}-{}", &hex(&h.finalize())[..16]));
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => return Ok(Scratch(dir)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
                 Err(source) => return Err(Error::Io { context: format!("creating {}", dir.display()), source }),
+            }
+        }
+    }
+}
+
+impl Scratch {
+    /// Removes the scratch directories that processes killed mid-compile
+    /// left behind (`SIGKILL` runs no destructor): each holds the module
+    /// and, where the compiler could not run from a memfd, a copy of the
+    /// compiler, tens of MiB. Once per process, before its first compile.
+    ///
+    /// Only directories (not links) of this user whose process no longer
+    /// exists and that nothing has touched for [`STALE_AFTER`]: the age
+    /// spares a live compile of a process in another pid namespace that
+    /// shares the temporary directory. Errors are ignored; what is not
+    /// removed now may be next time.
+    fn sweep() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+                .filter(|&pid| pid > 0 && pid as u32 != std::process::id())
+            else {
+                continue;
+            };
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+            let old = meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_AFTER);
+            if !meta.is_dir() || meta.uid() != uid || !old {
+                continue;
+            }
+            // SAFETY: kill with signal 0 sends nothing; it only asks whether
+            // the process exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(dir = %entry.path().display(), "removed a dead compile's scratch directory")
+                    }
+                    Err(e) => {
+                        tracing::debug!(dir = %entry.path().display(), error = %e, "cannot remove a dead compile's scratch directory")
+                    }
+                }
             }
         }
     }
