@@ -91,6 +91,13 @@ fn setup_deep() {
             resident_pages(b.low + 4096, b.high - 32 * 1024) as i32
         }))
         .unwrap();
+        // (ptr, len) -> i32: pages of that range of the caller's linear
+        // memory resident now.
+        rt.register(HostFunc::wrap("deep", "resident", |mut caller: Caller<'_>, ptr: i32, len: i32| -> i32 {
+            let from = caller.memory().slice(ptr, len).expect("in the guest's memory").as_ptr() as usize;
+            resident_pages(from, from + len as usize) as i32
+        }))
+        .unwrap();
     });
 }
 
@@ -169,4 +176,75 @@ fn a_new_connection_does_not_inherit_the_stack_pages_of_earlier_ones() {
         DIG_BYTES / 1024
     );
     server.stop();
+}
+
+/// 'W' k: writes a byte to page 8 + k of its memory, in a run that is zero
+/// in the module's image (pages 1..=127), and answers 1; 'P': answers how
+/// many pages of that run are resident (`deep.resident`).
+const SCATTER: &str = r#"(module
+  (import "deep" "resident" (func $resident (param i32 i32) (result i32)))
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 8)
+  (global (export "__heap_base") i32 (i32.const 524288))
+  (data (i32.const 0) "image")
+  (func (export "alloc") (param i32) (result i32) (i32.const 256))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 87))
+      (then
+        (i32.store8 (i32.mul (i32.add (i32.load8_u offset=1 (local.get $p)) (i32.const 8)) (i32.const 4096))
+          (i32.const 1))
+        (i32.store (i32.const 16) (i32.const 1)))
+      (else (i32.store (i32.const 16) (call $resident (i32.const 4096) (i32.const 520192)))))
+    (drop (call $send (local.get $c) (i32.const 16) (i32.const 4)))
+    (i32.const 0)))"#;
+
+/// A reset reads the resident pages of an env's zero runs to find those
+/// holding data, and pages it clears by writing stay resident. An env whose
+/// connections each wrote a different page (per-connection state in a
+/// table indexed by connection id, as `guests/http.wat` keeps it) gathered
+/// them all, and every reset read them all: 11 % of the server's CPU under
+/// connection churn (35 pages), growing with the table. Now a run with
+/// more than 16 resident pages goes back to the kernel whole: here the
+/// one env kept 100 pages after 100 connections, and keeps at most 16.
+#[test]
+fn an_env_does_not_gather_the_pages_its_connections_wrote() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    setup_deep();
+    let server = wamr_coro::server::Server::builder(Module::from_wat(SCATTER).unwrap())
+        .listen("127.0.0.1:0")
+        .mode(Mode::Direct)
+        .policy(EnvPolicy::Connection)
+        .pool_capacity(1)
+        .workers(2)
+        .limits(test_limits())
+        .start()
+        .unwrap();
+    let mut closed = 0;
+    let mut ask = |what: &[u8]| -> i32 {
+        let mut c = connect(server.local_addr());
+        c.write_all(what).unwrap();
+        let answer = read_n(&mut c, 4).unwrap();
+        drop(c);
+        // The env is back in the pool (capacity 1) before the next one.
+        closed += 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.stats().closed < closed {
+            assert!(std::time::Instant::now() < deadline, "connections did not close: {}", server.stats());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        i32::from_le_bytes(answer.try_into().unwrap())
+    };
+    for k in 0..3u8 {
+        assert_eq!(ask(&[b'W', k]), 1);
+    }
+    // The measure works: the pages cleared by writing are still there.
+    let kept = ask(b"P");
+    assert!(kept >= 3, "3 pages written and cleared, {kept} resident: the probe sees nothing");
+    for k in 3..100u8 {
+        assert_eq!(ask(&[b'W', k]), 1);
+    }
+    let kept = ask(b"P");
+    assert!(kept <= 16, "after 100 connections that each wrote a page, the env keeps {kept} resident");
+    let stats = server.stop();
+    assert!(stats.pool.hits >= 100, "the env was not reused, so nothing was tested: {stats}");
 }

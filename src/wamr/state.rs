@@ -247,6 +247,17 @@ impl MemoryImage {
 /// chunk each kept 64 KiB, and a 240 s soak's RSS crept 2 MiB.
 const CLEAR_BY_HAND: usize = 4;
 
+/// Resident pages of a zero run that [`zero_pages`] reads at most to find
+/// those holding data; a run with more goes back to the kernel whole,
+/// unread. Pages cleared by writing stay resident and must be read again
+/// at every later reset, so without this bound an env whose connections
+/// each wrote a different page (a guest keeping per-connection state in a
+/// table indexed by connection id, like `guests/http.wat`) gathered them
+/// all, and every reset read every one: 35 pages, 8.8 µs, 11 % of the
+/// server's CPU under connection churn. Bounded, a reset reads at most 64
+/// KiB, and an env pays one flush (below) when its set passes the bound.
+const READ_AT_MOST: usize = 16;
+
 /// Zeroes `len` bytes at `at` (a zero run of a reset).
 ///
 /// Giving a page back to the kernel (`MADV_DONTNEED`) is the cheap way to
@@ -261,8 +272,9 @@ const CLEAR_BY_HAND: usize = 4;
 /// same), and only the rest, which is not resident (or swapped out:
 /// `mincore` does not count those, and `madvise` discards them too), is
 /// given back, which flushes nothing. A run with more than
-/// [`CLEAR_BY_HAND`] pages of data goes back whole: one flush is then cheap
-/// beside the writing, and the pages' memory is returned.
+/// [`CLEAR_BY_HAND`] pages of data, or more than [`READ_AT_MOST`] resident
+/// pages, goes back whole: one flush is then cheap beside the writing or
+/// the reading, and the pages' memory is returned.
 ///
 /// # Safety
 /// SAFETY contract: `at..at+len` is writable anonymous private memory that nothing else uses.
@@ -278,6 +290,10 @@ unsafe fn zero_pages(at: *mut u8, len: usize) {
     let mut resident = vec![0u8; pages];
     // SAFETY: `resident` has a byte for each page of the page-aligned range.
     if unsafe { libc::mincore(at as *mut libc::c_void, len, resident.as_mut_ptr()) } != 0 {
+        // SAFETY: the caller's range.
+        return unsafe { give_back(at, len) };
+    }
+    if resident.iter().filter(|&&r| r & 1 == 1).count() > READ_AT_MOST {
         // SAFETY: the caller's range.
         return unsafe { give_back(at, len) };
     }
@@ -322,10 +338,14 @@ unsafe fn give_back(at: *mut u8, len: usize) {
 
 /// Whether every byte of `page` (a whole or a last, partial page) is zero.
 fn is_zero(page: &[u8]) -> bool {
-    // Word by word: a 4 KiB page in well under a microsecond.
+    // 512 bytes at a time, OR-ed together without a branch, which the
+    // compiler turns into vector code: a 4 KiB page in about 90 ns when
+    // cached, against 250 ns word by word with a branch on each.
     // SAFETY: every bit pattern is a valid u64.
     let (head, words, tail) = unsafe { page.align_to::<u64>() };
-    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+    head.iter().all(|&b| b == 0)
+        && words.chunks(64).all(|c| c.iter().fold(0, |acc, &w| acc | w) == 0)
+        && tail.iter().all(|&b| b == 0)
 }
 
 /// A bound on the linear memory of every env that shares it, in pages.
@@ -505,5 +525,32 @@ impl MemoryAccount {
 impl Drop for MemoryAccount {
     fn drop(&mut self) {
         self.budget.give(self.charged + self.fixed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    /// One nonzero byte anywhere, in whole pages, short last pages and
+    /// slices that do not start on a word, is found.
+    #[test]
+    fn is_zero_finds_a_single_nonzero_byte_anywhere() {
+        let mut buf = vec![0u8; 4096 + 16];
+        for (start, len) in [(0, 4096), (8, 4096), (3, 4096), (5, 1001), (0, 7), (1, 0)] {
+            assert!(is_zero(&buf[start..start + len]), "{start}+{len}");
+            for i in start..start + len {
+                buf[i] = 0x80;
+                assert!(!is_zero(&buf[start..start + len]), "byte {i} of {start}+{len}");
+                buf[i] = 0;
+            }
+            // A byte just outside the slice is not its business.
+            if start > 0 {
+                buf[start - 1] = 1;
+            }
+            buf[start + len] = 1;
+            assert!(is_zero(&buf[start..start + len]), "outside {start}+{len}");
+            buf.fill(0);
+        }
     }
 }
