@@ -21,6 +21,7 @@
 //! | `metering.rs` | the instruction budget (WAMR's instruction metering) |
 //! | `memory.rs` | bounds-checked views of a guest's linear memory |
 //! | `state.rs` | an env's initial image and reset; the guest-memory budget |
+//! | `residency.rs` | which pages of a range the kernel holds (pagemap, mincore) |
 //! | `scan.rs` | a static scan of a module binary (memory sizes, growth, resettability) |
 //! | `stack.rs` | the native stack boundary of the calling coroutine or thread |
 //! | `call_stack.rs` | worker call stacks: guest calls off the coroutine's own stack |
@@ -48,6 +49,7 @@ pub mod memory;
 pub mod metering;
 pub mod module;
 pub mod parent;
+pub(crate) mod residency;
 pub mod runtime;
 pub(crate) mod scan;
 pub mod stack;

@@ -63,8 +63,10 @@ pub(crate) fn record_coroutine_bounds() {
 /// connection kept the deepest pages any earlier user of its stack had
 /// touched: a soak with hostile clients saw RSS creep 2 MiB in 200 s.
 ///
-/// Usually none of those pages is resident, and the `madvise` costs about
-/// 0.1 µs. Dropping a resident page costs far more: the kernel must flush
+/// Usually the kernel holds none of those pages, and asking it
+/// ([`residency`](super::residency), about 1 µs) is all this does: giving
+/// back a range it holds nothing of can still flush (below), when that
+/// empties a page table. Dropping a resident page always does: the kernel must flush
 /// it from the TLB of every CPU running another thread of the process (the
 /// other workers), by inter-processor interrupt, about 18 µs in a VM
 /// (`scripts/madvise_cost.c`). That is why the bottom page is left alone:
@@ -99,6 +101,16 @@ pub(crate) fn release_unused_pages() {
     if b.low % page != 0 || here < b.low || here >= b.high || top <= from {
         return;
     }
+    // Usually the kernel holds none of it, and giving back such a range can
+    // still flush every other CPU's TLB (when it empties a page table; 6 %
+    // of new coroutines under connection churn): ask first, and give back
+    // only from the lowest page it holds.
+    let held = super::residency::pages(from, (top - from) / page);
+    let from = match held.as_deref().map(|p| p.iter().position(|&p| p != super::residency::Page::Absent)) {
+        Some(None) => return,
+        Some(Some(i)) => from + i * page,
+        None => from,
+    };
     // [from, top) is part of this coroutine's own stack, mapped read-write
     // (the guard page lies below `low`, checked by the
     // `stack_bounds_match_proc_maps` test), above its bottom page and at

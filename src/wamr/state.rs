@@ -227,12 +227,27 @@ impl MemoryImage {
             if m.current != self.pages {
                 return Err("memory size differs (it grew)");
             }
+            // What the kernel holds of the memory, asked once for every
+            // zero run (a system call each would cost about 1 µs).
+            let len = self.runs.last().map_or(0, |r| match r {
+                Run::Data { offset, bytes } => offset + bytes.len(),
+                Run::Zero { offset, len } => offset + len,
+            });
+            let aligned = base as usize % OS_PAGE == 0 && super::page_size() == OS_PAGE;
+            let held = if aligned && self.runs.iter().any(|r| matches!(r, Run::Zero { .. })) {
+                super::residency::pages(base as usize, len.div_ceil(OS_PAGE))
+            } else {
+                None
+            };
             for run in &self.runs {
                 match run {
                     Run::Data { offset, bytes } => {
                         std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(*offset), bytes.len())
                     }
-                    Run::Zero { offset, len } => zero_pages(base.add(*offset), *len),
+                    Run::Zero { offset, len } => {
+                        let held = held.as_deref().and_then(|h| h.get(offset / OS_PAGE..(offset + len) / OS_PAGE));
+                        zero_pages(base.add(*offset), *len, held)
+                    }
                 }
             }
         }
@@ -269,16 +284,20 @@ const READ_AT_MOST: usize = 16;
 /// that hold data are cleared by writing zeros (a page in 0.1 µs), resident
 /// pages that are already zero are left as they are (writing to a page the
 /// kernel maps to its shared zero page would fault and flush just the
-/// same), and only the rest, which is not resident (or swapped out:
-/// `mincore` does not count those, and `madvise` discards them too), is
-/// given back, which flushes nothing. A run with more than
-/// [`CLEAR_BY_HAND`] pages of data, or more than [`READ_AT_MOST`] resident
-/// pages, goes back whole: one flush is then cheap beside the writing or
-/// the reading, and the pages' memory is returned.
+/// same), pages swapped out are given back, and pages the kernel does not
+/// hold are left alone: they read back as zeros already, and giving them
+/// back can flush too ([`residency`](super::residency)). A run with more
+/// than [`CLEAR_BY_HAND`] pages of data, or more than [`READ_AT_MOST`]
+/// resident pages, goes back whole: one flush is then cheap beside the
+/// writing or the reading, and the pages' memory is returned.
+///
+/// `held` is what the kernel holds of each page of the run
+/// ([`residency::pages`](super::residency::pages)), if it said.
 ///
 /// # Safety
 /// SAFETY contract: `at..at+len` is writable anonymous private memory that nothing else uses.
-unsafe fn zero_pages(at: *mut u8, len: usize) {
+unsafe fn zero_pages(at: *mut u8, len: usize, held: Option<&[super::residency::Page]>) {
+    use super::residency::Page;
     let base = at as usize;
     // Runs are cut at 4 KiB; with larger kernel pages they are written.
     if base % OS_PAGE != 0 || len % OS_PAGE != 0 || super::page_size() != OS_PAGE {
@@ -286,14 +305,11 @@ unsafe fn zero_pages(at: *mut u8, len: usize) {
         unsafe { std::ptr::write_bytes(at, 0, len) };
         return;
     }
-    let pages = len / OS_PAGE;
-    let mut resident = vec![0u8; pages];
-    // SAFETY: `resident` has a byte for each page of the page-aligned range.
-    if unsafe { libc::mincore(at as *mut libc::c_void, len, resident.as_mut_ptr()) } != 0 {
+    let Some(held) = held.filter(|h| h.len() == len / OS_PAGE) else {
         // SAFETY: the caller's range.
         return unsafe { give_back(at, len) };
-    }
-    if resident.iter().filter(|&&r| r & 1 == 1).count() > READ_AT_MOST {
+    };
+    if held.iter().filter(|&&p| p == Page::Resident).count() > READ_AT_MOST {
         // SAFETY: the caller's range.
         return unsafe { give_back(at, len) };
     }
@@ -303,7 +319,7 @@ unsafe fn zero_pages(at: *mut u8, len: usize) {
         unsafe { std::slice::from_raw_parts(at.add(i * OS_PAGE), OS_PAGE) }
     };
     let with_data: Vec<usize> =
-        (0..pages).filter(|&i| resident[i] & 1 == 1 && !is_zero(page(i))).take(CLEAR_BY_HAND + 1).collect();
+        (0..held.len()).filter(|&i| held[i] == Page::Resident && !is_zero(page(i))).take(CLEAR_BY_HAND + 1).collect();
     if with_data.len() > CLEAR_BY_HAND {
         // SAFETY: the caller's range.
         return unsafe { give_back(at, len) };
@@ -312,10 +328,10 @@ unsafe fn zero_pages(at: *mut u8, len: usize) {
         // SAFETY: page `i` of the caller's writable range.
         unsafe { std::ptr::write_bytes(at.add(i * OS_PAGE), 0, OS_PAGE) };
     }
-    // The pages that are not resident, run by run.
+    // The pages in swap, run by run.
     let mut first = 0;
-    for run in resident.chunk_by(|a, b| a & 1 == b & 1) {
-        if run[0] & 1 == 0 {
+    for run in held.chunk_by(|a, b| a == b) {
+        if run[0] == Page::Swapped {
             // SAFETY: pages `first..first + run.len()` of the caller's range.
             unsafe { give_back(at.add(first * OS_PAGE), run.len() * OS_PAGE) };
         }
