@@ -18,6 +18,7 @@
 //! `/proc`), `mincore` answers, and a page that is not resident may be in
 //! swap: [`Page::Swapped`], so it is still given back.
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// What the kernel holds for one page.
@@ -36,10 +37,27 @@ const PRESENT: u64 = 1 << 63;
 /// Bit 62: the page is swapped out.
 const SWAPPED: u64 = 1 << 62;
 
-/// `/proc/self/pagemap`, opened once; `None` where it cannot be.
+/// `/proc/self/pagemap`, opened once; `None` where it cannot be. Out of
+/// descriptors (`EMFILE`, `ENFILE`: a flood the server sheds) is not
+/// "cannot": the next call tries again, and `mincore` answers meanwhile.
 fn pagemap() -> Option<&'static std::fs::File> {
-    static FILE: OnceLock<Option<std::fs::File>> = OnceLock::new();
-    FILE.get_or_init(|| std::fs::File::open("/proc/self/pagemap").ok()).as_ref()
+    static FILE: OnceLock<std::fs::File> = OnceLock::new();
+    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+    if let Some(f) = FILE.get() {
+        return Some(f);
+    }
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return None;
+    }
+    match std::fs::File::open("/proc/self/pagemap") {
+        Ok(f) => Some(FILE.get_or_init(|| f)),
+        Err(e) => {
+            if !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                UNAVAILABLE.store(true, Ordering::Relaxed);
+            }
+            None
+        }
+    }
 }
 
 /// The state of each page of `[at, at + pages × page_size)`, one per page,
