@@ -20,6 +20,7 @@ extern "C" {
     pub(super) fn wcoro_inst_aux_stack_global(inst: sys::wasm_module_inst_t, offset: *mut u32) -> bool;
     pub(super) fn wcoro_memory_set_max_pages(inst: sys::wasm_module_inst_t, max_pages: u32) -> bool;
     pub(super) fn wcoro_module_max_pages(module: sys::wasm_module_t, max_pages: *mut u32) -> bool;
+    pub(super) fn wcoro_memory_data_size(inst: sys::wasm_module_inst_t, size: *mut u64) -> bool;
     pub(super) fn wcoro_inst_copy_exception(
         inst: sys::wasm_module_inst_t,
         buf: *mut std::ffi::c_char,
@@ -69,6 +70,20 @@ pub(super) unsafe fn default_memory(inst: sys::wasm_module_inst_t) -> Option<(Me
             sys::wasm_memory_get_base_address(mem) as *mut u8,
         ))
     }
+}
+
+/// The bytes of `inst`'s default memory the guest can reach: its pages
+/// times their size, rounded up to the kernel's page (WAMR maps and
+/// bounds-checks a memory it shrank to `__heap_base` to the end of that
+/// page); `None` without a memory.
+///
+/// # Safety
+/// SAFETY contract: `inst` is a live module instance with no call in flight
+/// on another thread.
+pub(super) unsafe fn memory_data_size(inst: sys::wasm_module_inst_t) -> Option<usize> {
+    let mut size = 0u64;
+    // SAFETY: per the contract; the C accessor only reads one field.
+    unsafe { wcoro_memory_data_size(inst, &mut size) }.then_some(size as usize)
 }
 
 impl ExecEnv {

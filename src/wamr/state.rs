@@ -9,11 +9,14 @@
 //!
 //! ## Reset
 //! A [`MemoryImage`] is a copy of a freshly initialised env's linear memory,
-//! kept as runs: 4 KiB pages with data are copied back, all-zero pages are
-//! dropped with `madvise(MADV_DONTNEED)` (the kernel maps them to zero again,
-//! which also returns their RSS). Globals come back from a per-env copy taken
-//! at creation. An env whose memory grew, or whose memory is shared, cannot
-//! be reset (the caller destroys it instead).
+//! every byte the guest can reach (to the end of the kernel page WAMR
+//! rounds a shrunk memory up to), kept as runs: 4 KiB pages with data are
+//! copied back; in all-zero runs, the pages a connection wrote are zeroed by
+//! writing or given back with `madvise(MADV_DONTNEED)`, whichever costs less,
+//! and pages the kernel does not hold are left alone (see `zero_pages`).
+//! Globals come back from a per-env copy taken at creation. An env whose
+//! memory grew, or whose memory is shared, cannot be reset (the caller
+//! destroys it instead).
 //!
 //! ## Memory budget
 //! A [`MemoryBudget`] counts 64 KiB pages across every env that shares it. A
@@ -169,6 +172,9 @@ enum Run {
 #[derive(Debug, Clone)]
 pub struct MemoryImage {
     pages: u32,
+    /// Bytes the guest can reach (WAMR's `memory_data_size`), all covered
+    /// by `runs`.
+    len: usize,
     runs: Vec<Run>,
 }
 
@@ -181,9 +187,11 @@ impl MemoryImage {
         // call it.
         let (bytes, pages) = unsafe {
             let (m, base) = mem_info(inst)?;
-            // Not always 64 KiB: WAMR shrinks the one page of a module that
-            // never grows its memory to `__heap_base`.
-            let len = m.current as usize * m.page_bytes as usize;
+            // Not `current * page_bytes`: WAMR shrinks the one page of a
+            // module that never grows its memory to `__heap_base`, but maps
+            // and bounds-checks it to the end of the kernel's page, and a
+            // guest can write there.
+            let len = super::inst_access::memory_data_size(inst)?;
             if m.shared || base.is_null() {
                 return None;
             }
@@ -205,7 +213,7 @@ impl MemoryImage {
             }
             start = i;
         }
-        Some(MemoryImage { pages, runs })
+        Some(MemoryImage { pages, len: bytes.len(), runs })
     }
 
     /// Pages the image covers.
@@ -224,28 +232,33 @@ impl MemoryImage {
             if m.shared {
                 return Err("shared memory");
             }
-            if m.current != self.pages {
+            if m.current != self.pages || super::inst_access::memory_data_size(inst) != Some(self.len) {
                 return Err("memory size differs (it grew)");
             }
-            // What the kernel holds of the memory, asked once for every
-            // zero run (a system call each would cost about 1 µs).
-            let len = self.runs.last().map_or(0, |r| match r {
-                Run::Data { offset, bytes } => offset + bytes.len(),
-                Run::Zero { offset, len } => offset + len,
+            // What the kernel holds of the memory from the first zero run
+            // on, asked once for every zero run (a system call each would
+            // cost about 1 µs).
+            let first_zero = self.runs.iter().find_map(|r| match r {
+                Run::Zero { offset, .. } => Some(*offset),
+                Run::Data { .. } => None,
             });
             let aligned = base as usize % OS_PAGE == 0 && super::page_size() == OS_PAGE;
-            let held = if aligned && self.runs.iter().any(|r| matches!(r, Run::Zero { .. })) {
-                super::residency::pages(base as usize, len.div_ceil(OS_PAGE))
-            } else {
-                None
-            };
+            let held = first_zero.filter(|_| aligned).and_then(|from| {
+                let pages = super::residency::pages(base as usize + from, (self.len - from).div_ceil(OS_PAGE))?;
+                Some((from / OS_PAGE, pages))
+            });
             for run in &self.runs {
                 match run {
                     Run::Data { offset, bytes } => {
                         std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(*offset), bytes.len())
                     }
                     Run::Zero { offset, len } => {
-                        let held = held.as_deref().and_then(|h| h.get(offset / OS_PAGE..(offset + len) / OS_PAGE));
+                        let held = held.as_ref().and_then(|(first, h)| {
+                            h.get(
+                                (offset / OS_PAGE).checked_sub(*first)?
+                                    ..((offset + len) / OS_PAGE).checked_sub(*first)?,
+                            )
+                        });
                         zero_pages(base.add(*offset), *len, held)
                     }
                 }
@@ -270,7 +283,8 @@ const CLEAR_BY_HAND: usize = 4;
 /// table indexed by connection id, like `guests/http.wat`) gathered them
 /// all, and every reset read every one: 35 pages, 8.8 µs, 11 % of the
 /// server's CPU under connection churn. Bounded, a reset reads at most 64
-/// KiB, and an env pays one flush (below) when its set passes the bound.
+/// KiB per zero run, and an env pays one flush (below) when a run's set
+/// passes the bound.
 const READ_AT_MOST: usize = 16;
 
 /// Zeroes `len` bytes at `at` (a zero run of a reset).

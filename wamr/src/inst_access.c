@@ -99,6 +99,23 @@ wcoro_memory_set_max_pages(wasm_module_inst_t inst, uint32_t max_pages)
 }
 
 /*
+ * The bytes of the instance's first memory the guest can reach
+ * (WASMMemoryInstance.memory_data_size): its pages times their size,
+ * rounded up to the OS page size by wasm_allocate_linear_memory. For a
+ * memory WAMR shrank to __heap_base that is more than cur_page_count *
+ * num_bytes_per_page. Returns false for an instance without memory.
+ */
+bool
+wcoro_memory_data_size(wasm_module_inst_t inst, uint64_t *size)
+{
+    WASMModuleInstance *mi = (WASMModuleInstance *)inst;
+    if (!mi || mi->memory_count == 0 || !mi->memories || !mi->memories[0])
+        return false;
+    *size = mi->memories[0]->memory_data_size;
+    return true;
+}
+
+/*
  * The module's maximum for its first memory as WAMR will clamp an
  * instantiation's `max_memory_pages` to (see module_max_pages). Returns false
  * for a module without memory.
