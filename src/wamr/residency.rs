@@ -17,9 +17,7 @@
 //! or already given back. Where pagemap cannot be read (a sandbox without
 //! `/proc`), `mincore` answers, and a page that is not resident may be in
 //! swap: [`Page::Swapped`], so it is still given back.
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// What the kernel holds for one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,25 +35,58 @@ const PRESENT: u64 = 1 << 63;
 /// Bit 62: the page is swapped out.
 const SWAPPED: u64 = 1 << 62;
 
-/// `/proc/self/pagemap`, opened once; `None` where it cannot be. Out of
-/// descriptors (`EMFILE`, `ENFILE`: a flood the server sheds) is not
-/// "cannot": the next call tries again, and `mincore` answers meanwhile.
-fn pagemap() -> Option<&'static std::fs::File> {
-    static FILE: OnceLock<std::fs::File> = OnceLock::new();
-    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
-    if let Some(f) = FILE.get() {
-        return Some(f);
+/// The descriptor of `/proc/self/pagemap`: [`UNOPENED`], [`UNAVAILABLE`] or
+/// an open descriptor.
+static PAGEMAP: AtomicI32 = AtomicI32::new(UNOPENED);
+const UNOPENED: i32 = -1;
+const UNAVAILABLE: i32 = -2;
+
+/// In a child made by `fork`: the descriptor inherited from the parent
+/// reads the *parent's* page tables ("self" is resolved at `open`), which
+/// would call pages the child wrote absent, and leave them uncleared. The
+/// child closes it and opens its own at the next call. `close` and an
+/// atomic store are async-signal-safe, as a fork handler must be.
+extern "C" fn forget_in_child() {
+    let fd = PAGEMAP.swap(UNOPENED, Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: the descriptor this module opened; nothing else uses it
+        // in the child, which has only the forking thread.
+        unsafe { libc::close(fd) };
     }
-    if UNAVAILABLE.load(Ordering::Relaxed) {
+}
+
+/// `/proc/self/pagemap`'s descriptor, opened at the first call; `None`
+/// where it cannot be. Out of descriptors (`EMFILE`, `ENFILE`: a flood the
+/// server sheds) is not "cannot": the next call tries again, and `mincore`
+/// answers meanwhile.
+fn pagemap() -> Option<i32> {
+    match PAGEMAP.load(Ordering::Relaxed) {
+        UNAVAILABLE => return None,
+        UNOPENED => {}
+        fd => return Some(fd),
+    }
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a handler that only closes a descriptor and
+        // stores an atomic; it stays valid for the life of the process.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) };
+    });
+    // SAFETY: a NUL-terminated path; the descriptor returned is ours.
+    let fd = unsafe { libc::open(c"/proc/self/pagemap".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if !matches!(e, Some(libc::EMFILE | libc::ENFILE)) {
+            let _ = PAGEMAP.compare_exchange(UNOPENED, UNAVAILABLE, Ordering::Relaxed, Ordering::Relaxed);
+        }
         return None;
     }
-    match std::fs::File::open("/proc/self/pagemap") {
-        Ok(f) => Some(FILE.get_or_init(|| f)),
-        Err(e) => {
-            if !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                UNAVAILABLE.store(true, Ordering::Relaxed);
-            }
-            None
+    match PAGEMAP.compare_exchange(UNOPENED, fd, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => Some(fd),
+        Err(other) => {
+            // Another thread opened it first.
+            // SAFETY: `fd` is ours and unused.
+            unsafe { libc::close(fd) };
+            (other >= 0).then_some(other)
         }
     }
 }
@@ -70,9 +101,12 @@ fn pagemap() -> Option<&'static std::fs::File> {
 pub(crate) fn pages(at: usize, pages: usize) -> Option<Vec<Page>> {
     let page = super::page_size();
     debug_assert_eq!(at % page, 0);
-    if let Some(file) = pagemap() {
+    if let Some(fd) = pagemap() {
         let mut raw = vec![0u8; pages * 8];
-        if file.read_exact_at(&mut raw, (at / page * 8) as u64).is_ok() {
+        // SAFETY: `raw` is writable for its length; `fd` stays open (only
+        // a fork's child closes it, in its own copy of the process).
+        let n = unsafe { libc::pread(fd, raw.as_mut_ptr().cast(), raw.len(), (at / page * 8) as libc::off_t) };
+        if n == raw.len() as isize {
             return Some(
                 raw.chunks_exact(8)
                     .map(|e| {
@@ -136,5 +170,48 @@ mod tests {
         assert_eq!(pages(at, 8).unwrap()[5], absent);
         // SAFETY: the mapping made above.
         unsafe { libc::munmap(at as *mut libc::c_void, len) };
+    }
+
+    /// A child made by `fork` after the descriptor was opened sees its own
+    /// pages. Before, it read the parent's page tables through the
+    /// inherited descriptor and called a page only it had written absent,
+    /// which a reset would have left holding the data.
+    #[test]
+    fn a_forked_child_sees_its_own_pages() {
+        let page = crate::wamr::page_size();
+        // SAFETY: a fresh private anonymous mapping.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as usize;
+        assert_ne!(at, libc::MAP_FAILED as usize);
+        // The parent opens the descriptor and sees nothing held.
+        assert!(pages(at, 4).unwrap().iter().all(|&p| p != Page::Resident));
+        // SAFETY: fork; the child only writes its copy of the mapping,
+        // asks, and leaves with _exit (no destructors, no test harness).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: page 2 of the child's copy of the mapping.
+            unsafe { *((at + 2 * page) as *mut u8) = 1 };
+            let ok = pages(at, 4).is_some_and(|p| p[2] == Page::Resident);
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child made above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child did not see the page it wrote (status {status:#x})"
+        );
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(at as *mut libc::c_void, 4 * page) };
     }
 }
