@@ -80,9 +80,15 @@ pub(crate) fn record_coroutine_bounds() {
 /// the coroutine can observe: the pages read back as zeros if it goes that
 /// deep.
 pub(crate) fn release_unused_pages() {
-    /// Bytes under the stack pointer that stay mapped: far more than this
-    /// function's frame and `madvise`'s take (its frame is 80 bytes in the
-    /// release build, and `sp()` is the address of one of its locals).
+    /// Bytes under the stack pointer that stay mapped: more than this
+    /// function's frame and what it calls take, `madvise` and before it
+    /// `residency::pages` (an allocation and a `pread`, a few hundred
+    /// bytes; `sp()` is the address of one of this frame's locals). The
+    /// frames of `pages` are dead when `madvise` runs, so reaching below
+    /// would not be unsound, but the page they touched would be seen held
+    /// and given back, a TLB flush, at every coroutine start: `perf` under
+    /// churn shows `madvise` at 0.07 % of the server's samples, so they do
+    /// not (docs/BENCHMARKS.md, "Connection churn, continued").
     const MARGIN: usize = 1024;
     let Some(b) = current_bounds() else { return };
     // An odd size in words asks `generator` to fill the whole stack with
