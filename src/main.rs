@@ -159,8 +159,8 @@ struct CompileArgs {
     /// CPU to generate code for.
     #[arg(long, value_enum, default_value_t)]
     target: wamr_coro::aot::Target,
-    /// Stop the compiler after this many seconds (an error).
-    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    /// Stop the compiler after this many seconds (an error); at most 1800.
+    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=1800))]
     timeout_s: u64,
     /// Memory (data) the compiler may use, MiB.
     #[arg(long, default_value_t = compile_limits().max_memory >> 20, value_parser = clap::value_parser!(u64).range(64..))]
@@ -319,8 +319,8 @@ struct ServeArgs {
     #[arg(long)]
     aot_cache: Option<PathBuf>,
     /// When compiling: stop the compiler after this many seconds (with
-    /// `auto`, the guest is then interpreted).
-    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    /// `auto`, the guest is then interpreted); at most 1800.
+    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=1800))]
     aot_timeout_s: u64,
     /// When compiling: memory (data) the compiler may use, MiB.
     #[arg(long, default_value_t = compile_limits().max_memory >> 20, value_parser = clap::value_parser!(u64).range(64..))]

@@ -1017,6 +1017,30 @@ fn a_module_too_costly_to_compile_is_stopped_by_the_limits() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A compile time limit past half an hour is refused, by the library and
+/// by both commands: a scratch directory left that long by a dead process
+/// is taken for stale by the next compile (see the test above), and a live
+/// compile's must never look so.
+#[test]
+fn a_compile_time_limit_past_half_an_hour_is_refused() {
+    if !compiler() {
+        return;
+    }
+    setup();
+    let limits = aot::CompileLimits { timeout: Duration::from_secs(1801), max_memory: 1 << 30 };
+    let err = aot::compile_with(guest_text("echo.wat").as_bytes(), Target::Portable, &limits).unwrap_err();
+    assert!(err.to_string().contains("at most 1800 s"), "{err}");
+    let echo = guest_path("echo.wat");
+    for args in [
+        vec!["compile", echo.to_str().unwrap(), "-o", "/dev/null", "--timeout-s", "1801"],
+        vec!["serve", echo.to_str().unwrap(), "--aot-timeout-s", "1801"],
+    ] {
+        let st = common::wamr_coro().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(!st.status.success() && err.contains("1801") && err.contains("1..=1800"), "{args:?}: {err}");
+    }
+}
+
 /// `compile -o` naming the input (here through a symbolic link) is refused
 /// and the module left as it was. Before, the wasm was overwritten with
 /// its native code.

@@ -157,11 +157,16 @@ fn unavailable() -> Error {
 /// fail and it stops. Either is a compile error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompileLimits {
-    /// Wall-clock time one compile may take.
+    /// Wall-clock time one compile may take; at most [`MAX_COMPILE_TIME`].
     pub timeout: Duration,
     /// Data (heap) the compiler process may use, bytes.
     pub max_memory: u64,
 }
+
+/// The longest [`CompileLimits::timeout`] allowed: below the age at which
+/// another process takes a dead process's scratch directory for stale, so
+/// that no live compile's directory looks stale.
+pub const MAX_COMPILE_TIME: Duration = Duration::from_secs(1800);
 
 impl Default for CompileLimits {
     /// 60 s and 2 GiB: the guests in `guests/` compile in well under a
@@ -226,8 +231,8 @@ struct Scratch(PathBuf);
 const SCRATCH_PREFIX: &str = "wamr-coro-aot-";
 
 /// How old a dead process's scratch directory must be before
-/// [`Scratch::sweep`] removes it.
-const STALE_AFTER: Duration = Duration::from_secs(3600);
+/// [`Scratch::sweep`] removes it: twice [`MAX_COMPILE_TIME`].
+const STALE_AFTER: Duration = Duration::from_secs(2 * MAX_COMPILE_TIME.as_secs());
 
 impl Scratch {
     /// A new directory, `0700`, under the temporary directory. Its name is
@@ -265,8 +270,10 @@ impl Scratch {
     /// Only directories (not links) of this user whose process no longer
     /// exists and that nothing has touched for [`STALE_AFTER`]: the age
     /// spares a live compile of a process in another pid namespace that
-    /// shares the temporary directory. Errors are ignored; what is not
-    /// removed now may be next time.
+    /// shares the temporary directory (a compile is stopped at
+    /// [`MAX_COMPILE_TIME`]). Errors are ignored; what is not removed now
+    /// may be next time. Directories of builds before 2026-12-07, whose
+    /// names carry no pid, are not recognised and stay.
     fn sweep() {
         use std::os::unix::fs::MetadataExt;
         let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
@@ -323,6 +330,13 @@ pub fn compile(input: &[u8], target: Target) -> Result<Vec<u8>> {
 pub fn compile_with(input: &[u8], target: Target, limits: &CompileLimits) -> Result<Vec<u8>> {
     if !compiler_available() {
         return Err(unavailable());
+    }
+    if limits.timeout > MAX_COMPILE_TIME {
+        return Err(Error::Config(format!(
+            "the compile time limit must be at most {} s, not {} s",
+            MAX_COMPILE_TIME.as_secs(),
+            limits.timeout.as_secs_f64()
+        )));
     }
     let wasm = with_wasm_section(&to_wasm(input)?)?;
     let scratch = Scratch::new()?;
