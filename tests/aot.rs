@@ -488,6 +488,19 @@ fn compiled_envs_are_reset_between_connections() {
     }
 }
 
+/// Compiled code reaches the tail WAMR maps past a memory it shrank to
+/// `__heap_base` as the interpreter does, and the reset clears it the same
+/// way (`isolation.rs::the_tail_of_a_shrunk_memory_is_reset_too`).
+#[test]
+fn compiled_envs_reset_the_tail_of_a_shrunk_memory() {
+    if !compiler() {
+        return;
+    }
+    setup();
+    let aot = aot::compile(SHRUNK_WAT.as_bytes(), Target::Native).unwrap();
+    shrunk_tail_is_reset(&Module::from_aot(&aot).unwrap());
+}
+
 #[test]
 fn an_aot_file_without_its_wasm_is_refused_clearly() {
     if !compiler() {

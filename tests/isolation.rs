@@ -502,45 +502,12 @@ fn pages_an_earlier_connection_wrote_read_back_as_zeros() {
     }
 }
 
-/// One page of memory that never grows, with `__heap_base` at 61444: WAMR
-/// shrinks such a memory to `__heap_base` (61448 bytes, 8-aligned) but
-/// maps and bounds-checks it to the end of the kernel page (65536). 'W'
-/// writes 'X' at 62000, past the shrunk size, and answers 1; 'R' answers
-/// the byte there. (The stack pointer and `__data_end` are for spawned
-/// envs, which take their C stacks from that range.)
-const SHRUNK: &str = r#"(module
-  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (global $__stack_pointer (mut i32) (i32.const 57344))
-  (global (export "__heap_base") i32 (i32.const 61444))
-  (global (export "__data_end") i32 (i32.const 1024))
-  (data (i32.const 0) "image")
-  (func (export "alloc") (param i32) (result i32) (i32.const 58000))
-  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
-    (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 87))
-      (then (i32.store8 (i32.const 62000) (i32.const 88)) (i32.store8 (i32.const 16) (i32.const 1)))
-      (else (i32.store8 (i32.const 16) (i32.load8_u (i32.const 62000)))))
-    (drop (call $send (local.get $c) (i32.const 16) (i32.const 1)))
-    (i32.const 0)))"#;
-
 /// The bytes past a shrunk memory's size, up to the end of the kernel page
 /// WAMR maps and lets the guest reach, are reset too. Before, the image
 /// covered only the shrunk size, and a byte written at 62000 by one
-/// connection was read by the next.
+/// connection was read by the next (`common::SHRUNK_WAT`).
 #[test]
 fn the_tail_of_a_shrunk_memory_is_reset_too() {
     setup();
-    for source in [EnvSource::Instance, EnvSource::Spawn] {
-        // A receive buffer (alloc) that fits below the shrunk size.
-        let limits = Limits { chunk_size: 1024, ..test_limits() };
-        let server = start_with(Module::from_wat(SHRUNK).unwrap(), source, 1, limits);
-        for round in 0..3u64 {
-            assert_eq!(ask(&server, b"W", 1), [1], "{source:?}: the write past __heap_base trapped");
-            wait_closed(&server, 2 * round + 1);
-            assert_eq!(ask(&server, b"R", 1), [0], "{source:?}: an earlier connection's byte at 62000 was seen");
-            wait_closed(&server, 2 * round + 2);
-        }
-        let stats = server.stop();
-        assert!(stats.pool.hits >= 4, "{source:?}: envs were not reused, so nothing was tested: {stats}");
-    }
+    shrunk_tail_is_reset(&Module::from_wat(SHRUNK_WAT).unwrap());
 }

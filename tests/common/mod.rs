@@ -488,3 +488,62 @@ pub fn starts_like_a_fresh_instance(server: &ServerHandle, source: wamr_coro::En
         }
     }
 }
+
+/// One page of memory that never grows, with `__heap_base` at 61444: WAMR
+/// shrinks such a memory to `__heap_base` (61448 bytes, 8-aligned) but
+/// maps and bounds-checks it to the end of the kernel page (65536). 'W'
+/// writes 'X' at 62000, past the shrunk size, and answers 1; 'R' answers
+/// the byte there. (The stack pointer and `__data_end` are for spawned
+/// envs, which take their C stacks from that range.)
+pub const SHRUNK_WAT: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $__stack_pointer (mut i32) (i32.const 57344))
+  (global (export "__heap_base") i32 (i32.const 61444))
+  (global (export "__data_end") i32 (i32.const 1024))
+  (data (i32.const 0) "image")
+  (func (export "alloc") (param i32) (result i32) (i32.const 58000))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 87))
+      (then (i32.store8 (i32.const 62000) (i32.const 88)) (i32.store8 (i32.const 16) (i32.const 1)))
+      (else (i32.store8 (i32.const 16) (i32.load8_u (i32.const 62000)))))
+    (drop (call $send (local.get $c) (i32.const 16) (i32.const 1)))
+    (i32.const 0)))"#;
+
+/// Direct mode, both env sources, a pool of one: a byte `SHRUNK_WAT`
+/// writes past its shrunk size is gone for the next connection.
+pub fn shrunk_tail_is_reset(module: &Module) {
+    use wamr_coro::EnvSource;
+    for source in [EnvSource::Instance, EnvSource::Spawn] {
+        // A receive buffer (alloc) that fits below the shrunk size.
+        let limits = Limits { chunk_size: 1024, ..test_limits() };
+        let server = Server::builder(module.clone())
+            .listen("127.0.0.1:0")
+            .mode(Mode::Direct)
+            .policy(EnvPolicy::Connection)
+            .env_source(source)
+            .pool_capacity(1)
+            .workers(2)
+            .limits(limits)
+            .start()
+            .unwrap();
+        let ask = |msg: &[u8], closed: u64| -> Vec<u8> {
+            let mut s = connect(server.local_addr());
+            s.write_all(msg).unwrap();
+            let answer = read_n(&mut s, 1).unwrap();
+            drop(s);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while server.stats().closed < closed {
+                assert!(Instant::now() < deadline, "connections did not close: {}", server.stats());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            answer
+        };
+        for round in 0..3u64 {
+            assert_eq!(ask(b"W", 2 * round + 1), [1], "{source:?}: the write past __heap_base trapped");
+            assert_eq!(ask(b"R", 2 * round + 2), [0], "{source:?}: an earlier connection's byte at 62000 was seen");
+        }
+        let stats = server.stop();
+        assert!(stats.pool.hits >= 4, "{source:?}: envs were not reused, so nothing was tested: {stats}");
+    }
+}
