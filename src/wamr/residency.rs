@@ -102,25 +102,8 @@ pub(crate) fn pages(at: usize, pages: usize) -> Option<Vec<Page>> {
     let page = super::page_size();
     debug_assert_eq!(at % page, 0);
     if let Some(fd) = pagemap() {
-        let mut raw = vec![0u8; pages * 8];
-        // SAFETY: `raw` is writable for its length; `fd` stays open (only
-        // a fork's child closes it, in its own copy of the process).
-        let n = unsafe { libc::pread(fd, raw.as_mut_ptr().cast(), raw.len(), (at / page * 8) as libc::off_t) };
-        if n == raw.len() as isize {
-            return Some(
-                raw.chunks_exact(8)
-                    .map(|e| {
-                        let e = u64::from_ne_bytes(e.try_into().expect("8 bytes"));
-                        if e & PRESENT != 0 {
-                            Page::Resident
-                        } else if e & SWAPPED != 0 {
-                            Page::Swapped
-                        } else {
-                            Page::Absent
-                        }
-                    })
-                    .collect(),
-            );
+        if let Some(v) = from_pagemap(fd, at / page, pages) {
+            return Some(v);
         }
     }
     let mut resident = vec![0u8; pages];
@@ -130,6 +113,36 @@ pub(crate) fn pages(at: usize, pages: usize) -> Option<Vec<Page>> {
         return None;
     }
     Some(resident.iter().map(|&r| if r & 1 == 1 { Page::Resident } else { Page::Swapped }).collect())
+}
+
+/// Entries read from pagemap at a time: 32 KiB, 16 MiB of memory.
+const CHUNK: usize = 4096;
+
+/// Pages `[first, first + pages)` (page numbers) as pagemap tells them;
+/// `None` if a read falls short.
+fn from_pagemap(fd: i32, first: usize, pages: usize) -> Option<Vec<Page>> {
+    let mut out = Vec::with_capacity(pages);
+    let mut raw = vec![0u64; pages.min(CHUNK)];
+    while out.len() < pages {
+        let n = (pages - out.len()).min(CHUNK);
+        let bytes = n * 8;
+        let offset = ((first + out.len()) * 8) as libc::off_t;
+        // SAFETY: `raw` is writable for at least `bytes`; `fd` stays open
+        // (only a fork's child closes it, in its own copy of the process).
+        if unsafe { libc::pread(fd, raw.as_mut_ptr().cast(), bytes, offset) } != bytes as isize {
+            return None;
+        }
+        out.extend(raw[..n].iter().map(|&e| {
+            if e & PRESENT != 0 {
+                Page::Resident
+            } else if e & SWAPPED != 0 {
+                Page::Swapped
+            } else {
+                Page::Absent
+            }
+        }));
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -170,6 +183,36 @@ mod tests {
         assert_eq!(pages(at, 8).unwrap()[5], absent);
         // SAFETY: the mapping made above.
         unsafe { libc::munmap(at as *mut libc::c_void, len) };
+    }
+
+    /// A range read in more than one chunk is told page by page too.
+    #[test]
+    fn a_range_longer_than_a_chunk_is_read_whole() {
+        let page = crate::wamr::page_size();
+        let n = super::CHUNK * 2 + 3;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        } as usize;
+        assert_ne!(at, libc::MAP_FAILED as usize);
+        let written = [0, super::CHUNK - 1, super::CHUNK, 2 * super::CHUNK + 2];
+        for &i in &written {
+            // SAFETY: page `i` of the mapping.
+            unsafe { *((at + i * page) as *mut u8) = 1 };
+        }
+        let got = pages(at, n).unwrap();
+        assert_eq!(got.len(), n);
+        let resident: Vec<usize> = (0..n).filter(|&i| got[i] == Page::Resident).collect();
+        assert_eq!(resident, written);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(at as *mut libc::c_void, n * page) };
     }
 
     /// A child made by `fork` after the descriptor was opened sees its own
