@@ -227,11 +227,7 @@ fn an_env_does_not_gather_the_pages_its_connections_wrote() {
         drop(c);
         // The env is back in the pool (capacity 1) before the next one.
         closed += 1;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while server.stats().closed < closed {
-            assert!(std::time::Instant::now() < deadline, "connections did not close: {}", server.stats());
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_closed(&server, closed);
         i32::from_le_bytes(answer.try_into().unwrap())
     };
     for k in 0..3u8 {

@@ -24,15 +24,6 @@ fn start_with(module: Module, source: EnvSource, pool: usize, limits: Limits) ->
         .unwrap()
 }
 
-/// Waits (bounded) until the server has closed `n` connections.
-fn wait_closed(server: &ServerHandle, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.stats().closed < n {
-        assert!(Instant::now() < deadline, "connections did not close: {}", server.stats());
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// One message on a fresh connection; returns the remember guest's answer.
 fn ask(server: &ServerHandle, msg: &[u8], answer_len: usize) -> Vec<u8> {
     let mut s = connect(server.local_addr());

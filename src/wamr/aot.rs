@@ -259,9 +259,7 @@ impl Scratch {
             }
         }
     }
-}
 
-impl Scratch {
     /// Removes the scratch directories that processes killed mid-compile
     /// left behind (`SIGKILL` runs no destructor): each holds the module
     /// and, where the compiler could not run from a memfd, a copy of the

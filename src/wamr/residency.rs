@@ -149,25 +149,31 @@ fn from_pagemap(fd: i32, first: usize, pages: usize) -> Option<Vec<Page>> {
 mod tests {
     use super::{pagemap, pages, Page};
 
+    /// A fresh private anonymous mapping of `n` kernel pages (reserved
+    /// lazily); the caller unmaps it.
+    fn map(n: usize) -> usize {
+        // SAFETY: a new mapping, which nothing else uses.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n * crate::wamr::page_size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED);
+        at as usize
+    }
+
     /// Written pages are resident, untouched ones absent, and pages given
     /// back absent again, as both sources tell them.
     #[test]
     fn pages_tell_written_untouched_and_given_back() {
         let page = crate::wamr::page_size();
         let len = 8 * page;
-        // SAFETY: a fresh private anonymous mapping, unmapped below.
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(at, libc::MAP_FAILED);
-        let at = at as usize;
+        let at = map(8);
         // SAFETY: pages 1 and 5 of the mapping, writable.
         unsafe {
             *((at + page) as *mut u8) = 1;
@@ -190,18 +196,7 @@ mod tests {
     fn a_range_longer_than_a_chunk_is_read_whole() {
         let page = crate::wamr::page_size();
         let n = super::CHUNK * 2 + 3;
-        // SAFETY: a fresh private anonymous mapping, unmapped below.
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                n * page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        } as usize;
-        assert_ne!(at, libc::MAP_FAILED as usize);
+        let at = map(n);
         let written = [0, super::CHUNK - 1, super::CHUNK, 2 * super::CHUNK + 2];
         for &i in &written {
             // SAFETY: page `i` of the mapping.
@@ -222,18 +217,7 @@ mod tests {
     #[test]
     fn a_forked_child_sees_its_own_pages() {
         let page = crate::wamr::page_size();
-        // SAFETY: a fresh private anonymous mapping.
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4 * page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as usize;
-        assert_ne!(at, libc::MAP_FAILED as usize);
+        let at = map(4);
         // The parent opens the descriptor and sees nothing held.
         assert!(pages(at, 4).unwrap().iter().all(|&p| p != Page::Resident));
         // SAFETY: fork; the child only writes its copy of the mapping,

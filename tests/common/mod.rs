@@ -481,11 +481,7 @@ pub fn starts_like_a_fresh_instance(server: &ServerHandle, source: wamr_coro::En
         check(read_n(&mut s, 6).unwrap(), &format!("later connection {i}"));
         drop(s);
         // Closed before the next one, so its env is back in the pool.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.stats().closed < 21 + i as u64 {
-            assert!(Instant::now() < deadline, "connections did not close: {}", server.stats());
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_closed(server, 21 + i as u64);
     }
 }
 
@@ -532,11 +528,7 @@ pub fn shrunk_tail_is_reset(module: &Module) {
             s.write_all(msg).unwrap();
             let answer = read_n(&mut s, 1).unwrap();
             drop(s);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while server.stats().closed < closed {
-                assert!(Instant::now() < deadline, "connections did not close: {}", server.stats());
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            wait_closed(&server, closed);
             answer
         };
         for round in 0..3u64 {
@@ -545,5 +537,14 @@ pub fn shrunk_tail_is_reset(module: &Module) {
         }
         let stats = server.stop();
         assert!(stats.pool.hits >= 4, "{source:?}: envs were not reused, so nothing was tested: {stats}");
+    }
+}
+
+/// Waits (bounded) until the server has closed `n` connections.
+pub fn wait_closed(server: &ServerHandle, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats().closed < n {
+        assert!(Instant::now() < deadline, "connections did not close: {}", server.stats());
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
