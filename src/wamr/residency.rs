@@ -210,6 +210,58 @@ mod tests {
         unsafe { libc::munmap(at as *mut libc::c_void, n * page) };
     }
 
+    /// Out of descriptors when pagemap is first opened, `mincore` answers
+    /// (a page not resident may be in swap), and pagemap is opened at a
+    /// later call once descriptors are free. Before, the failed open was
+    /// kept for the life of the process. Run in a forked child: it lowers
+    /// its descriptor limit and starts with pagemap unopened.
+    #[test]
+    fn pagemap_is_opened_again_after_running_out_of_descriptors() {
+        if pagemap().is_none() {
+            return; // no pagemap on this machine: nothing to reopen
+        }
+        let at = map(4);
+        // SAFETY: fork; the child only changes its own limits and state,
+        // asks, and leaves with _exit (no destructors, no test harness).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // The fork handler left pagemap unopened in this child.
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: reads and sets this child's own descriptor limit.
+            let ok = unsafe {
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+                    let starved = libc::rlimit { rlim_cur: 0, rlim_max: lim.rlim_max };
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &starved) == 0
+                }
+            };
+            let starved = ok && pages(at, 4).is_some_and(|p| p.iter().all(|&p| p == Page::Swapped));
+            // SAFETY: the limit read above, restored.
+            let restored = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0;
+            let reopened = restored && pages(at, 4).is_some_and(|p| p.iter().all(|&p| p == Page::Absent));
+            // SAFETY: ends the child at once.
+            unsafe {
+                libc::_exit(if !starved {
+                    2
+                } else if !reopened {
+                    3
+                } else {
+                    0
+                })
+            };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child made above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "exit 2: mincore did not answer while out of descriptors; exit 3: pagemap was not opened \
+             again afterwards (status {status:#x})"
+        );
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(at as *mut libc::c_void, 4 * crate::wamr::page_size()) };
+    }
+
     /// A child made by `fork` after the descriptor was opened sees its own
     /// pages. Before, it read the parent's page tables through the
     /// inherited descriptor and called a page only it had written absent,
