@@ -853,3 +853,55 @@ fn the_coroutine_stack_size_cannot_change_once_coroutines_have_run() {
     coro::configure(2, 256 * 1024).expect("the same size again is fine");
     assert_eq!(coro::spawn(|| 2).join().unwrap(), 2);
 }
+
+/// A timed wait that ends early leaves a cancelled timer behind, and the
+/// vendored `may` unlinks cancelled timers in batches: `del_timer` wakes its
+/// timer thread only once `REMOVALS_BEFORE_WAKE` (256) have gathered, where
+/// upstream woke it every time (queue mode's connections paid a futex wake
+/// and a context switch each). Timed waits must still behave: hundreds end
+/// early, crossing the batch size twice, on channels and semaphores (what
+/// the server's queue mode waits on); a later wait that is answered after
+/// 100 ms gets its answer; and one that nobody answers times out, neither
+/// early nor never.
+#[test]
+fn timed_waits_behave_after_many_cancelled_timers() {
+    setup();
+    let h = coro::spawn(|| {
+        for i in 0..600 {
+            let (tx, rx) = may::sync::mpsc::channel();
+            let sender = coro::spawn(move || {
+                may::coroutine::yield_now();
+                tx.send(i).unwrap();
+            });
+            assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(i), "wait {i}");
+            sender.join().unwrap();
+            let sem = Arc::new(may::sync::Semphore::new(0));
+            let s = Arc::clone(&sem);
+            let poster = coro::spawn(move || {
+                may::coroutine::yield_now();
+                s.post();
+            });
+            assert!(sem.wait_timeout(Duration::from_secs(30)), "semaphore wait {i}");
+            poster.join().unwrap();
+        }
+        let (tx, rx) = may::sync::mpsc::channel();
+        let sender = coro::spawn(move || {
+            may::coroutine::sleep(Duration::from_millis(100));
+            tx.send(()).unwrap();
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(30));
+        sender.join().unwrap();
+        let (_tx, rx) = may::sync::mpsc::channel::<()>();
+        let t = std::time::Instant::now();
+        let unanswered = rx.recv_timeout(Duration::from_millis(50));
+        (answered, unanswered, t.elapsed())
+    });
+    // Bounded: a timer that never fires would hang the coroutine.
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(h.join().unwrap()));
+    let (answered, unanswered, waited) =
+        result.recv_timeout(Duration::from_secs(60)).expect("a timed wait never ended");
+    assert_eq!(answered, Ok(()));
+    assert_eq!(unanswered, Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+    assert!(waited >= Duration::from_millis(50) && waited < Duration::from_secs(10), "timed out after {waited:?}");
+}

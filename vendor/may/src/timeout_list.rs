@@ -241,10 +241,26 @@ impl<T> TimeOutList<T> {
     }
 }
 
+/// wamr-coro: how many cancelled timers may wait in `remove_list` before
+/// `del_timer` wakes the timer thread to unlink them.
+///
+/// Upstream every `del_timer` woke the thread: a futex wake and a context
+/// switch each time a timed wait (`recv_timeout`, a semaphore's
+/// `wait_timeout`, `park_timeout`) ended before its timeout, the common case.
+/// Nothing needs the removal sooner: the thread drains `remove_list` each
+/// time it wakes, before it fires anything, and a cancelled timer stays in
+/// its list, so the thread wakes by that timer's own expiry at the latest.
+/// A cancelled timer is thus still never fired (apart from the race
+/// upstream has too: a cancellation that arrives while the thread is
+/// firing), and at most this many wait, whatever their durations.
+const REMOVALS_BEFORE_WAKE: usize = 256;
+
 pub struct TimerThread<T> {
     timer_list: TimeOutList<T>,
     // collect the remove request
     remove_list: Queue<TimeoutHandle<T>>,
+    // wamr-coro: handles in `remove_list` (see `REMOVALS_BEFORE_WAKE`)
+    removals: AtomicUsize,
     // the timer thread wakeup handler
     wakeup: AtomicOption<Arc<thread::Thread>>,
 }
@@ -254,6 +270,7 @@ impl<T> TimerThread<T> {
         TimerThread {
             timer_list: TimeOutList::new(),
             remove_list: Queue::new(),
+            removals: AtomicUsize::new(0),
             wakeup: AtomicOption::none(),
         }
     }
@@ -270,9 +287,14 @@ impl<T> TimerThread<T> {
     }
 
     pub fn del_timer(&self, handle: TimeoutHandle<T>) {
+        // wamr-coro: only once enough have gathered (`REMOVALS_BEFORE_WAKE`);
+        // counted before the push, so the count never falls below the list.
+        let waiting = self.removals.fetch_add(1, Ordering::AcqRel) + 1;
         self.remove_list.push(handle);
-        if let Some(t) = self.wakeup.take() {
-            t.unpark();
+        if waiting >= REMOVALS_BEFORE_WAKE {
+            if let Some(t) = self.wakeup.take() {
+                t.unpark();
+            }
         }
     }
 
@@ -281,6 +303,7 @@ impl<T> TimerThread<T> {
         let current_thread = Arc::new(thread::current());
         loop {
             while let Some(h) = self.remove_list.pop() {
+                self.removals.fetch_sub(1, Ordering::AcqRel);
                 h.remove();
             }
             // we must register the thread handle first
