@@ -584,6 +584,83 @@ fn a_client_that_never_reads_is_dropped_after_the_idle_timeout() {
     }
 }
 
+/// Queue mode: a guest that answers with more than the socket takes at once
+/// and then closes. The runner writes what the socket takes, and the
+/// connection's writer coroutine, started only then, gets the rest; the
+/// guest's close must end output after all of it (not before, not with the
+/// socket shut by the close while the writer still holds data), the client
+/// must see every byte and then a clean end, and every connection must be
+/// closed on the server after. Clients that wait before reading make the
+/// direct write partial for sure. Both runners.
+const BIG_THEN_CLOSE_WAT: &str = r#"
+(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "close" (func $close (param i32) (result i32)))
+  (memory (export "memory") 80)
+  (global $__stack_pointer (mut i32) (i32.const 65536))
+  (global (export "__data_end") i32 (i32.const 1024))
+  ;; The end of the answer: WAMR shrinks a memory that never grows to it.
+  (global (export "__heap_base") i32 (i32.const 5242880))
+  (global $filled (mut i32) (i32.const 0))
+  (func (export "alloc") (param $size i32) (result i32)
+    (if (result i32) (i32.le_u (local.get $size) (i32.const 65536))
+      (then (i32.const 131072))
+      (else (i32.const 0))))
+  ;; 4 MiB at 1 MiB, word i holding i * 2654435761: every word differs.
+  (func $fill (local $i i32)
+    (loop $l
+      (i32.store (i32.add (i32.const 1048576) (i32.shl (local.get $i) (i32.const 2)))
+                 (i32.mul (local.get $i) (i32.const 2654435761)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 1048576)))))
+  (func (export "on_recv") (param $conn i32) (param $ptr i32) (param $len i32) (result i32)
+    (if (i32.eqz (global.get $filled)) (then (call $fill) (global.set $filled (i32.const 1))))
+    (drop (call $send (local.get $conn) (i32.const 1048576) (i32.const 4194304)))
+    (drop (call $close (local.get $conn)))
+    (i32.const 0)))
+"#;
+
+#[test]
+fn queue_a_large_answer_then_close_arrives_whole_then_ends() {
+    setup();
+    let expected: Vec<u8> = (0u32..1 << 20).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
+    for runner in [wamr_coro::server::QueueRunner::Thread, wamr_coro::server::QueueRunner::Coroutine] {
+        let limits = Limits { output_limit: 8 << 20, call_budget: Some(Duration::from_secs(10)), ..test_limits() };
+        let server = wamr_coro::server::Server::builder(wamr_coro::Module::from_wat(BIG_THEN_CLOSE_WAT).unwrap())
+            .listen("127.0.0.1:0")
+            .mode(Mode::Queue)
+            .queue_runner(runner)
+            .workers(2)
+            .limits(limits)
+            .start()
+            .unwrap();
+        let addr = server.local_addr();
+        let clients: Vec<_> = (0..8u64)
+            .map(|i| {
+                let expected = expected.clone();
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut s = connect(addr);
+                    s.write_all(b"go").unwrap();
+                    std::thread::sleep(Duration::from_millis(100 + 50 * i));
+                    let mut got = Vec::new();
+                    let end = s.read_to_end(&mut got);
+                    assert!(end.is_ok(), "{runner:?} client {i}: {end:?} after {} bytes", got.len());
+                    assert!(got.len() == expected.len(), "{runner:?} client {i}: {} bytes", got.len());
+                    assert!(got == expected, "{runner:?} client {i}: the bytes differ");
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        wait_closed(&server, 8);
+        let stats = server.stop();
+        assert_eq!(stats.bytes_out, 8 << 22, "{runner:?}: {stats}");
+        assert_eq!(stats.envs.live, 0);
+    }
+}
+
 #[test]
 fn queue_coroutine_runner_serves_restarts_and_stops() {
     setup();

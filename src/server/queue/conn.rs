@@ -1,5 +1,6 @@
 //! A queue-mode connection: its reader coroutine (socket → events, with
-//! backpressure) and its writer coroutine (channel → socket).
+//! backpressure) and its writer coroutine (channel → socket), started the
+//! first time the socket refuses part of an answer.
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,9 +8,10 @@ use std::time::{Duration, Instant};
 use super::super::socket::{self, Activity, Reader, Registration};
 use super::super::Shared;
 use super::runner::pause;
-use super::{Event, Out, Queue, QueueConn, Shard};
+use super::{Event, Out, Queue, QueueConn, Shard, WriterEnd};
 
-/// Starts the reader and writer coroutines of an accepted connection.
+/// Starts the reader coroutine of an accepted connection (its writer starts
+/// when first needed: `start_writer`).
 pub(in crate::server) fn start_conn(
     sh: &Arc<Shared>,
     queue: &Queue,
@@ -20,19 +22,19 @@ pub(in crate::server) fn start_conn(
     let id = registration.id();
     let (tx, rx) = may::sync::mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
-    let activity_w = Arc::clone(registration.activity());
     // One fd: the reader owns the socket and outlives the writer, which
     // writes through the same descriptor (see `writer`), as does the runner
     // while the writer has nothing queued (`QueueHost::push`).
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    let writer_gone = Arc::new(parking_lot::Mutex::new(false));
+    let (done_tx, done_rx) = may::sync::mpsc::channel::<()>();
+    let writer_end = Arc::new(parking_lot::Mutex::new(WriterEnd { gone: false, idle: Some((rx, done_tx)) }));
     let conn = Arc::new(QueueConn {
         id,
         tx,
         fd,
         activity: Arc::clone(registration.activity()),
-        writer_gone: Arc::clone(&writer_gone),
-        pending: Arc::clone(&pending),
+        writer_end,
+        pending,
         inflight: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
         open_gen: AtomicU64::new(0),
@@ -49,21 +51,13 @@ pub(in crate::server) fn start_conn(
         let Some(q) = sh.generations.current().queue.clone() else { return };
         qs = Arc::clone(q.shard_of(id));
     }
-    let (done_tx, done_rx) = may::sync::mpsc::channel::<()>();
-    let (sh_w, sh_r, qs_r) = (Arc::clone(sh), Arc::clone(sh), qs);
-    crate::coro::spawn(move || {
-        // SAFETY: the reader keeps the socket behind `fd` open until this
-        // coroutine has ended (it waits for `done_tx` to drop).
-        unsafe { writer(sh_w, fd, rx, pending, &activity_w) };
-        // From here the socket may close: no more direct writes.
-        *writer_gone.lock() = true;
-        drop(done_tx);
-    });
+    let (sh_r, qs_r) = (Arc::clone(sh), qs);
     crate::coro::spawn(move || {
         let mut stream = stream;
         reader(&sh_r, &qs_r, id, &conn, &mut stream);
-        // The socket stays open until the writer is done with it; a writer
-        // whose CLOSE never comes (the shard shut down) is told to stop.
+        // The socket stays open until output has ended (the writer, if the
+        // connection needed one, is done with it); output whose CLOSE never
+        // comes (the shard shut down) is ended here.
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(Duration::from_millis(100)) {
             if qs_r.shutdown.load(Ordering::Acquire) || sh_r.stopping.load(Ordering::Acquire) {
                 conn.close_writer();
@@ -72,6 +66,39 @@ pub(in crate::server) fn start_conn(
         // The registration goes before the socket closes (see socket.rs).
         drop(registration);
         drop(stream);
+    });
+}
+
+/// Starts the writer of connection `c`, the first time the socket refused
+/// part of an answer: `rx` is its channel's receiving end, and `done` the
+/// sender whose drop tells the reader that output has ended.
+pub(super) fn start_writer(
+    sh: &Arc<Shared>,
+    c: &QueueConn,
+    rx: may::sync::mpsc::Receiver<Out>,
+    done: may::sync::mpsc::Sender<()>,
+) {
+    /// Ends output, however the writer ends (a panic included): `gone` is
+    /// set before `done` drops, for the reader closes the socket at once
+    /// after, and the runner writes directly only while `gone` is false.
+    struct Ended {
+        end: Arc<parking_lot::Mutex<WriterEnd>>,
+        _done: may::sync::mpsc::Sender<()>,
+    }
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.end.lock().gone = true;
+        }
+    }
+    let ended = Ended { end: Arc::clone(&c.writer_end), _done: done };
+    let (sh, fd, pending, activity) = (Arc::clone(sh), c.fd, Arc::clone(&c.pending), Arc::clone(&c.activity));
+    // Should the spawn fail (may panics when it cannot map a stack), the
+    // closure and `ended` in it drop: output ends, and the socket closes.
+    crate::coro::spawn(move || {
+        // SAFETY: the reader keeps the socket behind `fd` open until `done`
+        // drops, which `ended` does after this call, however it ends.
+        unsafe { writer(sh, fd, rx, pending, &activity) };
+        drop(ended);
     });
 }
 

@@ -77,10 +77,15 @@ impl Outbox for QueueHost {
         // answer). The rest, if any, goes to the writer behind it, in order:
         // later sends see it pending and queue too. A failed write leaves
         // the bytes to the writer, whose own write fails the same way.
-        let gone = c.writer_gone.lock();
-        if !*gone && c.pending.load(Ordering::Acquire) == 0 {
-            // SAFETY: the socket stays open until the writer has ended and
-            // set `writer_gone`, which it cannot do while we hold its lock.
+        let mut end = c.writer_end.lock();
+        if end.gone {
+            // Output has ended (the connection closed): nothing more goes out.
+            return false;
+        }
+        if c.pending.load(Ordering::Acquire) == 0 {
+            // SAFETY: the socket stays open until output has ended and
+            // `writer_end.gone` is set, which cannot happen while we hold
+            // its lock.
             if let Ok(n) = unsafe { socket::write_nonblocking(c.fd, bytes) } {
                 if n > 0 {
                     self.sh.counters.bytes_out.add(n as u64);
@@ -92,11 +97,18 @@ impl Outbox for QueueHost {
                 }
             }
         }
-        drop(gone);
+        // The rest goes to the writer, started now if the connection has
+        // not needed one before. Sent under the lock, as `close_writer`
+        // sends CLOSE, so that nothing is queued behind a CLOSE.
         c.pending.fetch_add(bytes.len(), Ordering::AcqRel);
         if c.tx.send(Out::Data(bytes.to_vec())).is_err() {
             c.pending.fetch_sub(bytes.len(), Ordering::AcqRel);
             return false;
+        }
+        let idle = end.idle.take();
+        drop(end);
+        if let Some((rx, done)) = idle {
+            super::conn::start_writer(&self.sh, c, rx, done);
         }
         true
     }

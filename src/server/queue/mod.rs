@@ -11,10 +11,12 @@
 //!   its own ring, connection table, runner and guest instance, so shards run
 //!   in parallel and a fault costs one shard's connections, not all.
 //! * Each connection has a reader coroutine (socket → events; a full ring
-//!   blocks it, so TCP pushes back on the client) and a writer coroutine
-//!   (channel → socket), so the guest never blocks on a slow client. When
-//!   the writer has nothing queued, `send` writes what the socket takes at
-//!   once, without waiting, and only the rest goes to the writer. The guest's
+//!   blocks it, so TCP pushes back on the client) and, once it needs one, a
+//!   writer coroutine (channel → socket), so the guest never blocks on a
+//!   slow client. When the writer has nothing queued, `send` writes what the
+//!   socket takes at once, without waiting, and only the rest goes to the
+//!   writer, which starts the first time there is a rest: a connection whose
+//!   answers always fit its socket never has one. The guest's
 //!   `send` fails with `WOULD_EXCEED_LIMIT` once `output_limit` bytes are
 //!   pending for that connection. The reader stops reading while the
 //!   connection's pending output plus its queued input could not take
@@ -91,14 +93,14 @@ struct QueueConn {
     id: i32,
     tx: may::sync::mpsc::Sender<Out>,
     /// The socket's descriptor, for the runner's direct writes (see
-    /// `QueueHost::push`); open while `writer_gone` is false.
+    /// `QueueHost::push`); open while `writer_end.gone` is false.
     fd: std::os::fd::RawFd,
     /// When the connection last made progress (the idle sweep reads it).
     activity: Arc<super::socket::Activity>,
-    /// Set, under its lock, by the writer as it ends: after that the socket
-    /// may close, so the runner writes directly only under this lock while
-    /// it is false.
-    writer_gone: Arc<Mutex<bool>>,
+    /// Whether output has ended, and the writer's channel end while the
+    /// connection has needed no writer. The runner writes directly only
+    /// under this lock, while `gone` is false.
+    writer_end: Arc<Mutex<WriterEnd>>,
     /// Bytes handed to the writer, not yet written.
     pending: Arc<AtomicUsize>,
     /// DATA bytes queued in the ring, not yet handed to the guest.
@@ -113,10 +115,42 @@ struct QueueConn {
     peer: Option<std::net::SocketAddr>,
 }
 
+/// A connection's output side.
+///
+/// Its writer coroutine starts only when the socket first refuses part of
+/// an answer (`QueueHost::push`): until then the runner writes directly and
+/// `idle` keeps the writer's channel end and the reader's wake-up. A
+/// connection whose answers all fit its socket, the common case, never has
+/// a second coroutine (`conn.rs`).
+#[derive(Default)]
+struct WriterEnd {
+    /// Output has ended (the writer ended, or the connection closed without
+    /// one): the socket may close from now on.
+    gone: bool,
+    /// The receiving end of `QueueConn::tx` and the sender whose drop tells
+    /// the reader that output has ended, while no writer has started.
+    idle: Option<(may::sync::mpsc::Receiver<Out>, may::sync::mpsc::Sender<()>)>,
+}
+
 impl QueueConn {
+    /// Ends the connection's output, after what was already queued: tells
+    /// its writer to stop, or, if it never needed one, shuts the socket
+    /// down here, as the writer would have.
     fn close_writer(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
+            let mut end = self.writer_end.lock();
+            // Under the lock, as `QueueHost::push` sends data: nothing is
+            // queued behind the CLOSE.
             let _ = self.tx.send(Out::Close);
+            if let Some((rx, done)) = end.idle.take() {
+                end.gone = true;
+                drop(end);
+                // SAFETY: the reader keeps the socket open until `done`,
+                // the last sender of its wake-up, is dropped (below).
+                unsafe { super::socket::shutdown_fd(self.fd) };
+                drop(rx);
+                drop(done);
+            }
         }
     }
 }
@@ -234,7 +268,7 @@ mod tests {
             tx: may::sync::mpsc::channel().0,
             fd: -1,
             activity: Arc::default(),
-            writer_gone: Arc::default(),
+            writer_end: Arc::default(),
             pending: Arc::default(),
             inflight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
