@@ -20,17 +20,15 @@ pub(in crate::server) fn start_conn(
 ) {
     let registration = Registration::new(sh, ip, &stream);
     let id = registration.id();
-    let (tx, rx) = may::sync::mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
     // One fd: the reader owns the socket and outlives the writer, which
     // writes through the same descriptor (see `writer`), as does the runner
     // while the writer has nothing queued (`QueueHost::push`).
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (done_tx, done_rx) = may::sync::mpsc::channel::<()>();
-    let writer_end = Arc::new(parking_lot::Mutex::new(WriterEnd { gone: false, idle: Some((rx, done_tx)) }));
+    let writer_end = Arc::new(parking_lot::Mutex::new(WriterEnd { gone: false, tx: None, done: Some(done_tx) }));
     let conn = Arc::new(QueueConn {
         id,
-        tx,
         fd,
         activity: Arc::clone(registration.activity()),
         writer_end,

@@ -101,16 +101,26 @@ impl Outbox for QueueHost {
         // not needed one before. Sent under the lock, as `close_writer`
         // sends CLOSE, so that nothing is queued behind a CLOSE.
         c.pending.fetch_add(bytes.len(), Ordering::AcqRel);
-        if c.tx.send(Out::Data(bytes.to_vec())).is_err() {
+        let data = Out::Data(bytes.to_vec());
+        let sent = match &end.tx {
+            Some(tx) => tx.send(data).is_ok(),
+            None => match end.done.take() {
+                Some(done) => {
+                    let (tx, rx) = may::sync::mpsc::channel();
+                    let _ = tx.send(data);
+                    end.tx = Some(tx);
+                    drop(end);
+                    super::conn::start_writer(&self.sh, c, rx, done);
+                    true
+                }
+                // Output ended without a writer (`gone` was checked above).
+                None => false,
+            },
+        };
+        if !sent {
             c.pending.fetch_sub(bytes.len(), Ordering::AcqRel);
-            return false;
         }
-        let idle = end.idle.take();
-        drop(end);
-        if let Some((rx, done)) = idle {
-            super::conn::start_writer(&self.sh, c, rx, done);
-        }
-        true
+        sent
     }
 
     fn close(&mut self, c: &Arc<QueueConn>) {

@@ -91,15 +91,14 @@ enum Out {
 struct QueueConn {
     /// The connection's id.
     id: i32,
-    tx: may::sync::mpsc::Sender<Out>,
     /// The socket's descriptor, for the runner's direct writes (see
     /// `QueueHost::push`); open while `writer_end.gone` is false.
     fd: std::os::fd::RawFd,
     /// When the connection last made progress (the idle sweep reads it).
     activity: Arc<super::socket::Activity>,
-    /// Whether output has ended, and the writer's channel end while the
-    /// connection has needed no writer. The runner writes directly only
-    /// under this lock, while `gone` is false.
+    /// Whether output has ended, and the channel to the writer once the
+    /// connection has needed one. The runner writes directly only under
+    /// this lock, while `gone` is false.
     writer_end: Arc<Mutex<WriterEnd>>,
     /// Bytes handed to the writer, not yet written.
     pending: Arc<AtomicUsize>,
@@ -117,19 +116,21 @@ struct QueueConn {
 
 /// A connection's output side.
 ///
-/// Its writer coroutine starts only when the socket first refuses part of
-/// an answer (`QueueHost::push`): until then the runner writes directly and
-/// `idle` keeps the writer's channel end and the reader's wake-up. A
-/// connection whose answers all fit its socket, the common case, never has
-/// a second coroutine (`conn.rs`).
+/// Its writer coroutine, and the channel to it, start only when the socket
+/// first refuses part of an answer (`QueueHost::push`): until then the
+/// runner writes directly, and `done` waits here. A connection whose
+/// answers all fit its socket, the common case, never has a second
+/// coroutine or a channel (`conn.rs`).
 #[derive(Default)]
 struct WriterEnd {
     /// Output has ended (the writer ended, or the connection closed without
     /// one): the socket may close from now on.
     gone: bool,
-    /// The receiving end of `QueueConn::tx` and the sender whose drop tells
-    /// the reader that output has ended, while no writer has started.
-    idle: Option<(may::sync::mpsc::Receiver<Out>, may::sync::mpsc::Sender<()>)>,
+    /// The channel to the writer, once it has started.
+    tx: Option<may::sync::mpsc::Sender<Out>>,
+    /// The sender whose drop tells the reader that output has ended, while
+    /// no writer has started (then the writer holds it).
+    done: Option<may::sync::mpsc::Sender<()>>,
 }
 
 impl QueueConn {
@@ -139,16 +140,16 @@ impl QueueConn {
     fn close_writer(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let mut end = self.writer_end.lock();
-            // Under the lock, as `QueueHost::push` sends data: nothing is
-            // queued behind the CLOSE.
-            let _ = self.tx.send(Out::Close);
-            if let Some((rx, done)) = end.idle.take() {
+            if let Some(tx) = &end.tx {
+                // Under the lock, as `QueueHost::push` sends data: nothing
+                // is queued behind the CLOSE.
+                let _ = tx.send(Out::Close);
+            } else if let Some(done) = end.done.take() {
                 end.gone = true;
                 drop(end);
                 // SAFETY: the reader keeps the socket open until `done`,
                 // the last sender of its wake-up, is dropped (below).
                 unsafe { super::socket::shutdown_fd(self.fd) };
-                drop(rx);
                 drop(done);
             }
         }
@@ -265,7 +266,6 @@ mod tests {
     fn conn(id: i32) -> Arc<QueueConn> {
         Arc::new(QueueConn {
             id,
-            tx: may::sync::mpsc::channel().0,
             fd: -1,
             activity: Arc::default(),
             writer_end: Arc::default(),
