@@ -113,7 +113,8 @@ impl Outbox for QueueHost {
                     super::conn::start_writer(&self.sh, c, rx, done);
                     true
                 }
-                // Output ended without a writer (`gone` was checked above).
+                // Not reached: `done` leaves only where `tx` or `gone` is set
+                // (a connection built without one, as in unit tests).
                 None => false,
             },
         };
