@@ -78,8 +78,10 @@ impl Outbox for QueueHost {
         // later sends see it pending and queue too. A failed write leaves
         // the bytes to the writer, whose own write fails the same way.
         let mut end = c.writer_end.lock();
-        if end.gone {
-            // Output has ended (the connection closed): nothing more goes out.
+        if end.gone || c.closed.load(Ordering::Acquire) {
+            // Output has ended, or is ending: `close_writer` marks the
+            // connection closed before it takes this lock to queue CLOSE, so
+            // nothing is queued behind a CLOSE.
             return false;
         }
         if c.pending.load(Ordering::Acquire) == 0 {
