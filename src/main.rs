@@ -160,7 +160,7 @@ struct CompileArgs {
     #[arg(long, value_enum, default_value_t)]
     target: wamr_coro::aot::Target,
     /// Stop the compiler after this many seconds (an error); at most 1800.
-    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=1800))]
+    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=wamr_coro::aot::MAX_COMPILE_TIME.as_secs()))]
     timeout_s: u64,
     /// Memory (data) the compiler may use, MiB.
     #[arg(long, default_value_t = compile_limits().max_memory >> 20, value_parser = clap::value_parser!(u64).range(64..))]
@@ -320,7 +320,7 @@ struct ServeArgs {
     aot_cache: Option<PathBuf>,
     /// When compiling: stop the compiler after this many seconds (with
     /// `auto`, the guest is then interpreted); at most 1800.
-    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=1800))]
+    #[arg(long, default_value_t = compile_limits().timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=wamr_coro::aot::MAX_COMPILE_TIME.as_secs()))]
     aot_timeout_s: u64,
     /// When compiling: memory (data) the compiler may use, MiB.
     #[arg(long, default_value_t = compile_limits().max_memory >> 20, value_parser = clap::value_parser!(u64).range(64..))]
