@@ -626,14 +626,8 @@ fn queue_a_large_answer_then_close_arrives_whole_then_ends() {
     let expected: Vec<u8> = (0u32..1 << 20).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
     for runner in [wamr_coro::server::QueueRunner::Thread, wamr_coro::server::QueueRunner::Coroutine] {
         let limits = Limits { output_limit: 8 << 20, call_budget: Some(Duration::from_secs(10)), ..test_limits() };
-        let server = wamr_coro::server::Server::builder(wamr_coro::Module::from_wat(BIG_THEN_CLOSE_WAT).unwrap())
-            .listen("127.0.0.1:0")
-            .mode(Mode::Queue)
-            .queue_runner(runner)
-            .workers(2)
-            .limits(limits)
-            .start()
-            .unwrap();
+        let m = wamr_coro::Module::from_wat(BIG_THEN_CLOSE_WAT).unwrap();
+        let server = builder(m, Mode::Queue, EnvPolicy::Connection, limits).queue_runner(runner).start().unwrap();
         let addr = server.local_addr();
         let clients: Vec<_> = (0..8u64)
             .map(|i| {
@@ -664,12 +658,8 @@ fn queue_a_large_answer_then_close_arrives_whole_then_ends() {
 #[test]
 fn queue_coroutine_runner_serves_restarts_and_stops() {
     setup();
-    let server = wamr_coro::server::Server::builder(module("faulty.wat"))
-        .listen("127.0.0.1:0")
-        .mode(Mode::Queue)
+    let server = builder(module("faulty.wat"), Mode::Queue, EnvPolicy::Connection, test_limits())
         .queue_runner(wamr_coro::server::QueueRunner::Coroutine)
-        .workers(2)
-        .limits(test_limits())
         .start()
         .unwrap();
     let addr = server.local_addr();

@@ -75,7 +75,7 @@ pub fn test_limits() -> Limits {
 }
 
 /// The test server's builder: 127.0.0.1:0, two workers.
-fn builder(module: Module, mode: Mode, policy: EnvPolicy, limits: Limits) -> ServerBuilder {
+pub fn builder(module: Module, mode: Mode, policy: EnvPolicy, limits: Limits) -> ServerBuilder {
     Server::builder(module).listen("127.0.0.1:0").mode(mode).policy(policy).workers(2).limits(limits)
 }
 
