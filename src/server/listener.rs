@@ -7,6 +7,16 @@
 //! descriptor is kept for that moment: it is released, the connection
 //! accepted and closed at once (counted as refused), and the spare taken
 //! again.
+//!
+//! Before that point, the top [`fd_reserve`] descriptors under the limit are
+//! kept for everything that is not a client connection: an accepted
+//! connection whose descriptor lands there is refused. Linux hands out the
+//! lowest free number, so a descriptor that high means nearly every lower
+//! one is taken. Without the reserve, a flood that used the last
+//! descriptor left the metrics endpoint unable to accept a scrape (it
+//! showed the problem least when it mattered most), and the runtime's own
+//! short-lived opens (`/proc/self/pagemap`) failing.
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,6 +25,9 @@ use super::{connection, socket, Shared};
 pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may::coroutine::JoinHandle<()> {
     crate::coro::spawn(move || {
         let mut spare = std::fs::File::open("/dev/null").ok();
+        // Read once: the limit is the process's, set before the server
+        // starts (`raise_fd_limit`).
+        let ceiling = super::fd_limit().map_or(u64::MAX, |l| l.saturating_sub(fd_reserve(l)));
         loop {
             let accepted = listener.accept();
             if shared.stopping.load(Ordering::Acquire) {
@@ -43,6 +56,19 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
                     continue;
                 }
             };
+            if stream.as_raw_fd() as u64 >= ceiling {
+                shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = shared.log_limits.accept.allow() {
+                    tracing::warn!(
+                        fd = stream.as_raw_fd(),
+                        ceiling,
+                        suppressed,
+                        "nearly out of file descriptors: refusing a connection, keeping the rest for the runtime and /metrics"
+                    );
+                }
+                drop(stream);
+                continue;
+            }
             if let Err(why) = socket::admit(&shared, peer.ip()) {
                 shared.counters.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, why, "connection refused");
@@ -58,4 +84,13 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
             }
         }
     })
+}
+
+/// Descriptors kept free of client connections under a limit of `limit`:
+/// an eighth of it, at least 4 and at most 32. 32 covers the metrics
+/// endpoint at full concurrency (its listener and `MAX_SCRAPES` = 8
+/// scrapes), the runtime's transient opens and the spare above, with room
+/// to spare; a small limit keeps most of its descriptors for connections.
+fn fd_reserve(limit: u64) -> u64 {
+    (limit / 8).clamp(4, 32)
 }
