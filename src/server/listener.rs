@@ -13,9 +13,10 @@
 //! connection whose descriptor lands there is refused. Linux hands out the
 //! lowest free number, so a descriptor that high means nearly every lower
 //! one is taken. Without the reserve, a flood that used the last
-//! descriptor left the metrics endpoint unable to accept a scrape (it
-//! showed the problem least when it mattered most), and the runtime's own
-//! short-lived opens (`/proc/self/pagemap`) failing.
+//! descriptor left the metrics endpoint unable to accept a scrape, just
+//! when an operator would look, and the runtime's own
+//! opens failing (`/proc/self/pagemap`, opened at first use and tried again
+//! while descriptors run out).
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -89,7 +90,7 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
 /// Descriptors kept free of client connections under a limit of `limit`:
 /// an eighth of it, at least 4 and at most 32. 32 covers the metrics
 /// endpoint at full concurrency (its listener and `MAX_SCRAPES` = 8
-/// scrapes), the runtime's transient opens and the spare above, with room
+/// scrapes), the runtime's own opens and the spare above, with room
 /// to spare; a small limit keeps most of its descriptors for connections.
 fn fd_reserve(limit: u64) -> u64 {
     (limit / 8).clamp(4, 32)
