@@ -130,14 +130,20 @@ impl Dispatcher {
     pub(super) fn abandon_generation(&mut self) -> usize {
         self.rest = None;
         self.done_handling();
-        let conns = self.qs.conns.lock();
-        let mut n = 0;
-        for c in conns.values() {
-            if c.open_gen.load(Ordering::Acquire) == self.generation {
-                c.close_writer();
-                n += 1;
-            }
-        }
-        n
+        // Picked under the lock, closed after it: closing is a system call
+        // (or a send to a writer) per connection, thousands after a crash,
+        // and a new connection of this shard is admitted under the lock
+        // (blocking its `may` worker thread while it waits), as is every
+        // statistics snapshot.
+        let abandoned: Vec<Arc<QueueConn>> = self
+            .qs
+            .conns
+            .lock()
+            .values()
+            .filter(|c| c.open_gen.load(Ordering::Acquire) == self.generation)
+            .cloned()
+            .collect();
+        abandoned.iter().for_each(|c| c.close_writer());
+        abandoned.len()
     }
 }
