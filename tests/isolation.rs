@@ -65,6 +65,42 @@ fn a_new_connection_never_sees_an_earlier_connections_state_spawn() {
     no_leak_across_connections(EnvSource::Spawn);
 }
 
+/// The same for a guest compiled by clang (`guests/c/remember.c`), whose
+/// state sits where a C guest's does: a data segment and .bss starting
+/// mid-page, a shadow stack in linear memory, a page it grew. The WAT probe
+/// above keeps its state at page-aligned places only.
+#[test]
+fn a_compiled_c_guests_state_never_reaches_the_next_connection() {
+    for source in [EnvSource::Instance, EnvSource::Spawn] {
+        let server = start_with(built_guest("remember"), source, 1, test_limits());
+        let addr = server.local_addr();
+        // Within one connection the probe does remember (so it would show a
+        // leak): its count, the stored message, the byte left on its stack.
+        let mut s = connect(addr);
+        s.write_all(b"first").unwrap();
+        let fresh = read_n(&mut s, 8).unwrap();
+        assert_eq!((fresh[0], fresh[2], fresh[3], &fresh[4..]), (0, 0, 0, &b"none"[..]), "{source:?}: {fresh:?}");
+        s.write_all(b"again").unwrap();
+        let second = read_n(&mut s, 8).unwrap();
+        assert_eq!((second[0], second[2], &second[4..]), (1, b'f', &b"firs"[..]), "{source:?}: {second:?}");
+        drop(s);
+        wait_closed(&server, 1);
+        // A new connection on the same env (pool capacity 1) answers as a
+        // fresh env did, byte for byte, after plain messages and after ones
+        // that grew memory (such an env is destroyed, not reused).
+        for i in 0..12u64 {
+            let secret = [if i % 3 == 2 { b'G' } else { b'S' }, b'0' + i as u8, b'!', b'?'];
+            assert_eq!(ask(&server, &secret, 8), fresh, "{source:?} round {i}: the secret's client");
+            wait_closed(&server, 2 * i + 2);
+            assert_eq!(ask(&server, b"hello", 8), fresh, "{source:?} round {i}: an earlier client's state was seen");
+            wait_closed(&server, 2 * i + 3);
+        }
+        let stats = server.stop();
+        assert!(stats.pool.hits >= 16, "{source:?}: envs were not reused, so nothing was tested: {stats}");
+        assert_eq!(stats.envs.live, 0, "{stats}");
+    }
+}
+
 #[test]
 fn grown_memory_does_not_survive_into_the_next_connection() {
     for source in [EnvSource::Instance, EnvSource::Spawn] {
