@@ -52,7 +52,19 @@ pub(in crate::server) fn start_conn(
     let (sh_r, qs_r) = (Arc::clone(sh), qs);
     crate::coro::spawn(move || {
         let mut stream = stream;
-        reader(&sh_r, &qs_r, id, &conn, &mut stream);
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader(&sh_r, &qs_r, id, &conn, &mut stream)));
+        if read.is_err() {
+            // No path is known to panic here. Were one found, unwinding
+            // past this point would close the socket while the runner or
+            // the writer may still write to its descriptor number (reused
+            // by then for another client), and leave the connection in its
+            // shard's table forever, its guest never told. Instead it ends
+            // as a connection whose client left (a second CLOSE, had the
+            // reader sent one, finds nothing to close).
+            tracing::error!(conn = id, "queue mode: the connection's reader panicked; closing it");
+            push(&qs_r, Event::Close(id));
+        }
         // The socket stays open until output has ended (the writer, if the
         // connection needed one, is done with it); output whose CLOSE never
         // comes (the shard shut down) is ended here.
