@@ -151,9 +151,12 @@ impl ServerBuilder {
             .next()
             .ok_or_else(|| Error::Config(format!("no address for {}", self.listen)))?;
         crate::coro::configure(self.workers, self.stack_bytes)?;
-        // One descriptor per connection, plus some for the process itself.
+        // One descriptor per connection, plus the reserve the listener keeps
+        // (`listener::fd_reserve`), two per worker and some for the process
+        // itself.
         if let Some(fds) = socket::fd_limit() {
-            if self.limits.max_connections as u64 + 64 > fds {
+            let own = listener::fd_reserve(fds) + 2 * self.workers as u64 + 32;
+            if self.limits.max_connections as u64 + own > fds {
                 tracing::warn!(
                     max_connections = self.limits.max_connections,
                     fd_limit = fds,

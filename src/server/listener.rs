@@ -8,7 +8,8 @@
 //! accepted and closed at once (counted as refused), and the spare taken
 //! again.
 //!
-//! Before that point, the top [`fd_reserve`] descriptors under the limit are
+//! Before that point, the top [`fd_reserve`] descriptors under the limit (an
+//! eighth of it, 4 to 32) are
 //! kept for everything that is not a client connection: an accepted
 //! connection whose descriptor lands there is refused. Linux hands out the
 //! lowest free number, so a descriptor that high means nearly every lower
@@ -26,9 +27,11 @@ use super::{connection, socket, Shared};
 pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may::coroutine::JoinHandle<()> {
     crate::coro::spawn(move || {
         let mut spare = std::fs::File::open("/dev/null").ok();
-        // Read once: the limit is the process's, set before the server
-        // starts (`raise_fd_limit`).
-        let ceiling = super::fd_limit().map_or(u64::MAX, |l| l.saturating_sub(fd_reserve(l)));
+        // Read again whenever a descriptor reaches it, the rare case: the
+        // limit is the process's, and an embedder may raise it after the
+        // server started (or an operator, with `prlimit`).
+        let ceiling_now = || super::fd_limit().map_or(u64::MAX, |l| l.saturating_sub(fd_reserve(l)));
+        let mut ceiling = ceiling_now();
         loop {
             let accepted = listener.accept();
             if shared.stopping.load(Ordering::Acquire) {
@@ -57,7 +60,10 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
                     continue;
                 }
             };
-            if stream.as_raw_fd() as u64 >= ceiling {
+            if stream.as_raw_fd() as u64 >= ceiling && {
+                ceiling = ceiling_now();
+                stream.as_raw_fd() as u64 >= ceiling
+            } {
                 shared.counters.refused.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = shared.log_limits.accept.allow() {
                     tracing::warn!(
@@ -88,10 +94,13 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
 }
 
 /// Descriptors kept free of client connections under a limit of `limit`:
-/// an eighth of it, at least 4 and at most 32. 32 covers the metrics
-/// endpoint at full concurrency (its listener and `MAX_SCRAPES` = 8
-/// scrapes), the runtime's own opens and the spare above, with room
-/// to spare; a small limit keeps most of its descriptors for connections.
-fn fd_reserve(limit: u64) -> u64 {
+/// an eighth of it, at least 4 and at most 32 (so 32 from a limit of 256
+/// on). 32 covers the metrics endpoint at full concurrency (`MAX_SCRAPES` =
+/// 8 scrapes; its listener was bound at start, lower down), the runtime's
+/// own opens and the spare above, with room to spare. Under a limit of 72
+/// fewer than 9 are kept, and a full set of scrapes may have to wait for
+/// clients to leave: a small limit keeps most of its descriptors for
+/// connections.
+pub(crate) fn fd_reserve(limit: u64) -> u64 {
     (limit / 8).clamp(4, 32)
 }
