@@ -66,9 +66,11 @@ fn a_new_connection_never_sees_an_earlier_connections_state_spawn() {
 }
 
 /// The same for a guest compiled by clang (`guests/c/remember.c`), whose
-/// state sits where a C guest's does: a data segment and .bss starting
-/// mid-page, a shadow stack in linear memory, a page it grew. The WAT probe
-/// above keeps its state at page-aligned places only.
+/// state sits where a C guest's does: .data and .bss starting mid-page, a
+/// shadow stack in linear memory. The WAT probe above keeps its state at
+/// page-aligned places only. (Its grown pages go with the env, which is
+/// destroyed, as `grown_memory_does_not_survive_into_the_next_connection`
+/// checks for the WAT probe.)
 #[test]
 fn a_compiled_c_guests_state_never_reaches_the_next_connection() {
     for source in [EnvSource::Instance, EnvSource::Spawn] {
@@ -85,9 +87,11 @@ fn a_compiled_c_guests_state_never_reaches_the_next_connection() {
         assert_eq!((second[0], second[2], &second[4..]), (1, b'f', &b"firs"[..]), "{source:?}: {second:?}");
         drop(s);
         wait_closed(&server, 1);
-        // A new connection on the same env (pool capacity 1) answers as a
-        // fresh env did, byte for byte, after plain messages and after ones
-        // that grew memory (such an env is destroyed, not reused).
+        // A new connection on the env the last one returned (one env
+        // circulates: each connection starts after the previous one closed)
+        // answers as a fresh env did, byte for byte. Every third secret
+        // grows memory: such an env is destroyed, not reset, and the next
+        // connection gets a new one.
         for i in 0..12u64 {
             let secret = [if i % 3 == 2 { b'G' } else { b'S' }, b'0' + i as u8, b'!', b'?'];
             assert_eq!(ask(&server, &secret, 8), fresh, "{source:?} round {i}: the secret's client");
@@ -97,6 +101,7 @@ fn a_compiled_c_guests_state_never_reaches_the_next_connection() {
         }
         let stats = server.stop();
         assert!(stats.pool.hits >= 16, "{source:?}: envs were not reused, so nothing was tested: {stats}");
+        assert!(stats.env_reset_refusals >= 4, "{source:?}: grown envs must be destroyed: {stats}");
         assert_eq!(stats.envs.live, 0, "{stats}");
     }
 }

@@ -1,8 +1,10 @@
 /* remember.c — the isolation tests' probe in C (guests/remember.wat is the
  * same in WAT): a careless guest that keeps what one client sent and tells
- * the next. Compiled by clang, its state sits where a C guest's does: a data
- * segment and .bss that start mid-page (after the SDK's allocator), a shadow
- * stack in linear memory, and pages it grows itself.
+ * the next. Compiled by clang, its state sits where a C guest's does. With
+ * wasm-ld's default layout (guests/build.sh) none of it is page-aligned:
+ * .data at 1024, .bss (the SDK's allocator arena among it) up to 66664, the
+ * shadow stack above that, growing down from 328816 (__heap_base); and it
+ * grows pages itself.
  *
  * Every on_recv answers with 8 bytes and then remembers the message:
  *   byte 0  messages this env has handled (.bss)
@@ -20,10 +22,10 @@ static uint8_t count;                /* .bss */
 static uint8_t stored[64] = "none";  /* .data */
 static uint8_t *grown;               /* .bss: the page the last 'G' grew */
 
-/* A buffer on the shadow stack (its address escapes, so it lives in linear
- * memory): reports what the previous call left at its start, then leaves
- * this message's first byte there. Reading it before writing is the bug
- * this probe stands for. */
+/* A buffer on the shadow stack (volatile keeps it in linear memory, at the
+ * same place each call): reports what the previous call left at its start,
+ * then leaves this message's first byte there. Reading it before writing is
+ * the bug this probe stands for. */
 __attribute__((noinline)) static uint8_t stack_leftover(uint8_t first) {
     volatile uint8_t frame[256];
     uint8_t was = frame[0];
