@@ -60,8 +60,10 @@ pub(in crate::server) fn start_conn(
             // the writer may still write to its descriptor number (reused
             // by then for another client), and leave the connection in its
             // shard's table forever, its guest never told. Instead it ends
-            // as a connection whose client left (a second CLOSE, had the
-            // reader sent one, finds nothing to close).
+            // as a connection whose client left. (The reader's own CLOSE is
+            // its last step; should the panic come from that very push, a
+            // second CLOSE finds nothing to close. Nothing cancels these
+            // coroutines, so no cancellation unwind is caught here.)
             tracing::error!(conn = id, "queue mode: the connection's reader panicked; closing it");
             push(&qs_r, Event::Close(id));
         }
