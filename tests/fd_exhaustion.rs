@@ -22,13 +22,18 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 /// `wamr-coro serve ARGS` with a descriptor limit of [`NOFILE`].
 fn with_nofile(args: &[&str]) -> std::process::Command {
+    with_limit(NOFILE, args)
+}
+
+/// `wamr-coro serve ARGS` with a descriptor limit of `nofile`.
+fn with_limit(nofile: u64, args: &[&str]) -> std::process::Command {
     let mut cmd = common::wamr_coro();
     cmd.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
     // SAFETY: setrlimit is async-signal-safe and touches only the child
     // being set up between fork and exec; the struct outlives the call.
     unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: NOFILE, rlim_max: NOFILE };
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -117,6 +122,61 @@ fn direct_mode_out_of_descriptors_refuses_new_clients_and_serves_the_rest() {
 #[test]
 fn queue_mode_out_of_descriptors_refuses_new_clients_and_serves_the_rest() {
     out_of_descriptors("queue");
+}
+
+/// Sets `child`'s soft descriptor limit (its hard limit stays, so this
+/// needs no privilege).
+fn set_soft_limit(child: &std::process::Child, soft: u64, hard: u64) {
+    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: prlimit reads `lim` and, with a null old-limit pointer, writes
+    // nothing; the pid is our live child's.
+    let rc = unsafe { libc::prlimit(child.id() as libc::pid_t, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A limit changed while the server runs (by an embedder after starting it,
+/// or an operator's `prlimit`) is honoured both ways. Lowered, the
+/// descriptors kept back for `/metrics` are kept under the new limit; raised,
+/// clients get the room at once. Before, the limit was read once at start:
+/// lowered, the flood took every descriptor and the scrape timed out;
+/// raised, every client past the old ceiling was refused for good.
+#[test]
+fn a_descriptor_limit_changed_while_serving_is_honoured() {
+    const HARD: u64 = 256;
+    let maddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let metrics = maddr.to_string();
+    let (mut child, addr, _out) =
+        spawn_server(&mut with_limit(HARD, &["--workers", "2", "--metrics-listen", &metrics]));
+    // One client served: the listener has read the limit of 256.
+    let Outcome::Served(first) = try_client(addr) else { panic!("the first client was refused") };
+    let mut held = vec![first];
+    set_soft_limit(&child, NOFILE, HARD);
+    // The server reads the limit again at most a second after the last time.
+    std::thread::sleep(Duration::from_millis(1200));
+    for _ in 0..CLIENTS {
+        if let Outcome::Served(s) = try_client(addr) {
+            held.push(s);
+        }
+    }
+    assert!(held.len() < NOFILE as usize, "{} connections held under a limit of {NOFILE}", held.len());
+    // Three scrapers that send nothing hold descriptors; a scrape still works.
+    let silent: Vec<_> = (0..3).map(|_| common::connect(maddr)).collect();
+    let m = common::http_get_raw(maddr, "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200") && m.contains("wamr_coro_connections_refused_total"), "{m}");
+    drop(silent);
+    // Raised back: room at once for a hundred more.
+    set_soft_limit(&child, HARD, HARD);
+    let before = held.len();
+    for i in 0..100 {
+        match try_client(addr) {
+            Outcome::Served(s) => held.push(s),
+            Outcome::Refused => panic!("client {i} after the raise was refused ({before} were held before it)"),
+        }
+    }
+    drop(held);
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(20), "server did not exit after SIGTERM");
+    assert_eq!(status.code(), Some(0));
 }
 
 /// Runs `serve ARGS` under [`NOFILE`], which must refuse to start: its exit

@@ -9,29 +9,25 @@
 //! again.
 //!
 //! Before that point, the top [`fd_reserve`] descriptors under the limit (an
-//! eighth of it, 4 to 32) are
-//! kept for everything that is not a client connection: an accepted
-//! connection whose descriptor lands there is refused. Linux hands out the
-//! lowest free number, so a descriptor that high means nearly every lower
-//! one is taken. Without the reserve, a flood that used the last
-//! descriptor left the metrics endpoint unable to accept a scrape, just
-//! when an operator would look, and the runtime's own
-//! opens failing (`/proc/self/pagemap`, opened at first use and tried again
-//! while descriptors run out).
-use std::os::fd::AsRawFd;
+//! eighth of it, 4 to 32) are kept for everything that is not a client
+//! connection: an accepted connection whose descriptor lands there is
+//! refused. Linux hands out the lowest free number, so a descriptor that
+//! high means nearly every lower one is taken. Without the reserve, a flood
+//! that used the last descriptor left the metrics endpoint unable to accept
+//! a scrape, just when an operator would look, and the runtime's own opens
+//! failing (`/proc/self/pagemap`, opened at first use and tried again while
+//! descriptors run out).
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{connection, socket, Shared};
 
 pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may::coroutine::JoinHandle<()> {
     crate::coro::spawn(move || {
         let mut spare = std::fs::File::open("/dev/null").ok();
-        // Read again whenever a descriptor reaches it, the rare case: the
-        // limit is the process's, and an embedder may raise it after the
-        // server started (or an operator, with `prlimit`).
-        let ceiling_now = || super::fd_limit().map_or(u64::MAX, |l| l.saturating_sub(fd_reserve(l)));
-        let mut ceiling = ceiling_now();
+        let mut ceiling = FdCeiling::new();
         loop {
             let accepted = listener.accept();
             if shared.stopping.load(Ordering::Acquire) {
@@ -60,15 +56,12 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
                     continue;
                 }
             };
-            if stream.as_raw_fd() as u64 >= ceiling && {
-                ceiling = ceiling_now();
-                stream.as_raw_fd() as u64 >= ceiling
-            } {
+            if !ceiling.admits(stream.as_raw_fd()) {
                 shared.counters.refused.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = shared.log_limits.accept.allow() {
                     tracing::warn!(
                         fd = stream.as_raw_fd(),
-                        ceiling,
+                        ceiling = ceiling.value,
                         suppressed,
                         "nearly out of file descriptors: refusing a connection, keeping the rest for the runtime and /metrics"
                     );
@@ -91,6 +84,40 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
             }
         }
     })
+}
+
+/// The lowest descriptor number a client connection may not keep: the
+/// limit less [`fd_reserve`]. The limit is the process's and may change
+/// while the server runs (an embedder raising it after starting the server,
+/// an operator's `prlimit`), so it is read again at most [`REREAD_LIMIT`]
+/// after the last time, and at once when a descriptor reaches the ceiling,
+/// before that client is refused.
+struct FdCeiling {
+    value: u64,
+    read_at: Instant,
+}
+
+/// How stale [`FdCeiling`]'s limit may be.
+const REREAD_LIMIT: Duration = Duration::from_secs(1);
+
+impl FdCeiling {
+    fn new() -> FdCeiling {
+        FdCeiling { value: FdCeiling::read(), read_at: Instant::now() }
+    }
+
+    fn read() -> u64 {
+        super::fd_limit().map_or(u64::MAX, |l| l.saturating_sub(fd_reserve(l)))
+    }
+
+    /// Whether a client connection may keep descriptor `fd`.
+    fn admits(&mut self, fd: RawFd) -> bool {
+        let fd = fd as u64;
+        if fd >= self.value || self.read_at.elapsed() >= REREAD_LIMIT {
+            self.value = FdCeiling::read();
+            self.read_at = Instant::now();
+        }
+        fd < self.value
+    }
 }
 
 /// Descriptors kept free of client connections under a limit of `limit`:
