@@ -16,7 +16,8 @@
 //! that used the last descriptor left the metrics endpoint unable to accept
 //! a scrape, just when an operator would look, and the runtime's own opens
 //! failing (`/proc/self/pagemap`, opened at first use and tried again while
-//! descriptors run out).
+//! descriptors run out). The limit may change while the server runs; see
+//! [`FdCeiling`] for when it is read.
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -89,9 +90,11 @@ pub(super) fn start(shared: Arc<Shared>, listener: may::net::TcpListener) -> may
 /// The lowest descriptor number a client connection may not keep: the
 /// limit less [`fd_reserve`]. The limit is the process's and may change
 /// while the server runs (an embedder raising it after starting the server,
-/// an operator's `prlimit`), so it is read again at most [`REREAD_LIMIT`]
-/// after the last time, and at once when a descriptor reaches the ceiling,
-/// before that client is refused.
+/// an operator's `prlimit`), so it is read again at the first accept at
+/// least [`REREAD_LIMIT`] after the last read, and at once when a
+/// descriptor reaches the ceiling, before that client is refused. Clients
+/// already holding descriptors inside a newly lowered reserve keep them:
+/// the reserve comes back as they leave.
 struct FdCeiling {
     value: u64,
     read_at: Instant,
