@@ -37,7 +37,7 @@ pub const MAX_WORKERS: usize = 1024;
 
 /// File descriptors each `may` worker opens when the scheduler starts: its
 /// epoll and its eventfd.
-const FDS_PER_WORKER: u64 = 2;
+pub(crate) const FDS_PER_WORKER: u64 = 2;
 
 /// Descriptors a worker count must leave for the rest of a server to start:
 /// stdio, the listener and its spare, the runtime's own (about 10 at rest).

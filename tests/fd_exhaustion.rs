@@ -165,10 +165,8 @@ fn a_descriptor_limit_changed_while_serving_is_honoured() {
     // works, and counts the clients refused under the lowered limit.
     let silent: Vec<_> = (0..3).map(|_| common::connect(maddr)).collect();
     let m = common::http_get_raw(maddr, "/metrics");
-    let refused = m
-        .lines()
-        .find_map(|l| l.strip_prefix("wamr_coro_connections_refused_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
+    let refused =
+        wamr_coro::internals::bench::soak::parse_metrics(&m).get("wamr_coro_connections_refused_total").copied();
     assert!(m.starts_with("HTTP/1.1 200") && refused.is_some(), "{m}");
     let expected = (CLIENTS + 1 - held.len()) as f64;
     assert!(refused >= Some(expected), "{refused:?} refusals counted, {expected} clients refused");

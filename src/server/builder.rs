@@ -152,10 +152,10 @@ impl ServerBuilder {
             .ok_or_else(|| Error::Config(format!("no address for {}", self.listen)))?;
         crate::coro::configure(self.workers, self.stack_bytes)?;
         // One descriptor per connection, plus the reserve the listener keeps
-        // (`listener::fd_reserve`), two per worker and some for the process
-        // itself.
+        // (`listener::fd_reserve`), the workers' (`coro::FDS_PER_WORKER`)
+        // and some for the process itself.
         if let Some(fds) = socket::fd_limit() {
-            let own = listener::fd_reserve(fds) + 2 * self.workers as u64 + 32;
+            let own = listener::fd_reserve(fds) + crate::coro::FDS_PER_WORKER * self.workers as u64 + 32;
             if self.limits.max_connections as u64 + own > fds {
                 tracing::warn!(
                     max_connections = self.limits.max_connections,
