@@ -128,3 +128,47 @@ fn stop_is_prompt_while_another_socket_shares_the_port() {
         assert!(took < Duration::from_millis(1500), "stop took {took:?}");
     }
 }
+
+/// The server's end of the connection whose client end is `client`: the
+/// socket among this process's descriptors whose peer is that address.
+fn server_end(client: SocketAddr) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::FromRawFd;
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        // SAFETY: only asks the descriptor for its peer; ManuallyDrop never
+        // closes it. A descriptor another test closes meanwhile (or one that
+        // is not a socket) answers with an error, which is skipped.
+        let s = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        if s.peer_addr().ok() == Some(client) {
+            return Some(fd);
+        }
+    }
+    None
+}
+
+/// An accepted connection has `TCP_NODELAY` (the listener's, which Linux
+/// copies to the sockets it accepts: no `setsockopt` per connection), and
+/// may's `accept4` hands it over non-blocking and close-on-exec.
+#[test]
+fn an_accepted_connection_has_nodelay_and_is_non_blocking_and_close_on_exec() {
+    let server = http_server("127.0.0.1:0", false).unwrap();
+    let mut s = connect(server.local_addr());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
+    let fd = server_end(s.local_addr().unwrap()).expect("the server's end of the connection");
+    // SAFETY: `fd` is the server's socket of a connection held open by `s`;
+    // getsockopt and fcntl(F_GETFL/F_GETFD) only read its options and flags.
+    let (nodelay, fl, fdfl) = unsafe {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let r =
+            libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&mut v as *mut libc::c_int).cast(), &mut len);
+        assert_eq!(r, 0, "getsockopt(TCP_NODELAY): {}", std::io::Error::last_os_error());
+        (v, libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD))
+    };
+    assert_ne!(nodelay, 0, "the accepted socket has Nagle's delay");
+    assert!(fl >= 0 && fdfl >= 0, "fcntl: {}", std::io::Error::last_os_error());
+    assert_ne!(fl & libc::O_NONBLOCK, 0, "the accepted socket blocks");
+    assert_ne!(fdfl & libc::FD_CLOEXEC, 0, "the accepted socket is not close-on-exec");
+    server.stop();
+}

@@ -8,6 +8,11 @@
 //! connections between them). The bound socket is handed to `may` through
 //! its raw fd.
 //!
+//! `TCP_NODELAY` is set here too, once: on Linux a socket `accept` returns
+//! inherits it from the listener, so the connections have it without a
+//! `setsockopt` each ([`NODELAY_INHERITED`]; `tests/port.rs` checks the
+//! kernel does this).
+//!
 //! [`Bound::waker`] is a second descriptor of the same socket: shutting its
 //! read side down (`shutdown(SHUT_RD)`) makes a blocked `accept` return on
 //! Linux, which is how `stop()` wakes the acceptor without dialling its own
@@ -22,6 +27,12 @@ use crate::error::{Error, Result};
 /// Connections the kernel queues before `accept` (capped by
 /// `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
+
+/// Whether accepted sockets inherit the listener's `TCP_NODELAY` (Linux:
+/// the accepted socket is a clone of the listener's). Where they do not
+/// (or it is not known), each connection sets it itself
+/// ([`super::socket::Registration::new`]).
+pub(crate) const NODELAY_INHERITED: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// A listening socket handed to `may`, and a way to wake its acceptor.
 pub(crate) struct Bound {
@@ -42,6 +53,9 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> Result<Bound> {
     if reuse_port {
         socket.set_reuse_port(true).map_err(|e| io("SO_REUSEPORT on", e))?;
     }
+    // Answers go out as the guest sends them: no Nagle delay. Set before
+    // `listen` so that every accepted socket inherits it.
+    socket.set_nodelay(true).map_err(|e| io("TCP_NODELAY on", e))?;
     socket.bind(&addr.into()).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             Error::AddrInUse { addr }

@@ -187,7 +187,9 @@ impl Registration {
     /// modes (no Nagle delay: answers go out as the guest sends them).
     pub(crate) fn new(shared: &Arc<Shared>, ip: IpAddr, stream: &may::net::TcpStream) -> Registration {
         use std::os::fd::AsRawFd;
-        let _ = stream.set_nodelay(true);
+        if !super::bind::NODELAY_INHERITED {
+            let _ = stream.set_nodelay(true);
+        }
         let activity = Arc::new(Activity { last_ms: AtomicU64::new(0), idled: AtomicBool::new(false) });
         activity.touch();
         let id = shared.register_conn(ConnEntry { fd: stream.as_raw_fd(), activity: Arc::clone(&activity) });

@@ -140,14 +140,19 @@ impl TcpStream {
 
     #[cfg(feature = "io_timeout")]
     pub fn set_read_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
-        self.sys.set_read_timeout(dur)?;
+        // wamr-coro: may times its reads and writes out itself (the socket
+        // is non-blocking, so the kernel's SO_RCVTIMEO and SO_SNDTIMEO never
+        // apply); upstream also set them, one `setsockopt` per call for
+        // nothing (seventh change).
+        check_timeout(dur)?;
         self.read_timeout.store(dur);
         Ok(())
     }
 
     #[cfg(feature = "io_timeout")]
     pub fn set_write_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
-        self.sys.set_write_timeout(dur)?;
+        // wamr-coro: as `set_read_timeout` (seventh change).
+        check_timeout(dur)?;
         self.write_timeout.store(dur);
         Ok(())
     }
@@ -407,8 +412,10 @@ impl TcpListener {
         #[cfg(unix)]
         {
             self._io.reset();
-            match self.sys.accept() {
-                Ok((s, a)) => return TcpStream::new(s).map(|s| (s, a)),
+            // wamr-coro: non-blocking from `accept4`, not `set_nonblocking`
+            // after `accept` (seventh change; see `accept_nonblocking`).
+            match net_impl::accept_nonblocking(&self.sys) {
+                Ok((s, a)) => return io_impl::add_socket(&s).map(|io| (TcpStream::from_stream(s, io), a)),
                 Err(e) => {
                     // raw_os_error is faster than kind
                     let raw_err = e.raw_os_error();
@@ -597,4 +604,15 @@ impl FromRawSocket for TcpListener {
         TcpListener::new(s)
             .unwrap_or_else(|e| panic!("from_raw_socket for TcpListener, err = {e:?}"))
     }
+}
+
+/// wamr-coro: what std's `set_read_timeout`/`set_write_timeout` refuse (a
+/// zero duration), refused the same way now that the kernel options are no
+/// longer set (seventh change).
+#[cfg(feature = "io_timeout")]
+fn check_timeout(dur: Option<Duration>) -> io::Result<()> {
+    if dur == Some(Duration::ZERO) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot set a 0 duration timeout"));
+    }
+    Ok(())
 }

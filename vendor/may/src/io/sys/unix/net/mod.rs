@@ -16,6 +16,8 @@ pub use self::socket_read::SocketRead;
 pub use self::socket_write::SocketWrite;
 pub use self::socket_write_vectored::SocketWriteVectored;
 pub use self::tcp_listener_accept::TcpListenerAccept;
+// wamr-coro: seventh change.
+pub(crate) use self::tcp_listener_accept::accept_nonblocking;
 pub use self::tcp_stream_connect::TcpStreamConnect;
 pub use self::udp_recv_from::UdpRecvFrom;
 pub use self::udp_send_to::UdpSendTo;

@@ -32,9 +32,11 @@ impl<'a> TcpListenerAccept<'a> {
             // clear the io_flag
             self.io_data.io_flag.store(0, Ordering::Relaxed);
 
-            match self.socket.accept() {
+            // wamr-coro: the socket comes back non-blocking from `accept4`
+            // (seventh change): `accept` and then `set_nonblocking` cost one
+            // `ioctl(FIONBIO)` per connection more.
+            match accept_nonblocking(self.socket) {
                 Ok((s, a)) => {
-                    s.set_nonblocking(true)?;
                     return add_socket(&s).map(|io| (TcpStream::from_stream(s, io), a));
                 }
                 Err(e) => {
@@ -82,4 +84,44 @@ impl EventSource for TcpListenerAccept<'_> {
             }
         }
     }
+}
+
+/// wamr-coro: `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` where the system has
+/// it (seventh change); elsewhere std's `accept` and `set_nonblocking`, as
+/// upstream does.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly", target_os = "illumos", target_os = "solaris"))]
+pub(crate) fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: `try_init` hands a zeroed `sockaddr_storage` and its length,
+    // which `accept4` fills in (it writes at most `len` bytes); the listener's
+    // fd is open for the borrow's life.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                listener.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })?
+    };
+    // SAFETY: `fd` is the connected socket `accept4` just returned; nothing
+    // else owns it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let addr = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a socket with no IP address"))?;
+    Ok((stream, addr))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly", target_os = "illumos", target_os = "solaris")))]
+pub(crate) fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (s, a) = listener.accept()?;
+    s.set_nonblocking(true)?;
+    Ok((s, a))
 }
