@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs COMMAND with core dumps allowed; when it fails and a process it ran left a core file,
 # prints every thread's backtrace from that core with gdb (installed when missing), then
-# removes the core. Exits with COMMAND's status.
+# removes the core. When it fails, it also prints the end of the newest server log a test
+# binary wrote meanwhile (target/tmp/test-logs/, see tests/common/mod.rs): cargo stops at the
+# first binary that fails, so that is the failing binary's log, unless it logs nothing.
+# Exits with COMMAND's status.
 #
 # usage: scripts/with_backtrace.sh COMMAND [ARGS...]
 #
@@ -38,6 +41,13 @@ if [ "$rc" -ne 0 ]; then
         | grep -v '^\[New LWP' >&2
       rm -f "$core"
     done
+  fi
+  # The servers' side of a failed test (the tests' own output is cargo's). LOG_LINES: how many.
+  newest=$(find target/tmp/test-logs -name '*.log' -newer "$marker" -printf '%T@ %p\n' 2>/dev/null \
+    | sort -n | tail -n 1 | cut -d' ' -f2-)
+  if [ -n "$newest" ]; then
+    echo "with_backtrace: the last ${LOG_LINES:-200} lines of $newest (the servers' log of the last test binary to run):" >&2
+    tail -n "${LOG_LINES:-200}" "$newest" >&2
   fi
 fi
 rm -f "$marker"

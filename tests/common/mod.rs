@@ -41,9 +41,11 @@ pub static CLOSED: AtomicUsize = AtomicUsize::new(0);
 pub static OPENED: AtomicUsize = AtomicUsize::new(0);
 
 /// Initialises the runtime once per test binary and registers test hooks.
+/// Also sends the binary's logs to a file ([`log_to_file`]).
 pub fn setup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        log_to_file();
         let rt = Runtime::init(RuntimeConfig::default()).unwrap();
         wamr_coro::coro::configure(2, 256 * 1024).unwrap();
         rt.register(HostFunc::new("test_hooks", "closed", &[ValType::I32], &[], |_, _| {
@@ -57,6 +59,43 @@ pub fn setup() {
         }))
         .unwrap();
     });
+}
+
+/// Where [`log_to_file`] writes: `target/tmp/test-logs/`.
+pub fn test_log_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs")
+}
+
+/// Makes a subscriber that writes to `target/tmp/test-logs/BINARY.log`
+/// (emptied when the binary starts) the process's default, so that what the
+/// servers under test logged is there to read when a test fails:
+/// `scripts/with_backtrace.sh`, which CI runs the suite under, prints the
+/// end of the last test binary's log when the suite fails. libtest's
+/// output capture cannot do this: the servers log from their worker
+/// threads, which belong to no test. `WAMR_CORO_TEST_LOG` sets the filter
+/// (`EnvFilter` syntax; `info` when unset, `off` for none). A test that
+/// reads logs installs its own subscriber for its thread
+/// (`tracing::subscriber::with_default`), which takes precedence there.
+fn log_to_file() {
+    let filter = std::env::var("WAMR_CORO_TEST_LOG").unwrap_or_else(|_| "info".into());
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "test".into());
+    let dir = test_log_dir();
+    let file = std::fs::create_dir_all(&dir).and_then(|_| std::fs::File::create(dir.join(format!("{binary}.log"))));
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => return eprintln!("test logs: cannot create {}: {e}", dir.display()),
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_thread_names(true)
+        .finish();
+    // Fails only if a subscriber is already the default: keep that one.
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 pub fn module(name: &str) -> Module {
