@@ -2,8 +2,10 @@
 # Runs COMMAND with core dumps allowed; when it fails and a process it ran left a core file,
 # prints every thread's backtrace from that core with gdb (installed when missing), then
 # removes the core. When it fails, it also prints the end of the newest server log a test
-# binary wrote meanwhile (target/tmp/test-logs/, see tests/common/mod.rs): cargo stops at the
-# first binary that fails, so that is the failing binary's log, unless it logs nothing.
+# binary wrote meanwhile (target/tmp/test-logs/NAME-HASH.log, see tests/common/mod.rs): cargo
+# stops at the first binary that fails, so that is normally the failing binary's log. Not when
+# the failing binary writes none (doc tests, the guest SDK's tests): the file's name says whose
+# it is.
 # Exits with COMMAND's status.
 #
 # usage: scripts/with_backtrace.sh COMMAND [ARGS...]
@@ -43,10 +45,10 @@ if [ "$rc" -ne 0 ]; then
     done
   fi
   # The servers' side of a failed test (the tests' own output is cargo's). LOG_LINES: how many.
-  newest=$(find target/tmp/test-logs -name '*.log' -newer "$marker" -printf '%T@ %p\n' 2>/dev/null \
+  newest=$(find "${CARGO_TARGET_DIR:-target}/tmp/test-logs" -name '*.log' -newer "$marker" -printf '%T@ %p\n' 2>/dev/null \
     | sort -n | tail -n 1 | cut -d' ' -f2-)
   if [ -n "$newest" ]; then
-    echo "with_backtrace: the last ${LOG_LINES:-200} lines of $newest (the servers' log of the last test binary to run):" >&2
+    echo "with_backtrace: the last ${LOG_LINES:-200} lines of $newest, the newest test binary's server log (written $(date -r "$newest" -u +%T) UTC):" >&2
     tail -n "${LOG_LINES:-200}" "$newest" >&2
   fi
 fi

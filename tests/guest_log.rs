@@ -31,7 +31,8 @@ fn captured() -> (Captured, parking_lot::MutexGuard<'static, ()>) {
                 .with_writer(move || writer.clone())
                 .with_ansi(false)
                 .with_env_filter("guest=info")
-                .init();
+                .try_init()
+                .expect("captured() installs the process's subscriber, so it runs before common::setup()");
             out
         })
         .clone();

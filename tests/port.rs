@@ -129,17 +129,22 @@ fn stop_is_prompt_while_another_socket_shares_the_port() {
     }
 }
 
-/// The server's end of the connection whose client end is `client`: the
-/// socket among this process's descriptors whose peer is that address.
-fn server_end(client: SocketAddr) -> Option<std::os::fd::RawFd> {
-    use std::os::fd::FromRawFd;
+/// The server's end of the connection from `client` to `server`: the socket
+/// among this process's descriptors with those two addresses (both, since
+/// one ephemeral port can serve connections to different servers).
+#[cfg(target_os = "linux")]
+fn server_end(client: SocketAddr, server: SocketAddr) -> Option<std::os::fd::RawFd> {
     for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        // SAFETY: only asks the descriptor for its peer; ManuallyDrop never
-        // closes it. A descriptor another test closes meanwhile (or one that
-        // is not a socket) answers with an error, which is skipped.
-        let s = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-        if s.peer_addr().ok() == Some(client) {
+        // SAFETY: the borrow is used only for the two address queries below,
+        // which do not close or change the descriptor; one that another test
+        // closes meanwhile (or that is not a socket) answers with an error,
+        // which skips it.
+        let fd_ref = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&fd_ref);
+        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+        let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+        if peer == Some(client) && local == Some(server) {
             return Some(fd);
         }
     }
@@ -150,12 +155,13 @@ fn server_end(client: SocketAddr) -> Option<std::os::fd::RawFd> {
 /// copies to the sockets it accepts: no `setsockopt` per connection), and
 /// may's `accept4` hands it over non-blocking and close-on-exec.
 #[test]
+#[cfg(target_os = "linux")]
 fn an_accepted_connection_has_nodelay_and_is_non_blocking_and_close_on_exec() {
     let server = http_server("127.0.0.1:0", false).unwrap();
     let mut s = connect(server.local_addr());
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     assert_eq!(read_n(&mut s, HTTP_RESPONSE.len()).unwrap(), HTTP_RESPONSE);
-    let fd = server_end(s.local_addr().unwrap()).expect("the server's end of the connection");
+    let fd = server_end(s.local_addr().unwrap(), server.local_addr()).expect("the server's end of the connection");
     // SAFETY: `fd` is the server's socket of a connection held open by `s`;
     // getsockopt and fcntl(F_GETFL/F_GETFD) only read its options and flags.
     let (nodelay, fl, fdfl) = unsafe {

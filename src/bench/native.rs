@@ -90,7 +90,11 @@ pub fn serve(spec: &NativeSpec) -> Result<()> {
 
 /// One connection: read, answer, until EOF or an error.
 fn connection(mut s: may::net::TcpStream, protocol: Protocol) -> std::io::Result<()> {
-    s.set_nodelay(true)?;
+    // The listener has TCP_NODELAY, which Linux copies to accepted sockets
+    // (server/bind.rs): no system call per connection, as in the server.
+    if !crate::server::bind::NODELAY_INHERITED {
+        s.set_nodelay(true)?;
+    }
     let mut buf = vec![0u8; READ_BUF];
     let mut out = Vec::new();
     // HTTP: how much of "\r\n\r\n" has been seen (as guests/http.wat keeps it).

@@ -66,18 +66,22 @@ pub fn test_log_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs")
 }
 
-/// Makes a subscriber that writes to `target/tmp/test-logs/BINARY.log`
-/// (emptied when the binary starts) the process's default, so that what the
+/// Makes a subscriber that writes to `target/tmp/test-logs/NAME-HASH.log`
+/// (the test binary's file name; emptied when the binary starts) the process's default, so that what the
 /// servers under test logged is there to read when a test fails:
 /// `scripts/with_backtrace.sh`, which CI runs the suite under, prints the
 /// end of the last test binary's log when the suite fails. libtest's
 /// output capture cannot do this: the servers log from their worker
 /// threads, which belong to no test. `WAMR_CORO_TEST_LOG` sets the filter
-/// (`EnvFilter` syntax; `info` when unset, `off` for none). A test that
+/// (`EnvFilter` syntax; `info,may=warn` when unset, `off` for none). A test that
 /// reads logs installs its own subscriber for its thread
 /// (`tracing::subscriber::with_default`), which takes precedence there.
 fn log_to_file() {
-    let filter = std::env::var("WAMR_CORO_TEST_LOG").unwrap_or_else(|_| "info".into());
+    if tracing::dispatcher::has_been_set() {
+        return; // a test binary that reads the logs itself (guest_log.rs)
+    }
+    // may logs every socket it registers at info: warnings only from it.
+    let filter = std::env::var("WAMR_CORO_TEST_LOG").unwrap_or_else(|_| "info,may=warn".into());
     let binary = std::env::current_exe()
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
@@ -88,14 +92,15 @@ fn log_to_file() {
         Ok(f) => f,
         Err(e) => return eprintln!("test logs: cannot create {}: {e}", dir.display()),
     };
-    let subscriber = tracing_subscriber::fmt()
+    // `try_init` also routes the `log` crate's records here (may logs
+    // through it). It fails only if another subscriber became the default
+    // meanwhile: that one is kept.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::sync::Mutex::new(file))
         .with_ansi(false)
         .with_thread_names(true)
-        .finish();
-    // Fails only if a subscriber is already the default: keep that one.
-    let _ = tracing::subscriber::set_global_default(subscriber);
+        .try_init();
 }
 
 pub fn module(name: &str) -> Module {

@@ -96,17 +96,20 @@ pub(crate) fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result
     // which `accept4` fills in (it writes at most `len` bytes); the listener's
     // fd is open for the borrow's life.
     let (fd, addr) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| {
+        socket2::SockAddr::try_init(|storage, len| loop {
             let fd = libc::accept4(
                 listener.as_raw_fd(),
                 storage.cast(),
                 len,
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             );
-            if fd < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(fd)
+            if fd >= 0 {
+                return Ok(fd);
+            }
+            // As std's `accept` does: a signal is no error.
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
         })?
     };
