@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 
 pub use crate::wamr::stack::{current_bounds, StackBounds};
 
-/// The `may` this crate runs on: 0.3.51 with six changes of ours
+/// The `may` this crate runs on: 0.3.51 with seven changes of ours
 /// (`vendor/README.md`). Use it for your own coroutines, channels and
 /// sockets, so that they share the server's scheduler.
 pub use may;
