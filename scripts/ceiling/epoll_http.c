@@ -14,11 +14,18 @@
  * workers do for 10 us (vendor/README.md): a client's `send` then rarely has to wake a sleeping
  * server thread.
  *
+ * Two more options test whether answering in bursts helps (it did not measurably: docs/BENCHMARKS.md,
+ * "Three system calls fewer per connection; answering in bursts does not help here"). DEFER=1
+ * sends the answers of one epoll_wait batch after all of its reads, not each after its read.
+ * GATHER_N > 0 makes a batch of fewer than GATHER_N events keep polling (yielding the core between
+ * polls) until it has that many or GATHER_US microseconds have passed.
+ *
  * What it leaves out, on purpose: idle timeouts, limits, a slow reader's backlog (a `send` that
  * does not take the whole answer closes the connection; counted on stderr at exit), metrics.
  *
  * build: cc -O2 -o /tmp/epoll_http scripts/ceiling/epoll_http.c -lpthread
- * usage: epoll_http PORT [THREADS [POLL_US]]     (127.0.0.1; 2 threads, 0 us by default)
+ * usage: epoll_http PORT [THREADS [POLL_US [DEFER [GATHER_N GATHER_US]]]]
+ *        (127.0.0.1; 2 threads, 0 us, no deferring, no gathering by default)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,6 +52,9 @@ static const char RESPONSE[] =
 
 static int port;
 static long poll_ns;
+static int defer;
+static int gather_n;
+static long gather_ns;
 static atomic_long short_sends;
 /* Per fd: how many bytes of "\r\n\r\n" the connection's last read ended with. An fd belongs to
  * one thread's epoll from accept to close, so no two threads touch the same entry. */
@@ -101,6 +111,19 @@ static void *worker(void *unused) {
             } while (n == 0 && (t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < poll_ns);
         }
         if (n == 0) n = epoll_wait(ep, evs, 256, -1);
+        if (n > 0 && n < gather_n) {
+            struct timespec t0, t;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            do {
+                sched_yield();
+                int m = epoll_wait(ep, evs + n, 256 - n, 0);
+                if (m > 0) n += m;
+                clock_gettime(CLOCK_MONOTONIC, &t);
+            } while (n < gather_n && (t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < gather_ns);
+        }
+        int npend = 0;
+        static __thread int pfd[256];
+        static __thread size_t plen[256];
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
             if (fd == ls) {
@@ -123,6 +146,12 @@ static void *worker(void *unused) {
                 }
                 size_t answers = count_requests(in, (size_t)r, &matched[fd]), len = answers * RESPONSE_LEN;
                 for (size_t k = 0; k < answers; k++) memcpy(out + k * RESPONSE_LEN, RESPONSE, RESPONSE_LEN);
+                if (defer && len) { /* answered after the batch's reads; the rest of a full read waits */
+                    pfd[npend] = fd;
+                    plen[npend] = len;
+                    npend++;
+                    break;
+                }
                 if (len && send(fd, out, len, MSG_NOSIGNAL) != (ssize_t)len) {
                     atomic_fetch_add(&short_sends, 1);
                     close(fd);
@@ -131,6 +160,12 @@ static void *worker(void *unused) {
                 if (r < READ_BUF) break; /* drained; a later arrival raises a new edge */
             }
         }
+        /* `out` holds copies of RESPONSE only, so any prefix of it is a run of whole answers. */
+        for (int i = 0; i < npend; i++)
+            if (send(pfd[i], out, plen[i], MSG_NOSIGNAL) != (ssize_t)plen[i]) {
+                atomic_fetch_add(&short_sends, 1);
+                close(pfd[i]);
+            }
     }
     return NULL;
 }
@@ -145,14 +180,18 @@ static void on_term(int sig) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s PORT [THREADS [POLL_US]]\n", argv[0]);
+        fprintf(stderr, "usage: %s PORT [THREADS [POLL_US [DEFER [GATHER_N GATHER_US]]]]\n", argv[0]);
         return 2;
     }
     port = atoi(argv[1]);
     int threads = argc > 2 ? atoi(argv[2]) : 2;
     poll_ns = argc > 3 ? atol(argv[3]) * 1000L : 0;
-    if (port <= 0 || port > 65535 || threads < 1 || threads > 256 || poll_ns < 0) {
-        fprintf(stderr, "bad PORT, THREADS or POLL_US\n");
+    defer = argc > 4 ? atoi(argv[4]) : 0;
+    gather_n = argc > 5 ? atoi(argv[5]) : 0;
+    gather_ns = argc > 6 ? atol(argv[6]) * 1000L : 0;
+    if (port <= 0 || port > 65535 || threads < 1 || threads > 256 || poll_ns < 0 || gather_n < 0 || gather_n > 256 ||
+        gather_ns < 0) {
+        fprintf(stderr, "bad PORT, THREADS, POLL_US, GATHER_N or GATHER_US\n");
         return 2;
     }
     signal(SIGTERM, on_term);
