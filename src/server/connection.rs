@@ -11,7 +11,7 @@
 //! * Otherwise `on_close` runs exactly once after `on_open` accepted: on
 //!   peer close, guest close, `on_recv` < 0, idle timeout, I/O error, stop,
 //!   or (policy message) a message that finds no env.
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -117,8 +117,12 @@ impl DirectConn {
             let _ = self.callback(|env, id| env.on_close(id).map(|_| 0));
         }
         let _ = self.flush();
-        let _ = self.stream.shutdown(Shutdown::Both);
         self.lease = None;
+        // Then the registration and the socket go, in field order. No
+        // `shutdown` before the close: nothing else holds this socket (the
+        // idle sweeper's and the stop's shutdowns run under the table's lock,
+        // which the registration leaves first), so `close` alone sends the
+        // FIN, one system call fewer per connection.
     }
 
     fn serve(&mut self) -> End {
