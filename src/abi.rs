@@ -201,13 +201,18 @@ fn imports() -> Vec<HostFunc> {
 pub const MAX_LOG_LINE: usize = 4096;
 
 /// The text of a `log` call whose range `ptr .. ptr+len` is already checked:
-/// at most [`MAX_LOG_LINE`] bytes of it, then how many were left out. The
+/// at most [`MAX_LOG_LINE`] bytes of it, control characters escaped (a
+/// newline in it would otherwise forge a line of the server's log), then how
+/// many were left out. The
 /// rate limit bounds lines, this their length: without it a guest (often
 /// one that logs what its client sent) wrote up to its whole memory per
 /// line, ten lines a second per connection.
 fn log_line(mem: &GuestMemory<'_>, ptr: i32, len: i32) -> String {
     let shown = len.min(MAX_LOG_LINE as i32);
     let mut text = mem.with_bytes(ptr, shown, |b| String::from_utf8_lossy(b.unwrap_or_default()).into_owned());
+    if let std::borrow::Cow::Owned(escaped) = crate::wamr::log::printable(&text) {
+        text = escaped;
+    }
     if len > shown {
         text.push_str(&format!(" [... {} more bytes not logged]", len - shown));
     }

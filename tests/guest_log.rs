@@ -102,3 +102,41 @@ fn a_guest_log_line_is_cut_at_4_kib() {
     let more = line.split("[... ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<usize>().ok());
     assert!(more.is_some_and(|n| n == 61443 - 4096), "no note of the bytes left out: {line:.100}...");
 }
+
+/// Logs what its client sent (at warn level), then answers one byte.
+const ECHO_TO_LOG: &str = r#"(module
+  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
+  (import "env" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "k")
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "on_recv") (param $c i32) (param $p i32) (param $n i32) (result i32)
+    (call $log (i32.const 1) (local.get $p) (local.get $n))
+    (call $send (local.get $c) (i32.const 16) (i32.const 1))))"#;
+
+/// A client's bytes that a guest logs cannot forge a line of the server's
+/// log: newlines, carriage returns, NULs and escapes come out escaped,
+/// inside the guest's own line. Before, the text went out as it was, and a
+/// client could write "\n<timestamp>  INFO wamr_coro: …" into the log.
+#[test]
+fn a_guest_log_line_cannot_forge_another() {
+    let (out, _log) = captured();
+    setup();
+    for mode in [Mode::Direct, Mode::Queue] {
+        out.0.lock().clear();
+        let server =
+            start(wamr_coro::Module::from_wat(ECHO_TO_LOG).unwrap(), mode, EnvPolicy::Connection, test_limits());
+        let mut s = connect(server.local_addr());
+        s.write_all(b"hello\n2026-01-01T00:00:00Z  INFO wamr_coro: FORGED\r\0\x1b[2J end").unwrap();
+        assert_eq!(read_n(&mut s, 1).unwrap(), b"k");
+        drop(s);
+        server.stop();
+        let text = String::from_utf8_lossy(&out.0.lock()).into_owned();
+        assert!(!text.lines().any(|l| l.starts_with("2026-01-01")), "{mode:?}: a forged line: {text}");
+        let line = text.lines().find(|l| l.contains("hello")).unwrap_or_else(|| panic!("{mode:?}: no line: {text}"));
+        assert!(
+            line.contains(r"hello\n2026-01-01T00:00:00Z  INFO wamr_coro: FORGED\r\u{0}\u{1b}[2J end"),
+            "{mode:?}: {line}"
+        );
+    }
+}
