@@ -59,6 +59,19 @@ pub enum Error {
         name: String,
     },
 
+    /// The module imports something other than a function (a memory, table,
+    /// global or tag). The host provides only functions: a guest defines
+    /// and exports its own memory (docs/guest-abi.md, section 1).
+    #[error("module imports a {kind}, {module}.{name}: the host provides only functions (a guest defines and exports its own memory, tables and globals)")]
+    NonFunctionImport {
+        /// Import module name.
+        module: String,
+        /// Import field name.
+        name: String,
+        /// What is imported: "memory", "table", "global" or "tag".
+        kind: &'static str,
+    },
+
     /// The module imports a host function under its name but with another
     /// signature.
     #[error("module imports {module}.{name} with signature {found}, but the host provides it as {expected}")]

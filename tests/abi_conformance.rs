@@ -755,6 +755,52 @@ fn exports_are_checked_when_the_server_starts() {
     assert_eq!(start_err(guest(&format!("{mem} {run}")), Mode::Queue), None, "run alone serves queue mode");
 }
 
+/// Imports are checked when the module loads. Anything but a function is
+/// refused, naming it (WAMR would otherwise make the memory or table
+/// itself and run the module as if it had defined it). A name imported
+/// twice, the second time with a wrong type, is refused quoting that second
+/// type: before, the message quoted the first, correct one, and said the
+/// module imported `env.send` as `(i32, i32, i32) -> (i32)` but the host
+/// provides it as `(i32, i32, i32) -> (i32)`.
+#[test]
+fn imports_are_checked_when_the_module_loads() {
+    setup();
+    let load_err = |imports: &str| {
+        // An imported memory is the module's memory 0, exported as such.
+        let memory = if imports.contains("(memory") {
+            r#"(export "memory" (memory 0))"#
+        } else {
+            r#"(memory (export "memory") 1)"#
+        };
+        let wat = format!(
+            r#"(module {imports}
+                 {memory}
+                 (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#
+        );
+        match Module::from_wat(&wat) {
+            Ok(_) => panic!("loaded: {imports}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    for (import, kind, name) in [
+        (r#"(import "env" "memory" (memory 1))"#, "memory", "env.memory"),
+        (r#"(import "env" "table" (table 1 funcref))"#, "table", "env.table"),
+        (r#"(import "env" "__stack_pointer" (global (mut i32)))"#, "global", "env.__stack_pointer"),
+        (r#"(import "js" "mem" (memory 1))"#, "memory", "js.mem"),
+    ] {
+        let e = load_err(import);
+        assert!(e.contains(&format!("a {kind}, {name}")) && e.contains("only functions"), "{import}: {e}");
+    }
+    let e = load_err(
+        r#"(import "env" "send" (func (param i32 i32 i32) (result i32)))
+           (import "env" "send" (func (param i64) (result i32)))"#,
+    );
+    assert!(e.contains("env.send with signature (i64) -> (i32)"), "{e}");
+    assert!(e.contains("provides it as (i32, i32, i32) -> (i32)"), "{e}");
+    let e = load_err(r#"(import "env" "no_such_function" (func))"#);
+    assert!(e.contains("env.no_such_function"), "{e}");
+}
+
 /// `alloc`'s answer must be non-zero with the whole chunk inside memory:
 /// otherwise creating the env fails with an error quoting the address (at
 /// start: the server makes one env first), in both modes and sources.

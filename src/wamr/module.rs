@@ -301,12 +301,24 @@ impl Module {
         if inner.aot {
             check_aot_matches(&inner, wasm)?;
         }
-        if let Some(missing) = inner.imports.iter().find(|i| !i.linked) {
+        if let Some((module, name, kind)) = inner.facts.other_import.clone() {
+            // WAMR would make the memory (or table, or global) itself and run
+            // the module as if it had defined it: nothing the host provides.
+            return Err(Error::NonFunctionImport { module, name, kind });
+        }
+        if let Some(at) = inner.imports.iter().position(|i| !i.linked) {
+            let missing = &inner.imports[at];
+            // The same name may be imported more than once, each time with
+            // its own type: the declaration is the one at the same place
+            // among the imports of that name (WAMR keeps their order).
+            let nth =
+                inner.imports[..at].iter().filter(|i| i.module == missing.module && i.name == missing.name).count();
             let declared = inner
                 .facts
                 .func_imports
                 .iter()
-                .find(|(m, n, _)| *m == missing.module && *n == missing.name)
+                .filter(|(m, n, _)| *m == missing.module && *n == missing.name)
+                .nth(nth)
                 .map(|(_, _, t)| t.clone());
             if let (Some(found), Some(expected)) =
                 (declared, super::host::registered_type(&missing.module, &missing.name))

@@ -40,6 +40,10 @@ pub(crate) struct ModuleFacts {
     pub table_bytes: u64,
     /// `(module, name, type)` of every imported function.
     pub func_imports: Vec<(String, String, FuncType)>,
+    /// `(module, name, kind)` of the first import that is not a function
+    /// (memory, table, global, tag), if any: the host provides only
+    /// functions, and refuses such a module (docs/guest-abi.md, section 1).
+    pub other_import: Option<(String, String, &'static str)>,
     /// `(name, type)` of every exported function. (WAMR's own type getters
     /// assert on reference-typed results in debug builds, so exports are
     /// typed from here.)
@@ -58,6 +62,7 @@ impl Default for ModuleFacts {
             mutates_tables_or_segments: false,
             table_bytes: 0,
             func_imports: Vec::new(),
+            other_import: None,
             func_exports: Vec::new(),
             exported_globals: Ok(Vec::new()),
         }
@@ -133,6 +138,16 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
             Payload::ImportSection(r) => {
                 for imp in r.into_imports() {
                     let imp = imp?;
+                    let kind = match imp.ty {
+                        TypeRef::Func(_) => None,
+                        TypeRef::Memory(_) => Some("memory"),
+                        TypeRef::Table(_) => Some("table"),
+                        TypeRef::Global(_) => Some("global"),
+                        _ => Some("tag"),
+                    };
+                    if let (Some(kind), None) = (kind, &f.other_import) {
+                        f.other_import = Some((imp.module.to_string(), imp.name.to_string(), kind));
+                    }
                     match imp.ty {
                         TypeRef::Func(idx) => {
                             funcs.push(idx);
