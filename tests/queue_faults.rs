@@ -285,3 +285,29 @@ fn a_guest_that_ignores_shutdown_is_stopped_by_the_budget() {
     assert!(stats.budget_overruns >= 1, "{stats}");
     server.stop();
 }
+
+/// A client that pipelines requests and reads none of the answers: the
+/// guest's `send` hits the output limit and the connection ends, which is
+/// an output-limit hit, not an idle close. Before, the reader, waiting for
+/// output room when the connection was closed, counted every such end as
+/// idle though the idle timeout (30 s here) had not passed.
+#[test]
+fn a_connection_closed_while_output_waits_is_not_an_idle_close() {
+    setup();
+    let server = start(wamr_coro::default_guest().unwrap(), Mode::Queue, EnvPolicy::Connection, test_limits());
+    let mut s = connect(server.local_addr());
+    s.set_nonblocking(true).unwrap();
+    let requests = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    // Write for 3 s, as much as the server takes; never read.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match s.write(&requests) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break,
+        }
+    }
+    let stats = server.stop();
+    assert!(stats.output_limit_hits >= 1, "{stats}");
+    assert_eq!(stats.idle_closes, 0, "{stats}");
+}

@@ -133,9 +133,13 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
     }
     let mut reader = Reader::new(sh);
     loop {
-        if !wait_for_output_room(sh, conn) {
-            sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
-            break;
+        match wait_for_output_room(sh, conn) {
+            Room::Made => {}
+            Room::Closed => break,
+            Room::TimedOut => {
+                sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
         }
         let Ok((data, _)) = reader.next(sh, stream, &conn.activity) else { break };
         conn.inflight.fetch_add(data.len(), Ordering::AcqRel);
@@ -146,28 +150,41 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
     push(qs, Event::Close(id));
 }
 
+/// How [`wait_for_output_room`] ended.
+enum Room {
+    /// There is room for the answer to one more chunk.
+    Made,
+    /// The connection was closed meanwhile (by the guest, a fault, stop).
+    Closed,
+    /// No room came within the idle timeout: the client is not reading (an
+    /// idle close).
+    TimedOut,
+}
+
 /// Output backpressure: waits while the connection's pending output plus
 /// its queued input leave no room for the answer to one more chunk (an
-/// echo never exceeds the output limit then). False if no room came within
-/// the idle timeout (the client is not reading), or the connection closed.
-fn wait_for_output_room(sh: &Shared, conn: &QueueConn) -> bool {
+/// echo never exceeds the output limit then).
+fn wait_for_output_room(sh: &Shared, conn: &QueueConn) -> Room {
     let room = |c: &QueueConn| {
         let used = c.pending.load(Ordering::Acquire) + c.inflight.load(Ordering::Acquire);
         used == 0 || used + sh.limits.chunk_size <= sh.limits.output_limit
     };
     if room(conn) {
-        return true;
+        return Room::Made;
     }
     let deadline = Instant::now() + sh.limits.idle_timeout;
     while !room(conn) {
-        if conn.closed.load(Ordering::Acquire) || Instant::now() >= deadline {
-            return false;
+        if conn.closed.load(Ordering::Acquire) {
+            return Room::Closed;
+        }
+        if Instant::now() >= deadline {
+            return Room::TimedOut;
         }
         may::coroutine::sleep(Duration::from_millis(1));
         // Leave may's timer thread (see Dispatcher::next).
         may::coroutine::yield_now();
     }
-    true
+    Room::Made
 }
 
 /// Writes what the guest sent to the connection, in order, until CLOSE.
