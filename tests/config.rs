@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use wamr_coro::server::{Limits, Mode, Server, MAX_QUEUE_SHARDS};
+use wamr_coro::server::{Limits, Mode, Server, MAX_QUEUE_CAPACITY, MAX_QUEUE_SHARDS};
 use wamr_coro::Error;
 
 fn refused(limits: Limits, mode: Mode) -> String {
@@ -29,12 +29,17 @@ fn refused(limits: Limits, mode: Mode) -> String {
 #[test]
 fn limits_a_server_cannot_run_with_are_refused_by_name() {
     let base = common::test_limits();
-    let cases: [(Limits, Mode, &str); 6] = [
+    let cases: [(Limits, Mode, &str); 7] = [
         (Limits { chunk_size: 0, ..base.clone() }, Mode::Direct, "chunk_size must be > 0"),
         (Limits { output_limit: 0, ..base.clone() }, Mode::Direct, "output_limit must be > 0"),
         (Limits { max_connections: 0, ..base.clone() }, Mode::Direct, "max_connections must be > 0"),
         (Limits { queue_capacity: 0, ..base.clone() }, Mode::Queue, "queue_capacity must be > 0"),
         (Limits { idle_timeout: Duration::ZERO, ..base.clone() }, Mode::Direct, "idle_timeout must be > 0"),
+        (
+            Limits { queue_capacity: MAX_QUEUE_CAPACITY + 1, ..base.clone() },
+            Mode::Queue,
+            "queue_capacity must be at most 1048576",
+        ),
         (
             Limits { queue_shards: MAX_QUEUE_SHARDS + 1, ..base.clone() },
             Mode::Queue,
@@ -45,6 +50,27 @@ fn limits_a_server_cannot_run_with_are_refused_by_name() {
         let got = refused(limits, mode);
         assert!(got.contains(want), "{got:?} does not say {want:?}");
     }
+}
+
+/// `--queue-capacity 1000000000` aborted the process (exit 134) on a 40 GB
+/// allocation for the ring; it is a configuration error now.
+#[test]
+fn a_queue_capacity_too_large_to_allocate_is_refused_not_an_abort() {
+    let (status, _, err) = common::run_to_exit(
+        common::wamr_coro().args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mode",
+            "queue",
+            "--queue-capacity",
+            "1000000000",
+        ]),
+        Duration::from_secs(20),
+        "serve started with a ring of a billion events",
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("queue_capacity must be at most 1048576"), "{err}");
 }
 
 #[test]

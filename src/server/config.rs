@@ -6,6 +6,12 @@ use std::time::Duration;
 /// a guest instance with a runner thread of its own.
 pub const MAX_QUEUE_SHARDS: usize = 1024;
 
+/// The most events one queue shard's ring may hold ([`Limits::queue_capacity`]):
+/// 2^20. The ring is allocated whole when the shard starts, about 40 bytes
+/// an event, so this is 40 MiB a shard before any payload. Without a bound,
+/// `--queue-capacity 1000000000` aborted the process on a 40 GB allocation.
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+
 /// Idle envs a server keeps for reuse unless told otherwise
 /// ([`ServerBuilder::pool_capacity`](super::ServerBuilder::pool_capacity)).
 pub const DEFAULT_POOL_CAPACITY: usize = 1024;
@@ -95,7 +101,8 @@ pub struct Limits {
     /// terminated. Default 2 s.
     pub shutdown_grace: Duration,
     /// Queue mode: events the ring holds at most (memory is bounded by
-    /// `queue_capacity * chunk_size` for payloads). Default 1024.
+    /// `queue_capacity * chunk_size` for payloads). Default 1024, at most
+    /// [`MAX_QUEUE_CAPACITY`].
     pub queue_capacity: usize,
     /// Queue mode: guest instances, each with its own ring and runner; a
     /// connection belongs to one for its life, and a fault costs only that
@@ -135,8 +142,8 @@ impl Default for Limits {
 impl Limits {
     /// The limits a server can run with: sizes and counts that must be
     /// positive are, `idle_timeout` is not zero (it also bounds writes to a
-    /// client that reads nothing), and `queue_shards` is at most
-    /// [`MAX_QUEUE_SHARDS`]. [`ServerBuilder::start`](super::ServerBuilder::start)
+    /// client that reads nothing), `queue_capacity` is at most
+    /// [`MAX_QUEUE_CAPACITY`] and `queue_shards` at most [`MAX_QUEUE_SHARDS`]. [`ServerBuilder::start`](super::ServerBuilder::start)
     /// refuses others with [`Error::Config`](crate::Error::Config).
     pub fn check(&self) -> crate::Result<()> {
         let positive = [
@@ -150,6 +157,12 @@ impl Limits {
         }
         if self.idle_timeout.is_zero() {
             return Err(crate::Error::Config("idle_timeout must be > 0".into()));
+        }
+        if self.queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(crate::Error::Config(format!(
+                "queue_capacity must be at most {MAX_QUEUE_CAPACITY}, not {}",
+                self.queue_capacity
+            )));
         }
         if self.queue_shards > MAX_QUEUE_SHARDS {
             return Err(crate::Error::Config(format!(

@@ -44,7 +44,9 @@ mod stats;
 mod striped;
 
 pub use builder::{Server, ServerBuilder};
-pub use config::{EnvPolicy, Limits, Mode, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY, MAX_QUEUE_SHARDS};
+pub use config::{
+    EnvPolicy, Limits, Mode, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY, MAX_QUEUE_CAPACITY, MAX_QUEUE_SHARDS,
+};
 pub use handle::ServerHandle;
 pub use queue::QueueRunner;
 pub(crate) use socket::fd_limit;
