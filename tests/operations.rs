@@ -252,6 +252,77 @@ fn a_stuck_scraper_does_not_delay_other_scrapes() {
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("\r\n\r\nok\n"), "{out:?}");
 }
 
+/// `GET path` on a fresh connection, waiting `within` at most for each
+/// step: the whole answer, or why there is none, and how long it took.
+fn timed_get(addr: SocketAddr, path: &str, within: Duration) -> (std::io::Result<String>, Duration) {
+    let t = Instant::now();
+    let got = (|| {
+        let mut s = TcpStream::connect_timeout(&addr, within)?;
+        s.set_read_timeout(Some(within))?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out)?;
+        Ok(out)
+    })();
+    (got, t.elapsed())
+}
+
+/// Many connections that send nothing (more than the endpoint keeps open at
+/// once, 64) leave probes and scrapes answered at once: the newest takes
+/// the place of the oldest still waiting. Before, each scrape had a thread
+/// of its own, 8 at most, held for up to the 5 s request deadline: with a
+/// dozen such connections `/healthz` took seconds or went unanswered.
+#[test]
+fn silent_metrics_connections_do_not_starve_probes() {
+    setup();
+    let server = start_with_metrics(module("echo.wat"), Mode::Direct, EnvPolicy::Connection, test_limits());
+    let maddr = server.metrics_addr().unwrap();
+    let silent: Vec<TcpStream> =
+        (0..70).map(|_| TcpStream::connect_timeout(&maddr, Duration::from_secs(5)).unwrap()).collect();
+    // Accepted (or waiting in the backlog) before the probes come.
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..3 {
+        let (got, took) = timed_get(maddr, "/healthz", Duration::from_secs(3));
+        let out = got.unwrap_or_else(|e| panic!("/healthz unanswered behind silent connections ({took:?}): {e}"));
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("\r\n\r\nok\n"), "{out:?}");
+        assert!(took < Duration::from_secs(1), "/healthz took {took:?} behind silent connections");
+        let (got, took) = timed_get(maddr, "/metrics", Duration::from_secs(3));
+        let out = got.unwrap_or_else(|e| panic!("/metrics unanswered behind silent connections ({took:?}): {e}"));
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out:?}");
+        assert_eq!(sample(out.split("\r\n\r\n").nth(1).unwrap(), "wamr_coro_draining"), 0.0);
+        assert!(took < Duration::from_secs(1), "/metrics took {took:?} behind silent connections");
+    }
+    drop(silent);
+    server.stop();
+}
+
+/// Stopping closes the metrics connections at once and does not wait for
+/// them. Before, it joined each scrape's thread, which waited out the 5 s
+/// request deadline of a connection that sent nothing: one idle connection
+/// to the metrics port kept `serve` from exiting for seconds past its
+/// shutdown grace.
+#[test]
+fn stopping_does_not_wait_for_an_idle_metrics_connection() {
+    setup();
+    let limits = Limits { shutdown_grace: Duration::from_millis(100), ..test_limits() };
+    let server = start_with_metrics(module("echo.wat"), Mode::Direct, EnvPolicy::Connection, limits);
+    let maddr = server.metrics_addr().unwrap();
+    let mut idle = TcpStream::connect_timeout(&maddr, Duration::from_secs(5)).unwrap();
+    let mut partial = TcpStream::connect_timeout(&maddr, Duration::from_secs(5)).unwrap();
+    partial.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    // Both are accepted and waited for when the stop comes.
+    assert_eq!(get(maddr, "/healthz"), (200, "ok\n".into()));
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    drop(server);
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(1500), "stopping took {took:?} with an idle metrics connection open");
+    // Closed, not left open.
+    for s in [&mut idle, &mut partial] {
+        assert!(closed_by_peer(s, Duration::from_secs(1)), "a metrics connection was left open after the stop");
+    }
+}
+
 /// Its own loop echoes; told SHUTDOWN, it does not return from `run` but
 /// spins.
 const IGNORES_SHUTDOWN: &str = r#"(module

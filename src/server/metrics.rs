@@ -8,17 +8,31 @@
 //! queue events) run. `/healthz` answers 200 while the server accepts and
 //! 503 once it drains, so a balancer stops sending before connections end.
 //!
-//! The endpoint is served by plain threads, not coroutines: a scrape must
-//! work even when every `may` worker is busy in a guest. One thread accepts;
-//! each scrape is answered on a thread of its own, at most
-//! [`MAX_SCRAPES`] at once (past that, connections wait in the listen
-//! backlog), so a scraper that sends nothing, or reads slowly, holds one
-//! of those and delays no other scrape or health check.
-use std::io::{Read, Write};
+//! The endpoint is served by a plain thread, not coroutines: a scrape must
+//! work even when every `may` worker is busy in a guest. That one thread
+//! polls (`poll(2)`) the listener and every open scrape connection, all
+//! non-blocking, so a scraper that sends nothing, or reads slowly, holds
+//! nothing but its own connection: each has its own deadlines (the request
+//! within [`REQUEST_DEADLINE`], the answer taken within [`ANSWER_DEADLINE`],
+//! then closed), and past [`MAX_CONNECTIONS`] open at once a new connection
+//! takes the place of the oldest one still waiting for its request. Before,
+//! each scrape had a thread of its own, 8 at most, each held up to the 5 s
+//! request deadline: a dozen connections that sent nothing kept `/healthz`
+//! waiting for seconds, and stopping the server joined those threads, so
+//! one idle connection delayed the process's exit by up to its deadlines
+//! (5 s, 10 s with a slow reader) past the shutdown grace. Stopping now closes every connection and returns at once.
+//!
+//! Rendering `/metrics` is done on that thread too: it reads atomics and
+//! takes only locks held briefly and never across a guest call (the
+//! connection table's, the generations', the pools' slots), so no stuck
+//! worker can hold it up.
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -159,7 +173,9 @@ impl Collector for StatsCollector {
 /// The running endpoint; dropping it stops its thread.
 pub(crate) struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    /// The other end is polled by the endpoint's thread: dropping this one
+    /// wakes it (end of file there) and it returns.
+    stop: Option<UnixStream>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -168,47 +184,15 @@ impl MetricsServer {
     pub(crate) fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<MetricsServer> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        // Polled, so that stopping needs no connection to ourselves.
         listener.set_nonblocking(true)?;
+        // Stopping needs no connection to ourselves, nor a polling period.
+        let (stop, stopped) = UnixStream::pair()?;
+        stopped.set_nonblocking(true)?;
         let mut registry = Registry::default();
         registry.register_collector(Box::new(StatsCollector(Arc::clone(&shared))));
-        let registry = Arc::new(registry);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new().name("wamr-coro-metrics".into()).spawn(move || {
-            let mut scrapes: Vec<std::thread::JoinHandle<()>> = Vec::new();
-            while !flag.load(Ordering::Acquire) {
-                let (done, busy): (Vec<_>, Vec<_>) = scrapes.drain(..).partition(|t| t.is_finished());
-                done.into_iter().for_each(|t| drop(t.join()));
-                scrapes = busy;
-                if scrapes.len() >= MAX_SCRAPES {
-                    // Every scrape slot is taken: the next connection waits
-                    // in the backlog until one frees (within the deadlines).
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let (registry, shared) = (Arc::clone(&registry), Arc::clone(&shared));
-                        let spawned = std::thread::Builder::new()
-                            .name("wamr-coro-scrape".into())
-                            .spawn(move || answer(s, &registry, &shared));
-                        match spawned {
-                            Ok(t) => scrapes.push(t),
-                            // The connection went with the closure: closed.
-                            Err(e) => tracing::warn!(error = %e, "metrics endpoint: cannot start a scrape"),
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            // Each is bounded by its request and answer deadlines.
-            scrapes.into_iter().for_each(|t| drop(t.join()));
-        })?;
-        Ok(MetricsServer { addr, stop, thread: Some(thread) })
+        let endpoint = Endpoint { listener, stopped, registry, shared, conns: Vec::new(), accept_paused_until: None };
+        let thread = std::thread::Builder::new().name("wamr-coro-metrics".into()).spawn(move || endpoint.run())?;
+        Ok(MetricsServer { addr, stop: Some(stop), thread: Some(thread) })
     }
 
     /// Where it listens.
@@ -218,78 +202,266 @@ impl MetricsServer {
 }
 
 impl Drop for MetricsServer {
+    /// Returns at once: the thread wakes, drops (closes) every connection,
+    /// answered or not, and ends; it waits on no client.
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// Scrapes answered at once at most. Before, the endpoint answered one
-/// connection at a time: a scraper that connected and sent nothing held
-/// every other scrape and health check for its whole request deadline,
-/// and a few of them in a row for a few times that.
-pub(crate) const MAX_SCRAPES: usize = 8;
+/// Connections open at once at most, far above any number of scrapers and
+/// probes. Past it, a new connection takes the place of the oldest one still
+/// waiting for its request (or, if every one is being answered, is closed).
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
-/// How long one scraper may take to send its request.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a scraper may take to send its request, from its connection;
+/// then it is answered from what came.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
-/// How long one scraper may take to read its answer.
+/// How long a scraper may take to read its answer; then it is closed.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 
-/// One request, one answer, then close.
+/// The most of a request read: the request line is all that is used.
+const MAX_REQUEST: usize = 8192;
+
+/// How long accepting pauses when the process is out of descriptors and no
+/// connection can make room (the pending one would be reported at once
+/// again).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+
+/// The endpoint's thread: the listener, the scrapes in progress (oldest
+/// first) and what a scrape reads.
+struct Endpoint {
+    listener: TcpListener,
+    /// Reads end of file once the [`MetricsServer`] is dropped.
+    stopped: UnixStream,
+    registry: Registry,
+    shared: Arc<Shared>,
+    conns: Vec<Scrape>,
+    accept_paused_until: Option<Instant>,
+}
+
+/// One connection: one request, one answer, then close.
 ///
 /// The request must arrive within [`REQUEST_DEADLINE`] in all, and the
 /// answer be taken within [`ANSWER_DEADLINE`], not per read or write: with
 /// a timeout per call a client trickling a byte a second kept its scrape
-/// slot for as long as it liked.
-fn answer(mut s: TcpStream, registry: &Registry, shared: &Shared) {
-    let _ = s.set_nonblocking(false);
-    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let path = std::str::from_utf8(line).unwrap_or("").split(' ').nth(1).unwrap_or("");
-    let (status, ctype, body) = match path {
-        "/metrics" => {
-            let mut text = String::new();
-            match prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
-                Ok(()) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
-                Err(_) => ("500 Internal Server Error", "text/plain", "encoding failed\n".into()),
+/// for as long as it liked.
+struct Scrape {
+    stream: TcpStream,
+    phase: Phase,
+    deadline: Instant,
+}
+
+enum Phase {
+    /// The request read so far.
+    Request(Vec<u8>),
+    /// The answer, and how much of it is written.
+    Answer(Vec<u8>, usize),
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}
+
+impl Endpoint {
+    fn run(mut self) {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(MAX_CONNECTIONS + 2);
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            let paused = self.accept_paused_until.filter(|&t| t > now);
+            self.accept_paused_until = paused;
+            fds.clear();
+            fds.push(pollfd(self.stopped.as_raw_fd(), libc::POLLIN));
+            // A negative descriptor is skipped by poll.
+            fds.push(pollfd(if paused.is_some() { -1 } else { self.listener.as_raw_fd() }, libc::POLLIN));
+            for c in &self.conns {
+                let events = match c.phase {
+                    Phase::Request(_) => libc::POLLIN,
+                    Phase::Answer(..) => libc::POLLOUT,
+                };
+                fds.push(pollfd(c.stream.as_raw_fd(), events));
+            }
+            let next = self.conns.iter().map(|c| c.deadline).chain(paused).min();
+            // Rounded up, so that the deadline has passed when poll returns.
+            let timeout = next
+                .map_or(-1, |t| i32::try_from(t.saturating_duration_since(now).as_millis() + 1).unwrap_or(i32::MAX));
+            // SAFETY: `fds` is a live, exclusively borrowed Vec of
+            // `fds.len()` initialised pollfd structs, which poll reads and
+            // whose `revents` it writes, nothing past them; every descriptor
+            // in it is owned by `self` and open for the call (or -1).
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::debug!(error = %e, "metrics endpoint: poll failed");
+                    std::thread::sleep(ACCEPT_PAUSE);
+                }
+                continue;
+            }
+            if fds[0].revents != 0 {
+                // Stopped: every connection is closed as `self` drops.
+                return;
+            }
+            // Connections first, in the order of `fds`; accepting (which
+            // may close some) after.
+            let mut ready = fds[2..].iter().map(|p| p.revents != 0);
+            let (registry, shared) = (&self.registry, &self.shared);
+            self.conns.retain_mut(|c| !ready.next().unwrap_or(false) || c.progress(registry, shared));
+            if fds[1].revents != 0 {
+                self.accept();
             }
         }
-        "/healthz" if shared.stopping.load(Ordering::Acquire) => {
-            ("503 Service Unavailable", "text/plain", "draining\n".into())
+    }
+
+    /// Answers every request past its deadline from what came, and closes
+    /// every connection past its answer's.
+    fn expire(&mut self, now: Instant) {
+        let (registry, shared) = (&self.registry, &self.shared);
+        self.conns.retain_mut(|c| {
+            if c.deadline > now {
+                return true;
+            }
+            if let Phase::Answer(..) = c.phase {
+                // A last write (the thread may be late), then closed,
+                // finished or not.
+                c.write();
+                return false;
+            }
+            // What has arrived counts, however late this thread is to read
+            // it (a busy machine, valgrind); then what came is answered.
+            if !c.progress(registry, shared) {
+                return false;
+            }
+            if let Phase::Request(_) = c.phase {
+                c.answer(registry, shared);
+                return c.write();
+            }
+            // Answered just now, the rest being written.
+            true
+        });
+    }
+
+    /// Accepts what is pending (a round at most).
+    fn accept(&mut self) {
+        for _ in 0..MAX_CONNECTIONS {
+            match self.listener.accept() {
+                Ok((s, _)) => self.admit(s),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // Out of descriptors (EMFILE, ENFILE), the oldest
+                    // connection still waiting for its request makes room
+                    // for the one pending: a probe is answered even then.
+                    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                    if !(out_of_fds && self.close_oldest_waiting()) {
+                        tracing::debug!(error = %e, "metrics endpoint: accept failed");
+                        self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                        return;
+                    }
+                }
+            }
         }
-        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
-        _ => ("404 Not Found", "text/plain", "not found\n".into()),
-    };
-    let out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let deadline = std::time::Instant::now() + ANSWER_DEADLINE;
-    let mut left = out.as_bytes();
-    while !left.is_empty() {
-        let time = deadline.saturating_duration_since(std::time::Instant::now());
-        if time.is_zero() || s.set_write_timeout(Some(time)).is_err() {
+    }
+
+    /// Keeps `s`; at [`MAX_CONNECTIONS`] the oldest connection still
+    /// waiting for its request is closed for it, or, with every one being
+    /// answered, `s` is closed.
+    fn admit(&mut self, s: TcpStream) {
+        if s.set_nonblocking(true).is_err() {
             return;
         }
-        match s.write(left) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Ok(0) | Err(_) => return,
-            Ok(n) => left = &left[n..],
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.close_oldest_waiting();
         }
+        if self.conns.len() < MAX_CONNECTIONS {
+            let phase = Phase::Request(Vec::with_capacity(512));
+            self.conns.push(Scrape { stream: s, phase, deadline: Instant::now() + REQUEST_DEADLINE });
+        }
+    }
+
+    /// Closes the oldest connection still waiting for its request; false if
+    /// there is none.
+    fn close_oldest_waiting(&mut self) -> bool {
+        match self.conns.iter().position(|c| matches!(c.phase, Phase::Request(_))) {
+            Some(i) => {
+                self.conns.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Scrape {
+    /// Does what its socket is ready for; false once done with it (it is
+    /// closed when dropped).
+    fn progress(&mut self, registry: &Registry, shared: &Shared) -> bool {
+        if let Phase::Request(head) = &mut self.phase {
+            let mut buf = [0u8; 1024];
+            loop {
+                if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() >= MAX_REQUEST {
+                    break;
+                }
+                match self.stream.read(&mut buf) {
+                    // End of file: answered from what came.
+                    Ok(0) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+            self.answer(registry, shared);
+        }
+        self.write()
+    }
+
+    /// Renders the answer to the request read (the deadline is now the
+    /// answer's).
+    fn answer(&mut self, registry: &Registry, shared: &Shared) {
+        let Phase::Request(head) = &self.phase else { return };
+        let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+        let path = std::str::from_utf8(line).unwrap_or("").split(' ').nth(1).unwrap_or("");
+        let (status, ctype, body) = match path {
+            "/metrics" => {
+                let mut text = String::new();
+                match prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
+                    Ok(()) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+                    Err(_) => ("500 Internal Server Error", "text/plain", "encoding failed\n".into()),
+                }
+            }
+            "/healthz" if shared.stopping.load(Ordering::Acquire) => {
+                ("503 Service Unavailable", "text/plain", "draining\n".into())
+            }
+            "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+            _ => ("404 Not Found", "text/plain", "not found\n".into()),
+        };
+        let out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.phase = Phase::Answer(out.into_bytes(), 0);
+        self.deadline = Instant::now() + ANSWER_DEADLINE;
+    }
+
+    /// Writes what the socket takes of the answer; false once it is all
+    /// written or the connection failed.
+    fn write(&mut self) -> bool {
+        let Phase::Answer(out, sent) = &mut self.phase else { return true };
+        while *sent < out.len() {
+            match self.stream.write(&out[*sent..]) {
+                Ok(0) => return false,
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        false
     }
 }
