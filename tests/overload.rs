@@ -125,3 +125,52 @@ fn out_of_descriptors_in_queue_mode_refuses_counts_and_recovers() {
     let status = wait_exit(&mut child, Duration::from_secs(20), "server did not exit after SIGINT");
     assert!(status.success(), "{status}");
 }
+
+/// Out of descriptors, connections to the metrics endpoint that send
+/// nothing neither keep probes waiting nor take the descriptors kept back
+/// from clients: once the endpoint's connections reach the top of those,
+/// each new one takes the place of the oldest still waiting for its
+/// request (and when none is left at all, one makes room for the pending
+/// one). Before, the endpoint had 8 scrape threads and accepted no more
+/// until one ended, so twenty silent connections kept `/healthz` waiting
+/// for seconds while the process was out of descriptors.
+#[test]
+fn out_of_descriptors_silent_scrapers_neither_starve_probes_nor_take_the_reserve() {
+    const LIMIT: usize = 48;
+    let maddr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let script = format!(
+        "ulimit -n {LIMIT} && exec {} serve {} --listen 127.0.0.1:0 --workers 2 --metrics-listen {maddr}",
+        env!("CARGO_BIN_EXE_wamr-coro"),
+        guest_path("echo.wat").display()
+    );
+    let (mut child, addr, _out) = spawn_server(Command::new("bash").args(["-c", &script]));
+    let mut held = Vec::new();
+    for i in 0..LIMIT as u8 + 20 {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = [b'a' + i % 26; 3];
+        if s.write_all(&msg).is_ok() && matches!(read_n(&mut s, 3), Ok(got) if got == msg) {
+            held.push(s);
+        }
+    }
+    assert!(held.len() < LIMIT, "{} connections fit in {LIMIT} descriptors?", held.len());
+    let silent: Vec<_> = (0..20).map(|_| connect(maddr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        for path in ["/healthz", "/metrics"] {
+            let t = Instant::now();
+            let out = http_get_raw(maddr, path);
+            let took = t.elapsed();
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {out:?}");
+            assert!(took < Duration::from_secs(1), "{path} took {took:?} behind silent scrapers");
+        }
+    }
+    let open = std::fs::read_dir(format!("/proc/{}/fd", child.id())).unwrap().count();
+    // The top three (half the reserve of 6) are left but for one at most.
+    assert!(open <= LIMIT - 2, "the metrics endpoint took the reserve: {open} descriptors open of {LIMIT}");
+    drop(silent);
+    drop(held);
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(20), "server did not exit after SIGTERM");
+    assert!(status.success(), "{status}");
+}

@@ -368,14 +368,20 @@ impl Endpoint {
         }
     }
 
-    /// Keeps `s`; at [`MAX_CONNECTIONS`] the oldest connection still
-    /// waiting for its request is closed for it, or, with every one being
-    /// answered, `s` is closed.
+    /// Keeps `s` unless the endpoint is full: at [`MAX_CONNECTIONS`], or
+    /// near the descriptor limit (see [`fd_ceiling`]). Then the oldest
+    /// connection still waiting for its request is closed for it; at
+    /// [`MAX_CONNECTIONS`] with every one being answered, `s` is closed.
     fn admit(&mut self, s: TcpStream) {
         if s.set_nonblocking(true).is_err() {
             return;
         }
-        if self.conns.len() >= MAX_CONNECTIONS {
+        let full = self.conns.len() >= MAX_CONNECTIONS || {
+            let ceiling = fd_ceiling();
+            let high = |fd: RawFd| fd as u64 >= ceiling;
+            high(s.as_raw_fd()) || self.conns.iter().any(|c| high(c.stream.as_raw_fd()))
+        };
+        if full {
             self.close_oldest_waiting();
         }
         if self.conns.len() < MAX_CONNECTIONS {
@@ -395,6 +401,20 @@ impl Endpoint {
             None => false,
         }
     }
+}
+
+/// The lowest descriptor of the top half of those the listener keeps from
+/// clients (`listener::fd_reserve`), which the endpoint leaves to the
+/// runtime's own opens. Descriptors are handed out lowest first, so once one
+/// of its connections holds a descriptor that high, the process is nearly
+/// out: from then on (until those connections close) each new connection
+/// takes the place of the oldest one still waiting for its request, and the
+/// endpoint holds no more descriptors than it had. Without this, once
+/// clients had taken theirs, connections that sent nothing took all but one
+/// of the descriptors the reserve had kept (20 of them under a limit of 48:
+/// `tests/overload.rs`), leaving the runtime's own opens one at most.
+fn fd_ceiling() -> u64 {
+    super::fd_limit().map_or(u64::MAX, |l| l.saturating_sub(super::listener::fd_reserve(l) / 2))
 }
 
 impl Scrape {
