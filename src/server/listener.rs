@@ -125,12 +125,11 @@ impl FdCeiling {
 
 /// Descriptors kept free of client connections under a limit of `limit`:
 /// an eighth of it, at least 4 and at most 32 (so 32 from a limit of 256
-/// on). 32 covers the metrics endpoint at full concurrency (`MAX_SCRAPES` =
-/// 8 scrapes; its listener was bound at start, lower down), the runtime's
-/// own opens and the spare above, with room to spare. Under a limit of 72
-/// fewer than 9 are kept, and a full set of scrapes may have to wait for
-/// clients to leave: a small limit keeps most of its descriptors for
-/// connections.
+/// on). 32 covers the metrics endpoint (its listener was bound at start,
+/// lower down; its connections leave the top half of this reserve to the
+/// runtime: near it, a new scrape connection replaces a waiting one, see
+/// `metrics::fd_ceiling`), the runtime's own opens and the spare above. A
+/// small limit keeps most of its descriptors for connections.
 pub(crate) fn fd_reserve(limit: u64) -> u64 {
     (limit / 8).clamp(4, 32)
 }
