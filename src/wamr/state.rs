@@ -280,7 +280,7 @@ const CLEAR_BY_HAND: usize = 4;
 /// unread. Pages cleared by writing stay resident and must be read again
 /// at every later reset, so without this bound an env whose connections
 /// each wrote a different page (a guest keeping per-connection state in a
-/// table indexed by connection id, like `guests/http.wat`) gathered them
+/// table keyed by connection id, like `guests/http.wat`) gathered them
 /// all, and every reset read every one: 35 pages, 8.8 µs, 11 % of the
 /// server's CPU under connection churn. Bounded, a reset reads at most 64
 /// KiB per zero run, and an env pays one flush (below) when a run's set
