@@ -10,7 +10,7 @@
 ;;
 ;; Per connection it keeps {conn, matched, hash} in a hash table keyed by the
 ;; connection id, as http.wat keeps {conn, matched} (see there): 16,384 slots
-;; of 16 bytes at 64 KiB, open addressing from slot (conn * 0x9e3779b1) >> 18
+;; of 16 bytes at 64 KiB, open addressing from slot conn & 16383
 ;; with linear probing, deletion by backward shift. Capacity: 12,288
 ;; connections per instance; on_open refuses one more (returns -1) unless
 ;; the env is shared between connections (--policy message), which drops
@@ -43,8 +43,7 @@
   ;; The home slot of $conn (its address).
   (func $home (param $conn i32) (result i32)
     (i32.add (global.get $state)
-      (i32.and (i32.shr_u (i32.mul (local.get $conn) (i32.const 0x9e3779b1)) (i32.const 14))
-               (i32.const 0x3fff0))))
+      (i32.and (i32.shl (local.get $conn) (i32.const 4)) (i32.const 0x3fff0))))
   ;; The slot after $a, round the end of the table.
   (func $after (param $a i32) (result i32)
     (local.set $a (i32.add (local.get $a) (i32.const 16)))

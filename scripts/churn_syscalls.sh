@@ -10,27 +10,16 @@
 set -u
 [ $# -eq 1 ] || { sed -n '2,9p' "$0"; exit 2; }
 command -v perf >/dev/null || { echo "install perf (apt-get install linux-perf)"; exit 2; }
-here=$(cd "$(dirname "$0")" && pwd)
-churn=${CHURN:-/tmp/churn-$(id -u)}
-[ -x "$churn" ] || cc -O2 -o "$churn" "$here/churn.c" -lpthread || exit 2
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-bash -c "exec ${1//\{PORT\}/$port}" >/dev/null 2>&1 & pid=$!
+. "$(dirname "$0")/churn_start.sh"
+churn_start "$1"
 out=$(mktemp)
 trap 'kill "$pid" 2>/dev/null; rm -f "$out"' EXIT
-up=
-for _ in $(seq 50); do
-  curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/" && { up=1; break; }
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$up" ] || { echo "the server did not answer on port $port: $1" >&2; exit 2; }
 events=context-switches
 for s in accept accept4 read recvfrom write sendto writev epoll_wait epoll_ctl sched_yield futex \
   close shutdown setsockopt getsockopt ioctl fcntl pread64 madvise mmap munmap mprotect mincore \
   clock_nanosleep getpeername getsockname; do
   events="$events,syscalls:sys_enter_$s"
 done
-"$churn" "$port" 8 1 >/dev/null
 perf stat -x, -e "$events" -p "$pid" -o "$out" -- sleep 4 &
 stat=$!
 sleep 0.2

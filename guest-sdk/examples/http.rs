@@ -6,7 +6,7 @@
 //! queue mode. Request bodies are not supported (GET/HEAD style).
 //!
 //! The table is `guests/http.wat`'s (see there), smaller: 4,096 slots, open
-//! addressing from the slot `(id * 0x9e3779b1) >> 20` with linear probing,
+//! addressing from the slot `id & 4095` with linear probing,
 //! deletion by backward shift. Capacity: 3,072 connections per instance;
 //! `on_open` refuses one more, so an accepted connection's state is never
 //! dropped. An env that sees a callback of a connection it never opened is
@@ -48,7 +48,7 @@ mod guest {
     }
 
     fn home(id: i32) -> usize {
-        ((id as u32).wrapping_mul(0x9e37_79b1) >> (32 - SLOT_BITS)) as usize
+        (id as u32 as usize) & (SLOTS - 1)
     }
 
     fn after(i: usize) -> usize {

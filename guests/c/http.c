@@ -6,7 +6,7 @@
  *
  * Per-connection parse state lives in a hash table keyed by the connection
  * id, laid out as http.wat's (see there): 16,384 slots of {conn, matched}
- * (conn 0: empty), open addressing from the slot (conn * 0x9e3779b1) >> 18
+ * (conn 0: empty), open addressing from the slot conn & 16383
  * with linear probing, deletion by backward shift. Capacity: 12,288
  * connections per instance; on_open refuses one more (returns -1: the host
  * closes it), so an accepted connection's state is never dropped. An env
@@ -33,7 +33,7 @@ WCORO_EXPORT("alloc") int32_t guest_alloc(int32_t size) {
 }
 
 static uint32_t home(int32_t conn) {
-    return ((uint32_t)conn * 0x9e3779b1u) >> (32 - SLOT_BITS);
+    return (uint32_t)conn & (SLOTS - 1);
 }
 
 /* The slot holding conn's entry, or else the empty slot that ends its probe
