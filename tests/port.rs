@@ -136,10 +136,9 @@ fn stop_is_prompt_while_another_socket_shares_the_port() {
 fn server_end(client: SocketAddr, server: SocketAddr) -> Option<std::os::fd::RawFd> {
     for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        // SAFETY: the borrow is used only for the two address queries below,
-        // which do not close or change the descriptor; one that another test
-        // closes meanwhile (or that is not a socket) answers with an error,
-        // which skips it.
+        // SAFETY: the borrow only serves the two address queries below, which
+        // neither close nor change the fd; one closed meanwhile by another test
+        // (or not a socket) answers with an error, and is skipped.
         let fd_ref = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let sock = socket2::SockRef::from(&fd_ref);
         let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());

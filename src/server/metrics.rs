@@ -290,10 +290,9 @@ impl Endpoint {
             // Rounded up, so that the deadline has passed when poll returns.
             let timeout = next
                 .map_or(-1, |t| i32::try_from(t.saturating_duration_since(now).as_millis() + 1).unwrap_or(i32::MAX));
-            // SAFETY: `fds` is a live, exclusively borrowed Vec of
-            // `fds.len()` initialised pollfd structs, which poll reads and
-            // whose `revents` it writes, nothing past them; every descriptor
-            // in it is owned by `self` and open for the call (or -1).
+            // SAFETY: poll reads and writes (`revents`) exactly the `fds.len()`
+            // initialised pollfds of `fds`, borrowed mutably for the call; each
+            // descriptor in it is owned by `self` and open (or -1, skipped).
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
