@@ -86,45 +86,56 @@ impl EventSource for TcpListenerAccept<'_> {
     }
 }
 
-/// wamr-coro: `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` where the system has
-/// it (seventh change); elsewhere std's `accept` and `set_nonblocking`, as
-/// upstream does.
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly", target_os = "illumos", target_os = "solaris"))]
-pub(crate) fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: `try_init` hands a zeroed `sockaddr_storage` and its length,
-    // which `accept4` fills in (it writes at most `len` bytes); the listener's
-    // fd is open for the borrow's life.
-    let (fd, addr) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| loop {
-            let fd = libc::accept4(
-                listener.as_raw_fd(),
-                storage.cast(),
-                len,
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            );
-            if fd >= 0 {
-                return Ok(fd);
-            }
-            // As std's `accept` does: a signal is no error.
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        })?
-    };
-    // SAFETY: `fd` is the connected socket `accept4` just returned; nothing
-    // else owns it.
-    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    let addr = addr
-        .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a socket with no IP address"))?;
-    Ok((stream, addr))
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "netbsd", target_os = "openbsd", target_os = "dragonfly", target_os = "illumos", target_os = "solaris")))]
-pub(crate) fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    let (s, a) = listener.accept()?;
-    s.set_nonblocking(true)?;
-    Ok((s, a))
+// wamr-coro: `accept_nonblocking` is `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`
+// where the system has it (seventh change); elsewhere std's `accept` and
+// `set_nonblocking`, as upstream does.
+cfg_if::cfg_if! {
+    if #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly",
+        target_os = "illumos",
+        target_os = "solaris"
+    ))] {
+        pub(crate) fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+            use std::os::fd::{AsRawFd, FromRawFd};
+            // SAFETY: `try_init` hands a zeroed `sockaddr_storage` and its length,
+            // which `accept4` fills in (it writes at most `len` bytes); the listener's
+            // fd is open for the borrow's life.
+            let (fd, addr) = unsafe {
+                socket2::SockAddr::try_init(|storage, len| loop {
+                    let fd = libc::accept4(
+                        listener.as_raw_fd(),
+                        storage.cast(),
+                        len,
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    );
+                    if fd >= 0 {
+                        return Ok(fd);
+                    }
+                    // As std's `accept` does: a signal is no error.
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                })?
+            };
+            // SAFETY: `fd` is the connected socket `accept4` just returned; nothing
+            // else owns it.
+            let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+            let addr = addr
+                .as_socket()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a socket with no IP address"))?;
+            Ok((stream, addr))
+        }
+    } else {
+        pub(crate) fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+            let (s, a) = listener.accept()?;
+            s.set_nonblocking(true)?;
+            Ok((s, a))
+        }
+    }
 }
