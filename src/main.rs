@@ -263,6 +263,12 @@ struct ServeArgs {
     /// Close connections idle this long (ms; at least 1).
     #[arg(long, default_value_t = ms(limits().idle_timeout))]
     idle_timeout_ms: u64,
+    /// When the server closes a connection (the guest closed, refused or
+    /// faulted), read and discard the client's further input for up to
+    /// this long (ms) before closing, so it gets the whole answer rather
+    /// than a reset; 0 = close at once.
+    #[arg(long, default_value_t = ms(limits().linger))]
+    linger_ms: u64,
     /// Terminate guest calls running longer (ms); 0 = unlimited.
     #[arg(long, default_value_t = limits().call_budget.map_or(0, ms))]
     call_budget_ms: u64,
@@ -631,6 +637,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
             output_limit: a.output_limit,
             chunk_size: a.chunk_size,
             idle_timeout: Duration::from_millis(a.idle_timeout_ms),
+            linger: Duration::from_millis(a.linger_ms),
             call_budget: (a.call_budget_ms > 0).then(|| Duration::from_millis(a.call_budget_ms)),
             instruction_budget: (a.instruction_budget > 0).then_some(a.instruction_budget),
             queue_capacity: a.queue_capacity,

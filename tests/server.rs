@@ -591,35 +591,8 @@ fn a_client_that_never_reads_is_dropped_after_the_idle_timeout() {
 /// socket shut by the close while the writer still holds data), the client
 /// must see every byte and then a clean end, and every connection must be
 /// closed on the server after. Clients that wait before reading make the
-/// direct write partial for sure. Both runners.
-const BIG_THEN_CLOSE_WAT: &str = r#"
-(module
-  (import "env" "send" (func $send (param i32 i32 i32) (result i32)))
-  (import "env" "close" (func $close (param i32) (result i32)))
-  (memory (export "memory") 80)
-  (global $__stack_pointer (mut i32) (i32.const 65536))
-  (global (export "__data_end") i32 (i32.const 1024))
-  ;; The end of the answer: WAMR shrinks a memory that never grows to it.
-  (global (export "__heap_base") i32 (i32.const 5242880))
-  (global $filled (mut i32) (i32.const 0))
-  (func (export "alloc") (param $size i32) (result i32)
-    (if (result i32) (i32.le_u (local.get $size) (i32.const 65536))
-      (then (i32.const 131072))
-      (else (i32.const 0))))
-  ;; 4 MiB at 1 MiB, word i holding i * 2654435761: every word differs.
-  (func $fill (local $i i32)
-    (loop $l
-      (i32.store (i32.add (i32.const 1048576) (i32.shl (local.get $i) (i32.const 2)))
-                 (i32.mul (local.get $i) (i32.const 2654435761)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $l (i32.lt_u (local.get $i) (i32.const 1048576)))))
-  (func (export "on_recv") (param $conn i32) (param $ptr i32) (param $len i32) (result i32)
-    (if (i32.eqz (global.get $filled)) (then (call $fill) (global.set $filled (i32.const 1))))
-    (drop (call $send (local.get $conn) (i32.const 1048576) (i32.const 4194304)))
-    (drop (call $close (local.get $conn)))
-    (i32.const 0)))
-"#;
-
+/// direct write partial for sure. Both runners. (The guest:
+/// `BIG_THEN_CLOSE_WAT`.)
 #[test]
 fn queue_a_large_answer_then_close_arrives_whole_then_ends() {
     setup();

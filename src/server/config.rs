@@ -89,6 +89,15 @@ pub struct Limits {
     /// A connection with no input for this long, or whose client accepts no
     /// output for this long, is closed. Default 60 s.
     pub idle_timeout: Duration,
+    /// When the server closes a connection its client may still be sending
+    /// on (the guest closed it, refused it or faulted), it first ends its
+    /// output and reads and discards the client's input for up to this
+    /// long (a "lingering close", plus up to a second: the idle sweep ends
+    /// it), so that unread input does not make the kernel reset the
+    /// connection and drop the end of the answer. Connections the client
+    /// closed, idle, trickling or not reading ones close at once. Default
+    /// 2 s; zero closes at once always.
+    pub linger: Duration,
     /// A guest call running longer is terminated; only its connection is
     /// closed. Default 1 s. `None` = unlimited.
     pub call_budget: Option<Duration>,
@@ -128,6 +137,7 @@ impl Default for Limits {
             output_limit: 1 << 20,
             chunk_size: crate::abi::DEFAULT_CHUNK_SIZE,
             idle_timeout: Duration::from_secs(60),
+            linger: Duration::from_secs(2),
             call_budget: Some(Duration::from_secs(1)),
             instruction_budget: None,
             shutdown_grace: Duration::from_secs(2),

@@ -75,6 +75,9 @@ struct DirectConn {
     lease: Option<Lease>,
     /// A write failed or was cut off (see [`DirectConn::flush`]).
     write_failed: bool,
+    /// The server, not the client, ended the connection, while the client
+    /// may still be sending: it closes with a lingering close.
+    server_closed: bool,
 }
 
 impl DirectConn {
@@ -96,6 +99,7 @@ impl DirectConn {
             state: Arc::new(Mutex::new(ConnState::default())),
             lease: None,
             write_failed: false,
+            server_closed: false,
         }
     }
 
@@ -118,11 +122,22 @@ impl DirectConn {
         }
         let _ = self.flush();
         self.lease = None;
+        if self.server_closed && !self.write_failed && !self.sh.limits.linger.is_zero() {
+            // Input the client sent after what the guest read would make
+            // the close a reset that drops the end of the answer: the
+            // output ends first and the input is drained (socket::linger),
+            // the env back in the pool meanwhile.
+            self.registration.activity().linger_from_now(self.sh.limits.linger, self.sh.limits.idle_timeout);
+            if self.stream.shutdown(std::net::Shutdown::Write).is_ok() {
+                socket::linger(&self.sh, &mut self.stream);
+            }
+        }
         // Then the registration and the socket go, in field order. No
-        // `shutdown` before the close: nothing else holds this socket (the
-        // idle sweeper's and the stop's shutdowns run under the table's lock,
-        // which the registration leaves first), so `close` alone sends the
-        // FIN, one system call fewer per connection.
+        // `shutdown` before the close of a connection the client ended:
+        // nothing else holds this socket (the idle sweeper's and the stop's
+        // shutdowns run under the table's lock, which the registration
+        // leaves first), so `close` alone sends the FIN, one system call
+        // fewer per connection.
     }
 
     fn serve(&mut self) -> End {
@@ -130,12 +145,12 @@ impl DirectConn {
             Ok(r) if r >= 0 => {}
             Ok(_) => {
                 self.sh.counters.refused.fetch_add(1, Ordering::Relaxed);
-                return End::NoOnClose;
+                return self.server_ends(End::NoOnClose);
             }
-            Err(_) => return End::NoOnClose,
+            Err(_) => return self.server_ends(End::NoOnClose),
         }
         if self.flush().is_err() || self.state.lock().closed_by_guest {
-            return End::Close;
+            return self.server_ends(End::Close);
         }
         let mut reader = Reader::new(&self.sh);
         loop {
@@ -162,13 +177,22 @@ impl DirectConn {
                 Ok(r) => r,
                 // Policy message: no env for this message. The guest saw the
                 // connection open, so it is closed with on_close.
-                Err(CallError::NoEnv) => return End::Close,
-                Err(CallError::Fault) => return End::NoOnClose,
+                Err(CallError::NoEnv) => return self.server_ends(End::Close),
+                Err(CallError::Fault) => return self.server_ends(End::NoOnClose),
             };
             if self.flush().is_err() || r < 0 || self.state.lock().closed_by_guest {
-                return End::Close;
+                // (A failed write skips the lingering close anyway.)
+                return self.server_ends(End::Close);
             }
         }
+    }
+
+    /// `end`, for an end the server chose while the client may still be
+    /// sending (the guest closed, refused or faulted, or no env could be
+    /// had): the connection closes with a lingering close.
+    fn server_ends(&mut self, end: End) -> End {
+        self.server_closed = true;
+        end
     }
 
     /// Runs one guest callback on this connection's env (acquiring it first

@@ -55,6 +55,17 @@ impl Activity {
     pub(crate) fn idled(&self) -> bool {
         self.idled.load(Ordering::Acquire)
     }
+
+    /// Starts a lingering close (see [`linger`]): the idle sweep shuts the
+    /// read side `linger` from now (plus up to a sweep period), rather than
+    /// `idle_timeout` after the last progress. It backdates the last
+    /// progress, so no new field or timer is needed; nothing touches a
+    /// lingering connection's activity again (its output has ended, and
+    /// [`linger`] does not count what it discards as progress).
+    pub(crate) fn linger_from_now(&self, linger: Duration, idle_timeout: Duration) {
+        let early = idle_timeout.saturating_sub(linger).as_millis() as u64;
+        self.last_ms.store(coarse_ms().saturating_sub(early), Ordering::Relaxed);
+    }
 }
 
 /// Milliseconds on the kernel's coarse monotonic clock: the time of the
@@ -142,6 +153,79 @@ pub(crate) unsafe fn write_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usiz
 pub(crate) unsafe fn shutdown_fd(fd: RawFd) {
     // SAFETY: the caller keeps `fd` open.
     unsafe { with_fd(fd, |s| s.shutdown(Shutdown::Both).ok()) };
+}
+
+/// How a server-side close lingers: the two limits it needs, copied where
+/// `Shared` is not at hand (queue mode's connections).
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(test, derive(Default))]
+pub(crate) struct Linger {
+    linger: Duration,
+    idle_timeout: Duration,
+}
+
+impl Linger {
+    pub(crate) fn of(sh: &Shared) -> Linger {
+        Linger { linger: sh.limits.linger, idle_timeout: sh.limits.idle_timeout }
+    }
+
+    /// Ends the connection's output (the kernel sends a FIN after what it
+    /// still holds) and starts its lingering close: the connection's reader
+    /// drains the input it has not read ([`linger`]) and closes the socket
+    /// after. With `linger` zero, shuts the read side too, as before there
+    /// was a lingering close: the reader sees EOF at once. Queue mode's end
+    /// of output; errors are ignored (the socket may be shut already).
+    ///
+    /// # Safety
+    /// SAFETY contract: `fd` is an open socket for the call.
+    pub(crate) unsafe fn end_output(self, fd: RawFd, activity: &Activity) {
+        let how = if self.linger.is_zero() {
+            Shutdown::Both
+        } else {
+            activity.linger_from_now(self.linger, self.idle_timeout);
+            Shutdown::Write
+        };
+        // SAFETY: the caller keeps `fd` open.
+        unsafe { with_fd(fd, |s| s.shutdown(how).ok()) };
+    }
+}
+
+/// The most a lingering close discards before it gives up and closes (a
+/// client that keeps sending after the server's FIN is not reading).
+const LINGER_BYTES: usize = 8 << 20;
+
+/// The lingering close, for a connection the server closes while its
+/// client may still be sending: reads and discards the client's input
+/// until it closes its side, the read side is shut (by the idle sweep
+/// after [`Limits::linger`](super::Limits::linger), which
+/// [`Activity::linger_from_now`] or [`Linger::end_output`] arranged, or by
+/// stop),
+/// [`LINGER_BYTES`] have been discarded, or the socket fails.
+///
+/// Without it, closing a socket that still holds unread input makes the
+/// kernel answer with a RST at once and drop what it had not yet sent: the
+/// client loses the end of its answer and sees `ECONNRESET` (RFC 7230
+/// §6.6 asks servers for exactly this half-close). The caller has ended
+/// the output already (`shutdown(SHUT_WR)`, or [`Linger::end_output`]); a
+/// connection whose `linger` is zero is not drained.
+pub(crate) fn linger(sh: &Shared, stream: &mut may::net::TcpStream) {
+    use std::io::Read;
+    if sh.limits.linger.is_zero() {
+        return;
+    }
+    // Only a lingering connection pays for the buffer.
+    let mut sink = vec![0u8; 8192];
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(n) => discarded += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+        // A client that always has more ready must not hold the worker.
+        may::coroutine::yield_now();
+    }
 }
 
 /// Connections open per client address.

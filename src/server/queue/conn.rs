@@ -38,6 +38,7 @@ pub(in crate::server) fn start_conn(
         open_gen: AtomicU64::new(0),
         refused: AtomicBool::new(false),
         peer: stream.peer_addr().ok(),
+        linger: socket::Linger::of(sh),
     });
     let mut qs = Arc::clone(queue.shard_of(id));
     // A reload makes the new generation current before it retires the old,
@@ -135,13 +136,23 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
     loop {
         match wait_for_output_room(sh, conn) {
             Room::Made => {}
-            Room::Closed => break,
+            Room::Closed => {
+                socket::linger(sh, stream);
+                break;
+            }
             Room::TimedOut => {
                 sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
                 break;
             }
         }
         let Ok((data, _)) = reader.next(sh, stream, &conn.activity) else { break };
+        if conn.closed.load(Ordering::Acquire) {
+            // The server closed it (the guest, a fault, a refusal, stop):
+            // what the client still sends is drained, not queued, and the
+            // socket closes after (the lingering close, socket::linger).
+            socket::linger(sh, stream);
+            break;
+        }
         conn.inflight.fetch_add(data.len(), Ordering::AcqRel);
         if !push(qs, Event::Data(id, data.to_vec())) {
             break;
@@ -229,8 +240,11 @@ unsafe fn writer(
             Out::Close => break,
         }
     }
+    if broken {
+        return;
+    }
     // SAFETY: as above.
-    unsafe { socket::shutdown_fd(fd) };
+    unsafe { socket::Linger::of(&sh).end_output(fd, activity) };
 }
 
 /// Writes all of `bytes`; false if the socket failed, the client took

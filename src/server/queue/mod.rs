@@ -112,6 +112,8 @@ struct QueueConn {
     refused: AtomicBool,
     /// The client's address.
     peer: Option<std::net::SocketAddr>,
+    /// How its close lingers once output ends.
+    linger: super::socket::Linger,
 }
 
 /// A connection's output side.
@@ -135,8 +137,11 @@ struct WriterEnd {
 
 impl QueueConn {
     /// Ends the connection's output, after what was already queued: tells
-    /// its writer to stop, or, if it never needed one, shuts the socket
-    /// down here, as the writer would have.
+    /// its writer to stop, or, if it never needed one, ends the socket's
+    /// output here, as the writer would have ([`Linger::end_output`]: the
+    /// reader drains what the client still sends, then closes).
+    ///
+    /// [`Linger::end_output`]: super::socket::Linger::end_output
     fn close_writer(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let mut end = self.writer_end.lock();
@@ -149,7 +154,7 @@ impl QueueConn {
                 drop(end);
                 // SAFETY: the reader keeps the socket open until `done`,
                 // the last sender of its wake-up, is dropped (below).
-                unsafe { super::socket::shutdown_fd(self.fd) };
+                unsafe { self.linger.end_output(self.fd, &self.activity) };
                 drop(done);
             }
         }
@@ -275,6 +280,7 @@ mod tests {
             open_gen: AtomicU64::new(0),
             refused: AtomicBool::new(false),
             peer: None,
+            linger: Default::default(),
         })
     }
 
