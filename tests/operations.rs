@@ -22,6 +22,53 @@ fn sample(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }
 
+/// A scraper that sends a second request before reading the first answer
+/// (pipelining), or more bytes than the request: the endpoint answers the
+/// first and closes, and the close must not reset the connection, which
+/// made the client see `ECONNRESET` (and could drop the answer). It ends
+/// its output and drains what the client still sends before it closes.
+/// Also: a client that keeps sending after the answer is closed on within
+/// about a second, and does not hold `/healthz` up meanwhile.
+#[test]
+fn a_pipelined_scrape_gets_its_answer_and_a_clean_end() {
+    use std::io::Read;
+    setup();
+    let server = start_with_metrics(module("echo.wat"), Mode::Direct, EnvPolicy::Connection, test_limits());
+    let maddr = server.metrics_addr().unwrap();
+    for extra in [&b"GET /healthz HTTP/1.1\r\n\r\n"[..], &[b'x'; 4000][..]] {
+        let mut s = TcpStream::connect(maddr).unwrap();
+        let mut out = b"GET /healthz HTTP/1.1\r\n\r\n".to_vec();
+        out.extend_from_slice(extra);
+        s.write_all(&out).unwrap();
+        // Read only once the endpoint has answered and closed its side.
+        std::thread::sleep(Duration::from_millis(100));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let end = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(end.is_ok(), "{end:?} after {text:?}");
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\nok\n"), "{text:?}");
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text:?}");
+    }
+    // One that keeps sending after its answer is closed on (reset) soon,
+    // and probes are answered meanwhile.
+    let mut flood = TcpStream::connect(maddr).unwrap();
+    flood.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    let writer = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if flood.write_all(&[b'x'; 1024]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    assert_eq!(get(maddr, "/healthz"), (200, "ok\n".into()));
+    assert!(writer.join().unwrap(), "a client sending after its answer was never closed on");
+    server.stop();
+}
+
 #[test]
 fn metrics_match_the_traffic_and_health_reports_draining() {
     for mode in [Mode::Direct, Mode::Queue] {

@@ -14,7 +14,8 @@
 //! non-blocking, so a scraper that sends nothing, or reads slowly, holds
 //! nothing but its own connection: each has its own deadlines (the request
 //! within [`REQUEST_DEADLINE`], the answer taken within [`ANSWER_DEADLINE`],
-//! then closed), and past [`MAX_CONNECTIONS`] open at once a new connection
+//! what the client still sends drained for [`DRAIN_DEADLINE`] at most, then
+//! closed), and past [`MAX_CONNECTIONS`] open at once a new connection
 //! takes the place of the oldest one still waiting for its request. Before,
 //! each scrape had a thread of its own, 8 at most, each held up to the 5 s
 //! request deadline: a dozen connections that sent nothing kept `/healthz`
@@ -224,6 +225,13 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a scraper may take to read its answer; then it is closed.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long an answered connection whose client may still be sending is
+/// drained before it is closed (see [`Phase::Drain`]).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The most a draining connection discards; then it is closed.
+const MAX_DRAINED: usize = 64 << 10;
+
 /// The most of a request read: the request line is all that is used.
 const MAX_REQUEST: usize = 8192;
 
@@ -244,7 +252,8 @@ struct Endpoint {
     accept_paused_until: Option<Instant>,
 }
 
-/// One connection: one request, one answer, then close.
+/// One connection: one request, one answer, then close (after draining
+/// what the client still sends, [`Phase::Drain`]).
 ///
 /// The request must arrive within [`REQUEST_DEADLINE`] in all, and the
 /// answer be taken within [`ANSWER_DEADLINE`], not per read or write: with
@@ -259,8 +268,15 @@ struct Scrape {
 enum Phase {
     /// The request read so far.
     Request(Vec<u8>),
-    /// The answer, and how much of it is written.
-    Answer(Vec<u8>, usize),
+    /// The answer, and how much of it is written; whether the client has
+    /// closed its side (then nothing is left to drain).
+    Answer(Vec<u8>, usize, bool),
+    /// Answered, output ended (a FIN after the answer), and what the client
+    /// still sends (a second, pipelined request) read and discarded until it
+    /// closes its side, [`DRAIN_DEADLINE`] passes or [`MAX_DRAINED`] bytes
+    /// came: closing with unread input would reset the connection, and a
+    /// client could lose the answer. How much was discarded.
+    Drain(usize),
 }
 
 fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
@@ -281,7 +297,7 @@ impl Endpoint {
             fds.push(pollfd(if paused.is_some() { -1 } else { self.listener.as_raw_fd() }, libc::POLLIN));
             for c in &self.conns {
                 let events = match c.phase {
-                    Phase::Request(_) => libc::POLLIN,
+                    Phase::Request(_) | Phase::Drain(_) => libc::POLLIN,
                     Phase::Answer(..) => libc::POLLOUT,
                 };
                 fds.push(pollfd(c.stream.as_raw_fd(), events));
@@ -325,11 +341,15 @@ impl Endpoint {
             if c.deadline > now {
                 return true;
             }
-            if let Phase::Answer(..) = c.phase {
-                // A last write (the thread may be late), then closed,
-                // finished or not.
-                c.write();
-                return false;
+            match c.phase {
+                Phase::Answer(..) => {
+                    // A last write (the thread may be late), then closed,
+                    // finished or not.
+                    c.write();
+                    return false;
+                }
+                Phase::Drain(_) => return false,
+                Phase::Request(_) => {}
             }
             // What has arrived counts, however late this thread is to read
             // it (a busy machine, valgrind); then what came is answered.
@@ -337,7 +357,7 @@ impl Endpoint {
                 return false;
             }
             if let Phase::Request(_) = c.phase {
-                c.answer(registry, shared);
+                c.answer(registry, shared, false);
                 return c.write();
             }
             // Answered just now, the rest being written.
@@ -389,10 +409,11 @@ impl Endpoint {
         }
     }
 
-    /// Closes the oldest connection still waiting for its request; false if
-    /// there is none.
+    /// Closes the oldest connection being drained, or else the oldest still
+    /// waiting for its request; false if there is neither.
     fn close_oldest_waiting(&mut self) -> bool {
-        match self.conns.iter().position(|c| matches!(c.phase, Phase::Request(_))) {
+        let draining = self.conns.iter().position(|c| matches!(c.phase, Phase::Drain(_)));
+        match draining.or_else(|| self.conns.iter().position(|c| matches!(c.phase, Phase::Request(_)))) {
             Some(i) => {
                 self.conns.remove(i);
                 true
@@ -420,29 +441,44 @@ impl Scrape {
     /// Does what its socket is ready for; false once done with it (it is
     /// closed when dropped).
     fn progress(&mut self, registry: &Registry, shared: &Shared) -> bool {
+        let mut buf = [0u8; 1024];
+        if let Phase::Drain(drained) = &mut self.phase {
+            loop {
+                match self.stream.read(&mut buf) {
+                    Ok(n) if n > 0 && *drained + n < MAX_DRAINED => *drained += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    // Its end, too much, or a failure.
+                    _ => return false,
+                }
+            }
+        }
         if let Phase::Request(head) = &mut self.phase {
-            let mut buf = [0u8; 1024];
+            let mut eof = false;
             loop {
                 if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() >= MAX_REQUEST {
                     break;
                 }
                 match self.stream.read(&mut buf) {
                     // End of file: answered from what came.
-                    Ok(0) => break,
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => return false,
                 }
             }
-            self.answer(registry, shared);
+            self.answer(registry, shared, eof);
         }
         self.write()
     }
 
     /// Renders the answer to the request read (the deadline is now the
-    /// answer's).
-    fn answer(&mut self, registry: &Registry, shared: &Shared) {
+    /// answer's); `eof`: the client has closed its side.
+    fn answer(&mut self, registry: &Registry, shared: &Shared, eof: bool) {
         let Phase::Request(head) = &self.phase else { return };
         let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
         let path = std::str::from_utf8(line).unwrap_or("").split(' ').nth(1).unwrap_or("");
@@ -464,14 +500,16 @@ impl Scrape {
             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        self.phase = Phase::Answer(out.into_bytes(), 0);
+        self.phase = Phase::Answer(out.into_bytes(), 0, eof);
         self.deadline = Instant::now() + ANSWER_DEADLINE;
     }
 
-    /// Writes what the socket takes of the answer; false once it is all
-    /// written or the connection failed.
+    /// Writes what the socket takes of the answer; false once done with
+    /// the connection: the answer is all written and the client has closed
+    /// its side, or the connection failed. All written to a client that has
+    /// not closed, the connection is drained ([`Phase::Drain`]).
     fn write(&mut self) -> bool {
-        let Phase::Answer(out, sent) = &mut self.phase else { return true };
+        let Phase::Answer(out, sent, eof) = &mut self.phase else { return true };
         while *sent < out.len() {
             match self.stream.write(&out[*sent..]) {
                 Ok(0) => return false,
@@ -481,6 +519,11 @@ impl Scrape {
                 Err(_) => return false,
             }
         }
-        false
+        if *eof || self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return false;
+        }
+        self.phase = Phase::Drain(0);
+        self.deadline = Instant::now() + DRAIN_DEADLINE;
+        true
     }
 }
