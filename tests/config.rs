@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use wamr_coro::server::{Limits, Mode, Server, MAX_QUEUE_CAPACITY, MAX_QUEUE_SHARDS};
+use wamr_coro::server::{Limits, Mode, Server, MAX_QUEUE_CAPACITY, MAX_QUEUE_EVENTS, MAX_QUEUE_SHARDS};
 use wamr_coro::Error;
 
 fn refused(limits: Limits, mode: Mode) -> String {
@@ -29,7 +29,7 @@ fn refused(limits: Limits, mode: Mode) -> String {
 #[test]
 fn limits_a_server_cannot_run_with_are_refused_by_name() {
     let base = common::test_limits();
-    let cases: [(Limits, Mode, &str); 7] = [
+    let cases: [(Limits, Mode, &str); 9] = [
         (Limits { chunk_size: 0, ..base.clone() }, Mode::Direct, "chunk_size must be > 0"),
         (Limits { output_limit: 0, ..base.clone() }, Mode::Direct, "output_limit must be > 0"),
         (Limits { max_connections: 0, ..base.clone() }, Mode::Direct, "max_connections must be > 0"),
@@ -44,6 +44,18 @@ fn limits_a_server_cannot_run_with_are_refused_by_name() {
             Limits { queue_shards: MAX_QUEUE_SHARDS + 1, ..base.clone() },
             Mode::Queue,
             "queue_shards must be at most 1024",
+        ),
+        // Each bound kept, but 40 GiB of rings together (the test server
+        // has two workers: two shards by default).
+        (
+            Limits { queue_capacity: MAX_QUEUE_CAPACITY, queue_shards: MAX_QUEUE_SHARDS, ..base.clone() },
+            Mode::Queue,
+            "queue_capacity 1048576 times 1024 queue shards is 1073741824 events; their rings may hold at most 8388608 together",
+        ),
+        (
+            Limits { queue_capacity: MAX_QUEUE_CAPACITY, queue_shards: MAX_QUEUE_EVENTS / MAX_QUEUE_CAPACITY + 1, ..base.clone() },
+            Mode::Queue,
+            "queue_capacity 1048576 times 9 queue shards is 9437184 events",
         ),
     ];
     for (limits, mode, want) in cases {

@@ -18,7 +18,7 @@ use crate::watchdog::Watchdog;
 use super::handle::ServerHandle;
 use super::stats::Counters;
 use super::{bind, generation, listener, metrics, ratelimit, socket, Shared};
-use super::{EnvPolicy, Limits, Mode, QueueRunner, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY};
+use super::{EnvPolicy, Limits, Mode, QueueRunner, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY, MAX_QUEUE_EVENTS};
 
 /// Builds a [`Server`].
 #[derive(Debug, Clone)]
@@ -141,9 +141,27 @@ impl ServerBuilder {
         self
     }
 
+    /// Queue mode's shard count: `queue_shards`, or one per worker.
+    fn queue_shards(&self) -> usize {
+        match self.limits.queue_shards {
+            0 => self.workers.max(1),
+            n => n,
+        }
+    }
+
     /// Validates the guest, binds, and starts accepting.
     pub fn start(self) -> Result<ServerHandle> {
         self.limits.check()?;
+        if self.mode == Mode::Queue {
+            let events = self.queue_shards().saturating_mul(self.limits.queue_capacity);
+            if events > MAX_QUEUE_EVENTS {
+                return Err(Error::Config(format!(
+                    "queue_capacity {} times {} queue shards is {events} events; their rings may hold at most {MAX_QUEUE_EVENTS} together",
+                    self.limits.queue_capacity,
+                    self.queue_shards()
+                )));
+            }
+        }
         let addr: SocketAddr = self
             .listen
             .to_socket_addrs()
@@ -185,10 +203,7 @@ impl ServerBuilder {
             policy: self.policy,
             pool_capacity: self.pool_capacity,
             queue: (self.mode == Mode::Queue).then(|| generation::QueueTemplate {
-                shards: match self.limits.queue_shards {
-                    0 => self.workers.max(1),
-                    n => n,
-                },
+                shards: self.queue_shards(),
                 capacity: self.limits.queue_capacity,
                 runner: self.runner,
             }),

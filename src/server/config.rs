@@ -12,6 +12,12 @@ pub const MAX_QUEUE_SHARDS: usize = 1024;
 /// `--queue-capacity 1000000000` aborted the process on a 40 GB allocation.
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 
+/// The most events all of a queue-mode server's rings may hold together
+/// (`queue_capacity` times the number of shards): 2^23, about 320 MiB of
+/// rings, each written whole when its shard starts. Without it the two
+/// bounds above allowed 1,024 rings of 2^20 events, 40 GiB.
+pub const MAX_QUEUE_EVENTS: usize = 1 << 23;
+
 /// Idle envs a server keeps for reuse unless told otherwise
 /// ([`ServerBuilder::pool_capacity`](super::ServerBuilder::pool_capacity)).
 pub const DEFAULT_POOL_CAPACITY: usize = 1024;

@@ -45,7 +45,8 @@ mod striped;
 
 pub use builder::{Server, ServerBuilder};
 pub use config::{
-    EnvPolicy, Limits, Mode, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY, MAX_QUEUE_CAPACITY, MAX_QUEUE_SHARDS,
+    EnvPolicy, Limits, Mode, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY, MAX_QUEUE_CAPACITY, MAX_QUEUE_EVENTS,
+    MAX_QUEUE_SHARDS,
 };
 pub use handle::ServerHandle;
 pub use queue::QueueRunner;
