@@ -100,9 +100,10 @@ pub struct Limits {
     /// output and reads and discards the client's input for up to this
     /// long (a "lingering close", plus up to a second: the idle sweep ends
     /// it), so that unread input does not make the kernel reset the
-    /// connection and drop the end of the answer. Connections the client
-    /// closed, idle, trickling or not reading ones close at once. Default
-    /// 2 s; zero closes at once always.
+    /// connection and drop the end of the answer. Meanwhile the connection
+    /// still counts toward `max_connections` (its env is released first).
+    /// Connections the client closed, idle, trickling or not reading ones
+    /// close at once. Default 2 s; zero closes at once always.
     pub linger: Duration,
     /// A guest call running longer is terminated; only its connection is
     /// closed. Default 1 s. `None` = unlimited.
