@@ -358,6 +358,35 @@ fn a_start_function_that_never_returns_is_a_start_up_error() {
     echo_round(&mut c, b"still served");
 }
 
+/// An `alloc` that never returns. The server calls it in the env it makes
+/// to check the module, before it listens; the watchdog that holds guest
+/// calls to the budget was started only after that env, so starting the
+/// server hung for ever. Now it is a start-up error naming the budget.
+#[test]
+fn an_alloc_that_never_returns_is_a_start_up_error() {
+    setup();
+    let limits = || Limits { call_budget: Some(Duration::from_millis(200)), ..test_limits() };
+    for mode in [Mode::Direct, Mode::Queue] {
+        let m = Module::from_wat(
+            r#"(module (memory (export "memory") 2)
+                 (func (export "alloc") (param i32) (result i32) (loop $l (br $l)) (i32.const 1024))
+                 (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = Server::builder(m).listen("127.0.0.1:0").mode(mode).limits(limits()).start().map(drop);
+            let _ = tx.send(r);
+        });
+        let err = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => panic!("{mode:?}: accepted a module whose alloc never returns"),
+            Err(_) => panic!("{mode:?}: still starting after 20 s (alloc was never stopped)"),
+        };
+        assert!(err.contains("alloc") && err.contains("200 ms"), "{mode:?}: {err}");
+    }
+}
+
 #[test]
 fn an_import_with_the_wrong_signature_says_so() {
     setup();

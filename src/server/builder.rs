@@ -208,11 +208,15 @@ impl ServerBuilder {
                 runner: self.runner,
             }),
         };
-        let first = template.make(self.module.clone(), &registry)?;
+        // The watchdog first: the env `make` creates to check the module
+        // calls the guest's `alloc`, which only the watchdog holds to the
+        // call budget. Started after it, an `alloc` that never returned hung
+        // the server's start for ever.
         let watchdog = match self.limits.call_budget {
             Some(b) => Some(Watchdog::for_budget(&registry, b).map_err(|e| Error::io("starting watchdog", e))?),
             None => None,
         };
+        let first = template.make(self.module.clone(), &registry)?;
         let bind::Bound { listener, local_addr, waker } = bind::bind(addr, self.reuse_port)?;
         let shared = Arc::new(Shared {
             generations: generation::Generations::new(Arc::clone(&first), template),
