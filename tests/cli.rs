@@ -345,3 +345,56 @@ fn a_reload_from_a_fifo_nobody_writes_does_not_hang_the_server() {
     assert!(log.contains("is empty (or a pipe nobody wrote to)"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reload that takes long (here: its module file is a FIFO whose writer
+/// sends nothing; in life, compiling a large guest, up to the compile time
+/// limit) ran on the thread that handles signals, so SIGINT and SIGTERM
+/// went unseen until it ended: the second one too, which the README says
+/// exits at once. Now the reload runs beside that thread: a stop signal
+/// during it stops the server once it ends, and a second one exits now
+/// (status 130).
+#[test]
+fn a_second_stop_signal_during_a_slow_reload_exits_at_once() {
+    let dir = std::env::temp_dir().join(format!("wamr-coro-slow-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Starts a server on a copy of echo.wat, then makes that path a FIFO
+    // with a writer that writes nothing, and sends SIGHUP: the reload
+    // blocks reading it until the writer goes.
+    let slow_reload = |name: &str| {
+        let path = dir.join(name);
+        std::fs::copy(common::guest_path("echo.wat"), &path).unwrap();
+        let (child, addr, out) = serve(&[path.to_str().unwrap(), "--engine", "interp"]);
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Read and write: opening does not wait for a reader, and the
+        // server's read waits for this writer.
+        let writer = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        signal(&child, libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(500));
+        // The old guest serves meanwhile.
+        common::echo_round(&mut connect(addr), b"still served");
+        (child, out, writer)
+    };
+
+    // SIGTERM, SIGTERM: the second exits at once.
+    let (mut child, _out, _writer) = slow_reload("twice.wat");
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "stopped before the reload in progress ended");
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(5), "a second SIGTERM during a reload did not exit");
+    assert_eq!(status.code(), Some(130));
+
+    // One SIGTERM: the server stops once the reload has ended.
+    let (mut child, _out, writer) = slow_reload("once.wat");
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "stopped before the reload in progress ended");
+    drop(writer);
+    let status = wait_exit(&mut child, Duration::from_secs(20), "SIGTERM during a reload did not stop the server");
+    assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

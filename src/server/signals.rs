@@ -21,7 +21,7 @@ pub fn stop_on_signal(server: &Arc<ServerHandle>) -> std::io::Result<Option<i32>
 /// Like [`stop_on_signal`], and calls `on_reload` on every SIGHUP (the
 /// command line reloads the guest module from disk there, see
 /// [`ServerHandle::reload`]).
-pub fn serve_signals(server: &Arc<ServerHandle>, on_reload: impl FnMut()) -> std::io::Result<Option<i32>> {
+pub fn serve_signals(server: &Arc<ServerHandle>, on_reload: impl FnMut() + Send) -> std::io::Result<Option<i32>> {
     Ok(SignalWatch::install()?.wait(server, on_reload))
 }
 
@@ -33,6 +33,9 @@ pub struct SignalWatch {
     signals: Signals,
 }
 
+/// How often [`SignalWatch::wait`] looks for signals and a stopped server.
+const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl SignalWatch {
     /// Catches SIGINT, SIGTERM and SIGHUP from now on.
     pub fn install() -> std::io::Result<SignalWatch> {
@@ -42,23 +45,77 @@ impl SignalWatch {
     /// Blocks until SIGINT or SIGTERM (returned), or until `server` stops
     /// some other way (checked every 100 ms); calls `on_reload` on every
     /// SIGHUP meanwhile. The handlers are removed before returning.
-    pub fn wait(mut self, server: &Arc<ServerHandle>, mut on_reload: impl FnMut()) -> Option<i32> {
+    ///
+    /// `on_reload` runs on a thread of its own, and this one goes on
+    /// watching: a reload can take long (compiling a large guest: up to the
+    /// compile time limit), and it used to keep SIGINT and SIGTERM unseen
+    /// for all that time, the second one too. A stop signal during a reload
+    /// is returned once the reload has ended; a second one meanwhile ends
+    /// the process at once (status 130), as a second one does while the
+    /// server stops. SIGHUPs during a reload make one more reload after it
+    /// (the file may have changed again).
+    pub fn wait(mut self, server: &Arc<ServerHandle>, on_reload: impl FnMut() + Send) -> Option<i32> {
         let handle = self.signals.handle();
-        let mut got = None;
-        'wait: loop {
-            for sig in self.signals.pending() {
-                if sig == SIGHUP {
-                    on_reload();
-                } else {
-                    got = Some(sig);
-                    break 'wait;
+        let on_reload = std::sync::Mutex::new(on_reload);
+        let reload = || (on_reload.lock().unwrap_or_else(|e| e.into_inner()))();
+        let got = std::thread::scope(|scope| {
+            let start = || std::thread::Builder::new().name("wamr-coro-reload".into()).spawn_scoped(scope, reload);
+            let mut running: Option<std::thread::ScopedJoinHandle<'_, ()>> = None;
+            let mut again = false;
+            let mut got = None;
+            'wait: loop {
+                for sig in self.signals.pending() {
+                    if sig != SIGHUP {
+                        got = Some(sig);
+                        break 'wait;
+                    }
+                    if running.is_some() {
+                        again = true;
+                    } else {
+                        match start() {
+                            Ok(h) => running = Some(h),
+                            // No thread to spare: reload here, as before.
+                            Err(_) => reload(),
+                        }
+                    }
                 }
+                if running.as_ref().is_some_and(|h| h.is_finished()) {
+                    let _ = running.take().map(|h| h.join());
+                    if std::mem::take(&mut again) {
+                        match start() {
+                            Ok(h) => running = Some(h),
+                            Err(_) => reload(),
+                        }
+                    }
+                }
+                if server.is_stopping() {
+                    break;
+                }
+                std::thread::sleep(POLL);
             }
-            if server.is_stopping() {
-                break;
+            // A reload still running ends before the caller stops the
+            // server (it cannot be abandoned); meanwhile a stop signal ends
+            // the process.
+            if let Some(h) = running {
+                if !h.is_finished() {
+                    tracing::warn!(
+                        "stopping once the guest reload in progress has ended; \
+                         a second SIGINT/SIGTERM exits now"
+                    );
+                }
+                while !h.is_finished() {
+                    for sig in self.signals.pending() {
+                        if sig != SIGHUP {
+                            eprintln!("second signal ({sig}) while a reload delays the stop: exiting now");
+                            std::process::exit(130);
+                        }
+                    }
+                    std::thread::sleep(POLL.min(std::time::Duration::from_millis(20)));
+                }
+                let _ = h.join();
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+            got
+        });
         handle.close();
         got
     }
