@@ -1126,3 +1126,40 @@ fn compiling_survives_taken_scratch_names() {
     }
     assert!(got.unwrap().starts_with(b"\0aot"));
 }
+
+/// A FIFO under a cache entry's name (nothing the cache writes, but a
+/// directory its user can write may hold anything): reading the entry
+/// opened it and waited for a writer for ever, hanging the server's start,
+/// or a reload, before it could say why. Now it is no entry: the guest is
+/// compiled, and the server starts.
+#[test]
+fn a_fifo_under_a_cache_entry_name_does_not_hang_the_compile() {
+    if !compiler() {
+        return;
+    }
+    setup();
+    let dir = fresh_dir("aot-fifo-entry");
+    let cache = dir.join("cache");
+    let echo = guest_text("echo.wat");
+    let limits = aot::CompileLimits::default();
+    let entry = aot::compile_cached(echo.as_bytes(), Target::Portable, Some(&cache), &limits).unwrap().path.unwrap();
+    std::fs::remove_file(&entry).unwrap();
+    let c = std::ffi::CString::new(entry.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (wasm, cache2) = (echo.clone(), cache.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(aot::compile_cached(wasm.as_bytes(), Target::Portable, Some(&cache2), &limits).map(|c| c.hit));
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(hit)) => assert!(!hit, "a FIFO was taken for a cached entry"),
+        Ok(Err(e)) => panic!("compiling failed: {e}"),
+        Err(_) => {
+            // Let the blocked open go, so the thread ends.
+            let _ = std::fs::OpenOptions::new().write(true).open(&entry);
+            panic!("reading a FIFO under the entry's name still waits for a writer");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

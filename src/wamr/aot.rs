@@ -578,7 +578,10 @@ fn read_entry(path: &Path) -> Option<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Not through a symbolic link; checked on the descriptor it is read from.
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    // Without waiting: opening a FIFO found under the name blocked until a
+    // writer came, which hung the server's start (or a reload) for ever.
+    // Only a regular file is read, and for one O_NONBLOCK changes nothing.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
     let meta = f.metadata().ok()?;
     if !meta.is_file() {
         return None;
