@@ -1163,3 +1163,27 @@ fn a_fifo_under_a_cache_entry_name_does_not_hang_the_compile() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A compiled guest that could not be stored (a full disk; here a
+/// directory in the entry's place) is not cached: `Cached::path` is `None`,
+/// as its docs say, and the log does not name an entry that was never
+/// written. Before, it named the path it had failed to write.
+#[test]
+fn a_compile_the_cache_could_not_store_has_no_cache_path() {
+    if !compiler() {
+        return;
+    }
+    setup();
+    let dir = fresh_dir("aot-unstored");
+    let cache = dir.join("cache");
+    let echo = guest_text("echo.wat");
+    let limits = aot::CompileLimits::default();
+    let entry = aot::compile_cached(echo.as_bytes(), Target::Portable, Some(&cache), &limits).unwrap().path.unwrap();
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::create_dir(&entry).unwrap();
+    let got = aot::compile_cached(echo.as_bytes(), Target::Portable, Some(&cache), &limits).unwrap();
+    assert!(!got.hit);
+    assert_eq!(got.path, None, "a compile that could not be stored says where it is cached");
+    assert!(entry.is_dir());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -637,11 +637,18 @@ pub fn compile_cached(input: &[u8], target: Target, dir: Option<&Path>, limits: 
     }
     let aot = compile_with(&wasm, target, limits)?;
     // An unwritable cache costs the next start a compile, not this one.
-    if let (Some(dir), Some(path)) = (&dir, &path) {
-        if let Err(e) = store(dir, path, &aot) {
-            tracing::warn!(error = %e, "cannot cache the compiled guest; it is used uncached");
-        }
-    }
+    // What could not be stored is not cached: no path (the log line
+    // "guest AOT-compiled" named the entry it had failed to write).
+    let path = match (&dir, path) {
+        (Some(dir), Some(path)) => match store(dir, &path, &aot) {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot cache the compiled guest; it is used uncached");
+                None
+            }
+        },
+        _ => None,
+    };
     Ok(Cached { aot, path, hit: false })
 }
 
