@@ -79,7 +79,7 @@ pub use wamr::memory::GuestMemory;
 pub use wamr::module::{
     read_module_file, Export, ExportKind, ExportedGlobal, FuncType, Import, Module, ValType, MAX_MODULE_BYTES,
 };
-pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog};
+pub use wamr::runtime::{Runtime, RuntimeConfig, WamrLog, MAX_ENVS_PER_PARENT};
 pub use wamr::state::{MemoryBudget, MemoryBudgetStats};
 pub use wamr::typed::{TypedFunc, WasmParams, WasmResults, WasmTy};
 pub use wamr::{CallStack, ExecEnv, Func, InstanceConfig, InterruptHandle, ParentEnv, Val};

@@ -398,3 +398,18 @@ fn a_second_stop_signal_during_a_slow_reload_exits_at_once() {
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--envs-per-parent 4294967295`: WAMR divides each instance's shadow
+/// stack by the value plus one in 32 bits, which wrapped to 0, and the
+/// process died of SIGFPE at its first env, with no word of why. Now the
+/// value is refused, with the bound.
+#[test]
+fn an_envs_per_parent_past_its_bound_is_refused_not_a_crash() {
+    for sub in [&["serve", "--listen", "127.0.0.1:0"][..], &["stress", "--coroutines", "1"][..]] {
+        let mut cmd = common::wamr_coro();
+        cmd.args(sub).args(["--envs-per-parent", "4294967295"]);
+        let (status, _, err) = common::run_to_exit(&mut cmd, Duration::from_secs(20), "did not exit");
+        assert_eq!(status.code(), Some(1), "{sub:?}: {status:?} {err}");
+        assert!(err.contains("envs_per_parent must be at most 65535"), "{sub:?}: {err}");
+    }
+}

@@ -45,7 +45,8 @@ pub struct RuntimeConfig {
     /// WAMR's `max_thread_num`: how many envs may be spawned from one parent
     /// (one cluster). Every instance's auxiliary (shadow) stack is divided into
     /// `envs_per_parent + 1` slots, independent instances included, so a large
-    /// value starves clang/rustc guests of shadow stack. Default 16.
+    /// value starves clang/rustc guests of shadow stack. Default 16; 1 to
+    /// [`MAX_ENVS_PER_PARENT`].
     pub envs_per_parent: u32,
     /// Where WAMR's own messages go. Default [`WamrLog::Tracing`].
     pub log: WamrLog,
@@ -64,6 +65,11 @@ impl fmt::Display for RuntimeConfig {
         write!(f, "envs_per_parent={} log={:?} log_level={}", self.envs_per_parent, self.log, self.log_level)
     }
 }
+
+/// The largest [`RuntimeConfig::envs_per_parent`]: each env of a cluster
+/// needs at least 256 bytes of the guest's shadow stack, which this many
+/// slots leave only to a 16 MiB one.
+pub const MAX_ENVS_PER_PARENT: u32 = 65535;
 
 /// The initialised WAMR runtime. Obtain it with [`Runtime::init`] or
 /// [`Runtime::get`]; it lives until the process exits.
@@ -101,6 +107,17 @@ impl Runtime {
         }
         if config.envs_per_parent == 0 {
             return Err(Error::Config("envs_per_parent must be at least 1".into()));
+        }
+        // WAMR divides every instance's aux stack by `max_thread_num + 1`
+        // in 32 bits: u32::MAX wrapped that to 0 and killed the process
+        // (SIGFPE) at the first env. Long before that no guest gets a slot
+        // of WAMR's 256-byte minimum (a 64 KiB shadow stack has room for
+        // 255 envs), and WAMR allocates 9 bytes a slot in every instance.
+        if config.envs_per_parent > MAX_ENVS_PER_PARENT {
+            return Err(Error::Config(format!(
+                "envs_per_parent must be at most {MAX_ENVS_PER_PARENT}, not {}",
+                config.envs_per_parent
+            )));
         }
         if config.log_level > 4 {
             return Err(Error::Config("log_level must be 0..=4".into()));
