@@ -98,3 +98,31 @@ fn a_coroutine_stack_too_large_to_map_is_refused_not_a_panic() {
     assert!(err.contains("coroutine stack must be at most 67108864 bytes"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The pool's ring is allocated whole: `--pool 18446744073709551615`
+/// panicked (capacity overflow) before the server listened, and
+/// `--pool 100000000` took 1.5 GB of memory (again at each reload). Past
+/// `MAX_POOL_CAPACITY` it is a configuration error now.
+#[test]
+fn a_pool_too_large_to_allocate_is_refused_not_a_panic() {
+    for pool in [wamr_coro::server::MAX_POOL_CAPACITY + 1, usize::MAX] {
+        let server =
+            Server::builder(common::module("echo.wat")).listen("127.0.0.1:0").workers(2).pool_capacity(pool).start();
+        match server {
+            Err(e @ Error::Config(_)) => assert!(e.to_string().contains("pool_capacity must be at most"), "{e}"),
+            Err(e) => panic!("not a configuration error: {e}"),
+            Ok(s) => {
+                let _ = s.stop();
+                panic!("started with a pool of {pool}")
+            }
+        }
+    }
+    let (status, _, err) = common::run_to_exit(
+        common::wamr_coro().args(["serve", "--listen", "127.0.0.1:0", "--pool", "18446744073709551615"]),
+        Duration::from_secs(20),
+        "serve started with a pool of 2^64 - 1 envs",
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("pool_capacity must be at most 1048576"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

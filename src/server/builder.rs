@@ -20,6 +20,12 @@ use super::stats::Counters;
 use super::{bind, generation, listener, metrics, ratelimit, socket, Shared};
 use super::{EnvPolicy, Limits, Mode, QueueRunner, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY, MAX_QUEUE_EVENTS};
 
+/// The largest pool capacity ([`ServerBuilder::pool_capacity`]): the pool's
+/// ring is allocated whole, 16 bytes a slot, when each generation of the
+/// guest is made (`--pool 18446744073709551615` panicked at start, and
+/// merely large values took gigabytes before any connection).
+pub const MAX_POOL_CAPACITY: usize = 1 << 20;
+
 /// Builds a [`Server`].
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
@@ -108,7 +114,8 @@ impl ServerBuilder {
         self.stack_bytes = n;
         self
     }
-    /// Idle envs kept for reuse. Default 1024.
+    /// Idle envs kept for reuse. Default 1024; at most
+    /// [`MAX_POOL_CAPACITY`].
     pub fn pool_capacity(mut self, n: usize) -> Self {
         self.pool_capacity = n;
         self
@@ -161,6 +168,12 @@ impl ServerBuilder {
                     self.queue_shards()
                 )));
             }
+        }
+        if self.pool_capacity > MAX_POOL_CAPACITY {
+            return Err(Error::Config(format!(
+                "pool_capacity must be at most {MAX_POOL_CAPACITY}, not {}",
+                self.pool_capacity
+            )));
         }
         let addr: SocketAddr = self
             .listen

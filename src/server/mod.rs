@@ -43,7 +43,7 @@ mod socket;
 mod stats;
 mod striped;
 
-pub use builder::{Server, ServerBuilder};
+pub use builder::{Server, ServerBuilder, MAX_POOL_CAPACITY};
 pub use config::{
     EnvPolicy, Limits, Mode, DEFAULT_CALL_STACK, DEFAULT_POOL_CAPACITY, MAX_QUEUE_CAPACITY, MAX_QUEUE_EVENTS,
     MAX_QUEUE_SHARDS,
