@@ -164,6 +164,23 @@ fn a_bench_of_nothing_is_refused_by_name() {
     }
 }
 
+/// `--duration 1e300` passed the check (positive and finite) and panicked
+/// making it a `Duration` (exit 101, a backtrace); past a year it is
+/// refused by name now.
+#[test]
+fn a_bench_duration_too_long_to_represent_is_refused_not_a_panic() {
+    for d in ["1e300", "1e8"] {
+        let (status, out, err) = common::run_to_exit(
+            common::wamr_coro().args(["bench", "--mode", "direct", "--conns", "1", "--duration", d]),
+            Duration::from_secs(60),
+            "bench of an endless duration did not end",
+        );
+        assert_eq!(status.code(), Some(1), "{d}: {out}{err}");
+        assert!(err.contains("--duration must be a positive number of seconds, at most 31536000"), "{d}: {err}");
+        assert!(!err.contains("panicked"), "{d}: {err}");
+    }
+}
+
 /// `--max-kib-per-conn` fails the run, after printing its table, when a
 /// WebAssembly server keeps more per held connection (CI's memory guard).
 #[test]

@@ -105,6 +105,9 @@ pub struct BenchConfig {
     pub command: String,
 }
 
+/// The longest closed-loop run `--duration` asks for, seconds: a year.
+const MAX_DURATION_S: f64 = 365.0 * 86400.0;
+
 /// Runs every selected server, native first in the report, and returns
 /// what was measured. Progress goes to stderr.
 pub fn run(cfg: &BenchConfig) -> Result<Report> {
@@ -121,9 +124,11 @@ pub fn run(cfg: &BenchConfig) -> Result<Report> {
         None if cfg.conns == 0 || cfg.pipeline == 0 => {
             return Err(Error::Config("--conns and --pipeline must be at least 1".into()))
         }
-        None if !(cfg.duration_s > 0.0 && cfg.duration_s.is_finite()) => {
+        // At most a year: past what a `Duration` and a deadline can hold
+        // (1e300 s) it panicked instead.
+        None if !(cfg.duration_s > 0.0 && cfg.duration_s <= MAX_DURATION_S) => {
             return Err(Error::Config(format!(
-                "--duration must be a positive number of seconds, not {}",
+                "--duration must be a positive number of seconds, at most {MAX_DURATION_S} (a year), not {}",
                 cfg.duration_s
             )))
         }
