@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::guest::{EnvSource, Guest, GuestConfig};
 use crate::registry::Registry;
 use crate::wamr::Module;
@@ -85,8 +85,17 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// The most coroutines (and envs) one stress run holds: ten million, far
+/// past what a machine's memory holds at tens of KiB an env.
+pub const MAX_COROUTINES: usize = 10_000_000;
+
 /// Runs the stress test on `module` (which must export `on_recv`).
 pub fn run(module: Module, cfg: &StressConfig) -> Result<StressReport> {
+    // None reported a row of per-env costs measured over no env; 2^64 - 1
+    // panicked allocating the handles (capacity overflow).
+    if cfg.coroutines == 0 || cfg.coroutines > MAX_COROUTINES {
+        return Err(Error::Config(format!("--coroutines must be 1 to {MAX_COROUTINES}, not {}", cfg.coroutines)));
+    }
     let registry = Registry::new();
     let guest = Guest::new(
         module,

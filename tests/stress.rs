@@ -45,3 +45,20 @@ fn stress_with_coroutines_moving_between_workers_has_no_errors() {
     stress("instance");
     stress("spawn");
 }
+
+/// `--coroutines 0` printed per-env costs measured over no env, and
+/// `--coroutines 18446744073709551615` panicked allocating the handles
+/// (capacity overflow, exit 101). Both are refused by name now.
+#[test]
+fn a_stress_of_none_or_of_more_than_can_be_held_is_refused_not_a_panic() {
+    for n in ["0", "18446744073709551615"] {
+        let (status, out, err) = common::run_to_exit(
+            common::wamr_coro().args(["stress", "--coroutines", n]),
+            Duration::from_secs(60),
+            "stress did not end",
+        );
+        assert_eq!(status.code(), Some(1), "{n}: {out}{err}");
+        assert!(err.contains("--coroutines must be 1 to 10000000"), "{n}: {err}");
+        assert!(!err.contains("panicked") && !out.contains("coroutines, source"), "{n}: {out}{err}");
+    }
+}
