@@ -122,6 +122,31 @@ fn c_guests_that_break_the_contract_get_clear_errors() {
     );
 }
 
+/// The SDK's WCORO_QUEUE_LOOP given no room for events (`cap` 0): a
+/// zero-length `wait_msg` only peeks, so the loop was handed the same DATA
+/// event for ever and spun, with on_recv told of bytes never written to its
+/// buffer, until the call budget stopped it. It now returns
+/// WCORO_ERR_BAD_POINTER before taking any event: a fault the host counts
+/// as a restart, not a budget overrun.
+#[test]
+fn a_queue_loop_given_no_room_fails_at_once_instead_of_spinning() {
+    use wamr_coro::server::Limits;
+    let limits = Limits { queue_shards: 1, call_budget: Some(std::time::Duration::from_millis(200)), ..test_limits() };
+    let server = start(built_guest("bad_queue_loop_no_room"), Mode::Queue, EnvPolicy::Connection, limits);
+    let mut s = connect(server.local_addr());
+    s.write_all(b"hello").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.stats().queue_restarts + server.stats().budget_overruns < 2 {
+        assert!(std::time::Instant::now() < deadline, "the broken loop neither failed nor spun: {}", server.stats());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Long enough for a spinning loop to overrun its 200 ms budget.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let stats = server.stop();
+    assert_eq!(stats.budget_overruns, 0, "the loop spun: {stats}");
+    assert!(stats.queue_restarts >= 2, "{stats}");
+}
+
 #[test]
 fn compiled_guests_satisfy_spawn_without_hand_edits() {
     for name in ["echo", "http", "natives_demo"] {

@@ -255,12 +255,22 @@ static inline int32_t wcoro_send_str(int32_t conn, const char *s) {
  *     WCORO_EXPORT("run") int32_t run(void) {
  *         WCORO_QUEUE_LOOP(rx, sizeof rx, on_open, on_recv, on_close);
  *     }
+ *
+ * `buf` and `cap` are evaluated once. `cap` must be between 1 and INT32_MAX:
+ * a wait_msg with no room only peeks at the next event without taking it,
+ * so the loop would be handed the same event for ever (and on_recv bytes it
+ * never received). With any other `cap` the loop returns
+ * WCORO_ERR_BAD_POINTER at once, which the host reports as the guest's
+ * fault, before any event.
  */
 #define WCORO_QUEUE_LOOP(buf, cap, on_open_fn, on_recv_fn, on_close_fn)      \
     do {                                                                     \
+        uint8_t *const buf_ = (uint8_t *)(buf);                              \
+        const int32_t cap_ = (int32_t)(cap);                                 \
         wcoro_event ev_;                                                     \
+        if (cap_ <= 0) return WCORO_ERR_BAD_POINTER;                         \
         for (;;) {                                                           \
-            int32_t n_ = wcoro_wait_msg((buf), (int32_t)(cap), &ev_);        \
+            int32_t n_ = wcoro_wait_msg(buf_, cap_, &ev_);                   \
             if (n_ == WCORO_ERR_SHUTDOWN) return 0;                          \
             if (n_ < 0) return n_;                                           \
             switch (ev_.kind) {                                              \
@@ -268,7 +278,7 @@ static inline int32_t wcoro_send_str(int32_t conn, const char *s) {
                 if ((on_open_fn)(ev_.conn) < 0) wcoro_close(ev_.conn);       \
                 break;                                                       \
             case WCORO_EVENT_DATA:                                           \
-                if ((on_recv_fn)(ev_.conn, (buf), n_) < 0)                   \
+                if ((on_recv_fn)(ev_.conn, buf_, n_) < 0)                    \
                     wcoro_close(ev_.conn);                                   \
                 break;                                                       \
             case WCORO_EVENT_CLOSE:                                          \
