@@ -627,7 +627,9 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         .policy(a.policy)
         .env_source(a.source)
         .call_stack(a.call_stack)
-        .stack_bytes(a.stack_kib * 1024)
+        // Saturating: a size that wraps (2^54 + 256 KiB is 256 KiB, modulo
+        // 2^64) must meet the builder's bound, not pass for a small one.
+        .stack_bytes(a.stack_kib.saturating_mul(1024))
         .pool_capacity(a.pool)
         .limits(Limits {
             max_connections: a.max_connections,

@@ -88,15 +88,18 @@ fn a_queue_capacity_too_large_to_allocate_is_refused_not_an_abort() {
 #[test]
 fn a_coroutine_stack_too_large_to_map_is_refused_not_a_panic() {
     // 100 GB a coroutine: may's stack allocation failed and panicked at the
-    // first spawn.
-    let (status, _, err) = common::run_to_exit(
-        common::wamr_coro().args(["serve", "--listen", "127.0.0.1:0", "--stack-kib", "99999999"]),
-        Duration::from_secs(20),
-        "serve started with a 100 GB stack",
-    );
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("coroutine stack must be at most 67108864 bytes"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    // first spawn. 2^54 + 256 KiB: the size in bytes wrapped to 256 KiB, and
+    // the server started as if it had been asked for that.
+    for kib in ["99999999", "18014398509482240"] {
+        let (status, _, err) = common::run_to_exit(
+            common::wamr_coro().args(["serve", "--listen", "127.0.0.1:0", "--stack-kib", kib]),
+            Duration::from_secs(20),
+            "serve started with a stack too large to map",
+        );
+        assert_eq!(status.code(), Some(1), "{kib}: {err}");
+        assert!(err.contains("coroutine stack must be at most 67108864 bytes"), "{kib}: {err}");
+        assert!(!err.contains("panicked"), "{kib}: {err}");
+    }
 }
 
 /// The pool's ring is allocated whole: `--pool 18446744073709551615`
@@ -125,4 +128,36 @@ fn a_pool_too_large_to_allocate_is_refused_not_a_panic() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("pool_capacity must be at most 1048576"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `--max-connections` past what the descriptor limit allows is warned
+/// about at start. At 2^64 - 1 the sum of it and the server's own
+/// descriptors wrapped (in release builds; debug builds panicked), so the
+/// largest values of all went unwarned. The guest here traps in its start
+/// function, so the server exits right after the check, with its log.
+#[test]
+fn a_max_connections_past_the_descriptor_limit_is_warned_even_at_the_maximum() {
+    let (dir, wat) = common::guest_file(
+        "maxconn",
+        "traps_at_start.wat",
+        r#"(module (memory (export "memory") 1) (func $s unreachable) (start $s)
+             (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#,
+    );
+    for n in ["1000000000", "18446744073709551615"] {
+        let (status, _, err) = common::run_to_exit(
+            common::wamr_coro().args([
+                "serve",
+                wat.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--max-connections",
+                n,
+            ]),
+            Duration::from_secs(20),
+            "serve started a guest that traps at start",
+        );
+        assert_eq!(status.code(), Some(1), "{n}: {err}");
+        assert!(err.contains("max_connections exceeds what the file-descriptor limit allows"), "{n}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

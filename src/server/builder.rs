@@ -187,7 +187,7 @@ impl ServerBuilder {
         // and some for the process itself.
         if let Some(fds) = socket::fd_limit() {
             let own = listener::fd_reserve(fds) + crate::coro::FDS_PER_WORKER * self.workers as u64 + 32;
-            if self.limits.max_connections as u64 + own > fds {
+            if (self.limits.max_connections as u64).saturating_add(own) > fds {
                 tracing::warn!(
                     max_connections = self.limits.max_connections,
                     fd_limit = fds,
