@@ -181,6 +181,30 @@ fn a_bench_duration_too_long_to_represent_is_refused_not_a_panic() {
     }
 }
 
+/// A server that ends before it listens: the bench says why, from the
+/// server's own stderr. It used to say only that it "ended before printing
+/// `listening on` (run it by hand to see why)": the server's stderr went
+/// to /dev/null.
+#[test]
+fn a_server_that_cannot_start_is_explained_by_its_own_words() {
+    for (args, want) in [
+        (&["/nonexistent/guest.wasm"][..], "cannot read module /nonexistent/guest.wasm"),
+        (&["--server-workers", "0"][..], "workers must be at least 1"),
+    ] {
+        let (status, out, err) = common::run_to_exit(
+            common::wamr_coro().args(["bench", "--mode", "direct", "--duration", "1"]).args(args),
+            Duration::from_secs(60),
+            "bench of a server that cannot start did not end",
+        );
+        assert_eq!(status.code(), Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains("ended (exit status: 1) before printing `listening on `; its stderr ended with:"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
 /// `--max-kib-per-conn` fails the run, after printing its table, when a
 /// WebAssembly server keeps more per held connection (CI's memory guard).
 #[test]

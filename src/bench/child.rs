@@ -4,13 +4,20 @@
 //! A thread per child turns its stdout into a channel of lines; every wait
 //! on a child is bounded. Dropping a [`Child`] kills the process if it is
 //! still running, so nothing outlives the bench.
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// Lines of a quiet child's stderr kept, the last ones, to say why it
+/// ended early; and the most of each line kept.
+const STDERR_TAIL_LINES: usize = 20;
+const STDERR_LINE_MAX: usize = 1000;
 
 /// A child process with line-wise stdout.
 pub struct Child {
@@ -18,11 +25,15 @@ pub struct Child {
     child: std::process::Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
+    /// The last lines of its stderr, when it is not shown as it comes, and
+    /// the thread that reads them.
+    stderr_tail: Option<(Arc<Mutex<VecDeque<String>>>, std::thread::JoinHandle<()>)>,
 }
 
 impl Child {
     /// Starts this binary with `args`; stderr goes to the bench's stderr
-    /// only if `show_stderr`.
+    /// only if `show_stderr` (otherwise its last lines are kept, for the
+    /// error should it end before it is ready).
     pub fn spawn(what: impl Into<String>, args: &[String], show_stderr: bool) -> Result<Child> {
         Child::spawn_wrapped(what, &[], args, show_stderr)
     }
@@ -49,7 +60,7 @@ impl Child {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(if show_stderr { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if show_stderr { Stdio::inherit() } else { Stdio::piped() })
             .spawn()
             .map_err(|e| Error::io(format!("starting {what}"), e))?;
         let stdout = child.stdout.take().expect("piped");
@@ -62,8 +73,50 @@ impl Child {
                 }
             }
         });
+        // A quiet child's stderr is drained by a thread that keeps its last
+        // lines: the child never blocks on a full pipe, and the memory is
+        // bounded however much it writes.
+        let stderr_tail = child.stderr.take().map(|stderr| {
+            let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
+            let keep = Arc::clone(&tail);
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(stderr).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    let mut line = String::from_utf8_lossy(&line[..line.len().min(STDERR_LINE_MAX)]).into_owned();
+                    line.truncate(line.trim_end().len());
+                    let mut t = keep.lock().unwrap_or_else(|e| e.into_inner());
+                    if t.len() == STDERR_TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            });
+            (tail, reader)
+        });
         let stdin = child.stdin.take();
-        Ok(Child { what, child, stdin, lines })
+        Ok(Child { what, child, stdin, lines, stderr_tail })
+    }
+
+    /// The last lines its stderr had written, indented, after a colon; or
+    /// how to see them, if its stderr was shown already or said nothing.
+    fn stderr_says(&self) -> String {
+        // Its reader ends with the pipe, soon after the child (unless a
+        // process the child started holds the pipe: then what came so far).
+        if let Some((_, reader)) = &self.stderr_tail {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let tail = self.stderr_tail.as_ref().map(|(t, _)| t.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        match tail {
+            Some(t) if !t.is_empty() => {
+                let lines: Vec<String> = t.iter().map(|l| format!("    {l}")).collect();
+                format!("; its stderr ended with:\n{}", lines.join("\n"))
+            }
+            Some(_) => " (it wrote nothing to stderr)".into(),
+            None => " (its stderr is above)".into(),
+        }
     }
 
     /// The process id.
@@ -88,8 +141,9 @@ impl Child {
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                     return Err(Error::Bench(format!(
-                        "{} ended ({status}) before printing `{prefix}` (run it by hand to see why)",
-                        self.what
+                        "{} ended ({status}) before printing `{prefix}`{}",
+                        self.what,
+                        self.stderr_says()
                     )));
                 }
             }
