@@ -73,25 +73,36 @@ fn a_guest_close_with_unread_input_delivers_every_byte_then_a_clean_end() {
 
 /// The lingering close is bounded: a client that neither closes nor
 /// stops sending after the server's FIN is closed on `linger` later (plus
-/// up to a period of the idle sweep, here 1 s, while `idle_timeout` is
-/// 30 s), one that floods is closed on too, and a stop does not wait for a
+/// up to a period of the idle sweep, here 1 s, while `idle_timeout` is a
+/// day), one that floods is closed on too, and a stop does not wait for a
 /// lingering connection. The client that stays silent sees a clean end,
-/// not a reset, when the guest closes. Both modes.
+/// not a reset, when the guest closes, and its end is not an idle close.
+/// Both modes.
+///
+/// The first version backdated the idle stamp instead of keeping a
+/// deadline: in queue mode a byte sent after the FIN touched the stamp
+/// again (the connection then lingered a whole `idle_timeout`), and on a
+/// host up for less than `idle_timeout` the backdate stopped at the clock's
+/// zero (the linger lasted until the uptime reached `idle_timeout`).
 #[test]
 fn a_lingering_close_is_bounded_by_linger_and_by_stop() {
     setup();
     use std::io::Read;
     for mode in [Mode::Direct, Mode::Queue] {
-        let limits = Limits { linger: Duration::from_millis(300), ..test_limits() };
+        let day = Duration::from_secs(86_400);
+        let limits = Limits { linger: Duration::from_millis(300), idle_timeout: day, ..test_limits() };
         let server = start(module("faulty.wat"), mode, EnvPolicy::Connection, limits);
         let addr = server.local_addr();
-        // Silent: 'C' makes the guest close; the client then waits.
+        // Silent: 'C' makes the guest close; the client sends one byte
+        // after the FIN, then waits.
         let mut silent = connect(addr);
         silent.write_all(b"C").unwrap();
         silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut b = [0u8; 16];
         assert_eq!(silent.read(&mut b).unwrap(), 0, "{mode:?}: the guest's close ends the output cleanly");
+        silent.write_all(b"y").unwrap();
         wait_closed(&server, 1);
+        assert_eq!(server.stats().idle_closes, 0, "{mode:?}: {}", server.stats());
         // Flooding: keeps sending after the FIN, until the server closes.
         let mut flood = connect(addr);
         flood.write_all(b"C").unwrap();

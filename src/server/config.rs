@@ -13,7 +13,9 @@ pub const MAX_QUEUE_SHARDS: usize = 1024;
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 
 /// The most events all of a queue-mode server's rings may hold together
-/// (`queue_capacity` times the number of shards): 2^23, about 320 MiB of
+/// (`queue_capacity` times the number of shards), per generation of the
+/// guest (a reload's old generation keeps its rings until its last
+/// connection closes): 2^23, about 320 MiB of
 /// rings, each written whole when its shard starts. Without it the two
 /// bounds above allowed 1,024 rings of 2^20 events, 40 GiB.
 pub const MAX_QUEUE_EVENTS: usize = 1 << 23;
@@ -96,12 +98,14 @@ pub struct Limits {
     /// output for this long, is closed. Default 60 s.
     pub idle_timeout: Duration,
     /// When the server closes a connection its client may still be sending
-    /// on (the guest closed it, refused it or faulted), it first ends its
-    /// output and reads and discards the client's input for up to this
-    /// long (a "lingering close", plus up to a second: the idle sweep ends
-    /// it), so that unread input does not make the kernel reset the
-    /// connection and drop the end of the answer. Meanwhile the connection
-    /// still counts toward `max_connections` (its env is released first).
+    /// on (the guest closed it, refused it or faulted, or no env could be
+    /// had), it first ends its output and reads and discards the client's
+    /// input for up to this long (a "lingering close", plus up to a second:
+    /// the idle sweep ends it; independent of `idle_timeout`), so that
+    /// unread input does not make the kernel reset the connection and drop
+    /// the end of the answer. Meanwhile the connection still counts toward
+    /// `max_connections` and `max_connections_per_ip` (its env is released
+    /// first; in queue mode the guest has had its `CLOSE`).
     /// Connections the client closed, idle, trickling or not reading ones
     /// close at once. Default 2 s; zero closes at once always.
     pub linger: Duration,

@@ -127,7 +127,7 @@ impl DirectConn {
             // the close a reset that drops the end of the answer: the
             // output ends first and the input is drained (socket::linger),
             // the env back in the pool meanwhile.
-            self.registration.activity().linger_from_now(self.sh.limits.linger, self.sh.limits.idle_timeout);
+            self.registration.activity().linger_for(self.sh.limits.linger);
             if self.stream.shutdown(std::net::Shutdown::Write).is_ok() {
                 socket::linger(&self.sh, &mut self.stream);
             }

@@ -41,6 +41,13 @@ pub(crate) struct ConnEntry {
 pub(crate) struct Activity {
     /// [`coarse_ms`] when the connection last made progress.
     last_ms: AtomicU64,
+    /// [`coarse_ms`] when its lingering close ends ([`linger`]); 0 while it
+    /// is not lingering, `u64::MAX` once the sweep has ended the linger.
+    /// A field of its own, not a backdated `last_ms`: a read that was under
+    /// way when the linger began touches `last_ms`, which then held the
+    /// connection for a whole `idle_timeout`, and a backdate past the
+    /// clock's zero (a host up for less than `idle_timeout`) never expired.
+    linger_until_ms: AtomicU64,
     /// The sweep shut the connection down for idleness.
     idled: AtomicBool,
 }
@@ -57,14 +64,12 @@ impl Activity {
     }
 
     /// Starts a lingering close (see [`linger`]): the idle sweep shuts the
-    /// read side `linger` from now (plus up to a sweep period), rather than
-    /// `idle_timeout` after the last progress. It backdates the last
-    /// progress, so no new field or timer is needed; nothing touches a
-    /// lingering connection's activity again (its output has ended, and
-    /// [`linger`] does not count what it discards as progress).
-    pub(crate) fn linger_from_now(&self, linger: Duration, idle_timeout: Duration) {
-        let early = idle_timeout.saturating_sub(linger).as_millis() as u64;
-        self.last_ms.store(coarse_ms().saturating_sub(early), Ordering::Relaxed);
+    /// read side `linger` from now (plus up to a sweep period), and no
+    /// longer applies the idle rule to the connection (its end is not an
+    /// idle close). No timer: the sweep runs anyway.
+    pub(crate) fn linger_for(&self, linger: Duration) {
+        let until = coarse_ms().saturating_add(linger.as_millis().try_into().unwrap_or(u64::MAX));
+        self.linger_until_ms.store(until.clamp(1, u64::MAX - 1), Ordering::Relaxed);
     }
 }
 
@@ -92,12 +97,27 @@ fn coarse_ms() -> u64 {
 
 /// Shuts down the read side of every connection idle for `idle_timeout`:
 /// its reader sees EOF, closes it as usual (on_close included), and counts
-/// it as an idle close. Run periodically by the server's idle sweeper.
+/// it as an idle close. Also ends lingering closes whose time is up (not
+/// counted). Run periodically by the server's idle sweeper.
 pub(crate) fn sweep_idle(sh: &Shared) {
     let now = coarse_ms();
     let idle = sh.limits.idle_timeout.as_millis() as u64;
     let conns = sh.conns.lock();
     for c in conns.values() {
+        let linger_until = c.activity.linger_until_ms.load(Ordering::Relaxed);
+        if linger_until != 0 {
+            // Lingering: its own deadline, once.
+            if linger_until != u64::MAX
+                && now >= linger_until
+                && c.activity
+                    .linger_until_ms
+                    .compare_exchange(linger_until, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                c.shutdown();
+            }
+            continue;
+        }
         if now.saturating_sub(c.activity.last_ms.load(Ordering::Relaxed)) >= idle
             && !c.activity.idled.swap(true, Ordering::AcqRel)
         {
@@ -155,18 +175,17 @@ pub(crate) unsafe fn shutdown_fd(fd: RawFd) {
     unsafe { with_fd(fd, |s| s.shutdown(Shutdown::Both).ok()) };
 }
 
-/// How a server-side close lingers: the two limits it needs, copied where
-/// `Shared` is not at hand (queue mode's connections).
+/// How a server-side close lingers: [`Limits::linger`](super::Limits::linger),
+/// copied where `Shared` is not at hand (queue mode's connections).
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(test, derive(Default))]
 pub(crate) struct Linger {
     linger: Duration,
-    idle_timeout: Duration,
 }
 
 impl Linger {
     pub(crate) fn of(sh: &Shared) -> Linger {
-        Linger { linger: sh.limits.linger, idle_timeout: sh.limits.idle_timeout }
+        Linger { linger: sh.limits.linger }
     }
 
     /// Ends the connection's output (the kernel sends a FIN after what it
@@ -182,7 +201,7 @@ impl Linger {
         let how = if self.linger.is_zero() {
             Shutdown::Both
         } else {
-            activity.linger_from_now(self.linger, self.idle_timeout);
+            activity.linger_for(self.linger);
             Shutdown::Write
         };
         // SAFETY: the caller keeps `fd` open.
@@ -198,7 +217,7 @@ const LINGER_BYTES: usize = 8 << 20;
 /// client may still be sending: reads and discards the client's input
 /// until it closes its side, the read side is shut (by the idle sweep
 /// after [`Limits::linger`](super::Limits::linger), which
-/// [`Activity::linger_from_now`] or [`Linger::end_output`] arranged, or by
+/// [`Activity::linger_for`] or [`Linger::end_output`] arranged, or by
 /// stop),
 /// [`LINGER_BYTES`] have been discarded, or the socket fails.
 ///
@@ -274,7 +293,11 @@ impl Registration {
         if !super::bind::NODELAY_INHERITED {
             let _ = stream.set_nodelay(true);
         }
-        let activity = Arc::new(Activity { last_ms: AtomicU64::new(0), idled: AtomicBool::new(false) });
+        let activity = Arc::new(Activity {
+            last_ms: AtomicU64::new(0),
+            linger_until_ms: AtomicU64::new(0),
+            idled: AtomicBool::new(false),
+        });
         activity.touch();
         let id = shared.register_conn(ConnEntry { fd: stream.as_raw_fd(), activity: Arc::clone(&activity) });
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);

@@ -133,11 +133,16 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
         return;
     }
     let mut reader = Reader::new(sh);
+    // The server closed it (the guest, a fault, a refusal, stop) while the
+    // client may still be sending: what it sends is drained, not queued,
+    // after the CLOSE (so the shard is done with the connection at once),
+    // and the socket closes after that (the lingering close, socket::linger).
+    let mut drain = false;
     loop {
         match wait_for_output_room(sh, conn) {
             Room::Made => {}
             Room::Closed => {
-                socket::linger(sh, stream);
+                drain = true;
                 break;
             }
             Room::TimedOut => {
@@ -145,12 +150,13 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
                 break;
             }
         }
+        if conn.closed.load(Ordering::Acquire) {
+            drain = true;
+            break;
+        }
         let Ok((data, _)) = reader.next(sh, stream, &conn.activity) else { break };
         if conn.closed.load(Ordering::Acquire) {
-            // The server closed it (the guest, a fault, a refusal, stop):
-            // what the client still sends is drained, not queued, and the
-            // socket closes after (the lingering close, socket::linger).
-            socket::linger(sh, stream);
+            drain = true;
             break;
         }
         conn.inflight.fetch_add(data.len(), Ordering::AcqRel);
@@ -159,6 +165,9 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
         }
     }
     push(qs, Event::Close(id));
+    if drain {
+        socket::linger(sh, stream);
+    }
 }
 
 /// How [`wait_for_output_room`] ended.
