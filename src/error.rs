@@ -72,6 +72,22 @@ pub enum Error {
         kind: &'static str,
     },
 
+    /// An active data segment does not fit the module's initial memory. The
+    /// WebAssembly spec makes instantiating such a module fail; WAMR alone
+    /// checks it against the memory with its app heap appended, and would
+    /// have put the bytes there.
+    #[error("data segment {index} ({len} bytes at offset {offset}) does not fit the module's initial memory of {memory_bytes} bytes")]
+    DataSegmentOutOfBounds {
+        /// The segment's index in the data section.
+        index: u32,
+        /// Its offset in linear memory.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+        /// The memory's initial size in bytes.
+        memory_bytes: u64,
+    },
+
     /// The module imports a host function under its name but with another
     /// signature.
     #[error("module imports {module}.{name} with signature {found}, but the host provides it as {expected}")]

@@ -801,6 +801,45 @@ fn imports_are_checked_when_the_module_loads() {
     assert!(e.contains("env.no_such_function"), "{e}");
 }
 
+/// An active data segment past the initial memory is refused when the
+/// module loads, interpreted or compiled, with the segment and the sizes in
+/// the error. The spec makes instantiation fail (Wasmtime refuses it); WAMR
+/// checks segments against the memory after appending its app heap, so a
+/// guest with `(memory 1 1)` and bytes at 70,000 was served, its "hello"
+/// readable at an address its own declaration says does not exist.
+#[test]
+fn a_data_segment_past_the_initial_memory_is_refused_when_the_module_loads() {
+    setup();
+    let wat = |data: &str| {
+        format!(
+            r#"(module (memory (export "memory") 1 1)
+                 {data}
+                 (func (export "on_recv") (param i32 i32 i32) (result i32) (i32.const 0)))"#
+        )
+    };
+    for (data, want) in [
+        (r#"(data (i32.const 70000) "hello")"#, "data segment 0 (5 bytes at offset 70000)"),
+        (r#"(data (i32.const 65535) "hi")"#, "data segment 0 (2 bytes at offset 65535)"),
+        (r#"(data (i32.const 0) "ok") (data (i32.const 70000) "hello")"#, "data segment 1 (5 bytes at offset 70000)"),
+        (r#"(data (i32.const -1) "x")"#, "data segment 0 (1 bytes at offset 4294967295)"),
+    ] {
+        let wat = wat(data);
+        let e = Module::from_wat(&wat).err().unwrap_or_else(|| panic!("loaded: {data}")).to_string();
+        assert!(e.contains(want) && e.contains("initial memory of 65536 bytes"), "{data}: {e}");
+        if wamr_coro::aot::compiler_available() {
+            let wasm = wat::parse_str(&wat).unwrap();
+            let limits = wamr_coro::aot::CompileLimits::default();
+            let e = wamr_coro::aot::load_compiled(&wasm, wamr_coro::aot::Target::Native, None, &limits)
+                .err()
+                .unwrap_or_else(|| panic!("compiled and loaded: {data}"))
+                .to_string();
+            assert!(e.contains(want), "compiled, {data}: {e}");
+        }
+    }
+    // Up to the last byte is fine.
+    Module::from_wat(&wat(r#"(data (i32.const 65534) "hi")"#)).unwrap();
+}
+
 /// `alloc`'s answer must be non-zero with the whole chunk inside memory:
 /// otherwise creating the env fails with an error quoting the address (at
 /// start: the server makes one env first), in both modes and sources.

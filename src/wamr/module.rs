@@ -306,6 +306,10 @@ impl Module {
             // the module as if it had defined it: nothing the host provides.
             return Err(Error::NonFunctionImport { module, name, kind });
         }
+        if let Some((index, offset, len)) = inner.facts.data_out_of_bounds {
+            let memory_bytes = inner.facts.initial_pages.unwrap_or(0).saturating_mul(65536);
+            return Err(Error::DataSegmentOutOfBounds { index, offset, len, memory_bytes });
+        }
         if let Some(at) = inner.imports.iter().position(|i| !i.linked) {
             let missing = &inner.imports[at];
             // The same name may be imported more than once, each time with

@@ -51,6 +51,13 @@ pub(crate) struct ModuleFacts {
     /// Every exported global; `Err` (the parser's message) if the binary
     /// could not be read.
     pub exported_globals: Result<Vec<ExportedGlobal>, String>,
+    /// `(index, offset, length)` of the first active data segment of memory
+    /// 0 whose constant offset puts it past the memory's initial size.
+    /// Instantiating such a module must fail (the WebAssembly spec; Wasmtime
+    /// refuses it), but WAMR checks segments against the memory after it has
+    /// appended its app heap, so it placed the bytes there and served the
+    /// module.
+    pub data_out_of_bounds: Option<(u32, u64, u64)>,
 }
 
 impl Default for ModuleFacts {
@@ -65,6 +72,7 @@ impl Default for ModuleFacts {
             other_import: None,
             func_exports: Vec::new(),
             exported_globals: Ok(Vec::new()),
+            data_out_of_bounds: None,
         }
     }
 }
@@ -201,11 +209,19 @@ fn try_scan(bytes: &[u8]) -> wasmparser::Result<ModuleFacts> {
                 }
             }
             Payload::DataSection(r) => {
-                for d in r {
+                let memory_bytes = f.initial_pages.map(|p| p.saturating_mul(65536));
+                for (index, d) in r.into_iter().enumerate() {
                     let d = d?;
                     if let DataKind::Active { memory_index: 0, offset_expr } = d.kind {
+                        // (WAMR takes no other offset than a constant: a
+                        // `global.get` of a defined global is "unknown
+                        // global", and imported globals are refused.)
                         if let Some(off) = const_of(&offset_expr) {
-                            segments.push((off as u32 as u64, d.data));
+                            let (off, len) = (off as u32 as u64, d.data.len() as u64);
+                            if memory_bytes.is_some_and(|m| off + len > m) && f.data_out_of_bounds.is_none() {
+                                f.data_out_of_bounds = Some((index as u32, off, len));
+                            }
+                            segments.push((off, d.data));
                         }
                     }
                 }
