@@ -548,14 +548,25 @@ fn untrusted_ancestor(meta: &std::fs::Metadata) -> Option<String> {
 /// not otherwise.
 fn open_cache_dir(dir: &Path) -> std::result::Result<PathBuf, String> {
     use std::os::unix::fs::DirBuilderExt;
+    // The cache directory itself is not followed if it is a link (its
+    // ancestors may be): say so, rather than "File exists" (a link to
+    // nothing) or "not a directory" (a link to one).
+    let link = || {
+        std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()).then(|| {
+            format!(
+                "{} is a symbolic link, which the cache does not follow: name the directory it points to",
+                dir.display()
+            )
+        })
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(|e| link().unwrap_or_else(|| format!("cannot create {}: {e}", dir.display())))?;
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if !meta.is_dir() {
-        return Err(format!("{} is not a directory (a symbolic link?)", dir.display()));
+        return Err(link().unwrap_or_else(|| format!("{} is not a directory", dir.display())));
     }
     if let Some(why) = untrusted(&meta) {
         return Err(format!("{}: {why}", dir.display()));
@@ -736,6 +747,28 @@ fn load_compiled_evicting(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cache directory that is a link is not followed, and the reason
+    /// says so: a link to a private directory was refused as "not a
+    /// directory (a symbolic link?)", and a link to nothing as
+    /// "cannot create …: File exists".
+    #[test]
+    fn a_cache_directory_that_is_a_link_is_refused_saying_so() {
+        let dir = std::env::temp_dir().join(format!("wamr-coro-aot-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        std::os::unix::fs::symlink(dir.join("nothing"), dir.join("dangling")).unwrap();
+        for name in ["link", "dangling"] {
+            let why = open_cache_dir(&dir.join(name)).unwrap_err();
+            assert!(
+                why.ends_with("is a symbolic link, which the cache does not follow: name the directory it points to"),
+                "{name}: {why}"
+            );
+        }
+        assert!(open_cache_dir(&dir.join("real")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_wasm_section_holds_the_module_itself() {
