@@ -293,11 +293,7 @@ impl Scratch {
             if !meta.is_dir() || meta.uid() != uid || !old {
                 continue;
             }
-            // SAFETY: kill with signal 0 sends nothing; it only asks whether
-            // the process exists.
-            let gone = unsafe { libc::kill(pid, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-            if gone {
+            if process_gone(pid) {
                 match std::fs::remove_dir_all(entry.path()) {
                     Ok(()) => {
                         tracing::info!(dir = %entry.path().display(), "removed a dead compile's scratch directory")
@@ -307,6 +303,47 @@ impl Scratch {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whether no process `pid` exists (in this pid namespace).
+fn process_gone(pid: libc::pid_t) -> bool {
+    // SAFETY: kill with signal 0 sends nothing; it only asks whether the
+    // process exists.
+    let refused = unsafe { libc::kill(pid, 0) } != 0;
+    refused && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Removes the temporary files [`store`] leaves in cache directory `dir`
+/// when its process is killed between writing one and renaming it into
+/// place (a compiled guest each, up to tens of MiB): `.tmp-{pid}-{n}`
+/// files of this user whose process no longer exists and that nothing has
+/// touched for [`STALE_AFTER`] (the age spares a writer in another pid
+/// namespace sharing the directory; a write and rename take milliseconds).
+/// Errors are ignored.
+fn sweep_tmp(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".tmp-"))
+            .and_then(|rest| rest.split_once('-'))
+            .filter(|(_, n)| n.parse::<u64>().is_ok())
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+            .filter(|&pid| pid > 0 && pid as u32 != std::process::id())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+        let old = meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_AFTER);
+        if meta.is_file() && meta.uid() == uid && old && process_gone(pid) && std::fs::remove_file(entry.path()).is_ok()
+        {
+            tracing::info!(file = %entry.path().display(), "removed a dead process's unfinished AOT cache entry");
         }
     }
 }
@@ -671,6 +708,9 @@ pub fn evict(path: &Path) {
 fn store(dir: &Path, path: &Path, aot: &[u8]) -> Result<()> {
     let io = |what: &str, p: &Path, source| Error::Io { context: format!("{what} {}", p.display()), source };
     std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+    // Once per process (a server uses one cache), before its first store.
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| sweep_tmp(dir));
     static N: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     let write = || -> std::io::Result<()> {
@@ -747,6 +787,45 @@ fn load_compiled_evicting(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A killed process's unfinished entry (`.tmp-{pid}-{n}`) is removed
+    /// once stale; a fresh one, this process's, another name or a live
+    /// process's are not. They used to stay for good.
+    #[test]
+    fn a_dead_process_s_unfinished_cache_entry_is_removed_once_stale() {
+        let dir = std::env::temp_dir().join(format!("wamr-coro-aot-tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = std::time::SystemTime::now() - STALE_AFTER - Duration::from_secs(60);
+        // 999999999 is past any pid_max (at most 2^22): no such process.
+        let write = |name: &str, stale: bool| {
+            let f = std::fs::File::create(dir.join(name)).unwrap();
+            if stale {
+                f.set_modified(old).unwrap();
+            }
+        };
+        let me = std::process::id();
+        write(".tmp-999999999-0", true);
+        write(".tmp-999999999-1", false);
+        write(&format!(".tmp-{me}-0"), true);
+        write(".tmp-1-0", true);
+        write(".tmp-999999999-x", true);
+        write("entry.aot", true);
+        sweep_tmp(&dir);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut want = vec![
+            ".tmp-999999999-1".to_string(),
+            format!(".tmp-{me}-0"),
+            ".tmp-1-0".into(),
+            ".tmp-999999999-x".into(),
+            "entry.aot".into(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A cache directory that is a link is not followed, and the reason
     /// says so: a link to a private directory was refused as "not a
