@@ -273,38 +273,48 @@ impl Scratch {
     /// may be next time. Directories of builds before 2026-12-07, whose
     /// names carry no pid, are not recognised and stay.
     fn sweep() {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
-                .and_then(|rest| rest.split_once('-'))
-                .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
-                .filter(|&pid| pid > 0 && pid as u32 != std::process::id())
-            else {
-                continue;
-            };
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
-            let old = meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_AFTER);
-            if !meta.is_dir() || meta.uid() != uid || !old {
-                continue;
-            }
-            if process_gone(pid) {
-                match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => {
-                        tracing::info!(dir = %entry.path().display(), "removed a dead compile's scratch directory")
-                    }
-                    Err(e) => {
-                        tracing::debug!(dir = %entry.path().display(), error = %e, "cannot remove a dead compile's scratch directory")
-                    }
+        for dir in left_by_dead_processes(&std::env::temp_dir(), SCRATCH_PREFIX, |_| true, true) {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "removed a dead compile's scratch directory"),
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot remove a dead compile's scratch directory")
                 }
             }
         }
     }
+}
+
+/// What processes now gone left in `dir`: entries named
+/// `{prefix}{pid}-{rest}`, with `rest_ok(rest)`, for another process's
+/// `pid`, that are directories (`dirs`) or regular files (never links), of
+/// this user, untouched for [`STALE_AFTER`], and whose process no longer
+/// exists. Unreadable entries are skipped.
+fn left_by_dead_processes(dir: &Path, prefix: &str, rest_ok: impl Fn(&str) -> bool, dirs: bool) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|rest| rest.split_once('-'))
+            .filter(|(_, rest)| rest_ok(rest))
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+            .filter(|&pid| pid > 0 && pid as u32 != std::process::id())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+        let old = meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_AFTER);
+        let kind = if dirs { meta.is_dir() } else { meta.is_file() };
+        if kind && meta.uid() == uid && old && process_gone(pid) {
+            found.push(entry.path());
+        }
+    }
+    found
 }
 
 /// Whether no process `pid` exists (in this pid namespace).
@@ -323,27 +333,9 @@ fn process_gone(pid: libc::pid_t) -> bool {
 /// namespace sharing the directory; a write and rename take milliseconds).
 /// Errors are ignored.
 fn sweep_tmp(dir: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(".tmp-"))
-            .and_then(|rest| rest.split_once('-'))
-            .filter(|(_, n)| n.parse::<u64>().is_ok())
-            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
-            .filter(|&pid| pid > 0 && pid as u32 != std::process::id())
-        else {
-            continue;
-        };
-        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
-        let old = meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_AFTER);
-        if meta.is_file() && meta.uid() == uid && old && process_gone(pid) && std::fs::remove_file(entry.path()).is_ok()
-        {
-            tracing::info!(file = %entry.path().display(), "removed a dead process's unfinished AOT cache entry");
+    for file in left_by_dead_processes(dir, ".tmp-", |n| n.parse::<u64>().is_ok(), false) {
+        if std::fs::remove_file(&file).is_ok() {
+            tracing::info!(file = %file.display(), "removed a dead process's unfinished AOT cache entry");
         }
     }
 }
