@@ -127,10 +127,8 @@ impl DirectConn {
             // the close a reset that drops the end of the answer: the
             // output ends first and the input is drained (socket::linger),
             // the env back in the pool meanwhile.
-            self.registration.activity().linger_for(self.sh.limits.linger);
-            if self.stream.shutdown(std::net::Shutdown::Write).is_ok() {
-                socket::linger(&self.sh, &mut self.stream);
-            }
+            socket::Linger::of(&self.sh).end_stream_output(&self.stream, self.registration.activity());
+            socket::linger(&self.sh, &mut self.stream);
         }
         // Then the registration and the socket go, in field order. No
         // `shutdown` before the close of a connection the client ended:

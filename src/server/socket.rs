@@ -207,6 +207,14 @@ impl Linger {
         // SAFETY: the caller keeps `fd` open.
         unsafe { with_fd(fd, |s| s.shutdown(how).ok()) };
     }
+
+    /// [`end_output`](Self::end_output) for a socket the caller holds
+    /// (direct mode's).
+    pub(crate) fn end_stream_output(self, stream: &may::net::TcpStream, activity: &Activity) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `stream` is borrowed, so its descriptor is open for the call.
+        unsafe { self.end_output(stream.as_raw_fd(), activity) };
+    }
 }
 
 /// The most a lingering close discards before it gives up and closes (a
@@ -217,16 +225,15 @@ const LINGER_BYTES: usize = 8 << 20;
 /// client may still be sending: reads and discards the client's input
 /// until it closes its side, the read side is shut (by the idle sweep
 /// after [`Limits::linger`](super::Limits::linger), which
-/// [`Activity::linger_for`] or [`Linger::end_output`] arranged, or by
-/// stop),
-/// [`LINGER_BYTES`] have been discarded, or the socket fails.
+/// [`Linger::end_output`] arranged, or by stop), [`LINGER_BYTES`] have
+/// been discarded, or the socket fails.
 ///
 /// Without it, closing a socket that still holds unread input makes the
 /// kernel answer with a RST at once and drop what it had not yet sent: the
 /// client loses the end of its answer and sees `ECONNRESET` (RFC 7230
 /// §6.6 asks servers for exactly this half-close). The caller has ended
-/// the output already (`shutdown(SHUT_WR)`, or [`Linger::end_output`]); a
-/// connection whose `linger` is zero is not drained.
+/// the output already ([`Linger::end_output`]); a connection whose `linger`
+/// is zero is not drained.
 pub(crate) fn linger(sh: &Shared, stream: &mut may::net::TcpStream) {
     use std::io::Read;
     if sh.limits.linger.is_zero() {

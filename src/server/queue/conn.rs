@@ -139,17 +139,11 @@ pub(super) fn reader(sh: &Shared, qs: &Shard, id: i32, conn: &QueueConn, stream:
     // and the socket closes after that (the lingering close, socket::linger).
     let mut drain = false;
     loop {
-        match wait_for_output_room(sh, conn) {
-            Room::Made => {}
-            Room::Closed => {
-                drain = true;
-                break;
-            }
-            Room::TimedOut => {
-                sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
+        if let Room::TimedOut = wait_for_output_room(sh, conn) {
+            sh.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
+            break;
         }
+        // Closed while it waited for room (`Room::Closed`), or before.
         if conn.closed.load(Ordering::Acquire) {
             drain = true;
             break;
